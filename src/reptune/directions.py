@@ -22,8 +22,10 @@ negative), ``gap`` (mean projection difference, activation units), ``effect`` (g
 pooled within-class std of projections, Cohen's d), ``norm`` (norm of the final vector) and,
 when pairs carry labels, ``label_acc`` (a probe's held-out accuracy reading the label, e.g. the
 statement's truth, from positive-side activations). **Rule:** layers are ranked by
-``pair_acc`` (rounded to 0.01), then by ``effect``; the first and last layers are excluded
-unless nothing else was scanned; the best layers are the top ``k`` of that ranking.
+``pair_acc`` (rounded to 0.01), then by ``effect``, among the scanned layers in the middle
+half of the model (``n/4 <= L < 3n/4``; all scanned layers if none is there). Late layers
+separate contrasts best but steer worst (they feed the unembedding almost directly), and the
+first quarter has not yet read the context; the best layers are the top ``k`` of that ranking.
 """
 
 from __future__ import annotations
@@ -144,13 +146,14 @@ class LayerScan:
     num_train: int
     num_test: int
     seed: int
-    rule: str = field(default="rank by held-out pair_acc (0.01), then effect size; skip first/last layer")
+    num_layers: int = 0
+    rule: str = field(default="rank by held-out pair_acc (0.01), then effect size, among layers n/4 <= L < 3n/4")
 
     def ranked(self) -> list[LayerScore]:
-        """Scores best first by the documented rule."""
-        edges = {0, max(s.layer for s in self.scores)} if len(self.scores) > 2 else set()
-        interior = [s for s in self.scores if s.layer not in edges] or self.scores
-        return sorted(interior, key=lambda s: (round(s.pair_acc, 2), s.effect), reverse=True)
+        """Scores best first by the documented rule (middle half of the model only)."""
+        total = self.num_layers or max(s.layer for s in self.scores) + 1
+        middle = [s for s in self.scores if total / 4 <= s.layer < 3 * total / 4] or self.scores
+        return sorted(middle, key=lambda s: (round(s.pair_acc, 2), s.effect), reverse=True)
 
     def best_layers(self, k: int = 1) -> list[int]:
         """The ``k`` best layers by the rule, in ascending order."""
@@ -165,6 +168,7 @@ class LayerScan:
             "num_train": self.num_train,
             "num_test": self.num_test,
             "seed": self.seed,
+            "num_layers": self.num_layers,
             "best_layers": self.best_layers(min(3, len(self.scores))),
             "layers": [asdict(score) for score in self.scores],
         }
@@ -178,13 +182,15 @@ def scan_layers(
     labels: Sequence[int | None] | None = None,
     test_fraction: float = 0.25,
     seed: int = 0,
+    num_layers: int | None = None,
 ) -> LayerScan:
     """Score each layer's direction on held-out pairs.
 
     Args:
         positive, negative: ``{layer: [pairs, hidden]}`` activations.
         labels: per-pair labels (e.g. statement truth) for ``label_acc``; ``None`` skips it.
-        test_fraction: share of pairs held out (at least one pair each side).
+        test_fraction: share of pairs held out (at least two pairs each side).
+        num_layers: the model's layer count, for the best-layer rule (default: max layer + 1).
     """
     layers = sorted(positive)
     if not layers:
@@ -229,7 +235,7 @@ def scan_layers(
                 label_acc=label_acc,
             )
         )
-    return LayerScan(method=method, scores=scores, num_train=len(train), num_test=num_test, seed=seed)
+    return LayerScan(method=method, scores=scores, num_train=len(train), num_test=num_test, seed=seed, num_layers=num_layers or max(layers) + 1)
 
 
 def extract_vector(
@@ -279,7 +285,7 @@ def extract_vector(
     directions = {layer: fit_direction(positive[layer], negative[layer], method, normalize=normalize) for layer in positive}
     layer_scan = None
     if scan and len(pairs) >= 4:
-        layer_scan = scan_layers(positive, negative, method=method, labels=[pair.label for pair in pairs], seed=seed)
+        layer_scan = scan_layers(positive, negative, method=method, labels=[pair.label for pair in pairs], seed=seed, num_layers=handle.num_layers)
     meta = VectorMeta(
         model_id=handle.model_id,
         revision=handle.revision,

@@ -73,19 +73,16 @@ def parse_layers(spec: str | int | Iterable[int] | None, num_layers: int) -> lis
     for part in text.split(","):
         part = part.strip()
         match = re.fullmatch(r"(-?\d+)\s*(?:\.\.|(?<=\d)-)\s*(-?\d+)", part)
-        try:
-            if match:
-                start = normalize_layer(int(match.group(1)), num_layers)
-                stop = normalize_layer(int(match.group(2)), num_layers)
-                if stop < start:
-                    raise ReptuneError(f"layer range {part!r} runs backwards")
-                layers.extend(range(start, stop + 1))
-            else:
-                layers.append(normalize_layer(int(part), num_layers))
-        except ValueError:
-            raise ReptuneError(
-                f"invalid layer spec {spec!r}: use e.g. 15, -1, 10-17, -8..-1, 3,5,7, all or middle"
-            ) from None
+        if match:
+            start = normalize_layer(int(match.group(1)), num_layers)
+            stop = normalize_layer(int(match.group(2)), num_layers)
+            if stop < start:
+                raise ReptuneError(f"layer range {part!r} runs backwards")
+            layers.extend(range(start, stop + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            layers.append(normalize_layer(int(part), num_layers))
+        else:
+            raise ReptuneError(f"invalid layer spec {spec!r}: use e.g. 15, -1, 10-17, -8..-1, 3,5,7, all or middle")
     return sorted(set(layers))
 
 

@@ -174,7 +174,9 @@ class Steering:
             if self.scope.kind != "all":
                 self._hooks.append(self.handle.model.register_forward_pre_hook(self._tracker, with_kwargs=True))
             for layer in self.directions:
-                self._hooks.append(self.handle.layers[layer].register_forward_hook(self._make_hook(layer)))
+                # prepend: run before other hooks on the block (transformers' output_hidden_states
+                # recorder, reptune's readers), so everything downstream sees the steered output
+                self._hooks.append(self.handle.layers[layer].register_forward_hook(self._make_hook(layer), prepend=True))
         except BaseException:
             self._remove()
             raise

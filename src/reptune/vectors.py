@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from reptune._io import atomic_path, write_json_atomic
-from reptune.errors import VectorError
+from reptune.errors import ReptuneError, VectorError
 from reptune.sites import SITE_CONVENTION, SITE_CONVENTION_DOC, normalize_layer, parse_layers
 
 FORMAT_VERSION = 1
@@ -58,6 +58,8 @@ class VectorMeta:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> VectorMeta:
+        if not isinstance(data, dict):
+            raise VectorError(f"{where}: metadata is not a JSON object")
         known = set(cls.__dataclass_fields__)
         required = {"model_id", "hidden_size", "num_layers"}
         if missing := required - set(data):
@@ -84,9 +86,18 @@ class SteeringVector:
         if not self.directions:
             raise VectorError("a steering vector needs at least one layer")
         clean: dict[int, torch.Tensor] = {}
-        for layer, tensor in sorted(self.directions.items()):
-            layer = normalize_layer(int(layer), self.meta.num_layers)
-            tensor = torch.as_tensor(tensor).detach().to("cpu", torch.float32).reshape(-1)
+        given: dict[int, int] = {}
+        for key, tensor in sorted(self.directions.items()):
+            try:
+                layer = normalize_layer(int(key), self.meta.num_layers)
+            except ReptuneError as exc:
+                raise VectorError(str(exc)) from None
+            if layer in given:
+                raise VectorError(f"layers {given[layer]} and {key} are the same layer {layer}: give each layer once")
+            given[layer] = int(key)
+            # clone: own the data (the caller's tensor may change later, and tensors sharing
+            # memory cannot be saved with safetensors)
+            tensor = torch.as_tensor(tensor).detach().to("cpu", torch.float32).reshape(-1).clone()
             if tensor.numel() != self.meta.hidden_size:
                 raise VectorError(f"layer {layer}: vector has size {tensor.numel()}, expected hidden size {self.meta.hidden_size}")
             if not torch.isfinite(tensor).all():

@@ -119,11 +119,15 @@ def load_pairs_jsonl(path: str | os.PathLike[str]) -> list[ContrastPair]:
     """
     path = Path(path)
     pairs = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:  # decoded line by line so an encoding error names its line
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not UTF-8 text ({exc.reason})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -166,20 +170,24 @@ def load_statements_csv(path: str | os.PathLike[str]) -> list[Statement]:
             or a file without rows.
     """
     path = Path(path)
-    with open(path, encoding="utf-8", newline="") as handle:
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark
+    with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        fields = reader.fieldnames or []
-        if "statement" not in fields or "label" not in fields:
-            raise DataError(f"{path}:1: expected a header with 'statement' and 'label', got {fields}")
-        statements = []
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in row:
-                raise DataError(f"{where}: more fields than the header has (unquoted comma?)")
-            text = (row.get("statement") or "").strip()
-            if not text:
-                raise DataError(f"{where}: empty statement")
-            statements.append(Statement(text, _parse_label(row.get("label"), where), row.get("topic") or None))
+        try:
+            fields = reader.fieldnames or []
+            if "statement" not in fields or "label" not in fields:
+                raise DataError(f"{path}:1: expected a header with 'statement' and 'label', got {fields}")
+            statements = []
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in row:
+                    raise DataError(f"{where}: more fields than the header has (unquoted comma?)")
+                text = (row.get("statement") or "").strip()
+                if not text:
+                    raise DataError(f"{where}: empty statement")
+                statements.append(Statement(text, _parse_label(row.get("label"), where), row.get("topic") or None))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     if not statements:
         raise DataError(f"{path}: no statements")
     return statements

@@ -113,9 +113,11 @@ def _read_file(path: Path) -> DataSource:
         return DataSource("statements", str(path), load_statements_csv(path))
     if path.suffix == ".json":
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
         if not isinstance(records, list) or not records:
             raise DataError(f"{path}: expected a non-empty JSON list")
         first = records[0]
