@@ -131,3 +131,15 @@ def test_extract_vector_on_tiny_model(tiny):
 def test_extract_vector_rejects_empty(tiny):
     with pytest.raises(DataError):
         extract_vector(tiny, [], "1", progress=False)
+
+
+def test_per_position_extraction_matches_single_position_runs(tiny):
+    pairs = _pairs(8)
+    vectors, scans = extract_vector(tiny, pairs, "1,2", positions="last:3", per_position=True, progress=False)
+    assert [v.meta.positions for v in vectors] == ["last:3@-3", "last:3@-2", "last:3@-1"]
+    assert len(scans) == 3
+    last, _ = extract_vector(tiny, pairs, "1,2", positions="last", progress=False)
+    assert torch.allclose(vectors[-1][2], last[2], atol=1e-5)  # position -1 == reading only the last token
+    assert not torch.allclose(vectors[0][2], last[2])
+    with pytest.raises(ReptuneError, match="last:N"):
+        extract_vector(tiny, pairs, "1", positions="all", per_position=True, progress=False)

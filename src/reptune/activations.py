@@ -142,6 +142,7 @@ def read_activations(
     padding_side: str = "left",
     progress: bool = True,
     description: str = "reading activations",
+    per_position: bool = False,
 ) -> dict[int, torch.Tensor]:
     """Mean residual-stream activation over the selected positions, per input and layer.
 
@@ -153,10 +154,13 @@ def read_activations(
         batch_size: inputs per forward pass.
         padding_side: ``left`` or ``right`` (same results; a choice for speed/memory).
         progress: show a progress bar.
+        per_position: keep each selected position instead of averaging them; needs a fixed
+            number of positions per input (``last:N`` or ``marker``).
 
     Returns:
         ``{layer: tensor [len(inputs), hidden_size]}`` in float32 on the CPU, layer indices
-        non-negative.
+        non-negative; with ``per_position``, ``[len(inputs), num_positions, hidden_size]``
+        in token order.
 
     Raises:
         DataError: no inputs. ReptuneError: bad layers or positions.
@@ -169,7 +173,11 @@ def read_activations(
     spec = Positions.parse(positions)
     examples = [Example.coerce(item, f"input {index}") for index, item in enumerate(inputs)]
     needs_offsets = spec.kind in {"marker", "generated"}
-    results = {layer: torch.zeros(len(examples), handle.hidden_size, dtype=torch.float32) for layer in layer_list}
+    if per_position and spec.kind not in {"last", "marker"}:
+        raise ReptuneError(f"per-position reading needs positions last:N or marker, not {spec.spec()!r}")
+    width = (spec.count if spec.kind == "last" else 1) if per_position else None
+    shape = (len(examples), handle.hidden_size) if width is None else (len(examples), width, handle.hidden_size)
+    results = {layer: torch.zeros(shape, dtype=torch.float32) for layer in layer_list}
     device = handle.device
     starts = range(0, len(examples), batch_size)
     with (
@@ -184,10 +192,15 @@ def read_activations(
             mask = spec.mask(batch.attention_mask.cpu(), batch.offsets, batch.texts, batch.completion_starts).to(device)
             counts = mask.sum(-1, keepdim=True).float()  # [batch, 1]
             weights = (mask.float() / counts).unsqueeze(-1)  # [batch, seq, 1]
+            if width is not None and not bool((mask.sum(-1) == width).all()):
+                raise ReptuneError(f"per-position reading: some inputs have fewer than {width} tokens")
             run_until(handle, batch)
             for layer in layer_list:
                 hidden = captured[layer].float()  # fp32 accumulation
-                results[layer][start : start + len(chunk)] = (hidden * weights).sum(1).cpu()
+                if width is None:
+                    results[layer][start : start + len(chunk)] = (hidden * weights).sum(1).cpu()
+                else:
+                    results[layer][start : start + len(chunk)] = hidden[mask].view(len(chunk), width, -1).cpu()
             captured.clear()
             advance(len(chunk))
     return results

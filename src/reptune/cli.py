@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ModelOpt = Annotated[
     Optional[str],
@@ -46,8 +46,16 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     """reptune: representation tuning toolkit."""
-    if debug:
-        os.environ["REPTUNE_DEBUG"] = "1"
+    # read by main() through sys.argv; declared here so --help lists it
+
+
+def _check_output(path: Path) -> None:
+    """Fail before any work when ``path`` cannot be written (parent is a file, or not writable)."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ReptuneError(f"cannot write {path}: {parent} is not a writable directory")
 
 
 def _load(model: str | None, precision: str, device: str = "auto", layers_path: str | None = None):
@@ -87,6 +95,9 @@ def extract(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use at most N pairs.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 8,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    per_position: Annotated[
+        bool, typer.Option("--per-position", help="With --positions last:N: one vector per position, written as STEM.pos-K.safetensors.")
+    ] = False,
     precision: PrecisionOpt = "bf16",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
@@ -98,16 +109,25 @@ def extract(
 
     if output.suffix != ".safetensors":
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
+    _check_output(output)
     handle = _load(model, precision, device, layers_path)
     pairs, origin = load_contrast_pairs(data, handle.tokenizer, variant=variant, limit=limit, seed=seed)
-    vector, scan = extract_vector(
-        handle, pairs, layers, method=method, positions=positions, normalize=normalize, batch_size=batch_size, dataset=origin, seed=seed
+    result, scan_result = extract_vector(
+        handle, pairs, layers, method=method, positions=positions, normalize=normalize, batch_size=batch_size,
+        dataset=origin, seed=seed, per_position=per_position,
     )
-    vector.save(output)
-    if scan is not None:
-        write_scan(scan, output)
-        console.print(scan_markdown(scan, rich=True))
-    err_console.print(f"wrote {output} ({len(vector.layers)} layers, {len(pairs)} pairs from {origin})")
+    if per_position:
+        count = len(result)
+        targets = [output.with_name(f"{output.stem}.pos{index - count}.safetensors") for index in range(count)]
+        outputs = list(zip(result, scan_result, targets))
+    else:
+        outputs = [(result, scan_result, output)]
+    for vector, scan, path in outputs:
+        vector.save(path)
+        if scan is not None:
+            write_scan(scan, path)
+            console.print(scan_markdown(scan, rich=True))
+        err_console.print(f"wrote {path} ({len(vector.layers)} layers, {len(pairs)} pairs from {origin})")
 
 
 @app.command()
@@ -168,6 +188,7 @@ def export_gguf_cmd(
     from reptune.vectors import SteeringVector, export_gguf, load_vector
 
     loaded = load_vector(vector)
+    _check_output(output)
     chosen = loaded.select(layers) if layers is not None else {k: v for k, v in loaded.directions.items() if k != 0}
     export_gguf(SteeringVector(chosen, replace(loaded.meta)), output, model_hint=model_hint)
     err_console.print(f"wrote {output} (layers {sorted(chosen)})")
@@ -183,13 +204,14 @@ def demo(
     """The main job: extract an honesty vector on the embedded model, steer with it, write a report."""
     from reptune.demo import run_demo
 
+    _check_output(output / "report.md")
     report = run_demo(output, model=model, limit=limit, autocast="bf16" if precision == "bf16" else None)
     err_console.print(f"report: {report}")
 
 
 def main() -> None:
     """Console entry point: one-line errors with exit code 2 (tracebacks with --debug)."""
-    debug = "--debug" in sys.argv or os.environ.get("REPTUNE_DEBUG") == "1"
+    debug = "--debug" in sys.argv[1:] or os.environ.get("REPTUNE_DEBUG") == "1"
     try:
         app(standalone_mode=False)
     except (typer.Exit, SystemExit) as exc:
@@ -206,14 +228,19 @@ def main() -> None:
             raise
         err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
         sys.exit(2)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            if debug:
-                raise
-            err_console.print(Text("error: ", style="red") + Text(exc.format_message()), soft_wrap=True)
-            sys.exit(exc.exit_code)
+    except OSError as exc:  # unwritable output, full disk: the user's environment, not a bug
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        err_console.print(Text("error: ", style="red") + Text(f"{exc.strerror or exc}{where}"), soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:
+        # click usage errors (typer vendors its own click, so match by shape, not class)
+        format_message = getattr(exc, "format_message", None)
+        exit_code = getattr(exc, "exit_code", None)
+        if callable(format_message) and isinstance(exit_code, int) and not debug:
+            err_console.print(Text("error: ", style="red") + Text(format_message()), soft_wrap=True)
+            sys.exit(exit_code)
         raise
 
 

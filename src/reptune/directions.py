@@ -36,7 +36,11 @@ from typing import Any
 
 import torch
 
+from reptune.activations import read_pair_activations
+from reptune.data.pairs import pairs_hash
 from reptune.errors import DataError, ReptuneError
+from reptune.sites import Positions
+from reptune.vectors import SteeringVector, VectorMeta
 
 METHODS = ("mean-diff", "pca", "probe")
 NORMALIZATIONS = ("gap", "unit", "none")
@@ -252,7 +256,8 @@ def extract_vector(
     seed: int = 0,
     scan: bool = True,
     progress: bool = True,
-) -> tuple[Any, LayerScan | None]:
+    per_position: bool = False,
+) -> tuple[SteeringVector, LayerScan | None]:
     """Read contrast activations once and build a :class:`~reptune.vectors.SteeringVector`.
 
     Args:
@@ -263,14 +268,17 @@ def extract_vector(
         positions: token positions to read (see :mod:`reptune.sites`).
         dataset: where the pairs came from, stored in the metadata.
         scan: also score every layer on held-out pairs (same activations, no extra forward).
+        per_position: with positions ``last:N``, fit one direction per position instead of
+            one over their mean; returns ``(list of N vectors, list of N scans)`` in token order,
+            each vector's ``meta.positions`` naming its position (e.g. ``last:3@-2``).
 
     Returns:
         ``(vector, scan)``; the vector holds one direction per requested layer.
     """
-    from reptune.activations import read_pair_activations
-    from reptune.data.pairs import pairs_hash
-    from reptune.sites import Positions
-    from reptune.vectors import SteeringVector, VectorMeta
+    if per_position:
+        return _extract_per_position(handle, pairs, layers, method=method, positions=positions, normalize=normalize,
+                                     batch_size=batch_size, padding_side=padding_side, dataset=dataset, seed=seed,
+                                     scan=scan, progress=progress)
 
     if not pairs:
         raise DataError("no contrast pairs to extract a vector from")
@@ -282,6 +290,22 @@ def extract_vector(
     positive, negative = read_pair_activations(
         handle, pairs, layers, position_spec, batch_size=batch_size, padding_side=padding_side, progress=progress
     )
+    return _vector_from_activations(handle, pairs, positive, negative, method, position_spec.spec(), normalize, dataset, seed, scan)
+
+
+def _vector_from_activations(
+    handle: Any,
+    pairs: Sequence[Any],
+    positive: dict[int, torch.Tensor],
+    negative: dict[int, torch.Tensor],
+    method: str,
+    positions: str,
+    normalize: str,
+    dataset: str | None,
+    seed: int,
+    scan: bool,
+) -> tuple[SteeringVector, LayerScan | None]:
+
     directions = {layer: fit_direction(positive[layer], negative[layer], method, normalize=normalize) for layer in positive}
     layer_scan = None
     if scan and len(pairs) >= 4:
@@ -292,7 +316,7 @@ def extract_vector(
         hidden_size=handle.hidden_size,
         num_layers=handle.num_layers,
         method=method,
-        positions=position_spec.spec(),
+        positions=positions,
         normalization=normalize,
         dataset=dataset,
         dataset_hash=pairs_hash(pairs),
@@ -300,3 +324,25 @@ def extract_vector(
         extra={"best_layers": layer_scan.best_layers(min(3, len(directions))) if layer_scan else None, "seed": seed},
     )
     return SteeringVector(directions, meta), layer_scan
+
+
+def _extract_per_position(handle: Any, pairs: Sequence[Any], layers: Any, *, method: str, positions: str, normalize: str,
+                          batch_size: int, padding_side: str, dataset: str | None, seed: int, scan: bool,
+                          progress: bool) -> tuple[list[Any], list[LayerScan | None]]:
+
+    spec = Positions.parse(positions)
+    if spec.kind != "last":
+        raise ReptuneError(f"per-position extraction needs positions last:N, not {spec.spec()!r}")
+    positive, negative = read_pair_activations(
+        handle, pairs, layers, spec, batch_size=batch_size, padding_side=padding_side, progress=progress, per_position=True
+    )
+    vectors, scans = [], []
+    for index in range(spec.count):
+        offset = index - spec.count  # -N .. -1
+        vector, layer_scan = _vector_from_activations(
+            handle, pairs, {k: v[:, index] for k, v in positive.items()}, {k: v[:, index] for k, v in negative.items()},
+            method, f"{spec.spec()}@{offset}", normalize, dataset, seed, scan,
+        )
+        vectors.append(vector)
+        scans.append(layer_scan)
+    return vectors, scans

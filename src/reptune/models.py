@@ -313,7 +313,9 @@ def load_model(
         ModelError: unknown path, unreachable hub, unsupported layout (one-line message).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # reptune shows its own progress; per-tensor bars are noise
     torch_dtype = _parse_dtype(dtype)
     autocast_dtype = None if autocast in (None, "none", "fp32", "float32") else _parse_dtype(autocast)
     load_from, model_id, source_revision, source = _resolve_source(name_or_path)
@@ -322,7 +324,12 @@ def load_model(
         kwargs["local_files_only"] = True
     try:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
+            if source in {"embedded", "gguf"}:  # our own conversion: skip AutoTokenizer's ~1 s class lookup
+                from transformers import PreTrainedTokenizerFast
+
+                tokenizer = PreTrainedTokenizerFast.from_pretrained(load_from)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
         except OSError:
             if source != "hub":

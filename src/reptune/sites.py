@@ -127,9 +127,10 @@ class Positions:
             return cls(kind=text)
         if text.startswith("last:"):
             try:
-                return cls(kind="last", count=int(text[5:]))
+                count = int(text[5:])
             except ValueError:
                 raise ReptuneError(f"invalid positions {spec!r}: last:N needs an integer N") from None
+            return cls(kind="last", count=count)
         if text.startswith("marker:"):
             body = spec.split("marker:", 1)[1]
             marker, sep, tail = body.rpartition(":")

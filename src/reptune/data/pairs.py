@@ -104,8 +104,8 @@ def parse_pair(record: Any, where: str) -> ContrastPair:
     if not isinstance(meta, dict):
         raise DataError(f"{where}: 'meta' must be an object")
     return ContrastPair(
-        positive=Example.coerce(record["positive"], f"{where} positive"),
-        negative=Example.coerce(record["negative"], f"{where} negative"),
+        positive=Example.coerce(record["positive"], f"{where}: positive"),
+        negative=Example.coerce(record["negative"], f"{where}: negative"),
         label=label,
         meta=meta,
     )
