@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import build_tokenizer
+
 from reptune.data import (
     DATA_DIR_ENV,
     DISHONEST_PERSONA,

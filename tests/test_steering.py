@@ -91,10 +91,9 @@ def test_ablation_projects_direction_out(tiny):
 
 
 def test_hooks_removed_even_when_body_raises(tiny):
-    with pytest.raises(RuntimeError, match="boom"):
-        with steer(tiny, _vector(tiny), multiplier=1.0, scope="generated"):
-            assert tiny.layers[1]._forward_hooks
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), steer(tiny, _vector(tiny), multiplier=1.0, scope="generated"):
+        assert tiny.layers[1]._forward_hooks
+        raise RuntimeError("boom")
     assert all(not block._forward_hooks for block in tiny.layers)
     assert not tiny.model._forward_pre_hooks
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,11 +29,11 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 ModelOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--model", "-m", help="Hub id, local directory or .gguf file (default: embedded SmolLM2-135M-Instruct)."),
 ]
 LayersPathOpt = Annotated[
-    Optional[str], typer.Option("--layers-path", help="Attribute path of the decoder blocks for unknown layouts, e.g. model.decoder.layers.")
+    str | None, typer.Option("--layers-path", help="Attribute path of the decoder blocks for unknown layouts, e.g. model.decoder.layers.")
 ]
 PrecisionOpt = Annotated[
     str, typer.Option("--precision", help="fp32, or bf16 (bf16 autocast over fp32 weights; ~3x faster on CPUs with AVX512-BF16).")
@@ -92,7 +92,7 @@ def extract(
     positions: Annotated[str, typer.Option("--positions", "-p", help="all, last, last:N, marker:TEXT[:K], generated.")] = "last",
     normalize: Annotated[str, typer.Option("--normalize", help="gap, unit or none.")] = "gap",
     variant: Annotated[str, typer.Option("--variant", help="For statement CSVs: paired or unpaired persona pairs.")] = "paired",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use at most N pairs.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use at most N pairs.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 8,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     per_position: Annotated[
@@ -136,7 +136,7 @@ def steer(
     prompt: Annotated[list[str], typer.Option("--prompt", help="User prompt (repeat for several).")],
     multiplier: Annotated[list[float], typer.Option("--multiplier", "-x", help="Steering multiplier (repeat for several; 0 = unsteered).")] = [-4.0, 0.0, 4.0],  # noqa: B006
     model: ModelOpt = None,
-    layers: Annotated[Optional[str], typer.Option("--layers", "-l", help="Layers of the vector to steer at (default: the vector's best layer).")] = None,
+    layers: Annotated[str | None, typer.Option("--layers", "-l", help="Layers of the vector to steer at (default: the vector's best layer).")] = None,
     scope: Annotated[str, typer.Option("--scope", help="all, generated or from:K.")] = "all",
     operator: Annotated[str, typer.Option("--operator", help="add or ablate.")] = "add",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 40,
@@ -179,7 +179,7 @@ def default_steer_layers(vector) -> str:
 def export_gguf_cmd(
     vector: Annotated[Path, typer.Argument(help="Vector file (.safetensors).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="llama.cpp control vector to write (.gguf).")],
-    layers: Annotated[Optional[str], typer.Option("--layers", "-l", help="Layers to export (default: all but layer 0).")] = None,
+    layers: Annotated[str | None, typer.Option("--layers", "-l", help="Layers to export (default: all but layer 0).")] = None,
     model_hint: Annotated[str, typer.Option("--model-hint", help="llama.cpp architecture name.")] = "llama",
 ) -> None:
     """Export a vector as a llama.cpp control vector (direction.L = reptune layer L)."""

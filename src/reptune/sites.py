@@ -198,7 +198,7 @@ class Positions:
             anchor = None
             for idx, col in enumerate(cols):
                 start, end = spans[col]
-                if start < end_char and end > start and start >= 0:
+                if start < end_char and end > start >= 0:
                     anchor = idx
             if anchor is None:
                 raise ReptuneError(f"marker {self.marker!r} maps to no token in input: {texts[row][:60]!r}")

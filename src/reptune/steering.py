@@ -31,8 +31,8 @@ import torch
 from reptune.data.pairs import render_chat
 from reptune.errors import ReptuneError, VectorError
 from reptune.models import ModelHandle
-from reptune.sites import block_output_tensor, normalize_layer, replace_block_output
-from reptune.vectors import SteeringVector
+from reptune.sites import block_output_tensor, replace_block_output
+from reptune.vectors import SteeringVector, VectorMeta
 
 OPERATORS = ("add", "ablate")
 
@@ -125,24 +125,11 @@ class Steering:
     ) -> None:
         if operator not in OPERATORS:
             raise ReptuneError(f"unknown operator {operator!r}: use add or ablate")
-        if isinstance(vector, SteeringVector):
-            vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
-            directions = vector.select(layers)
-        else:
-            directions = {normalize_layer(int(k), handle.num_layers): torch.as_tensor(v).float().reshape(-1) for k, v in vector.items()}
-            if layers is not None:
-                from reptune.sites import parse_layers
-
-                wanted = parse_layers(layers, handle.num_layers)
-                missing = [layer for layer in wanted if layer not in directions]
-                if missing:
-                    raise VectorError(f"vector has no layer(s) {missing}")
-                directions = {layer: directions[layer] for layer in wanted}
-            for layer, tensor in directions.items():
-                if tensor.numel() != handle.hidden_size:
-                    raise VectorError(f"layer {layer}: vector size {tensor.numel()} != hidden size {handle.hidden_size}")
-                if not torch.isfinite(tensor).all():
-                    raise VectorError(f"layer {layer}: vector holds NaN or inf")
+        if not isinstance(vector, SteeringVector):  # a bare {layer: tensor}: validate it the same way
+            meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers, method="user")
+            vector = SteeringVector(dict(vector), meta)
+        vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
+        directions = vector.select(layers)
         if not directions:
             raise VectorError("nothing to steer with: no layers selected")
         self.handle = handle
@@ -182,7 +169,7 @@ class Steering:
             raise
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._remove()
 
     def _remove(self) -> None:

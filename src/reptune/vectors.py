@@ -13,7 +13,6 @@ over unchanged. llama.cpp has no slot for block 0, so a vector at layer 0 cannot
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -254,7 +253,3 @@ def _compact(layers: list[int]) -> str:
             parts.append(str(start) if start == layer else f"{start}-{layer}")
             start = None
     return ",".join(parts)
-
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
