@@ -195,6 +195,77 @@ def export_gguf_cmd(
 
 
 @app.command()
+def tune(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: merged weights, config, metrics, curves, checkpoints.")],
+    preset: Annotated[str, typer.Option("--preset", help="truth, lie, honesty, dishonesty, tune-out, pos or neg.")] = "honesty",
+    vector: Annotated[Path | None, typer.Option("--vector", "-v", help="Vector file (needed by every preset but truth/lie).")] = None,
+    data: Annotated[str, typer.Option("--data", "-d", help="Statements CSV / 'honesty' / 'facts' (A/B questions), CAA set, or pairs JSONL (SFT).")] = "honesty",
+    model: ModelOpt = None,
+    layers: Annotated[str | None, typer.Option("--layers", "-l", help="Trained blocks (layer spec), e.g. 10-17.")] = None,
+    rep_layers: Annotated[str | None, typer.Option("--rep-layers", help="Layers the representation loss reads (default: trained layers the vector has).")] = None,
+    rep_positions: Annotated[str | None, typer.Option("--rep-positions", help="last, last:N, all (prompt tokens) or generated.")] = None,
+    lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (peft); the merged model and the adapter are saved.")] = False,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b")] = None,
+    retain: Annotated[str | None, typer.Option("--retain", help="none, kl, act or both.")] = None,
+    retain_data: Annotated[str | None, typer.Option("--retain-data", help="Retain corpus (dataset argument; default: the training prompts).")] = None,
+    w_tok: Annotated[float | None, typer.Option("--w-tok", help="Token loss weight.")] = None,
+    w_rep: Annotated[float | None, typer.Option("--w-rep", help="Representation loss weight.")] = None,
+    w_retain: Annotated[float | None, typer.Option("--w-retain", help="Retain loss weight.")] = None,
+    eval_every: Annotated[int | None, typer.Option("--eval-every")] = None,
+    patience: Annotated[int | None, typer.Option("--patience", help="Evaluations without validation improvement before stopping.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use at most N training items.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch")] = False,
+    precision: PrecisionOpt = "bf16",
+    device: DeviceOpt = "auto",
+    layers_path: LayersPathOpt = None,
+) -> None:
+    """Fine-tune a direction into (or out of) the weights, or run a token-only baseline."""
+    import json
+
+    from reptune.data.sources import read_source
+    from reptune.tuning import TuneConfig, load_tune_items
+    from reptune.tuning import tune as run_tune
+    from reptune.vectors import load_vector
+
+    overrides = {
+        "layers": layers, "rep_layers": rep_layers, "rep_positions": rep_positions, "lora": lora or None, "steps": steps,
+        "lr": lr, "batch_size": batch_size, "retain": retain, "retain_data": retain_data, "w_tok": w_tok, "w_rep": w_rep,
+        "w_retain": w_retain, "eval_every": eval_every, "patience": patience, "checkpoint_every": checkpoint_every,
+        "limit": limit, "seed": seed, "autocast": "bf16" if precision == "bf16" else "none",
+    }
+    config = TuneConfig.preset(preset, **overrides)
+    if print_config:
+        console.print_json(json.dumps(config.to_json()))
+        return
+    loaded = load_vector(vector) if vector is not None else None
+    if config.uses_vector and loaded is None:
+        raise ReptuneError(f"preset {preset!r} needs --vector")
+    _check_output(output / "config.json")
+    handle = _load(model, precision, device, layers_path)
+    if loaded is not None:
+        loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
+    items, origin = load_tune_items(data, handle.tokenizer, limit=config.limit)
+    retain_texts = None
+    if config.retain_data:
+        source = read_source(config.retain_data)
+        retain_texts = [getattr(record, "text", None) or getattr(getattr(record, "positive", None), "text", None) or str(record) for record in source.records]
+    result = run_tune(
+        handle, config, items, output, vector=loaded, vector_path=str(vector) if vector else None, data_origin=origin,
+        retain_texts=retain_texts, resume=resume, allow_model_mismatch=allow_model_mismatch,
+    )
+    table = Table(title=f"tuned ({preset}) -> {output}", show_header=False)
+    for key, value in result.metrics.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    console.print(table)
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the vector, scan and report.")] = Path("runs/demo"),
     model: ModelOpt = None,

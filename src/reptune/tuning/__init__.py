@@ -1,0 +1,23 @@
+"""Representation tuning: fine-tune a behaviour direction into (or out of) the weights.
+
+* :mod:`reptune.tuning.config` — :class:`TuneConfig` and the paper's presets;
+* :mod:`reptune.tuning.data` — training items and deterministic balanced batches;
+* :mod:`reptune.tuning.losses` — representation, token and retain losses;
+* :mod:`reptune.tuning.trainer` — the loop, checkpoints, resume and outputs.
+"""
+
+from reptune.tuning.config import PAPER_PARAM_GROUPS, PRESETS, ParamGroup, TuneConfig
+from reptune.tuning.data import TrainItem, load_tune_items
+from reptune.tuning.trainer import TrainingDiverged, TuneResult, tune
+
+__all__ = [
+    "PAPER_PARAM_GROUPS",
+    "PRESETS",
+    "ParamGroup",
+    "TrainItem",
+    "TrainingDiverged",
+    "TuneConfig",
+    "TuneResult",
+    "load_tune_items",
+    "tune",
+]

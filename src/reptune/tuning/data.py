@@ -1,0 +1,119 @@
+"""Training items for tuning, and deterministic label-balanced batching.
+
+A :class:`TrainItem` is a prompt (the model input; chat template already applied), an optional
+completion (for SFT and ``generated`` positions), the index of the correct answer letter for
+A/B items, and a label used to balance batches (e.g. the statement's truth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reptune.data.ab import statements_to_ab
+from reptune.data.pairs import render_chat
+from reptune.data.sources import read_source
+from reptune.errors import DataError
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    prompt: str
+    completion: str = ""
+    correct: int | None = None
+    label: int | None = None
+
+
+def load_tune_items(spec: str, tokenizer: Any, *, limit: int | None = None) -> tuple[list[TrainItem], str]:
+    """Resolve a dataset argument into training items.
+
+    * statement CSVs (and ``honesty``/``facts``) -> true/false A/B questions (correct letter known);
+    * CAA A/B sets -> their questions, correct letter = the behaviour-matching answer;
+    * contrast-pair JSONL -> the positive side as prompt (+ completion, for SFT).
+    """
+    source = read_source(spec)
+    if source.kind == "statements":
+        items = [
+            TrainItem(prompt=item.prompt, correct=item.correct, label=item.meta["label"])
+            for item in statements_to_ab(source.records, tokenizer)
+        ]
+    elif source.kind == "caa":
+        items = []
+        for index, record in enumerate(source.records):
+            try:
+                question, matching = record["question"], record["answer_matching_behavior"]
+            except (KeyError, TypeError):
+                raise DataError(f"{source.origin}: record {index + 1} lacks question/answer_matching_behavior") from None
+            letter = matching.strip().strip("()")[:1].upper()
+            if letter not in {"A", "B"}:
+                raise DataError(f"{source.origin}: record {index + 1}: answer {matching!r} is not (A) or (B)")
+            correct = "AB".index(letter)
+            items.append(TrainItem(prompt=render_chat(tokenizer, question.strip()), correct=correct, label=correct))
+    else:
+        items = [TrainItem(prompt=pair.positive.prompt, completion=pair.positive.completion, label=pair.label) for pair in source.records]
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise DataError(f"{source.origin}: no training items")
+    return items, source.origin
+
+
+def split_items(items: Sequence[TrainItem], val_fraction: float, seed: int) -> tuple[list[TrainItem], list[TrainItem]]:
+    """Seeded train/validation split, stratified by label (at least one validation item if asked)."""
+    if val_fraction == 0:
+        return list(items), []
+    generator = torch.Generator().manual_seed(seed)
+    train: list[TrainItem] = []
+    val: list[TrainItem] = []
+    for label in sorted({item.label for item in items}, key=lambda value: (value is None, value)):
+        group = [item for item in items if item.label == label]
+        order = torch.randperm(len(group), generator=generator).tolist()
+        cut = max(1, round(len(group) * val_fraction)) if len(group) > 1 else 0
+        val.extend(group[i] for i in order[:cut])
+        train.extend(group[i] for i in order[cut:])
+    if not train:
+        raise DataError("no training items left after the validation split")
+    return train, val
+
+
+class BalancedBatches:
+    """Batch ``step`` is a pure function of (seed, step): resumable without stored sampler state.
+
+    Items are pooled by label; each batch draws equally from every pool (the remainder from
+    the first pools), walking a fresh seeded permutation of each pool per epoch.
+    """
+
+    def __init__(self, items: Sequence[TrainItem], batch_size: int, seed: int) -> None:
+        self.items = list(items)
+        self.batch_size = batch_size
+        self.seed = seed
+        labels = sorted({item.label for item in self.items}, key=lambda value: (value is None, value))
+        self.pools = [[i for i, item in enumerate(self.items) if item.label == label] for label in labels]
+        self._permutations: dict[tuple[int, int], list[int]] = {}
+
+    def _permutation(self, pool_index: int, epoch: int) -> list[int]:
+        key = (pool_index, epoch)
+        if key not in self._permutations:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + pool_index * 10_007 + epoch)
+            self._permutations[key] = torch.randperm(len(self.pools[pool_index]), generator=generator).tolist()
+        return self._permutations[key]
+
+    def _draw(self, pool_index: int, start: int, count: int) -> list[int]:
+        pool = self.pools[pool_index]
+        out = []
+        for position in range(start, start + count):
+            epoch, offset = divmod(position, len(pool))
+            out.append(pool[self._permutation(pool_index, epoch)[offset]])
+        return out
+
+    def __call__(self, step: int) -> list[TrainItem]:
+        shares = [self.batch_size // len(self.pools)] * len(self.pools)
+        for index in range(self.batch_size % len(self.pools)):
+            shares[index] += 1
+        chosen: list[int] = []
+        for pool_index, share in enumerate(shares):
+            chosen.extend(self._draw(pool_index, step * share, share))
+        return [self.items[i] for i in chosen]
