@@ -392,7 +392,7 @@ def tune(
             if not torch.isfinite(terms["loss"]):
                 latest = _checkpoint_dir(output) / "latest.json"
                 kept = f"last good checkpoint kept in {_checkpoint_dir(output)}" if latest.is_file() else "no checkpoint was written yet"
-                raise TrainingDiverged(f"loss became {float(terms['loss'])} at step {step + 1}; {kept}; lower the learning rate")
+                raise TrainingDiverged(f"loss became {float(terms['loss'].detach())} at step {step + 1}; {kept}; lower the learning rate")
             terms["loss"].backward()
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_([param for _, param in tuner.named_params], config.max_grad_norm)

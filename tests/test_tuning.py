@@ -1,0 +1,343 @@
+"""Representation tuning: every loss moves what it should, frozen weights stay frozen, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_model
+from transformers import AutoModelForCausalLM
+
+from reptune.activations import read_activations
+from reptune.data import Statement
+from reptune.data.ab import letter_token_ids, statements_to_ab
+from reptune.errors import DataError, ReptuneError, VectorError
+from reptune.models import load_model
+from reptune.tuning import PRESETS, TrainItem, TrainingDiverged, TuneConfig, tune
+from reptune.tuning.data import BalancedBatches, split_items
+from reptune.tuning.losses import answer_loss, kl_base_to_tuned, representation_loss, topk_reference
+from reptune.vectors import SteeringVector, VectorMeta
+
+FAST = {"autocast": None, "eval_every": 5, "checkpoint_every": 50, "batch_size": 8}
+
+
+def _statements(count=24):
+    true = [Statement(f"Two plus {i} is {i + 2}.", 1) for i in range(count // 2)]
+    false = [Statement(f"Two plus {i} is {i + 5}.", 0) for i in range(count // 2)]
+    return true + false
+
+
+def _items(handle, count=24):
+    return [TrainItem(prompt=a.prompt, correct=a.correct, label=a.meta["label"]) for a in statements_to_ab(_statements(count), handle.tokenizer)]
+
+
+def _learnable_items(handle, count=24):
+    """Truth marked by one word and "True" always option A: a tiny model can learn it in a few steps."""
+    statements = [Statement(f"The sky is {'blue' if i % 2 else 'green'} {i}.", i % 2) for i in range(count)]
+    return [TrainItem(prompt=a.prompt, correct=a.correct, label=a.meta["label"]) for a in statements_to_ab(statements, handle.tokenizer, alternate=False)]
+
+
+def _vector(handle, layers=(2,), seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    directions = {layer: torch.randn(handle.hidden_size, generator=generator) for layer in layers}
+    return SteeringVector(directions, VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers))
+
+
+def _mean_cos(handle, items, vector, layer=2):
+    acts = read_activations(handle, [item.prompt for item in items], str(layer), "last", progress=False)[layer]
+    return float(torch.nn.functional.cosine_similarity(acts, vector[layer].view(1, -1)).mean())
+
+
+def _letter_probs(handle, items):
+    """Mean P(correct letter | A or B) at the answer position."""
+    ids = letter_token_ids(handle.tokenizer, items[0].prompt)
+    handle.tokenizer.padding_side = "right"
+    enc = handle.tokenizer([item.prompt for item in items], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = handle.model(**enc).logits
+    last = enc["attention_mask"].sum(-1) - 1
+    probs = out[torch.arange(len(items)), last][:, list(ids)].softmax(-1)
+    correct = torch.tensor([item.correct for item in items])
+    return float(probs[torch.arange(len(items)), correct].mean())
+
+
+# --------------------------------------------------------------------- losses, pure functions
+
+
+def test_representation_loss_values():
+    vector = torch.tensor([1.0, 0.0])
+    hidden = torch.tensor([[[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]]])
+    mask = torch.tensor([[True, True, False]])
+    loss_in, cos = representation_loss(hidden, vector, mask, "in", 1)
+    assert loss_in.item() == pytest.approx((0 + 0.5) / 2) and cos.item() == pytest.approx(0.5)
+    loss_neg, _ = representation_loss(hidden, vector, mask, "in", -1)
+    assert loss_neg.item() == pytest.approx((1 + 0.5) / 2)
+    loss_out, _ = representation_loss(hidden, vector, torch.tensor([[True, False, True]]), "out")
+    assert loss_out.item() == pytest.approx(1.0)
+
+
+def test_answer_loss_targets():
+    logits = torch.zeros(2, 5)
+    logits[:, 1] = 2.0  # letter A (id 1) favoured
+    correct = torch.tensor([0, 1])
+    truth = answer_loss(logits, (1, 2), correct, "truth")
+    lie = answer_loss(logits, (1, 2), correct, "lie")
+    logp = logits.log_softmax(-1)
+    assert truth.item() == pytest.approx(-(logp[0, 1] + logp[1, 2]).item() / 2)
+    assert lie.item() == pytest.approx(-(logp[0, 2] + logp[1, 1]).item() / 2)
+    soft = answer_loss(logits, (1, 2), correct, "soft")
+    assert soft.item() == pytest.approx(-(0.5 * (logp[:, 1] + logp[:, 2])).mean().item())
+
+
+def test_topk_kl_exact_with_full_support_and_zero_for_identical():
+    generator = torch.Generator().manual_seed(0)
+    base, tuned = torch.randn(2, 3, 11, generator=generator), torch.randn(2, 3, 11, generator=generator)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    exact = torch.nn.functional.kl_div(tuned.log_softmax(-1), base.log_softmax(-1), log_target=True, reduction="none").sum(-1).mean()
+    assert kl_base_to_tuned(tuned, topk_reference(base, 11), mask).item() == pytest.approx(exact.item(), abs=1e-5)
+    assert kl_base_to_tuned(base, topk_reference(base, 4), mask).item() == pytest.approx(0.0, abs=1e-5)
+    assert 0 <= kl_base_to_tuned(tuned, topk_reference(base, 4), mask).item() <= exact.item() + 1e-5
+
+
+# --------------------------------------------------------------------- data and config
+
+
+def test_balanced_batches_are_balanced_and_pure():
+    items = [TrainItem(prompt=str(i), label=i % 2) for i in range(30)]
+    sampler = BalancedBatches(items, 8, seed=1)
+    for step in range(10):
+        batch = sampler(step)
+        assert sum(item.label for item in batch) == 4
+    assert BalancedBatches(items, 8, seed=1)(7) == sampler(7)
+    assert BalancedBatches(items, 8, seed=2)(7) != sampler(7)
+
+
+def test_split_is_stratified_and_seeded():
+    items = [TrainItem(prompt=str(i), label=i % 2) for i in range(40)]
+    train, val = split_items(items, 0.25, seed=0)
+    assert len(val) == 10 and sum(item.label for item in val) == 5
+    assert set(map(id, train)).isdisjoint(map(id, val))
+    assert split_items(items, 0.25, seed=0)[1] == val
+
+
+def test_presets_and_overrides():
+    assert set(PRESETS) == {"truth", "lie", "honesty", "dishonesty", "tune-out", "pos", "neg"}
+    honesty = TuneConfig.preset("honesty", lr=1e-4, layers="1-2")
+    assert (honesty.rep_mode, honesty.rep_sign, honesty.token_target, honesty.w_tok) == ("in", 1, "truth", 0.01)
+    assert TuneConfig.preset("dishonesty").rep_sign == -1 and TuneConfig.preset("lie").uses_vector is False
+    assert TuneConfig.from_json(json.loads(honesty.dumps())) == honesty
+    with pytest.raises(ReptuneError, match="unknown preset"):
+        TuneConfig.preset("honest")
+    with pytest.raises(ReptuneError, match="unknown tuning option"):
+        TuneConfig.preset("truth", learning_rate=1)
+    with pytest.raises(ReptuneError):
+        TuneConfig.preset("truth", steps=0)
+
+
+# --------------------------------------------------------------------- training behaviour
+
+
+def test_tune_in_raises_cosine_and_freezes_the_rest(tmp_path):
+    handle = build_model("llama", chat=True)
+    items, vector = _items(handle), _vector(handle)
+    before_cos = _mean_cos(handle, items, vector)
+    frozen = {name: param.detach().clone() for name, param in handle.model.named_parameters() if ".layers.1." not in name and ".layers.2." not in name}
+    config = TuneConfig.preset("pos", layers="1-2", steps=25, lr=3e-3, **FAST)
+    result = tune(handle, config, items, tmp_path / "run", vector=vector, progress=False, save_model=False)
+    after_cos = _mean_cos(handle, items, vector)
+    assert after_cos > before_cos + 0.3 and after_cos > 0.6
+    for name, param in handle.model.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name  # bit for bit
+    assert result.history[-1]["rep"] < result.history[0]["rep"]
+    assert (tmp_path / "run" / "loss_curves.png").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_tune_out_drives_abs_cosine_down(tmp_path):
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    # a vector the model's activations already align with, so there is something to remove
+    acts = read_activations(handle, [item.prompt for item in items], "2", "last", progress=False)[2]
+    vector = SteeringVector({2: acts.mean(0)}, VectorMeta(model_id=handle.model_id, hidden_size=32, num_layers=4))
+    before = abs(_mean_cos(handle, items, vector))
+    tune(handle, TuneConfig.preset("tune-out", layers="1-2", steps=25, lr=3e-3, **FAST), items, tmp_path / "run", vector=vector, progress=False, save_model=False)
+    after = abs(_mean_cos(handle, items, vector))
+    assert before > 0.5 and after < 0.15
+
+
+@pytest.mark.parametrize(("preset", "direction"), [("truth", 1), ("lie", -1)])
+def test_token_losses_move_answer_probabilities(tmp_path, preset, direction):
+    handle = build_model("llama", chat=True)
+    items = _learnable_items(handle)
+    before = _letter_probs(handle, items)
+    config = TuneConfig.preset(preset, layers="0-3", steps=50, lr=1e-2, val_fraction=0.0, **FAST)
+    tune(handle, config, items, tmp_path / "run", progress=False, save_model=False)
+    after = _letter_probs(handle, items)
+    assert direction * (after - before) > 0.15
+
+
+def test_retain_loss_keeps_kl_to_base_lower(tmp_path):
+    items = _learnable_items(build_model("llama", chat=True))
+    retain_texts = ["The sky is blue. The grass is green.", "Water boils at 100 degrees.", "Cats are mammals.", "Hello world, the quick brown fox."] * 2
+    kls = {}
+    for retain in ("none", "kl"):
+        handle = build_model("llama", chat=True)
+        base = build_model("llama", chat=True)
+        config = TuneConfig.preset("lie", layers="0-3", steps=30, lr=1e-2, retain=retain, w_retain=100.0 if retain != "none" else 0.0, **FAST)
+        tune(handle, config, items, tmp_path / retain, retain_texts=retain_texts, progress=False, save_model=False)
+        handle.tokenizer.padding_side = "right"
+        enc = handle.tokenizer(retain_texts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            tuned_logp = handle.model(**enc).logits.log_softmax(-1)
+            base_logp = base.model(**enc).logits.log_softmax(-1)
+        kl = (base_logp.exp() * (base_logp - tuned_logp)).sum(-1)[enc["attention_mask"].bool()].mean()
+        kls[retain] = float(kl)
+    assert kls["kl"] < 0.5 * kls["none"], kls
+
+
+def test_lora_trains_adapter_only_and_saves_merged_and_adapter(tmp_path):
+    handle = build_model("llama", chat=True)
+    items, vector = _items(handle), _vector(handle)
+    before = {name: param.detach().clone() for name, param in handle.model.named_parameters()}
+    before_cos = _mean_cos(handle, items, vector)
+    config = TuneConfig.preset("pos", layers="1-2", steps=25, lr=1e-2, lora=True, retain="act", **FAST)
+    tune(handle, config, items, tmp_path / "run", vector=vector, progress=False)
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    reloaded = load_model(str(tmp_path / "run"))
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert set(dict(plain.named_parameters())) == set(before)  # merged: no LoRA tensors left
+    assert _mean_cos(reloaded, items, vector) > before_cos + 0.2
+    changed = [name for name in before if not torch.equal(before[name], dict(reloaded.model.named_parameters())[name])]
+    assert changed and all(".layers.1." in name or ".layers.2." in name for name in changed)
+
+
+def test_output_loads_with_transformers_and_reptune(tmp_path):
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    tune(handle, TuneConfig.preset("truth", layers="1", steps=3, lr=1e-3, **FAST), items, tmp_path / "run", progress=False, data_origin="unit")
+    run = tmp_path / "run"
+    for name in ("config.json", "model.safetensors", "tune_config.json", "metrics.json", "loss_curves.json", "README.md", "tokenizer.json"):
+        assert (run / name).is_file(), name
+    card = (run / "README.md").read_text()
+    assert "tiny-llama" in card and "truth" in card and "unit" in card
+    model = AutoModelForCausalLM.from_pretrained(run)
+    for name, param in model.named_parameters():
+        assert torch.equal(param, dict(handle.model.named_parameters())[name])
+
+
+# --------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_fail_before_training(tmp_path):
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    other = SteeringVector({2: torch.ones(16)}, VectorMeta(model_id="other", hidden_size=16, num_layers=4))
+    with pytest.raises(VectorError, match="hidden size"):
+        tune(handle, TuneConfig.preset("honesty", layers="1-2", **FAST), items, tmp_path / "a", vector=other, progress=False)
+    wrong_id = SteeringVector({2: torch.ones(32)}, VectorMeta(model_id="someone-else", hidden_size=32, num_layers=4))
+    with pytest.raises(VectorError, match="made for someone-else"):
+        tune(handle, TuneConfig.preset("honesty", layers="1-2", **FAST), items, tmp_path / "b", vector=wrong_id, progress=False)
+    with pytest.raises(VectorError, match="no layer"):
+        tune(handle, TuneConfig.preset("honesty", layers="1-2", rep_layers="3", **FAST), items, tmp_path / "c", vector=_vector(handle), progress=False)
+    with pytest.raises(VectorError, match="needs a vector"):
+        tune(handle, TuneConfig.preset("honesty", layers="1-2", **FAST), items, tmp_path / "d", progress=False)
+    unlabeled = [TrainItem(prompt=item.prompt) for item in items]
+    with pytest.raises(DataError, match="needs A/B items"):
+        tune(handle, TuneConfig.preset("truth", layers="1-2", **FAST), unlabeled, tmp_path / "e", progress=False)
+    assert not any((tmp_path / name).exists() for name in "abcde")
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
+    from reptune.tuning import trainer
+
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    real_losses = trainer.Tuner.losses
+    calls = {"n": 0}
+
+    def poisoned(self, batch, retain_index):
+        terms = real_losses(self, batch, retain_index)
+        calls["n"] += retain_index is not None
+        if retain_index is not None and retain_index >= 4:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(trainer.Tuner, "losses", poisoned)
+    config = TuneConfig.preset("truth", layers="1", steps=10, lr=1e-3, **{**FAST, "checkpoint_every": 2})
+    with pytest.raises(TrainingDiverged, match="at step 5; last good checkpoint kept"):
+        tune(handle, config, items, tmp_path / "run", progress=False)
+    latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 4
+
+
+# --------------------------------------------------------------------- resume after SIGKILL
+
+RESUME_SCRIPT = r"""
+import sys, json, torch
+sys.path.insert(0, {tests!r})
+from conftest import build_model
+from reptune.data import Statement
+from reptune.data.ab import statements_to_ab
+from reptune.tuning import TrainItem, TuneConfig, tune
+from safetensors.torch import save_file
+handle = build_model("llama", chat=True)
+stm = [Statement(f"Two plus {{i}} is {{i + 2}}.", 1) for i in range(12)] + [Statement(f"Two plus {{i}} is {{i + 5}}.", 0) for i in range(12)]
+items = [TrainItem(prompt=a.prompt, correct=a.correct, label=a.meta["label"]) for a in statements_to_ab(stm, handle.tokenizer)]
+config = TuneConfig.preset("lie", layers="1-2", steps=12, lr=2e-3, autocast=None, eval_every=3, checkpoint_every=3, batch_size=8, retain="kl")
+slow = sys.argv[2] == "slow"
+if slow:
+    import reptune.tuning.trainer as trainer, time
+    original = trainer.Tuner.losses
+    def delayed(self, batch, retain_index):
+        if retain_index is not None:
+            time.sleep(0.4)
+        return original(self, batch, retain_index)
+    trainer.Tuner.losses = delayed
+tune(handle, config, items, sys.argv[1], resume=sys.argv[3] == "resume", progress=False, save_model=False)
+save_file({{k: v.contiguous() for k, v in handle.model.state_dict().items()}}, sys.argv[1] + "/final.safetensors")
+"""
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "run_tune.py"
+    script.write_text(RESUME_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, str(script), str(straight), "fast", "fresh"], check=True, env=env, timeout=600)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), "slow", "fresh"], env=env)
+    latest = killed / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if latest.is_file() and json.loads(latest.read_text())["step"] >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(latest.read_text())["step"]
+    assert 3 <= killed_at < 12, "the run should have been killed mid-way"
+    subprocess.run([sys.executable, str(script), str(killed), "fast", "resume"], check=True, env=env, timeout=600)
+    a, b = load_file(str(straight / "final.safetensors")), load_file(str(killed / "final.safetensors"))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    curves_a = json.loads((straight / "loss_curves.json").read_text())
+    curves_b = json.loads((killed / "loss_curves.json").read_text())
+    assert [row["loss"] for row in curves_a["train"]] == pytest.approx([row["loss"] for row in curves_b["train"]], abs=1e-6)
+
+
+def test_existing_run_needs_resume(tmp_path):
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    config = TuneConfig.preset("truth", layers="1", steps=2, lr=1e-3, **{**FAST, "checkpoint_every": 1})
+    tune(handle, config, items, tmp_path / "run", progress=False, save_model=False)
+    with pytest.raises(ReptuneError, match="already holds a run"):
+        tune(handle, config, items, tmp_path / "run", progress=False, save_model=False)
