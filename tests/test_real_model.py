@@ -54,3 +54,27 @@ def test_steered_generation_same_with_and_without_cache(embedded, honesty):
     with steer(embedded, vector, "15", multiplier=-8.0):
         pushed = generate(embedded, prompts, max_new_tokens=10, return_token_ids=True)
     assert pushed != plain
+
+
+def test_short_honesty_run_raises_cosine_on_held_out_statements(honesty, tmp_path):
+    """A short ``honesty`` run on a fresh copy pulls held-out activations toward the honesty vector."""
+    import torch.nn.functional as F
+
+    from reptune.models import load_model
+    from reptune.tuning import TuneConfig, load_tune_items, tune
+
+    _, vector, _ = honesty
+    handle = load_model(None, autocast="bf16")
+    items, origin = load_tune_items("honesty", handle.tokenizer)
+    train, held_out = items[:64], items[-24:]
+
+    def mean_cos() -> float:
+        acts = read_activations(handle, [item.prompt for item in held_out], "14", "last", progress=False)[14]
+        return float(F.cosine_similarity(acts, vector[14].view(1, -1)).mean())
+
+    before = mean_cos()
+    config = TuneConfig.preset("honesty", layers="12-14", rep_layers="14", steps=12, lr=2e-4, batch_size=4, eval_every=6, val_fraction=0.1)
+    result = tune(handle, config, train, tmp_path / "run", vector=vector, data_origin=origin, progress=False, save_model=False)
+    after = mean_cos()
+    assert result.history[-1]["rep"] < result.history[0]["rep"]
+    assert after > before + 0.1, (before, after)
