@@ -392,3 +392,74 @@ def test_extract_unwritable_output_is_a_user_error(run, tiny_dir, pairs_file, tm
     blocker.write_text("I am a file, not a folder")
     result = run(*base_extract(tiny_dir, pairs_file, blocker / "v.safetensors"))
     assert_user_error(result, "afile")
+
+
+# --------------------------------------------------------------------- tune
+
+
+@pytest.fixture()
+def statements_file(tmp_path) -> Path:
+    path = tmp_path / "statements.csv"
+    rows = ["statement,label"] + [f"The sky is {'blue' if i % 2 else 'green'} {i}.,{i % 2}" for i in range(24)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def tune_args(tiny_dir, data, output, *extra):
+    return ["tune", "--model", tiny_dir, "--data", data, "--layers", "1-2", "--steps", "3", "--batch-size", "4",
+            "--precision", "fp32", "-o", output, *extra]
+
+
+def test_tune_cli_writes_a_loadable_run(run, tiny_dir, tiny_vector, statements_file, tmp_path):
+    out = tmp_path / "run"
+    result = run(*tune_args(tiny_dir, statements_file, out, "--preset", "honesty", "--vector", tiny_vector, "--rep-layers", "2"))
+    assert result.code == 0, result.err
+    for name in ("config.json", "model.safetensors", "tune_config.json", "metrics.json", "loss_curves.png", "README.md"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "tune_config.json").read_text())
+    assert config["preset"] == "honesty" and config["rep_sign"] == 1 and config["steps"] == 3
+    assert load_model(str(out)).num_layers == LAYERS
+    again = run(*tune_args(tiny_dir, statements_file, out, "--preset", "truth"))
+    assert_user_error(again, "already holds a run", "--resume")
+
+
+def test_tune_print_config(run):
+    result = run("tune", "--preset", "dishonesty", "--lr", "1e-4", "--print-config", "-o", "unused")
+    config = json.loads(result.out)
+    assert result.code == 0 and config["rep_sign"] == -1 and config["lr"] == 1e-4 and config["token_target"] == "lie"
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--preset", "honest"], "unknown preset 'honest'"),
+        (["--preset", "honesty"], "needs --vector"),
+        (["--preset", "truth", "--steps", "0"], "steps must be at least 1"),
+        (["--preset", "truth", "--retain", "sometimes"], "retain must be one of"),
+        (["--preset", "truth", "--param-group", "(=1e-3"], "--param-group"),
+        (["--preset", "truth", "--layers", "9"], "out of range"),
+    ],
+)
+def test_tune_bad_options(run, tiny_dir, statements_file, tmp_path, extra, fragment):
+    out = tmp_path / "run"
+    result = run(*tune_args(tiny_dir, statements_file, out)[:-2], *extra, "-o", out)
+    assert_user_error(result, fragment)
+    assert files_under(out) == []
+
+
+def test_tune_vector_mismatch_and_missing_layer(run, tiny_dir, statements_file, tmp_path):
+    other = tmp_path / "other.safetensors"
+    SteeringVector({2: torch.ones(16)}, VectorMeta(model_id="elsewhere", hidden_size=16, num_layers=LAYERS)).save(other)
+    result = run(*tune_args(tiny_dir, statements_file, tmp_path / "a", "--preset", "pos", "--vector", other))
+    assert_user_error(result, "hidden size")
+    only_three = tmp_path / "three.safetensors"
+    SteeringVector({3: torch.ones(HIDDEN)}, VectorMeta(model_id=str(tiny_dir), hidden_size=HIDDEN, num_layers=LAYERS)).save(only_three)
+    result = run(*tune_args(tiny_dir, statements_file, tmp_path / "b", "--preset", "pos", "--vector", only_three))
+    assert_user_error(result, "none of the trained layers")
+    assert files_under(tmp_path / "a") == [] and files_under(tmp_path / "b") == []
+
+
+def test_tune_data_without_labels(run, tiny_dir, pairs_file, tmp_path):
+    result = run(*tune_args(tiny_dir, pairs_file, tmp_path / "run", "--preset", "truth"))
+    assert_user_error(result, "needs A/B items")
+    assert files_under(tmp_path / "run") == []

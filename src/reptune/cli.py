@@ -204,6 +204,10 @@ def tune(
     layers: Annotated[str | None, typer.Option("--layers", "-l", help="Trained blocks (layer spec), e.g. 10-17.")] = None,
     rep_layers: Annotated[str | None, typer.Option("--rep-layers", help="Layers the representation loss reads (default: trained layers the vector has).")] = None,
     rep_positions: Annotated[str | None, typer.Option("--rep-positions", help="last, last:N, all (prompt tokens) or generated.")] = None,
+    train_modules: Annotated[str | None, typer.Option("--train-modules", help="Regex: which parameters of the trained blocks train (default all).")] = None,
+    param_group: Annotated[
+        list[str] | None, typer.Option("--param-group", help="PATTERN=LR: learning rate for matching parameters (repeatable), e.g. 'self_attn\\.(v_proj|o_proj)=1e-5'.")
+    ] = None,
     lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (peft); the merged model and the adapter are saved.")] = False,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
@@ -238,6 +242,7 @@ def tune(
         "lr": lr, "batch_size": batch_size, "retain": retain, "retain_data": retain_data, "w_tok": w_tok, "w_rep": w_rep,
         "w_retain": w_retain, "eval_every": eval_every, "patience": patience, "checkpoint_every": checkpoint_every,
         "limit": limit, "seed": seed, "autocast": "bf16" if precision == "bf16" else "none",
+        "train_modules": train_modules, "param_groups": _parse_param_groups(param_group or []) or None,
     }
     config = TuneConfig.preset(preset, **overrides)
     if print_config:
@@ -265,6 +270,24 @@ def tune(
     console.print(table)
 
 
+def _parse_param_groups(specs: list[str]) -> list[dict[str, float | str]]:
+    """``["PATTERN=LR", ...]`` -> ``[{"pattern": ..., "lr": ...}]``, validating both parts."""
+    import re
+
+    groups = []
+    for spec in specs:
+        pattern, sep, value = spec.rpartition("=")
+        try:
+            lr = float(value)
+            re.compile(pattern)
+        except (ValueError, re.error):
+            sep = ""
+        if not sep or not pattern:
+            raise ReptuneError(f"--param-group {spec!r} must be PATTERN=LR with a valid regex and a number")
+        groups.append({"pattern": pattern, "lr": lr})
+    return groups
+
+
 @app.command()
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the vector, scan and report.")] = Path("runs/demo"),
@@ -278,6 +301,100 @@ def demo(
     _check_output(output / "report.md")
     report = run_demo(output, model=model, limit=limit, autocast="bf16" if precision == "bf16" else None)
     err_console.print(f"report: {report}")
+
+
+@app.command("discover")
+def discover_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Best vector (.safetensors); ranks 2..K go to STEM.rankN.safetensors, the report to STEM.discovery.md.")],
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts file: .txt (one per line), .jsonl or .json.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeat for several; adds to --prompts).")] = None,
+    model: ModelOpt = None,
+    method: Annotated[str, typer.Option("--method", help="melbo, random or dct.")] = "melbo",
+    source: Annotated[int | None, typer.Option("--source", help="Layer the vectors are added at (default: num_layers/4).")] = None,
+    target: Annotated[int | None, typer.Option("--target", help="Layer whose change is measured (default: 3*num_layers/4).")] = None,
+    radius: Annotated[str, typer.Option("--radius", "-r", help="Norm R of every vector, or 'auto' (DCT calibration, nonlinear/linear = 0.5).")] = "auto",
+    num: Annotated[int, typer.Option("--num", "-k", help="Number of vectors (DCT: factors).")] = 8,
+    steps: Annotated[int, typer.Option("--steps", help="MELBO steps (paper: 300).")] = 300,
+    lr: Annotated[float, typer.Option("--lr", help="MELBO Adam learning rate (paper: 1e-3; raise it for short runs).")] = 1e-3,
+    orthogonal: Annotated[bool | None, typer.Option("--orthogonal/--no-orthogonal", help="Vectors orthogonal to earlier ones (default: melbo/random off, dct on).")] = None,
+    positions: Annotated[str, typer.Option("--positions", "-p", help="Token positions whose change counts: all, last:N, marker:TEXT[:K].")] = "all",
+    power_p: Annotated[float, typer.Option("--p", help="MELBO exponent p (norm power per token).")] = 2.0,
+    power_q: Annotated[float, typer.Option("--q", help="MELBO exponent q (root per prompt).")] = 1.0,
+    candidates: Annotated[int | None, typer.Option("--candidates", help="random: keep the best --num of this many random vectors.")] = None,
+    refine_steps: Annotated[int, typer.Option("--refine-steps", help="random: local MELBO steps on each kept vector.")] = 0,
+    init: Annotated[Path | None, typer.Option("--init", help="melbo: start from this vector file's source-layer vector (search around it).")] = None,
+    dct_iters: Annotated[int, typer.Option("--dct-iters", help="DCT gradient iterations.")] = 10,
+    eval_prompts: Annotated[Path | None, typer.Option("--eval-prompts", help="Held-out prompts file for scoring (default: the training prompts).")] = None,
+    score: Annotated[bool, typer.Option("--score/--no-score", help="Generate and score completions for every vector.")] = True,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 32,
+    diverge_within: Annotated[int, typer.Option("--diverge-within", help="Divergence window in tokens.")] = 8,
+    logit: Annotated[str | None, typer.Option("--logit", help="A,B: report the next-token logit(A) - logit(B), e.g. 'Sure,Sorry'.")] = None,
+    match: Annotated[list[str] | None, typer.Option("--match", help="String to look for in completions (repeat for several).")] = None,
+    rank_by: Annotated[str, typer.Option("--rank-by", help="auto, method (objective / DCT alpha), diverge, logit or match.")] = "auto",
+    sweep: Annotated[bool, typer.Option("--sweep", help="Also score random vectors on a log grid of radii (in the report).")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the chat template to prompts.")] = True,
+    precision: PrecisionOpt = "bf16",
+    device: DeviceOpt = "auto",
+    layers_path: LayersPathOpt = None,
+) -> None:
+    """Discover steering vectors without labels (MELBO, random search or DCT), score and rank them."""
+    from reptune.discovery import DiscoveryError, load_prompts
+    from reptune.discovery import discover as run_discover
+    from reptune.discovery.common import check_radius
+    from reptune.discovery.pipeline import METHODS
+    from reptune.vectors import load_vector
+
+    if output.suffix != ".safetensors":
+        raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
+    if method not in METHODS:
+        raise DiscoveryError(f"unknown --method {method!r}: use melbo, random or dct")
+    radius_value: float | str = "auto"
+    if radius != "auto":
+        try:
+            number = float(radius)
+        except ValueError:
+            raise DiscoveryError(f"--radius must be a number > 0 or 'auto', got {radius!r}") from None
+        radius_value = check_radius(number)
+    if source is not None and target is not None and 0 <= target <= source:
+        raise DiscoveryError(f"--source {source} must come before --target {target}")
+    texts = (load_prompts(prompts) if prompts is not None else []) + list(prompt or [])
+    if not texts:
+        raise DiscoveryError("no prompts: give --prompts FILE or --prompt TEXT")
+    held_out = load_prompts(eval_prompts) if eval_prompts is not None else None
+    logit_tokens = None
+    if logit is not None:
+        parts = logit.split(",")
+        if len(parts) != 2 or not all(parts):
+            raise DiscoveryError(f"--logit takes two strings separated by a comma, e.g. 'Sure,Sorry'; got {logit!r}")
+        logit_tokens = (parts[0], parts[1])
+    start = load_vector(init) if init is not None else None
+    _check_output(output)
+    handle = _load(model, precision, device, layers_path)
+    start_rows = None
+    if start is not None:
+        start.check_compatible(handle, allow_model_mismatch=True)
+        layer = source if source is not None else None
+        if layer is None or layer % handle.num_layers not in start.directions:
+            raise DiscoveryError(f"--init vector has layers {start.layers}; pass --source as one of them")
+        start_rows = start[layer].unsqueeze(0)
+    result = run_discover(
+        handle, texts, method=method, source=source, target=target, radius=radius_value, num=num, positions=positions,
+        chat=chat, steps=steps, lr=lr, p=power_p, q=power_q, orthogonal=orthogonal, init=start_rows, candidates=candidates,
+        refine_steps=refine_steps, dct_iters=dct_iters, eval_prompts=held_out, score=score, max_new_tokens=max_new_tokens,
+        diverge_within=diverge_within, logit_tokens=logit_tokens, match=tuple(match or ()), rank_by=rank_by, sweep=sweep,
+        seed=seed, dataset=str(prompts) if prompts is not None else "prompts", output=output, progress=True,
+    )
+    rows = result.table()
+    columns = [key for key in ("rank", "file", result.score_name, "diverge", "logit_diff", "match") if any(row.get(key) is not None for row in rows)]
+    table = Table(title=f"{result.method}: {len(rows)} vectors, layer {result.source} -> {result.target}, R = {result.radius:.4g} (ranked by {result.rank_by})")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "file" else "right")
+    for row in rows:
+        table.add_row(*(f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns))
+    console.print(table)
+    stem = output.with_suffix("")
+    err_console.print(f"wrote {output} (best) and {len(rows) - 1} more by rank; report {stem.name}.discovery.md")
 
 
 def main() -> None:
