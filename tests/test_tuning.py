@@ -341,3 +341,17 @@ def test_existing_run_needs_resume(tmp_path):
     tune(handle, config, items, tmp_path / "run", progress=False, save_model=False)
     with pytest.raises(ReptuneError, match="already holds a run"):
         tune(handle, config, items, tmp_path / "run", progress=False, save_model=False)
+
+
+def test_retain_texts_from_raw_text_and_datasets(tmp_path):
+    from reptune.tuning.data import load_retain_texts
+
+    raw = tmp_path / "wiki.test.raw"
+    raw.write_text(" = Title = \n\n" + "A long enough line of encyclopedic text about something. " * 2 + "\nshort\n")
+    assert load_retain_texts(str(raw)) == [("A long enough line of encyclopedic text about something. " * 2).strip()]
+    statements = load_retain_texts("honesty")
+    assert len(statements) == 512 and all(text.endswith(".") for text in statements)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("short\n")
+    with pytest.raises(DataError, match="no usable text"):
+        load_retain_texts(str(empty))

@@ -232,8 +232,8 @@ def tune(
     """Fine-tune a direction into (or out of) the weights, or run a token-only baseline."""
     import json
 
-    from reptune.data.sources import read_source
     from reptune.tuning import TuneConfig, load_tune_items
+    from reptune.tuning.data import load_retain_texts
     from reptune.tuning import tune as run_tune
     from reptune.vectors import load_vector
 
@@ -256,10 +256,7 @@ def tune(
     if loaded is not None:
         loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
     items, origin = load_tune_items(data, handle.tokenizer, limit=config.limit)
-    retain_texts = None
-    if config.retain_data:
-        source = read_source(config.retain_data)
-        retain_texts = [getattr(record, "text", None) or getattr(getattr(record, "positive", None), "text", None) or str(record) for record in source.records]
+    retain_texts = load_retain_texts(config.retain_data) if config.retain_data else None
     result = run_tune(
         handle, config, items, output, vector=loaded, vector_path=str(vector) if vector else None, data_origin=origin,
         retain_texts=retain_texts, resume=resume, allow_model_mismatch=allow_model_mismatch,
@@ -395,6 +392,133 @@ def discover_cmd(
     console.print(table)
     stem = output.with_suffix("")
     err_console.print(f"wrote {output} (best) and {len(rows) - 1} more by rank; report {stem.name}.discovery.md")
+
+
+def _task_options(names: list[str], data: list[str], settings: list[str]) -> dict[str, dict[str, str]]:
+    """``--data [TASK=]SPEC`` and ``--set [TASK.]KEY=VALUE`` into per-task options."""
+    options: dict[str, dict[str, str]] = {name: {} for name in names}
+
+    def targets(prefix: str | None, what: str) -> list[str]:
+        if prefix is None:
+            return names
+        if prefix not in options:
+            raise ReptuneError(f"{what} names task {prefix!r}, which is not in --tasks ({', '.join(names)})")
+        return [prefix]
+
+    for spec in data:
+        task, sep, value = spec.partition("=")
+        prefix, value = (task, value) if sep and task in options else (None, spec)
+        for name in targets(prefix, f"--data {spec}"):
+            options[name]["data"] = value
+    for spec in settings:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            raise ReptuneError(f"--set expects [TASK.]KEY=VALUE, got {spec!r}")
+        prefix, dot, option = key.rpartition(".")
+        for name in targets(prefix if dot else None, f"--set {spec}"):
+            options[name][option] = value
+    return options
+
+
+@app.command("eval")
+def eval_cmd(
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks: facts-ab, tqa-ab, tqa-mc1, tqa-mc2, mmlu, perplexity, kl, caa:<behaviour>.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results JSON (per-item records included); an interrupted run resumes from OUTPUT.partial/.")],
+    model: ModelOpt = None,
+    vector: Annotated[Path | None, typer.Option("--vector", "-v", help="Steer with this vector file while evaluating.")] = None,
+    multiplier: Annotated[float, typer.Option("--multiplier", "-x", help="Steering multiplier.")] = 1.0,
+    layers: Annotated[str | None, typer.Option("--layers", "-l", help="Layers of the vector to steer at (default: the vector's best layer).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most N items per task (perplexity: windows).")] = None,
+    data: Annotated[list[str] | None, typer.Option("--data", "-d", help="Data for the tasks: SPEC, or TASK=SPEC (repeat).")] = None,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="Task option [TASK.]KEY=VALUE, e.g. perplexity.window=1024, facts-ab.scoring=generate, mmlu.subjects=anatomy (repeat).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap CIs (recorded in the results).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse items finished by an interrupted run with the same settings.")] = True,
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Use a vector made for another model id.")] = False,
+    precision: PrecisionOpt = "bf16",
+    device: DeviceOpt = "auto",
+    layers_path: LayersPathOpt = None,
+) -> None:
+    """Evaluate a model (optionally steered) on tasks; write metrics and per-item records."""
+    from reptune.evaluation import evaluate, get_task
+
+    if limit is not None and limit < 1:
+        raise ReptuneError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise ReptuneError(f"--batch-size must be at least 1, got {batch_size}")
+    if output.suffix != ".json":
+        raise ReptuneError(f"--output must end in .json, got {output.name}")
+    _check_output(output)
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    if not names:
+        raise ReptuneError("--tasks is empty")
+    options = _task_options(names, data or [], settings or [])
+    task_objs = [get_task(name, **options[name]) for name in names]  # unknown task/option: fail before loading
+    if vector is not None and not vector.is_file():
+        raise ReptuneError(f"vector file not found: {vector}")
+    handle = _load(model, precision, device, layers_path)
+    steering_vector = None
+    if vector is not None:
+        from reptune.vectors import load_vector
+
+        steering_vector = load_vector(vector, handle, allow_model_mismatch=allow_model_mismatch)
+        layers = layers or default_steer_layers(steering_vector)
+    results = evaluate(
+        handle, task_objs, vector=steering_vector, multiplier=multiplier, layers=layers, limit=limit, batch_size=batch_size,
+        seed=seed, output=output, resume=resume, progress=True, allow_model_mismatch=allow_model_mismatch,
+        vector_label=str(vector) if vector is not None else None,
+    )
+    table = Table(title=f"{handle.model_id}" + (f" steered x{multiplier:g} at {layers}" if vector is not None else ""))
+    for column in ("task", "metric", "value", "95% CI", "n"):
+        table.add_column(column)
+    for name, result in results.tasks.items():
+        for metric, value in result.metrics.items():
+            if "/" in metric:
+                continue
+            ci = "" if value.get("ci_low") is None or value["ci_low"] != value["ci_low"] else f"[{value['ci_low']:.4g}, {value['ci_high']:.4g}]"
+            table.add_row(name, metric, f"{value['value']:.4g}", ci, str(value.get("n", "")))
+    console.print(table)
+    err_console.print(f"wrote {output}")
+
+
+@app.command("compare")
+def compare_cmd(
+    first: Annotated[Path, typer.Argument(help="Results JSON of model A (from `reptune eval`).")],
+    second: Annotated[Path, typer.Argument(help="Results JSON of model B, on the same items.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the comparison as JSON.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the paired bootstrap.")] = 0,
+) -> None:
+    """Paired tests per task: McNemar on per-item correctness, paired bootstrap on scores."""
+    from reptune._io import write_json_atomic
+    from reptune.evaluation import compare_results
+
+    if output is not None:
+        _check_output(output)
+    rows = compare_results(first, second, seed=seed)
+    table = Table(title=f"A = {first.name}   B = {second.name}")
+    for column in ("task", "n", "metric", "A", "B", "B - A", "test", "p / 95% CI"):
+        table.add_column(column)
+    for row in rows:
+        if "mcnemar" in row:
+            test = row["mcnemar"]
+            table.add_row(
+                row["task"], str(row["n"]), row["metric"], f"{row['a']:.4f}", f"{row['b']:.4f}", f"{row['b'] - row['a']:+.4f}",
+                f"McNemar {test['method']} (b={test['b']}, c={test['c']})", f"p={test['pvalue']:.4g}",
+            )
+        if "continuous" in row:
+            cont = row["continuous"]
+            table.add_row(
+                row["task"], str(row["n"]), cont["metric"], f"{cont['mean_a']:.4g}", f"{cont['mean_b']:.4g}", f"{cont['diff']:+.4g}",
+                "paired bootstrap", f"[{cont['ci_low']:+.4g}, {cont['ci_high']:+.4g}]",
+            )
+        if row["n"] == 0 or row.get("warning"):
+            table.add_row(row["task"], str(row["n"]), "-", "", "", "", row.get("warning", "no shared items"), "")
+    console.print(table)
+    if output is not None:
+        from reptune.evaluation.runner import _finite
+
+        write_json_atomic(output, _finite({"a": str(first), "b": str(second), "tasks": rows}))
+        err_console.print(f"wrote {output}")
 
 
 def main() -> None:

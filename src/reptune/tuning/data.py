@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -117,3 +118,31 @@ class BalancedBatches:
         for pool_index, share in enumerate(shares):
             chosen.extend(self._draw(pool_index, step * share, share))
         return [self.items[i] for i in chosen]
+
+
+def load_retain_texts(spec: str, *, min_chars: int = 40, limit: int = 512) -> list[str]:
+    """Plain texts for the retain loss.
+
+    A text file (any suffix but .jsonl/.csv/.json, e.g. WikiText's ``wiki.test.raw``) gives its
+    non-empty lines of at least ``min_chars`` characters; any other dataset argument gives its
+    statements, or the positive side of its pairs, or its CAA questions.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix not in {".jsonl", ".csv", ".json"}:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not a UTF-8 text file") from None
+        texts = [line.strip() for line in lines if len(line.strip()) >= min_chars]
+    else:
+        source = read_source(spec)
+        if source.kind == "statements":
+            texts = [record.text for record in source.records]
+        elif source.kind == "pairs":
+            texts = [record.positive.text for record in source.records]
+        else:
+            texts = [str(record.get("question", "")) for record in source.records]
+    texts = [text for text in texts if text.strip()][:limit]
+    if not texts:
+        raise DataError(f"retain corpus {spec!r} holds no usable text")
+    return texts
