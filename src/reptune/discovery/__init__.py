@@ -1,0 +1,64 @@
+"""Unsupervised discovery of steering vectors: MELBO, random baselines and search, DCT.
+
+Users want vectors for behaviours they cannot write contrast prompts for (backdoors, latent
+capabilities, refusal bypasses). Discovery finds them without labels, on the same site
+convention (:mod:`reptune.sites`), hooks (:mod:`reptune.steering`) and vector files
+(:mod:`reptune.vectors`) as the rest of reptune, so ``steer``, ``tune`` and ``eval`` take them.
+
+* :mod:`~reptune.discovery.slice` — the engine: blocks ``source+1 .. target`` replayed on cached
+  source-layer activations, ``k`` vectors per batch (:class:`LayerSlice`);
+* :mod:`~reptune.discovery.melbo` — MELBO (Mack & Turner 2024), batched projected-gradient Adam,
+  and local search around given vectors;
+* :mod:`~reptune.discovery.baselines` — norm-matched random vectors, a log-grid sweep over R,
+  random search;
+* :mod:`~reptune.discovery.dct` — the exponential deep causal transcoder: radius calibration,
+  orthogonalised gradient iteration, alpha by least squares;
+* :mod:`~reptune.discovery.scoring` — greedy completions and metrics (divergence, logit readout,
+  string match, a judge hook);
+* :mod:`~reptune.discovery.pipeline` — :func:`discover` (the twin of ``reptune discover``),
+  output files and the report.
+"""
+
+from reptune.discovery.baselines import RadiusSweep, log_grid, random_search, random_vectors, sweep_radius
+from reptune.discovery.common import DiscoveryError
+from reptune.discovery.dct import Calibration, DCTResult, calibrate_radius, fit_dct
+from reptune.discovery.melbo import MelboRun, local_search, train_melbo
+from reptune.discovery.pipeline import (
+    METHODS,
+    DiscoveredVector,
+    DiscoveryResult,
+    default_layers,
+    discover,
+    load_prompts,
+    rank_path,
+)
+from reptune.discovery.scoring import Judge, VectorScores, score_vectors
+from reptune.discovery.slice import LayerSlice, build_slices
+
+__all__ = [
+    "METHODS",
+    "Calibration",
+    "DCTResult",
+    "DiscoveredVector",
+    "DiscoveryError",
+    "DiscoveryResult",
+    "Judge",
+    "LayerSlice",
+    "MelboRun",
+    "RadiusSweep",
+    "VectorScores",
+    "build_slices",
+    "calibrate_radius",
+    "default_layers",
+    "discover",
+    "fit_dct",
+    "load_prompts",
+    "local_search",
+    "log_grid",
+    "random_search",
+    "random_vectors",
+    "rank_path",
+    "score_vectors",
+    "sweep_radius",
+    "train_melbo",
+]

@@ -1,0 +1,80 @@
+"""Shared pieces of discovery: its error type, input checks and vector geometry helpers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from reptune.errors import ReptuneError
+
+
+class DiscoveryError(ReptuneError):
+    """Bad discovery input (layers, radius, prompts, vector counts), explained in one line."""
+
+
+def check_radius(radius: float) -> float:
+    """A finite radius > 0, as float."""
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)):
+        raise DiscoveryError(f"radius must be a number > 0 or 'auto', got {radius!r}")
+    if not math.isfinite(float(radius)) or float(radius) <= 0:
+        raise DiscoveryError(f"radius must be > 0 (the norm of every vector), got {radius}")
+    return float(radius)
+
+
+def check_count(num: int, what: str = "num") -> int:
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise DiscoveryError(f"{what} must be a positive integer, got {num!r}")
+    return num
+
+
+def check_orthogonal_room(num: int, hidden_size: int, fixed: int = 0) -> None:
+    """``num`` mutually orthogonal vectors (plus ``fixed`` earlier ones) must fit in the hidden space."""
+    if num + fixed > hidden_size:
+        extra = f" plus {fixed} earlier one(s)" if fixed else ""
+        raise DiscoveryError(
+            f"cannot make {num} orthogonal vectors{extra} in a hidden space of size {hidden_size}; "
+            f"ask for at most {hidden_size - fixed} or turn orthogonality off"
+        )
+
+
+def orthonormal_basis(vectors: torch.Tensor | None, hidden_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """An orthonormal basis ``[e, hidden]`` (float32) of the span of ``vectors`` (rows); empty if None."""
+    if vectors is None or vectors.numel() == 0:
+        return torch.zeros(0, hidden_size, device=device)
+    rows = vectors.detach().to(device=device, dtype=torch.float32).reshape(-1, hidden_size)
+    q, r = torch.linalg.qr(rows.T.double())
+    keep = r.diagonal().abs() > 1e-9 * max(1.0, float(r.diagonal().abs().max()))
+    return q[:, keep].T.to(torch.float32)
+
+
+def gram_schmidt(rows: torch.Tensor, fixed: torch.Tensor | None = None) -> torch.Tensor:
+    """Orthonormalise ``rows`` ``[k, d]`` in order: row i loses its components along the
+    ``fixed`` (orthonormal) rows and along rows ``0..i-1``; each keeps its orientation."""
+    k = rows.shape[0]
+    head = fixed if fixed is not None and fixed.numel() else rows.new_zeros(0, rows.shape[1])
+    stacked = torch.cat([head.to(rows.dtype), rows], dim=0).T.double()  # [d, e + k]
+    q, r = torch.linalg.qr(stacked)
+    signs = torch.sign(r.diagonal())
+    signs[signs == 0] = 1.0
+    q = q * signs
+    return q[:, head.shape[0] : head.shape[0] + k].T.to(rows.dtype)
+
+
+def to_radius(rows: torch.Tensor, radius: float) -> torch.Tensor:
+    """Rescale every row to norm ``radius`` (computed in float64, so the float32 norm is exact to ~1e-7 R)."""
+    wide = rows.detach().double()
+    wide = wide / wide.norm(dim=-1, keepdim=True).clamp_min(1e-300) * radius
+    return wide.to(rows.dtype)
+
+
+def random_directions(num: int, hidden_size: int, generator: torch.Generator) -> torch.Tensor:
+    """``num`` Gaussian rows ``[num, hidden]`` float32 on the CPU, from ``generator``."""
+    return torch.randn(num, hidden_size, generator=generator, dtype=torch.float32)
+
+
+def make_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded for one call (never the global RNG)."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(seed))
+    return generator

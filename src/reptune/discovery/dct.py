@@ -1,0 +1,243 @@
+"""DCT: the exponential deep causal transcoder (Mack & Turner, "Deep Causal Transcoding", 2024).
+
+The layer slice's average response to a source-layer vector,
+``Delta(theta) = mean over prompts and selected positions of (target(h + theta) - target(h))``,
+is modelled as a sum of ``m`` exponential factors
+
+    Delta(theta) ~ sum_l alpha_l u_l (exp(v_l . theta / R) - 1)
+
+with unit input directions ``v_l`` (the steering vectors are ``R v_l``) and unit output
+directions ``u_l``. Steps:
+
+1. **Calibrate R** (:func:`calibrate_radius`): for random unit directions ``w``, the
+   nonlinear part of the response, ``Delta(R w) - R J w``, should be ``lambda = 0.5`` times the
+   linear part ``R J w`` (root mean square over directions). ``J w`` is a central finite
+   difference in the weights' precision (forward-mode AD is not available for CPU SDPA
+   kernels); ``R`` is found on a log grid, then by bisection in log R.
+2. **Fit** (:func:`fit_dct`): orthogonalised gradient iteration, a nonlinear version of
+   orthogonal iteration for the top singular vectors of ``J``: each iteration sets
+   ``u_l = normalise(Delta(R v_l))``, ``v_l = normalise(grad_theta u_l . Delta(theta) at R v_l)``,
+   then orthogonalises the ``v_l`` (QR, in order). All ``m`` factors run as one batch.
+3. **Rank**: ``alpha`` by the least-squares solve of ``K alpha = b`` with
+   ``b_l = u_l . Delta(R v_l)`` and ``K = (U U^T) * expm1(V V^T)``; factors are ranked by ``|alpha|``
+   (or, in :func:`reptune.discovery.discover`, by a logit readout).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from reptune.discovery.common import (
+    DiscoveryError,
+    check_count,
+    check_orthogonal_room,
+    check_radius,
+    gram_schmidt,
+    make_generator,
+    random_directions,
+    to_radius,
+)
+from reptune.discovery.slice import LayerSlice
+
+DEFAULT_RATIO = 0.5
+
+
+def _num_prompts(slices: Sequence[LayerSlice]) -> int:
+    return sum(piece.num_prompts for piece in slices)
+
+
+def mean_response(slices: Sequence[LayerSlice], theta: torch.Tensor) -> torch.Tensor:
+    """``Delta(theta)`` averaged over positions and prompts, ``[k, hidden]`` float32 on the CPU (no grad)."""
+    with torch.no_grad():
+        total = sum((piece.mean_delta_sum(theta.to(piece.device)).cpu() for piece in slices), torch.zeros(theta.shape[0], theta.shape[1]))
+    return total / _num_prompts(slices)
+
+
+def linear_response(slices: Sequence[LayerSlice], units: torch.Tensor, *, rel_step: float = 1e-3) -> torch.Tensor:
+    """``J w`` for each row ``w`` of ``units`` ``[m, hidden]``: the Jacobian of the mean response at 0,
+    by central differences of step ``rel_step`` times the mean source-activation norm, computed
+    without autocast."""
+    step = rel_step * max(slices[0].source_norm(), 1e-6)
+    total = torch.zeros(units.shape[0], units.shape[1])
+    with torch.no_grad():
+        for piece in slices:
+            with piece.precise():
+                plus = piece.target_acts((units * step).to(piece.device))
+                minus = piece.target_acts((units * -step).to(piece.device))
+                weights = piece.mask.float() / piece.mask.sum(-1, keepdim=True).clamp_min(1).float()
+                total += torch.einsum("knsd,ns->kd", (plus - minus).float(), weights).cpu()
+    return total / (2 * step * _num_prompts(slices))
+
+
+def response_ratio(slices: Sequence[LayerSlice], units: torch.Tensor, linear: torch.Tensor, radius: float) -> float:
+    """Root mean square over directions of ``|Delta(R w) - R J w| / |R J w|`` (without autocast)."""
+    with torch.no_grad():
+        total = torch.zeros(units.shape[0], units.shape[1])
+        for piece in slices:
+            with piece.precise():
+                total += piece.mean_delta_sum((units * radius).to(piece.device)).cpu()
+        response = total / _num_prompts(slices)
+    linear_part = radius * linear
+    ratios = (response - linear_part).pow(2).sum(-1) / linear_part.pow(2).sum(-1).clamp_min(1e-30)
+    return float(ratios.mean().sqrt())
+
+
+@dataclass
+class Calibration:
+    """The radius where the nonlinear/linear response ratio reaches ``target``."""
+
+    radius: float
+    target: float
+    ratio: float
+    grid: list[tuple[float, float]] = field(default_factory=list)  # (R, ratio) evaluated
+    num_directions: int = 0
+    seconds: float = 0.0
+
+    def markdown(self) -> str:
+        head = (f"Radius calibration: R = {self.radius:.4g} where nonlinear/linear = {self.ratio:.3f} (target {self.target}); "
+                f"{self.num_directions} random directions.")
+        lines = [head, "", "| R | nonlinear / linear |", "|---:|---:|"]
+        lines += [f"| {radius:.4g} | {ratio:.3f} |" for radius, ratio in sorted(self.grid)]
+        return "\n".join(lines) + "\n"
+
+
+def calibrate_radius(
+    slices: Sequence[LayerSlice],
+    *,
+    ratio: float = DEFAULT_RATIO,
+    num_directions: int = 16,
+    points: int = 9,
+    bisections: int = 10,
+    seed: int = 0,
+) -> Calibration:
+    """Find ``R`` with nonlinear/linear response ratio ``ratio`` (the DCT calibration, ``lambda``).
+
+    Searches a log grid from 1/64 to 16 times the mean source-activation norm (widened up to
+    three times by 16x each way if the ratio does not cross), then bisects in ``log R``.
+
+    Raises:
+        DiscoveryError: ``ratio`` outside (0, 1), or the ratio never crosses it (the slice is
+            almost linear or saturated everywhere): pass an explicit radius instead.
+    """
+    if not 0 < ratio < 1:
+        raise DiscoveryError(f"calibration ratio must be in (0, 1), got {ratio}")
+    num_directions = check_count(num_directions, "calibration directions")
+    started = time.perf_counter()
+    units = to_radius(random_directions(num_directions, slices[0].hidden_size, make_generator(seed)), 1.0)
+    linear = linear_response(slices, units)
+    if not bool((linear.norm(dim=-1) > 0).all()):
+        raise DiscoveryError("the target layer does not respond to the source layer (zero Jacobian): cannot calibrate a radius")
+    scale = max(slices[0].source_norm(), 1e-6)
+    grid: dict[float, float] = {}
+
+    def at(radius: float) -> float:
+        if radius not in grid:
+            grid[radius] = response_ratio(slices, units, linear, radius)
+        return grid[radius]
+
+    low, high = scale / 64, scale * 16
+    for _ in range(4):
+        radii = [math.exp(math.log(low) + i * (math.log(high) - math.log(low)) / (points - 1)) for i in range(points)]
+        values = [at(radius) for radius in radii]
+        above = [i for i, value in enumerate(values) if value >= ratio]
+        if above and above[0] > 0:
+            lo, hi = radii[above[0] - 1], radii[above[0]]
+            break
+        if above:  # already nonlinear at the smallest radius
+            high, low = low, low / 16
+        else:
+            low, high = high, high * 16
+    else:
+        seen = ", ".join(f"R={r:.3g}: {v:.3f}" for r, v in sorted(grid.items())[:: max(1, len(grid) // 6)])
+        raise DiscoveryError(f"cannot calibrate the radius: the nonlinear/linear ratio never crosses {ratio} ({seen}); pass a radius")
+    for _ in range(bisections):
+        mid = math.sqrt(lo * hi)
+        if at(mid) >= ratio:
+            hi = mid
+        else:
+            lo = mid
+    best = min((lo, hi), key=lambda r: abs(at(r) - ratio))
+    return Calibration(radius=best, target=ratio, ratio=at(best), grid=sorted(grid.items()), num_directions=num_directions,
+                       seconds=time.perf_counter() - started)
+
+
+@dataclass
+class DCTResult:
+    """Factors of an exponential DCT (rows in fit order, not ranked).
+
+    Attributes:
+        vectors: ``[m, hidden]`` steering vectors ``R v_l`` (norm ``radius``), float32 CPU.
+        input_dirs, output_dirs: ``V`` and ``U``, ``[m, hidden]`` unit rows.
+        alpha: ``[m]`` least-squares factor strengths; ``response``: ``[m]`` ``u_l . Delta(R v_l)``.
+        history: objective ``sum_l u_l . Delta(R v_l)`` per iteration.
+    """
+
+    vectors: torch.Tensor
+    input_dirs: torch.Tensor
+    output_dirs: torch.Tensor
+    alpha: torch.Tensor
+    response: torch.Tensor
+    radius: float
+    iters: int
+    orthogonal: bool
+    seed: int
+    history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fit_dct(
+    slices: Sequence[LayerSlice],
+    num_factors: int,
+    radius: float,
+    *,
+    iters: int = 10,
+    orthogonal: bool = True,
+    seed: int = 0,
+) -> DCTResult:
+    """Fit ``num_factors`` exponential DCT factors at radius ``R`` (see the module docstring).
+
+    Raises:
+        DiscoveryError: bad radius/count, or more orthogonal factors than hidden dimensions.
+    """
+    radius = check_radius(radius)
+    num_factors = check_count(num_factors, "number of factors")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise DiscoveryError(f"DCT iterations must be a non-negative integer, got {iters!r}")
+    hidden = slices[0].hidden_size
+    device = slices[0].device
+    if orthogonal:
+        check_orthogonal_room(num_factors, hidden)
+    started = time.perf_counter()
+    generator = make_generator(seed)
+    inputs = random_directions(num_factors, hidden, generator)
+    inputs = gram_schmidt(inputs) if orthogonal else to_radius(inputs, 1.0)
+    outputs = to_radius(random_directions(num_factors, hidden, generator), 1.0)
+    count = _num_prompts(slices)
+    history: list[float] = []
+    for _ in range(iters):
+        theta = (inputs * radius).to(device).requires_grad_(True)
+        response = torch.zeros(num_factors, hidden)
+        for piece in slices:
+            part = piece.mean_delta_sum(theta)
+            (part * outputs.to(device)).sum().backward()
+            response += part.detach().cpu()
+        response /= count
+        history.append(float((response * outputs).sum()))
+        grad = theta.grad.detach().cpu().float() / count
+        outputs = to_radius(response, 1.0)
+        inputs = gram_schmidt(grad) if orthogonal else to_radius(grad, 1.0)
+    inputs = to_radius(inputs, 1.0)
+    final = mean_response(slices, inputs * radius)
+    outputs = to_radius(final, 1.0)
+    strength = (final * outputs).sum(-1)
+    kernel = (outputs @ outputs.T).double() * torch.expm1((inputs @ inputs.T).double())
+    alpha = torch.linalg.lstsq(kernel, strength.double().unsqueeze(-1)).solution.squeeze(-1).float()
+    return DCTResult(
+        vectors=to_radius(inputs, radius), input_dirs=inputs, output_dirs=outputs, alpha=alpha, response=strength,
+        radius=radius, iters=iters, orthogonal=orthogonal, seed=seed, history=history, seconds=time.perf_counter() - started,
+    )
