@@ -10,10 +10,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; shows a transient rich bar on stderr when ``enabled``."""
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """Yield ``advance(n=1, status=None)``; shows a transient rich bar on stderr when ``enabled``.
+
+    ``status`` (e.g. the current losses) is shown after the description.
+    """
     if not enabled:
-        yield lambda _n=1: None
+        yield lambda _n=1, status=None: None
         return
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -24,4 +27,8 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     )
     with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+
+        def advance(n: int = 1, status: str | None = None) -> None:
+            progress.update(task, advance=n, description=description if status is None else f"{description} {status}")
+
+        yield advance

@@ -412,7 +412,8 @@ def tune(
                         loop["stopped"] = f"early stop at step {loop['step']}: no validation improvement in {config.patience} evaluations"
             if loop["step"] % config.checkpoint_every == 0 or loop["step"] == config.steps or loop["stopped"]:
                 _save_checkpoint(tuner, output, loop, best)
-            advance(1)
+            shown = loop["history"][-1]
+            advance(1, status=" ".join(f"{key} {shown[key]:.3f}" for key in LOSS_KEYS if key == "loss" or shown[key]))
     if best is not None:
         tuner.load_trainable(best)  # end on the best validation weights
     elapsed = time.perf_counter() - started
