@@ -400,6 +400,14 @@ def diagnose_extraction(handle: Any, args: argparse.Namespace, console: Console)
     seconds: dict[str, list[float]] = {part.__name__: [] for part in parts}
     faults: dict[str, list[int]] = {part.__name__: [] for part in parts}
     round_foreign: list[float | None] = []
+    redone = [0]
+
+    def wait_quiet() -> None:
+        start = time.perf_counter()
+        share = idle_check()
+        while share is not None and share > args.max_foreign_load and time.perf_counter() - start < args.max_wait:
+            share = idle_check(2.0)
+
     with torch.inference_mode(), handle.autocast():
         for part in parts:  # warm-up
             part(batches[0], chunks[0])
@@ -409,12 +417,24 @@ def diagnose_extraction(handle: Any, args: argparse.Namespace, console: Console)
             mark = METER.sample()
             for index, (batch, chunk) in enumerate(zip(batches, chunks)):
                 shift = index % len(parts)
-                for part in parts[shift:] + parts[:shift]:
-                    before = _minor_faults()
-                    start = time.perf_counter()
-                    part(batch, chunk)
-                    acc[part.__name__] += time.perf_counter() - start
-                    flt[part.__name__] += _minor_faults() - before
+                for attempt in range(args.retries + 1):
+                    group_mark = METER.sample()
+                    times: dict[str, float] = {}
+                    group_faults: dict[str, int] = {}
+                    for part in parts[shift:] + parts[:shift]:
+                        before = _minor_faults()
+                        start = time.perf_counter()
+                        part(batch, chunk)
+                        times[part.__name__] = time.perf_counter() - start
+                        group_faults[part.__name__] = _minor_faults() - before
+                    share = METER.foreign_share(group_mark)
+                    if share is None or share <= args.max_foreign_load or attempt == args.retries:
+                        break
+                    redone[0] += 1
+                    wait_quiet()
+                for name, value in times.items():
+                    acc[name] += value
+                    flt[name] += group_faults[name]
             round_foreign.append(METER.foreign_share(mark))
             for name, values in seconds.items():
                 values.append(acc[name])
@@ -428,6 +448,7 @@ def diagnose_extraction(handle: Any, args: argparse.Namespace, console: Console)
         "method": "per-batch interleaved component timings (rotating order), summed over the batches of one round",
         "rounds": args.diagnose_rounds,
         "foreign_load_per_round": round_foreign,
+        "batch_groups_redone_after_disturbance": redone[0],
         "components": {
             name: {
                 "median_s": _median(values),
@@ -451,15 +472,26 @@ def print_diagnosis(diagnosis: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def ratio_stats(num: list[float], den: list[float]) -> dict[str, float]:
-    paired = [n / d for n, d in zip(num, den)]
+def ratio_stats(num: list[float], den: list[float], num_ok: list[bool], den_ok: list[bool]) -> dict[str, Any]:
+    """Ratios of two variants' timings; disturbed timings (``ok`` False) are left out."""
+    num_kept = _kept(num, num_ok)
+    den_kept = _kept(den, den_ok)
+    both = [(n, d) for n, d, a, b in zip(num, den, num_ok, den_ok) if a and b] or list(zip(num, den))
+    paired = [n / d for n, d in both]
     return {
-        "ratio_of_medians": _median(num) / _median(den),
-        "ratio_of_mins": min(num) / min(den),
+        "ratio_of_medians": _median(num_kept) / _median(den_kept),
+        "ratio_of_mins": min(num_kept) / min(den_kept),
         "paired_median": _median(paired),
         "paired_min": min(paired),
         "paired_max": max(paired),
+        "rounds_used": {"numerator": len(num_kept), "denominator": len(den_kept), "paired": len(paired)},
     }
+
+
+def _kept(values: list[float], ok: list[bool]) -> list[float]:
+    """The undisturbed values, or all of them when fewer than half are undisturbed."""
+    clean = [value for value, good in zip(values, ok) if good]
+    return clean if clean and 2 * len(clean) >= len(values) else list(values)
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -549,11 +581,12 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
     diagnosis = diagnose_extraction(handle, args, console) if args.diagnose else None
 
-    medians = {name: _median(values) for name, values in raw.items()}
+    ok = {name: [share is None or share <= args.max_foreign_load for share in shares] for name, shares in foreign.items()}
+    medians = {name: _median(_kept(values, ok[name])) for name, values in raw.items()}
     results: dict[str, Any] = {}
     if "bare_forward" in raw:
-        a = ratio_stats(raw["extract_all_layers"], raw["bare_forward"])
-        b = ratio_stats(raw["extract_middle_layer"], raw["bare_forward"])
+        a = ratio_stats(raw["extract_all_layers"], raw["bare_forward"], ok["extract_all_layers"], ok["bare_forward"])
+        b = ratio_stats(raw["extract_middle_layer"], raw["bare_forward"], ok["extract_middle_layer"], ok["bare_forward"])
         results["a_all_layers_over_bare"] = {"value": a["ratio_of_medians"], **a}
         results["b_middle_layer_over_bare"] = {
             "value": b["ratio_of_medians"],
@@ -571,12 +604,17 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             results["a_all_layers_over_bare"]["tokenization_share_of_bare"] = medians["tokenize_only"] / medians["bare_forward"]
     if "generate_unsteered" in raw:
         tps = {name: [tok / sec for tok, sec in zip(tokens[name], raw[name])] for name in tokens}
-        paired = [s / u for s, u in zip(tps["generate_steered"], tps["generate_unsteered"])]
-        med_tps = {name: _median(values) for name, values in tps.items()}
+        steered_ok, unsteered_ok = ok["generate_steered"], ok["generate_unsteered"]
+        pairs_ok = [
+            (s, u) for s, u, a, b in zip(tps["generate_steered"], tps["generate_unsteered"], steered_ok, unsteered_ok) if a and b
+        ] or list(zip(tps["generate_steered"], tps["generate_unsteered"]))
+        paired = [s / u for s, u in pairs_ok]
+        kept_tps = {name: _kept(values, ok[name]) for name, values in tps.items()}
+        med_tps = {name: _median(values) for name, values in kept_tps.items()}
         results["c_steered_over_unsteered_tokens_per_s"] = {
             "value": med_tps["generate_steered"] / med_tps["generate_unsteered"],
             "ratio_of_medians": med_tps["generate_steered"] / med_tps["generate_unsteered"],
-            "ratio_of_best": max(tps["generate_steered"]) / max(tps["generate_unsteered"]),
+            "ratio_of_best": max(kept_tps["generate_steered"]) / max(kept_tps["generate_unsteered"]),
             "paired_median": _median(paired),
             "paired_min": min(paired),
             "paired_max": max(paired),
@@ -592,7 +630,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             value = results[key]["value"]
             results[key].update({"goal": goal, "goal_op": op, "met": bool(value <= goal if op == "<=" else value >= goal)})
 
-    noisy = {name: (max(v) - min(v)) / _median(v) for name, v in raw.items() if len(v) > 1}
+    kept = {name: _kept(values, ok[name]) for name, values in raw.items()}
+    noisy = {name: (max(v) - min(v)) / _median(v) for name, v in kept.items() if len(v) > 1}
     report = {
         "benchmark": "reptune-core",
         "schema": 1,
@@ -632,15 +671,20 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 "both sides generate exactly the same number of tokens (EOS suppressed); tokens/s is computed per side "
                 "from its own returned token ids (return_token_ids=True)."
             ),
-            "Ratios: 'value' is median(variant)/median(baseline); 'paired_*' are per-round ratios.",
+            (
+                "Ratios: 'value' is median(variant)/median(baseline); 'paired_*' are per-round ratios. Timings during "
+                "which other processes used more than max_foreign_load of the CPU are left out of medians, min/max and "
+                "paired ratios (kept in raw_s, flagged by foreign_load) unless fewer than half are clean."
+            ),
         ],
         "results": results,
         "variants": {
             name: {
                 "description": descriptions.get(name, ""),
                 "median_s": medians[name],
-                "min_s": min(raw[name]),
-                "max_s": max(raw[name]),
+                "min_s": min(kept[name]),
+                "max_s": max(kept[name]),
+                "timings_used": len(kept[name]),
                 "spread": noisy.get(name),
                 "warmup_s": warmup.get(name),
                 "raw_s": raw[name],

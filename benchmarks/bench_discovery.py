@@ -116,15 +116,32 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "platform": platform.platform(), "processor": cpu or platform.processor(), "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "reptune": reptune.__version__, "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "processor": cpu or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "reptune": reptune.__version__,
+        "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
-def naive_train(handle: Any, batch: Any, mask: torch.Tensor, base: torch.Tensor, source: int, target: int, start: torch.Tensor,
-                radius: float, steps: int, lr: float, *, full: bool = False) -> torch.Tensor:
+def naive_train(
+    handle: Any,
+    batch: Any,
+    mask: torch.Tensor,
+    base: torch.Tensor,
+    source: int,
+    target: int,
+    start: torch.Tensor,
+    radius: float,
+    steps: int,
+    lr: float,
+    *,
+    full: bool = False,
+) -> torch.Tensor:
     """One vector at a time through the model: a hook adds theta at the source block; the forward
     stops after the target block (``full``: runs the whole model and LM head, as the reference code)."""
     out = []
@@ -142,8 +159,13 @@ def naive_train(handle: Any, batch: Any, mask: torch.Tensor, base: torch.Tensor,
                 optimizer.zero_grad()
                 with handle.autocast(), capture_layers(handle, [target], stop_after=None if full else target) as got:
                     if full:
-                        handle.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                     position_ids=batch.position_ids, use_cache=False, output_hidden_states=True)
+                        handle.model(
+                            input_ids=batch.input_ids,
+                            attention_mask=batch.attention_mask,
+                            position_ids=batch.position_ids,
+                            use_cache=False,
+                            output_hidden_states=True,
+                        )
                     else:
                         run_until(handle, batch)
                 delta = (got[target] - base).float()
@@ -167,8 +189,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     time.sleep(1.0)
     idle_share = METER.foreign_share(mark)
     if idle_share is not None and idle_share > args.max_foreign_load:
-        console.print(f"[yellow]warning:[/] other processes use {idle_share:.0%} of the CPU before the start; timings will be noisy "
-                      "(wall time especially; see the CPU-time ratios, or use --threads 1)")
+        console.print(
+            f"[yellow]warning:[/] other processes use {idle_share:.0%} of the CPU before the start; timings will be noisy "
+            "(wall time especially; see the CPU-time ratios, or use --threads 1)"
+        )
     load_start = time.perf_counter()
     handle = reptune.load_model(None, autocast="bf16" if args.precision == "bf16" else None)
     load_s = time.perf_counter() - load_start
@@ -183,9 +207,11 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     batch = tokenize_examples(handle.tokenizer, [Example(t) for t in texts], padding_side="right", device=handle.device)
     base = piece.reference.float()
     mask = piece.mask
-    console.print(f"model {handle.model_id}; layers {source} -> {target} ({target - source} blocks replayed); {len(texts)} prompts, "
-                  f"{int(batch.attention_mask.sum())} real tokens (padded {tuple(batch.input_ids.shape)}); k = {args.num}; "
-                  f"{args.steps} steps; R = {args.radius}; precision {args.precision}; cache {cache_s:.2f} s")
+    console.print(
+        f"model {handle.model_id}; layers {source} -> {target} ({target - source} blocks replayed); {len(texts)} prompts, "
+        f"{int(batch.attention_mask.sum())} real tokens (padded {tuple(batch.input_ids.shape)}); k = {args.num}; "
+        f"{args.steps} steps; R = {args.radius}; precision {args.precision}; cache {cache_s:.2f} s"
+    )
 
     results: dict[str, torch.Tensor] = {}
 
@@ -193,14 +219,19 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         results["batched"] = train_melbo(slices, args.num, args.radius, steps=args.steps, lr=args.lr, init=start).vectors
 
     def sequential() -> None:
-        rows = [train_melbo(slices, 1, args.radius, steps=args.steps, lr=args.lr, init=start[i : i + 1]).vectors for i in range(args.num)]
+        rows = [
+            train_melbo(slices, 1, args.radius, steps=args.steps, lr=args.lr, init=start[i : i + 1]).vectors
+            for i in range(args.num)
+        ]
         results["sequential"] = torch.cat(rows)
 
     def naive() -> None:
         results["naive"] = naive_train(handle, batch, mask, base, source, target, start, args.radius, args.steps, args.lr)
 
     def reference() -> None:
-        results["reference"] = naive_train(handle, batch, mask, base, source, target, start, args.radius, args.steps, args.lr, full=True)
+        results["reference"] = naive_train(
+            handle, batch, mask, base, source, target, start, args.radius, args.steps, args.lr, full=True
+        )
 
     variants: dict[str, Callable[[], None]] = {"batched": batched, "sequential": sequential}
     if not args.no_naive:
@@ -227,7 +258,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     args.steps = steps_backup
     names = list(variants)
     for round_index in range(args.repeats):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
             for attempt in range(args.retries + 1):
                 gc.collect()
@@ -256,10 +287,20 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         value = per_s["batched"] / per_s[other]
         cpu_value = cpu_medians[other] / cpu_medians["batched"]
         comparisons[f"batched_over_{other}"] = {
-            "value": value, "paired_median": statistics.median(paired), "paired_min": min(paired), "paired_max": max(paired),
-            "cpu_time_value": cpu_value, "goal": GOAL, "goal_op": ">=", "met": bool(value >= GOAL),
+            "value": value,
+            "paired_median": statistics.median(paired),
+            "paired_min": min(paired),
+            "paired_max": max(paired),
+            "cpu_time_value": cpu_value,
+            "goal": GOAL,
+            "goal_op": ">=",
+            "met": bool(value >= GOAL),
         }
-    agreement = {f"max_vector_diff_batched_vs_{other}": float((results["batched"] - results[other]).abs().max()) for other in names if other != "batched"}
+    agreement = {
+        f"max_vector_diff_batched_vs_{other}": float((results["batched"] - results[other]).abs().max())
+        for other in names
+        if other != "batched"
+    }
     return {
         "benchmark": "reptune-discovery",
         "schema": 1,
@@ -267,21 +308,36 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "machine": machine_info(),
         "foreign_load_before_start": idle_share,
         "precision": args.precision,
-        "model": {k: v for k, v in handle.describe().items() if k in {"model_id", "revision", "num_layers", "hidden_size", "device"}},
+        "model": {
+            k: v for k, v in handle.describe().items() if k in {"model_id", "revision", "num_layers", "hidden_size", "device"}
+        },
         "config": {
-            "num_vectors": args.num, "steps": args.steps, "lr": args.lr, "radius": args.radius, "source": source, "target": target,
-            "blocks_replayed": target - source, "prompts": len(texts), "real_tokens": int(batch.attention_mask.sum()),
-            "padded_shape": list(batch.input_ids.shape), "repeats": args.repeats, "seed": args.seed,
+            "num_vectors": args.num,
+            "steps": args.steps,
+            "lr": args.lr,
+            "radius": args.radius,
+            "source": source,
+            "target": target,
+            "blocks_replayed": target - source,
+            "prompts": len(texts),
+            "real_tokens": int(batch.attention_mask.sum()),
+            "padded_shape": list(batch.input_ids.shape),
+            "repeats": args.repeats,
+            "seed": args.seed,
             "order": "interleaved, rotated each round",
         },
         "notes": [
             "vectors/s = num_vectors / median seconds of the training loop (same steps, same starting vectors, same updates).",
             "The source-activation cache is built once before timing (cache_s) and shared by batched and sequential.",
-            ("naive: a forward hook at the source block adds theta; the forward pass stops after the target block; "
-             "reference: the same through the whole model and LM head, as the MELBO reference code."),
+            (
+                "naive: a forward hook at the source block adds theta; the forward pass stops after the target block; "
+                "reference: the same through the whole model and LM head, as the MELBO reference code."
+            ),
             "max_vector_diff_*: the variants end at the same vectors up to floating-point differences.",
-            ("cpu_time_value: the same ratio from this process's CPU time (user + sys), less sensitive to other processes "
-             "than wall time; with --threads 1 it is close to pure compute time."),
+            (
+                "cpu_time_value: the same ratio from this process's CPU time (user + sys), less sensitive to other processes "
+                "than wall time; with --threads 1 it is close to pure compute time."
+            ),
         ],
         "results": {
             "vectors_per_s": per_s,
@@ -291,9 +347,16 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "seconds_per_step_per_vector": {name: medians[name] / (args.steps * args.num) for name in medians},
         },
         "variants": {
-            name: {"description": descriptions[name], "median_s": medians[name], "raw_s": raw[name],
-                   "median_cpu_s": cpu_medians[name], "raw_cpu_s": raw_cpu[name], "warmup_s": warmup[name],
-                   "foreign_load": foreign[name], "discarded_s": discarded[name]}
+            name: {
+                "description": descriptions[name],
+                "median_s": medians[name],
+                "raw_s": raw[name],
+                "median_cpu_s": cpu_medians[name],
+                "raw_cpu_s": raw_cpu[name],
+                "warmup_s": warmup[name],
+                "foreign_load": foreign[name],
+                "discarded_s": discarded[name],
+            }
             for name in names
         },
         "load_seconds": load_s,
@@ -303,8 +366,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     config = report["config"]
-    table = Table(title=f"discovery benchmark: MELBO k={config['num_vectors']}, {config['steps']} steps, "
-                        f"{config['blocks_replayed']} blocks, {config['prompts']} prompts ({report['precision']})")
+    table = Table(
+        title=f"discovery benchmark: MELBO k={config['num_vectors']}, {config['steps']} steps, "
+        f"{config['blocks_replayed']} blocks, {config['prompts']} prompts ({report['precision']})"
+    )
     for column in ("variant", "median s", "CPU s", "vectors/s", "speed-up", "paired", "by CPU", "goal"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     results = report["results"]
@@ -313,9 +378,15 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         if comparison is None:
             cells = ["-", "-", "-", "-"]
         else:
-            cells = [f"{comparison['value']:.2f}x", f"{comparison['paired_min']:.2f}-{comparison['paired_max']:.2f}",
-                     f"{comparison['cpu_time_value']:.2f}x", ("[green]met[/]" if comparison["met"] else "[red]missed[/]") + f" >={GOAL:g}x"]
-        table.add_row(name, f"{item['median_s']:.2f}", f"{item['median_cpu_s']:.2f}", f"{results['vectors_per_s'][name]:.3f}", *cells)
+            cells = [
+                f"{comparison['value']:.2f}x",
+                f"{comparison['paired_min']:.2f}-{comparison['paired_max']:.2f}",
+                f"{comparison['cpu_time_value']:.2f}x",
+                ("[green]met[/]" if comparison["met"] else "[red]missed[/]") + f" >={GOAL:g}x",
+            ]
+        table.add_row(
+            name, f"{item['median_s']:.2f}", f"{item['median_cpu_s']:.2f}", f"{results['vectors_per_s'][name]:.3f}", *cells
+        )
     console.print(table)
     for key, value in results.items():
         if key.startswith("max_vector_diff"):
@@ -327,8 +398,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--num", type=int, default=8, help="vectors (k)")
     parser.add_argument("--steps", type=int, default=5, help="MELBO steps per vector (same for every variant)")
-    parser.add_argument("--prompts", type=int, default=1, choices=range(1, len(PROMPTS) + 1), metavar=f"1..{len(PROMPTS)}",
-                        help="training prompts (the paper's demos use one)")
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=1,
+        choices=range(1, len(PROMPTS) + 1),
+        metavar=f"1..{len(PROMPTS)}",
+        help="training prompts (the paper's demos use one)",
+    )
     parser.add_argument("--source", type=int, default=None, help="source layer (default 7, as in the paper)")
     parser.add_argument("--target", type=int, default=None, help="target layer (default num_layers - 8, as in the paper)")
     parser.add_argument("--radius", type=float, default=16.0)
@@ -337,8 +414,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive (through-the-model, early exit) baseline")
-    parser.add_argument("--no-reference", dest="reference", action="store_false",
-                        help="skip the reference code's way (whole model + LM head per step)")
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the reference code's way (whole model + LM head per step)",
+    )
     parser.add_argument("--max-foreign-load", type=float, default=0.10)
     parser.add_argument("--retries", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -114,21 +114,26 @@ def main() -> None:
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         results[name] = bench_task(handle, name, args.items, args.batch_size)
         row = results[name]
-        print(f"{name}: batched {row['batched_items_per_s']:.1f} items/s, per-item {row['per_item_items_per_s']:.1f} items/s, "
-              f"speedup {row['speedup']:.2f}x (goal {GOAL}x), max |dlogp| {row['max_abs_logprob_diff']:.2e}")
-    write_json_atomic(args.out, {
-        "benchmark": "eval",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": handle.model_id,
-        "precision": args.precision,
-        "batch_size": args.batch_size,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "reptune": reptune.__version__,
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "results": results,
-    })
+        print(
+            f"{name}: batched {row['batched_items_per_s']:.1f} items/s, per-item {row['per_item_items_per_s']:.1f} items/s, "
+            f"speedup {row['speedup']:.2f}x (goal {GOAL}x), max |dlogp| {row['max_abs_logprob_diff']:.2e}"
+        )
+    write_json_atomic(
+        args.out,
+        {
+            "benchmark": "eval",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": handle.model_id,
+            "precision": args.precision,
+            "batch_size": args.batch_size,
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "reptune": reptune.__version__,
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "results": results,
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -82,15 +82,22 @@ def main() -> None:
                 started = time.perf_counter()
                 out = subprocess.run(
                     [sys.executable, "-c", WORKER, preset, str(args.steps), str(args.batch_size), args.layers, str(vector_path)],
-                    check=True, capture_output=True, text=True,
+                    check=True,
+                    capture_output=True,
+                    text=True,
                 )
                 record = json.loads(out.stdout.strip().splitlines()[-1])
                 record["wall_s"] = time.perf_counter() - started
                 runs[preset].append(record)
-                print(f"{preset}: median step {record['median_step_s']:.3f} s, peak extra {record['peak_extra_bytes'] / 2**20:.0f} MiB")
+                print(
+                    f"{preset}: median step {record['median_step_s']:.3f} s, peak extra {record['peak_extra_bytes'] / 2**20:.0f} MiB"
+                )
     step = {preset: statistics.median(r["median_step_s"] for r in records) for preset, records in runs.items()}
     memory = {preset: statistics.median(r["peak_extra_bytes"] for r in records) for preset, records in runs.items()}
-    ratios = {"time_honesty_over_truth": step["honesty"] / step["truth"], "memory_honesty_over_truth": memory["honesty"] / memory["truth"]}
+    ratios = {
+        "time_honesty_over_truth": step["honesty"] / step["truth"],
+        "memory_honesty_over_truth": memory["honesty"] / memory["truth"],
+    }
     goals = {"time_honesty_over_truth": 1.10, "memory_honesty_over_truth": 1.05}
     result = {
         "benchmark": "tuning",

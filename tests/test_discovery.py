@@ -44,6 +44,16 @@ TEXTS = ["The sky is blue. The grass is green.", "Hello world", "Cats are mammal
 HIDDEN = 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP barriers
+    stall when the other core is taken: one thread keeps these tests fast and steady."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def llama():
     return build_model("llama")

@@ -277,8 +277,8 @@ def discover(
         orthogonal: vectors orthogonal to earlier ones (default: off for melbo/random, on for dct).
         orthogonal_to: ``[e, hidden]`` earlier vectors all new ones must be orthogonal to.
         init: ``[m, hidden]`` starting vectors for MELBO (search around promising vectors).
-        candidates, refine_steps: random search: best ``num`` of ``candidates`` random vectors by
-            the objective, then ``refine_steps`` local MELBO steps (also used after MELBO init).
+        candidates, refine_steps: method ``random`` only: keep the best ``num`` of ``candidates``
+            random vectors by the objective, then take ``refine_steps`` local MELBO steps from each.
         dct_iters: DCT gradient iterations.
         eval_prompts: held-out prompts for scoring (default: the training prompts, flagged
             ``held_out: false`` in the report).
@@ -286,7 +286,7 @@ def discover(
         max_new_tokens, diverge_within: greedy completion length; divergence window in tokens.
         logit_tokens: ``(A, B)``: report the next-token ``logit(A) - logit(B)`` readout.
         match: strings to look for in completions (case-insensitive).
-        judge: ``judge(prompts, completions) -> scores`` (e.g. the evaluation suite's judge).
+        judge: ``judge(prompts, completions) -> scores`` (e.g. an LLM judge; the hook for the evaluation suite's judge).
         rank_by: ``auto`` (judge, else match, else logit, else the method's score), ``method``
             (MELBO objective / DCT alpha), ``diverge``, ``logit``, ``match`` or ``judge``.
         sweep: also score random vectors on a log grid of radii (reported).
@@ -305,8 +305,10 @@ def discover(
     if method not in METHODS:
         raise DiscoveryError(f"unknown discovery method {method!r}: use melbo, random or dct")
     prompts = [str(prompt) for prompt in prompts]
-    if not prompts or not all(prompt.strip() for prompt in prompts):
-        raise DiscoveryError("no prompts: discovery needs at least one non-empty prompt")
+    if not prompts:
+        raise DiscoveryError("no prompts: discovery needs at least one prompt")
+    if empty := [index for index, prompt in enumerate(prompts) if not prompt.strip()]:
+        raise DiscoveryError(f"prompt {empty[0]} is empty")
     default_source, default_target = default_layers(handle.num_layers)
     source, target = check_layers(handle, default_source if source is None else source, default_target if target is None else target)
     auto_radius = isinstance(radius, str)

@@ -10,7 +10,7 @@ and scored against the unsteered completions of the same prompts:
   ``"Sure"`` minus ``"Sorry"``, each the first token of its text), and ``logit_shift``,
   the same minus its unsteered value;
 * ``match``: fraction of completions containing any of the given strings (case-insensitive);
-* ``judge``: the mean score of a user-supplied judge, e.g. the evaluation suite's (see :data:`Judge`).
+* ``judge``: the mean score of a user-supplied judge, e.g. an LLM judge (see :data:`Judge`; the hook for a judge from :mod:`reptune.evaluation`).
 """
 
 from __future__ import annotations
