@@ -20,6 +20,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay out, write atomically as PNG, and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
 def scan_markdown(scan: LayerScan, rich: bool = False) -> Any:
     """The scan as a Markdown table (or a rich Table when ``rich``), best layers marked ``*``."""
     best = set(scan.best_layers(min(3, len(scan.scores))))
@@ -65,12 +77,7 @@ def plot_scan(scan: LayerScan, path: str | os.PathLike[str]) -> Path:
         ax_acc.axvline(best, color="tab:green", alpha=0.3)
         ax_eff.axvline(best, color="tab:green", alpha=0.3)
     fig.suptitle(f"layer scan: {scan.method}")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_scan(scan: LayerScan, vector_path: str | os.PathLike[str]) -> dict[str, Path]:
@@ -112,9 +119,4 @@ def plot_loss_curves(history: list[dict[str, float]], val_history: list[dict[str
     ax_cos.set_ylabel("cosine to v at the loss sites")
     ax_cos.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
