@@ -76,6 +76,9 @@ GEN_PROMPTS = [
 ]
 
 
+GEN_PAIR = ("generate_unsteered", "generate_steered")
+
+
 def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -143,13 +146,25 @@ def idle_check(seconds: float = 1.0) -> float | None:
 
 
 def _probe_fn(dtype: torch.dtype) -> Callable[[], None]:
-    """A fixed small matmul workload: its spread across rounds shows machine noise."""
+    """A fixed small matmul workload (cache-resident, compute-bound): its spread shows CPU noise."""
     a = torch.randn(256, 576).to(dtype)
     b = torch.randn(576, 1536).to(dtype)
 
     def probe() -> None:
         for _ in range(40):
             a @ b
+
+    return probe
+
+
+def _memory_probe_fn() -> Callable[[], None]:
+    """Copies 256 MB a few times (memory-bound, like decoding): its spread shows memory-bandwidth noise."""
+    source = torch.ones(64 * 1024 * 1024)
+    target = torch.empty_like(source)
+
+    def probe() -> None:
+        for _ in range(4):
+            target.copy_(source)
 
     return probe
 
@@ -274,7 +289,9 @@ def build_variants(handle: Any, args: argparse.Namespace) -> tuple[dict[str, Cal
         )
     if args.probe:
         variants["probe_matmul"] = _probe_fn(torch.bfloat16 if handle.autocast_dtype == torch.bfloat16 else torch.float32)
-        descriptions["probe_matmul"] = "fixed 40x (256x576 @ 576x1536) matmul; its spread measures machine noise"
+        descriptions["probe_matmul"] = "fixed 40x (256x576 @ 576x1536) matmul; its spread measures CPU noise"
+        variants["probe_memory"] = _memory_probe_fn()
+        descriptions["probe_memory"] = "4 copies of a 256 MB tensor; its spread measures memory-bandwidth noise"
     lengths = [int(b.input_ids.shape[1]) for b in batches]
     facts = {
         "data_origin": origin,
@@ -567,13 +584,32 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 order = order[shift:] + order[:shift]
             line = []
             for name in order:
+                if name in GEN_PAIR:
+                    if name != next(n for n in order if n in GEN_PAIR):
+                        continue  # both generation sides are measured together, below
+                    # ABBA (alternating which side starts each round): cancels linear drift within the block
+                    first, second = GEN_PAIR if round_index % 2 == 0 else GEN_PAIR[::-1]
+                    sequence = [first, second, second, first] * args.gen_blocks
+                    sums = dict.fromkeys(GEN_PAIR, 0.0)
+                    counts = dict.fromkeys(GEN_PAIR, 0)
+                    worst: dict[str, float | None] = dict.fromkeys(GEN_PAIR)
+                    for gen_name in sequence:
+                        seconds, result, share = measure(gen_name)
+                        sums[gen_name] += seconds
+                        lengths = [len(row) for row in result]
+                        counts[gen_name] += sum(lengths)
+                        row_lengths[gen_name] = lengths
+                        if share is not None:
+                            worst[gen_name] = max(share, worst[gen_name] or 0.0)
+                    for gen_name in GEN_PAIR:
+                        raw[gen_name].append(sums[gen_name])
+                        foreign[gen_name].append(worst[gen_name])
+                        tokens[gen_name].append(counts[gen_name])
+                        line.append(f"{gen_name}={sums[gen_name]:.2f}s")
+                    continue
                 seconds, result, share = measure(name)
                 raw[name].append(seconds)
                 foreign[name].append(share)
-                if name in tokens:
-                    lengths = [len(row) for row in result]
-                    tokens[name].append(sum(lengths))
-                    row_lengths[name] = lengths
                 line.append(f"{name}={seconds:.2f}s")
             console.print(f"  round {round_index + 1}/{args.repeats}: " + " ".join(line))
     finally:
@@ -587,9 +623,9 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     if "bare_forward" in raw:
         a = ratio_stats(raw["extract_all_layers"], raw["bare_forward"], ok["extract_all_layers"], ok["bare_forward"])
         b = ratio_stats(raw["extract_middle_layer"], raw["bare_forward"], ok["extract_middle_layer"], ok["bare_forward"])
-        results["a_all_layers_over_bare"] = {"value": a["ratio_of_medians"], **a}
+        results["a_all_layers_over_bare"] = {"value": a["paired_median"], **a}
         results["b_middle_layer_over_bare"] = {
-            "value": b["ratio_of_medians"],
+            "value": b["paired_median"],
             **b,
             "ideal_block_fraction": facts["ideal_middle_ratio_blocks"],
         }
@@ -612,7 +648,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         kept_tps = {name: _kept(values, ok[name]) for name, values in tps.items()}
         med_tps = {name: _median(values) for name, values in kept_tps.items()}
         results["c_steered_over_unsteered_tokens_per_s"] = {
-            "value": med_tps["generate_steered"] / med_tps["generate_unsteered"],
+            "value": _median(paired),
             "ratio_of_medians": med_tps["generate_steered"] / med_tps["generate_unsteered"],
             "ratio_of_best": max(kept_tps["generate_steered"]) / max(kept_tps["generate_unsteered"]),
             "paired_median": _median(paired),
@@ -653,6 +689,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "layer": facts["layer"],
             "max_new_tokens": args.max_new_tokens,
             "gen_prompts": args.gen_prompts,
+            "gen_blocks": args.gen_blocks,
             "multiplier": args.multiplier,
             "vector_norm": args.vec_norm,
             "seed": args.seed,
@@ -669,10 +706,13 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             (
                 "Generation: model.generation_config.min_new_tokens is set to max_new_tokens during the benchmark, so "
                 "both sides generate exactly the same number of tokens (EOS suppressed); tokens/s is computed per side "
-                "from its own returned token ids (return_token_ids=True)."
+                "from its own returned token ids (return_token_ids=True). Each round runs the two sides as ABBA "
+                "(U S S U, then S U U S in the next round), so a generation timing is the sum of 2 x gen_blocks calls."
             ),
             (
-                "Ratios: 'value' is median(variant)/median(baseline); 'paired_*' are per-round ratios. Timings during "
+                "Ratios: 'value' is the median over rounds of the per-round ratio variant/baseline (both measured in the "
+                "same round, close in time, so slow machine drifts cancel); 'ratio_of_medians' is "
+                "median(variant)/median(baseline) and 'ratio_of_mins' min/min. Timings during "
                 "which other processes used more than max_foreign_load of the CPU are left out of medians, min/max and "
                 "paired ratios (kept in raw_s, flagged by foreign_load) unless fewer than half are clean."
             ),
@@ -708,8 +748,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         f"torch {report['machine']['torch']})"
     )
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("paired (min-max)", justify="right")
+    table.add_column("value (paired median)", justify="right")
+    table.add_column("paired min-max", justify="right")
+    table.add_column("median/median", justify="right")
     table.add_column("goal", justify="right")
     table.add_column("status")
     labels = {
@@ -725,7 +766,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row(
             label,
             f"{item['value']:.3f}",
-            f"{item['paired_median']:.3f} ({item['paired_min']:.3f}-{item['paired_max']:.3f})",
+            f"{item['paired_min']:.3f}-{item['paired_max']:.3f}",
+            f"{item['ratio_of_medians']:.3f}",
             f"{item['goal_op']} {item['goal']:.2f}",
             status,
         )
@@ -769,7 +811,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     if noisy:
         console.print(
             f"[yellow]warning:[/] timings of {', '.join(noisy)} spread over 15% (max-min)/median: the machine was "
-            "noisy; prefer the paired ratios or rerun with more --repeats"
+            "noisy (the reported values are per-round paired ratios, which cancel slow drifts; rerun with more --repeats "
+            "if the paired min-max range is wide)"
         )
 
 
@@ -788,6 +831,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--layer", type=int, default=None, help="middle layer for (b) and steering (default num_layers // 2)")
     parser.add_argument("--gen-prompts", type=int, default=16)
+    parser.add_argument(
+        "--gen-blocks",
+        type=int,
+        default=1,
+        help="ABBA blocks of generation per round (each block: 2 unsteered + 2 steered generate() calls)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--multiplier", type=float, default=4.0)
     parser.add_argument("--vec-norm", type=float, default=5.0)
@@ -827,7 +876,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     report = run(args, console)
     write_json_atomic(args.out, report)
     print_report(report, console)
