@@ -111,16 +111,20 @@ def test_wrap_model_sets_pad_token(tokenizer):
 
 @pytest.mark.real_model
 def test_embedded_model_converted_once_and_trainable(embedded, tmp_path):
-    from reptune.models import cache_root, embedded_gguf_path
+    from reptune.models import cache_root, convert_gguf, embedded_gguf_path
 
     assert embedded.num_layers == 30 and embedded.hidden_size == 576
     assert embedded.model_type == "llama" and embedded.source == "embedded"
-    converted = list((cache_root() / "gguf").glob("SmolLM2-135M-Instruct*"))
-    assert len(converted) == 1 and (converted[0] / "model.safetensors").is_file()
-    stamp = converted[0].stat().st_mtime_ns
+    target = convert_gguf(embedded_gguf_path())
+    assert (target / "model.safetensors").is_file()
+    # the cache key is the content: a reinstalled package (new mtime) reuses the conversion
+    assert target.name.startswith("SmolLM2-135M-Instruct") and len(target.name.rsplit("-", 1)[1]) == 16
+    before = sorted(p.name for p in (cache_root() / "gguf").iterdir())
+    stamp = target.stat().st_mtime_ns
     # a .gguf path resolves to the same converted copy, without converting again
     again = load_model(str(embedded_gguf_path()))
-    assert converted[0].stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in (cache_root() / "gguf").iterdir()) == before
+    assert target.stat().st_mtime_ns == stamp
     assert torch.equal(again.model.model.embed_tokens.weight, embedded.model.model.embed_tokens.weight)
     again.model.save_pretrained(tmp_path / "copy")  # a GGUF-loaded model would refuse this
     assert (tmp_path / "copy" / "config.json").is_file()

