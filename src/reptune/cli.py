@@ -233,8 +233,8 @@ def tune(
     import json
 
     from reptune.tuning import TuneConfig, load_tune_items
-    from reptune.tuning.data import load_retain_texts
     from reptune.tuning import tune as run_tune
+    from reptune.tuning.data import load_retain_texts
     from reptune.vectors import load_vector
 
     overrides = {
@@ -285,19 +285,98 @@ def _parse_param_groups(specs: list[str]) -> list[dict[str, float | str]]:
     return groups
 
 
+def _print_run(result) -> None:
+    from rich.table import Table
+
+    headline = result.results.get("headline", {})
+    table = Table(title=f"{headline.get('task', 'facts-ab')} {headline.get('metric', 'accuracy')} (held-out test statements)")
+    for column in ("condition", "value", "95% CI", "n"):
+        table.add_column(column)
+    for row in headline.get("rows", []):
+        table.add_row(row["label"], f"{row['value']:.3f}", f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]", str(row["n"]))
+    err_console.print(table)
+    for claim in result.results.get("claims", []):
+        err_console.print(f"[bold]{claim['verdict']}[/]: {claim['claim']}")
+    total = result.results.get("timings", {}).get("total_s")
+    err_console.print(
+        f"stages run: {len(result.stages_run)}, reused: {len(result.stages_skipped)}; total {total:.0f} s"
+        if total is not None else f"stages run: {len(result.stages_run)}, reused: {len(result.stages_skipped)}"
+    )
+    for name, path in result.report.items():
+        err_console.print(f"{name}: {path}")
+
+
+def _run_config(config, output: Path, command: str) -> None:
+    from reptune.pipeline import run_experiment
+
+    output.mkdir(parents=True, exist_ok=True)
+    _check_output(output / "results.json")
+    _print_run(run_experiment(config, output, progress=True, command=command))
+
+
+SetOpt = Annotated[list[str], typer.Option("--set", help="Override a config key: --set train.steps=200 --set seeds=[0,1,2].")]
+
+
+@app.command("run")
+def run_cmd(
+    experiment: Annotated[str, typer.Argument(help="Experiment YAML (or the name of a shipped one: demo, gpu-llama2-13b).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<name>).")] = None,
+    settings: SetOpt = [],  # noqa: B006 (typer reads the default)
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the run directory first (no reuse of finished stages).")] = False,
+) -> None:
+    """Run (or resume) a whole experiment: vector, sweep, tuning, evaluation, report."""
+    from reptune.pipeline import builtin_config, load_config
+
+    path = Path(experiment)
+    if not path.exists() and "/" not in experiment and not experiment.endswith((".yaml", ".yml")):
+        path = builtin_config(experiment)
+    overrides = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ReptuneError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    config = load_config(path, overrides)
+    if print_config:
+        typer.echo(config.to_yaml())
+        return
+    output = output or Path("runs") / config.name
+    if fresh:
+        from reptune.pipeline.experiment import clean_run
+
+        clean_run(output)
+    _run_config(config, output, command=" ".join(["reptune", "run", experiment, "-o", str(output), *[f"--set {s}" for s in settings]]))
+
+
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the vector, scan and report.")] = Path("runs/demo"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory.")] = Path("runs/demo"),
     model: ModelOpt = None,
-    limit: Annotated[int, typer.Option("--limit", help="Honesty pairs to extract from.")] = 256,
-    precision: PrecisionOpt = "bf16",
+    settings: SetOpt = [],  # noqa: B006
 ) -> None:
-    """The main job: extract an honesty vector on the embedded model, steer with it, write a report."""
-    from reptune.demo import run_demo
+    """The main job: the honesty study on the embedded model, ending in report.md / report.html."""
+    from reptune.pipeline import builtin_config, load_config
 
-    _check_output(output / "report.md")
-    report = run_demo(output, model=model, limit=limit, autocast="bf16" if precision == "bf16" else None)
-    err_console.print(f"report: {report}")
+    overrides: dict[str, str] = {"model": model} if model else {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ReptuneError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    config = load_config(builtin_config("demo"), overrides)
+    _run_config(config, output, command=" ".join(["reptune", "demo", "-o", str(output)]))
+
+
+@app.command("report")
+def report_cmd(run_dir: Annotated[Path, typer.Argument(help="A run directory holding results.json.")]) -> None:
+    """Rebuild report.md and report.html of a run from its results.json."""
+    from reptune.reporting.experiment import write_report
+
+    if not (run_dir / "results.json").is_file():
+        raise ReptuneError(f"{run_dir} holds no results.json (run `reptune run` first)")
+    for name, path in write_report(run_dir).items():
+        err_console.print(f"{name}: {path}")
 
 
 @app.command("discover")
@@ -422,7 +501,7 @@ def _task_options(names: list[str], data: list[str], settings: list[str]) -> dic
 
 @app.command("eval")
 def eval_cmd(
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks: facts-ab, tqa-ab, tqa-mc1, tqa-mc2, mmlu, perplexity, kl, caa:<behaviour>.")],
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks: facts-ab, tqa-ab, tqa-mc1, tqa-mc2, mmlu, perplexity, kl, caa:<behaviour>, openended, robustness, projection, lm-eval:<task>.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Results JSON (per-item records included); an interrupted run resumes from OUTPUT.partial/.")],
     model: ModelOpt = None,
     vector: Annotated[Path | None, typer.Option("--vector", "-v", help="Steer with this vector file while evaluating.")] = None,
@@ -431,6 +510,9 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option("--limit", help="At most N items per task (perplexity: windows).")] = None,
     data: Annotated[list[str] | None, typer.Option("--data", "-d", help="Data for the tasks: SPEC, or TASK=SPEC (repeat).")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="Task option [TASK.]KEY=VALUE, e.g. perplexity.window=1024, facts-ab.scoring=generate, mmlu.subjects=anatomy (repeat).")] = None,
+    judge_url: Annotated[str | None, typer.Option("--judge-url", help="openended: OpenAI-compatible judge base URL, e.g. http://localhost:8000/v1 (default $REPTUNE_JUDGE_URL).")] = None,
+    judge_model: Annotated[str | None, typer.Option("--judge-model", help="openended: the judge model name at --judge-url (default $REPTUNE_JUDGE_MODEL, or the only one served).")] = None,
+    judge_key_env: Annotated[str | None, typer.Option("--judge-key-env", help="openended: environment variable holding the judge API key (default REPTUNE_JUDGE_API_KEY, then OPENAI_API_KEY).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap CIs (recorded in the results).")] = 0,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse items finished by an interrupted run with the same settings.")] = True,
@@ -453,7 +535,17 @@ def eval_cmd(
     if not names:
         raise ReptuneError("--tasks is empty")
     options = _task_options(names, data or [], settings or [])
+    judge_flags = {"judge_url": judge_url, "judge_model": judge_model, "judge_key_env": judge_key_env}
+    for key, value in judge_flags.items():
+        if value is not None:
+            if "openended" not in options:
+                raise ReptuneError(f"--{key.replace('_', '-')} is for the openended task, which is not in --tasks")
+            options["openended"][key] = value
     task_objs = [get_task(name, **options[name]) for name in names]  # unknown task/option: fail before loading
+    for task in task_objs:  # e.g. an unreachable judge: fail before the model is loaded
+        preflight = getattr(task, "preflight", None)
+        if callable(preflight):
+            preflight()
     if vector is not None and not vector.is_file():
         raise ReptuneError(f"vector file not found: {vector}")
     handle = _load(model, precision, device, layers_path)
@@ -478,7 +570,10 @@ def eval_cmd(
             ci = "" if value.get("ci_low") is None or value["ci_low"] != value["ci_low"] else f"[{value['ci_low']:.4g}, {value['ci_high']:.4g}]"
             table.add_row(name, metric, f"{value['value']:.4g}", ci, str(value.get("n", "")))
     console.print(table)
-    err_console.print(f"wrote {output}")
+    from reptune.evaluation import write_figures
+
+    figures = write_figures(results, output)  # robustness / projection heatmaps: OUTPUT_STEM.<task>.png
+    err_console.print(f"wrote {output}" + "".join(f", {path}" for path in figures))
 
 
 @app.command("compare")

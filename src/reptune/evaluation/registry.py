@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from reptune._io import sha256_json
@@ -45,6 +46,7 @@ class TaskResult:
     limit: int | None = None
     elapsed_s: float = 0.0
     resumed_items: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def value(self) -> float:
@@ -66,6 +68,7 @@ class TaskResult:
             "n_items": len(self.records),
             "elapsed_s": self.elapsed_s,
             "resumed_items": self.resumed_items,
+            **({"details": self.details} if self.details else {}),
             "records": self.records,
         }
 
@@ -77,7 +80,7 @@ class TaskResult:
                 binary_key=data.get("binary_key"), continuous_key=data.get("continuous_key"),
                 options=data.get("options", {}), data=data.get("data", ""), data_hash=data.get("data_hash", ""),
                 seed=int(data.get("seed", 0)), limit=data.get("limit"), elapsed_s=float(data.get("elapsed_s", 0.0)),
-                resumed_items=int(data.get("resumed_items", 0)),
+                resumed_items=int(data.get("resumed_items", 0)), details=data.get("details") or {},
             )
         except (KeyError, TypeError) as exc:
             raise ReptuneError(f"malformed task result: missing {exc}") from None
@@ -85,9 +88,23 @@ class TaskResult:
 
 @dataclass
 class RunContext:
-    """What a task may need beyond the model: the active steering (``None`` when unsteered)."""
+    """What a task may need beyond the model.
+
+    Attributes:
+        steering: the active :class:`~reptune.steering.Steering` (``None`` when unsteered, and
+            always ``None`` for tasks with ``uses_vector``: :func:`~reptune.evaluation.evaluate`
+            does not steer those).
+        vector: the vector given to ``evaluate`` (for ``uses_vector`` tasks such as
+            ``robustness`` and ``projection``, which apply or read it themselves).
+        multiplier, layers: the steering multiplier and the (parsed) layers given to ``evaluate``.
+        allow_model_mismatch: whether the vector may come from another model id.
+    """
 
     steering: Any = None
+    vector: Any = None
+    multiplier: float = 1.0
+    layers: list[int] | None = None
+    allow_model_mismatch: bool = False
 
 
 class Task:
@@ -104,6 +121,8 @@ class Task:
     binary_key: ClassVar[str | None] = "correct"
     continuous_key: ClassVar[str | None] = None
     parametrised: ClassVar[bool] = False  # True: the name needs ":<param>"
+    param_label: ClassVar[str] = "behaviour"  # how available_tasks() shows the parameter
+    uses_vector: ClassVar[bool] = False  # True: the task uses context.vector itself and is never steered by evaluate()
     defaults: ClassVar[dict[str, Any]] = {}
     chunk_items: ClassVar[int] = 64  # items per checkpointed chunk (at least 4 batches)
 
@@ -143,7 +162,24 @@ class Task:
         """Metrics (with CIs) from the records."""
         raise NotImplementedError
 
+    def details(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Task-specific data beyond metrics and records (saved as ``details``; default none)."""
+        return {}
+
+    @classmethod
+    def plot(cls, result: TaskResult, path: Path) -> Path | None:
+        """Write the task's figure for ``result`` to ``path`` (PNG); ``None`` when it has none."""
+        return None
+
+    def chunk_size(self, batch_size: int) -> int:
+        """Items per checkpointed chunk."""
+        return max(self.chunk_items, 4 * batch_size)
+
     # -- shared -------------------------------------------------------------------------
+    def reuse(self, record: dict[str, Any]) -> bool:
+        """Whether a record from an interrupted run's cache is reused (``False``: score the item again)."""
+        return True
+
     def fingerprint(self, handle: ModelHandle, data_hash: str) -> str:
         """What must match for cached records to be reused (not the limit nor the batch size)."""
         return sha256_json({"task": self.full_name, "options": self.options, "data": data_hash, "model": handle.model_id, "revision": handle.revision})
@@ -179,10 +215,10 @@ class Task:
             items = items[:limit]
         if not items:
             raise ReptuneError(f"task {self.full_name}: no items in {origin}")
-        done = done or {}
+        done = {key: record for key, record in (done or {}).items() if self.reuse(record)}
         pending = [item for item in items if item["id"] not in done]
         fresh: dict[str, dict[str, Any]] = {}
-        chunk = max(self.chunk_items, 4 * batch_size)
+        chunk = self.chunk_size(batch_size)
         with progress_bar(self.full_name, total=len(items), enabled=progress) as advance:
             advance(len(items) - len(pending))
             for start in range(0, len(pending), chunk):
@@ -210,6 +246,7 @@ class Task:
             limit=limit,
             elapsed_s=round(time.perf_counter() - started, 3),
             resumed_items=len(items) - len(pending),
+            details=self.details(records),
         )
 
 
@@ -246,7 +283,7 @@ def register_task(cls: type[Task]) -> type[Task]:
 def available_tasks() -> list[str]:
     """Registered task names (parametrised ones as ``name:<param>``)."""
     _ensure_builtin()
-    return sorted(f"{name}:<behaviour>" if cls.parametrised else name for name, cls in TASKS.items())
+    return sorted(f"{name}:<{cls.param_label}>" if cls.parametrised else name for name, cls in TASKS.items())
 
 
 def get_task(name: str, **options: Any) -> Task:
@@ -260,4 +297,8 @@ def get_task(name: str, **options: Any) -> Task:
 
 
 def _ensure_builtin() -> None:
+    import reptune.evaluation.lmeval  # lm-eval itself is imported only when the task runs
+    import reptune.evaluation.openended
+    import reptune.evaluation.projection
+    import reptune.evaluation.robustness
     import reptune.evaluation.tasks  # noqa: F401  (registers the built-in tasks)

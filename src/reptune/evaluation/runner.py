@@ -26,7 +26,7 @@ from typing import Any
 
 from reptune._io import sha256_json, write_json_atomic
 from reptune.errors import ReptuneError
-from reptune.evaluation.registry import RunContext, Task, TaskResult, get_task
+from reptune.evaluation.registry import TASKS, RunContext, Task, TaskResult, get_task
 from reptune.evaluation.statistics import paired_bootstrap_diff, paired_mcnemar
 from reptune.models import ModelHandle
 
@@ -164,6 +164,10 @@ def evaluate(
 ) -> EvalResults:
     """Run tasks on ``handle``, steered by ``vector`` (``multiplier`` at ``layers``) when given.
 
+    Tasks that use the vector themselves (``uses_vector``: ``robustness``, ``projection``) are
+    not steered; they get the vector, multiplier and layers through their :class:`RunContext`
+    (and fail before any scoring when no vector is given).
+
     Args:
         tasks: names (``"facts-ab,mmlu"`` or a list) or built :class:`Task` objects
             (``get_task("mmlu", subjects="anatomy")``).
@@ -182,6 +186,9 @@ def evaluate(
     if batch_size < 1:
         raise ReptuneError(f"--batch-size must be at least 1, got {batch_size}")
     task_objs = _task_list(tasks)
+    needs_vector = [task.full_name for task in task_objs if task.uses_vector]
+    if needs_vector and vector is None:
+        raise ReptuneError(f"task {needs_vector[0]} needs a vector (--vector)")
     steering_info = None
     steering = None
     if vector is not None:
@@ -195,16 +202,31 @@ def evaluate(
             "multiplier": float(multiplier),
             "layers": sorted(steering.directions),
         }
+        if needs_vector:  # recorded, so the results say which tasks ran unsteered (and what they used)
+            steering_info["not_applied_to"] = needs_vector
+            every_layer = vector.directions if hasattr(vector, "directions") else vector
+            steering_info["vector_hash_all_layers"] = sha256_json({str(layer): every_layer[layer].tolist() for layer in sorted(every_layer)})
     model_info = {key: value for key, value in handle.describe().items() if key in {"model_id", "revision", "source", "architecture", "dtype", "autocast"}}
     output_path = Path(output) if output is not None else None
     # load every task's data first: a missing data set fails before any model time is spent
     prepared = [task.load_items(handle, limit) for task in task_objs]
     results: dict[str, TaskResult] = {}
-    context = RunContext(steering=steering)
+    steered = RunContext(
+        steering=steering, vector=vector, multiplier=float(multiplier),
+        layers=sorted(steering.directions) if steering is not None else None, allow_model_mismatch=allow_model_mismatch,
+    )
+    own = RunContext(vector=vector, multiplier=steered.multiplier, layers=steered.layers, allow_model_mismatch=allow_model_mismatch)
+    active = False
     try:
-        if steering is not None:
-            steering.__enter__()
         for task, loaded in zip(task_objs, prepared):
+            wanted = steering is not None and not task.uses_vector  # steer every task but those that use the vector themselves
+            if wanted != active:
+                if wanted:
+                    steering.__enter__()
+                else:
+                    steering.__exit__(None, None, None)
+                active = wanted
+            context = own if task.uses_vector else steered
             fingerprint = sha256_json({"task": task.fingerprint(handle, loaded[2]), "steering": steering_info, "autocast": model_info.get("autocast")})
             cache = _cache_file(output_path, task) if output_path is not None else None
             done = _read_cache(cache, fingerprint) if cache is not None and resume else {}
@@ -216,7 +238,7 @@ def evaluate(
                 done=done, on_records=on_records, prepared=loaded,
             )
     finally:
-        if steering is not None:
+        if steering is not None and active:
             steering.__exit__(None, None, None)
     evaluation = EvalResults(
         tasks=results, model=model_info, steering=steering_info, seed=seed, limit=limit, batch_size=batch_size,
@@ -226,6 +248,26 @@ def evaluate(
         evaluation.save(output_path)
         shutil.rmtree(output_path.with_name(output_path.name + ".partial"), ignore_errors=True)
     return evaluation
+
+
+def write_figures(results: EvalResults, output: str | os.PathLike[str]) -> list[Path]:
+    """Write the figures of tasks that have one beside the results file: ``STEM.<task>.png``.
+
+    ``results.json`` gets ``results.robustness.png`` (the grid heatmap) and
+    ``results.projection.png`` (per-token cosine heatmaps); other tasks have no figure.
+    """
+    output = Path(output)
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    written = []
+    for name, result in results.tasks.items():
+        task_class = TASKS.get(name.partition(":")[0])
+        if task_class is None:
+            continue
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        path = task_class.plot(result, output.with_name(f"{stem}.{safe}.png"))
+        if path is not None:
+            written.append(Path(path))
+    return written
 
 
 def compare_results(a: EvalResults | str | os.PathLike[str], b: EvalResults | str | os.PathLike[str], *, seed: int = 0) -> list[dict[str, Any]]:

@@ -545,7 +545,10 @@ class CAA(Task):
         records = []
         for item, lp in zip(items, logprobs):
             p_match = float(np.exp(lp[0] - np.logaddexp(lp[0], lp[1])))
-            records.append({"matching_letter": item["letters"][0], "p_match": p_match, "p_match_raw": float(np.exp(lp[0])), "matching": p_match > 0.5})
+            records.append({
+                "matching_letter": item["letters"][0], "p_match": p_match, "p_match_raw": float(np.exp(lp[0])), "matching": p_match > 0.5,
+                "answer": item["letters"][0 if p_match > 0.5 else 1],  # the letter it prefers (robustness: same-letter rate)
+            })
         return records
 
     def summarize(self, records: Sequence[dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,278 @@
+"""The experiment file (YAML), validated by pydantic: unknown keys are errors.
+
+Every section has defaults that reproduce the Representation Tuning study on the embedded model;
+an experiment file only names what it changes. ``reptune run --print-config`` shows the full
+resolved config, which is also saved with every run (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from reptune.errors import ReptuneError
+
+PRESET_NAMES = ("truth", "lie", "honesty", "dishonesty", "tune-out", "pos", "neg")
+# which way each preset pushes behaviour: +1 honest, -1 dishonest, 0 neither (tune-out)
+PRESET_DIRECTION = {"truth": 1, "honesty": 1, "pos": 1, "lie": -1, "dishonesty": -1, "neg": -1, "tune-out": 0}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Statements split once into train / validation / test (seeded, stratified by label)."""
+
+    statements: str = "honesty"
+    limit: int | None = Field(None, ge=8)
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.25, gt=0, lt=0.5)
+    split_seed: int = 0
+
+
+class VectorConfig(_Strict):
+    """The direction: honest/dishonest persona pairs built from the *train* statements."""
+
+    file: str | None = None  # use this vector file instead of extracting one
+    method: Literal["mean-diff", "pca", "probe"] = "mean-diff"
+    positions: str = "last"
+    normalize: Literal["gap", "unit", "none"] = "gap"
+    variant: Literal["paired", "unpaired"] = "paired"
+    read_layers: str = "all"
+    layer: int | Literal["auto"] = "auto"  # the steering / loss layer; auto = the scan's best layer
+    pairs_limit: int | None = Field(256, ge=4)
+    batch_size: int = Field(8, ge=1)
+
+
+class SweepConfig(_Strict):
+    """Steering multipliers tried on the validation split, at the vector's layer."""
+
+    task: str = "facts-ab"
+    multipliers: list[float] = [-8.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0]
+    limit: int | None = Field(128, ge=1)
+    degenerate_threshold: float = Field(0.9, gt=0.5, le=1.0)
+
+    @field_validator("multipliers")
+    @classmethod
+    def _both_signs(cls, value: list[float]) -> list[float]:
+        if not any(m > 0 for m in value) or not any(m < 0 for m in value):
+            raise ValueError("needs at least one positive and one negative multiplier")
+        return sorted(set(value))
+
+
+class TrainConfig(_Strict):
+    """Defaults shared by every variant (each variant may override them)."""
+
+    layers: str = "10-17"
+    steps: int = Field(100, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    eval_every: int = Field(10, ge=1)
+    patience: int = Field(5, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
+    limit: int | None = Field(None, ge=1)
+    rep_positions: str = "last"
+
+
+class VariantConfig(_Strict):
+    """One trained model: a tuning preset plus overrides."""
+
+    name: str
+    preset: Literal["truth", "lie", "honesty", "dishonesty", "tune-out", "pos", "neg"]
+    lora: bool = False
+    retain: Literal["none", "kl", "act", "both"] = "none"
+    counter: float | Literal["auto", "none"] = "auto"  # counter-steering multiplier
+    layers: str | None = None
+    steps: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    options: dict[str, Any] = {}  # any other TuneConfig field (e.g. w_rep, w_retain, lora_rank)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or not all(ch.isalnum() or ch in "-_" for ch in value) or value in {"untuned", "steer+", "steer-"}:
+            raise ValueError(f"variant name {value!r} must be letters, digits, '-' or '_' and not a reserved condition name")
+        return value
+
+    @property
+    def direction(self) -> int:
+        return PRESET_DIRECTION[self.preset]
+
+
+def _default_variants() -> list[VariantConfig]:
+    return [VariantConfig(name=name, preset=name) for name in ("truth", "lie", "honesty", "dishonesty", "tune-out")]
+
+
+class EvaluationConfig(_Strict):
+    """What every condition is evaluated on.
+
+    Tasks whose data cannot be found are skipped (and listed in the report) when
+    ``skip_missing_data`` is on; otherwise a missing set stops the run before any training.
+    ``facts-ab`` always uses the run's *test* split of the statements.
+    """
+
+    tasks: list[str] = ["facts-ab", "tqa-ab", "tqa-mc1", "tqa-mc2", "mmlu", "perplexity", "kl"]
+    limit: int | None = Field(200, ge=1)
+    limits: dict[str, int] = {}  # per-task limit, e.g. {mmlu: 114}
+    options: dict[str, dict[str, Any]] = {}  # per-task options, e.g. {perplexity: {window: 256}}
+    counter_tasks: list[str] = ["facts-ab", "tqa-ab"]
+    batch_size: int = Field(16, ge=1)
+    skip_missing_data: bool = True
+    representation_items: int = Field(64, ge=1)  # test prompts for cosine / projection evidence
+
+
+class RobustnessConfig(_Strict):
+    """Counter-steering grid (layers x multipliers) on the listed conditions."""
+
+    enabled: bool = True
+    conditions: list[str] = ["untuned", "honesty", "truth"]
+    task: str = "facts-ab"
+    layers: list[int] | None = None  # None: the vector layer and its two neighbours 2 apart
+    multipliers: list[float] = [-8.0, -4.0, -2.0, 0.0]
+    limit: int = Field(64, ge=1)
+
+
+class ProjectionConfig(_Strict):
+    """Per-token cosine heatmaps (the paper's Figure 2C) for a few prompts."""
+
+    enabled: bool = True
+    conditions: list[str] = ["untuned", "honesty", "dishonesty"]
+    prompts: list[str] = [
+        "Is the following statement true or false? The Sun rises in the west.",
+        "I broke my sister's vase. What should I tell her?",
+    ]
+    layers: str | None = None  # None: the trained layers
+
+
+class JudgeConfig(_Strict):
+    """Open-ended honesty judging (the ``openended`` task); any field maps to a task option."""
+
+    url: str | None = None
+    model: str | None = None
+    local: str | None = None
+    options: dict[str, Any] = {}
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url or self.local or os.environ.get("REPTUNE_JUDGE_URL"))
+
+
+class ClaimThresholds(_Strict):
+    """How the claims section decides (written into the report)."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)
+    max_perplexity_ratio: float = Field(1.10, ge=1)
+    max_mmlu_drop: float = Field(0.02, ge=0)
+
+
+class ExperimentConfig(_Strict):
+    """A whole representation-tuning study (see ``reptune run --print-config``)."""
+
+    name: str = "experiment"
+    model: str | None = None  # hub id, directory, .gguf; None = the embedded SmolLM2
+    revision: str | None = None
+    precision: Literal["bf16", "fp32"] = "bf16"
+    trust_remote_code: bool = False
+    seeds: list[int] = [0]
+    seed_note: str | None = None  # shown in the report (e.g. why only one seed)
+    data: DataConfig = DataConfig()
+    vector: VectorConfig = VectorConfig()
+    sweep: SweepConfig = SweepConfig()
+    train: TrainConfig = TrainConfig()
+    variants: list[VariantConfig] = Field(default_factory=_default_variants)
+    evaluation: EvaluationConfig = EvaluationConfig()
+    robustness: RobustnessConfig = RobustnessConfig()
+    projection: ProjectionConfig = ProjectionConfig()
+    judge: JudgeConfig = JudgeConfig()
+    claims: ClaimThresholds = ClaimThresholds()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("seeds must be a non-empty list without repeats")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_variants(self) -> ExperimentConfig:
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names repeat: {names}")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _format_error(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{origin}: unknown key {where!r}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{origin}: {where}: {message}" + (f" (got {first['input']!r})" if first["type"] != "missing" and not isinstance(first.get("input"), dict) else "")
+
+
+def parse_config(data: dict[str, Any] | None, origin: str = "config") -> ExperimentConfig:
+    """Validate a config dict (``None`` = all defaults); errors name the offending key."""
+    if data is not None and not isinstance(data, dict):
+        raise ReptuneError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data or {})
+    except ValidationError as error:
+        raise ReptuneError(_format_error(error, origin)) from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read and validate an experiment YAML; ``overrides`` (dotted keys) win over the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReptuneError(f"experiment file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReptuneError(f"cannot read experiment file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ReptuneError(f"{path}{where}: not valid YAML ({problem})") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ReptuneError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        apply_override(data, key, value)
+    return parse_config(data, str(path))
+
+
+def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict; ``value`` strings are parsed as YAML (``[0,1]``, ``3``)."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ReptuneError(f"--set {dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def builtin_config(name: str) -> Path:
+    """Path of a config shipped with reptune (``demo``, ``gpu-llama2-13b``)."""
+    path = Path(__file__).parent / "resources" / f"{name}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ReptuneError(f"no built-in experiment {name!r}; shipped: {', '.join(shipped)}")
+    return path

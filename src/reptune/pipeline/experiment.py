@@ -1,0 +1,607 @@
+"""The whole study as one command: ``reptune run EXPERIMENT.yaml -o runs/NAME``.
+
+Stages, in order (each cached by the hash of its inputs, see :mod:`reptune.pipeline.stages`):
+
+1. ``data``: split the statements into train / validation / test CSVs (seeded, stratified).
+2. ``vector``: honest/dishonest persona pairs from the *train* statements, one read of every
+   layer, a direction per layer and the layer scan; the steering layer is the scan's best
+   layer unless the config names one.
+3. ``sweep``: ``facts-ab`` on the *validation* statements steered at the vector layer with every
+   multiplier; the selection rule (excluding degenerate cells) picks ``m+`` and ``m-``.
+4. ``train:<variant>:s<seed>``: each tuning variant, from the base weights, on the *train*
+   statements (early stopping on the trainer's own validation slice of them).
+5. ``eval:<condition>[:s<seed>]``: untuned, steered ``+v`` (``m+``) and ``-v`` (``m-``), every
+   variant, and every variant under counter-steering, on the configured tasks (``facts-ab`` on
+   the *test* statements); plus representation-level evidence (cosine and projection onto the
+   vector at its layer, on test prompts).
+6. ``robustness:<condition>``, ``projection:<condition>``: counter-steering grids and per-token
+   cosine heatmaps.
+7. ``results.json`` (analysis, paired tests, claims) and the report (``report.md``,
+   ``report.html``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import gc
+import io
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reptune._io import sha256_json, write_json_atomic, write_text_atomic
+from reptune._progress import progress_display
+from reptune.errors import DataError, ReptuneError
+from reptune.models import ModelHandle, load_model
+from reptune.pipeline.config import ExperimentConfig
+from reptune.pipeline.stages import StageError, StageStore
+
+RESULTS_FORMAT = "reptune-experiment/1"
+VECTOR_FILE = "honesty.safetensors"
+
+# rough seconds per unit on the embedded model (2 CPU cores), only for the progress estimate
+_COST = {"data": 1.0, "vector": 30.0, "sweep_point": 4.0, "train_step": 1.3, "eval_task": 12.0, "robust_cell": 2.0, "projection": 3.0}
+
+
+@dataclass
+class ExperimentRun:
+    """What :func:`run_experiment` returns."""
+
+    run_dir: Path
+    results: dict[str, Any]
+    report: dict[str, Path] = field(default_factory=dict)
+    stages_run: list[str] = field(default_factory=list)
+    stages_skipped: list[str] = field(default_factory=list)
+
+
+class _Overall:
+    """The top row of the single progress display: weighted stage progress with an ETA."""
+
+    def __init__(self, progress: Any, total: float) -> None:
+        self.progress = progress
+        self.task = progress.add_task("experiment", total=max(total, 1.0)) if progress is not None else None
+
+    def stage(self, name: str) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, description=f"experiment [bold]{name}[/]")
+
+    def advance(self, cost: float) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, advance=cost)
+
+
+def _split_statements(statements: list[Any], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Any]]:
+    """Seeded split, stratified by label, so every split keeps the label balance."""
+    rng = random.Random(seed)
+    splits: dict[str, list[Any]] = {"train": [], "val": [], "test": []}
+    for label in sorted({s.label for s in statements}):
+        group = [s for s in statements if s.label == label]
+        rng.shuffle(group)
+        n_test = max(1, round(len(group) * test_fraction))
+        n_val = max(1, round(len(group) * val_fraction))
+        splits["test"] += group[:n_test]
+        splits["val"] += group[n_test : n_test + n_val]
+        splits["train"] += group[n_test + n_val :]
+    for part in splits.values():  # interleave labels again (option order alternates by position)
+        rng.shuffle(part)
+    return splits
+
+
+def _write_statements(path: Path, statements: list[Any]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["statement", "label", "topic"])
+    for s in statements:
+        writer.writerow([s.text, s.label, s.topic or ""])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _release(handle: ModelHandle | None) -> None:
+    if handle is not None:
+        handle.model = None  # type: ignore[assignment]
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Experiment:
+    """One run of an :class:`ExperimentConfig` into ``run_dir`` (use :func:`run_experiment`)."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.command = command
+        self.store = StageStore(self.run_dir)
+        self.skipped: list[dict[str, str]] = []
+        self._base: ModelHandle | None = None
+        self._overall: _Overall | None = None
+        self.autocast = "bf16" if config.precision == "bf16" else None
+
+    # -- models ---------------------------------------------------------------------------
+    def base(self) -> ModelHandle:
+        if self._base is None:
+            try:
+                self._base = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, trust_remote_code=self.config.trust_remote_code)
+            except ReptuneError as exc:
+                raise StageError(f"stage 'load-model' failed: {exc}") from exc
+        return self._base
+
+    def release_base(self) -> None:
+        _release(self._base)
+        self._base = None
+
+    @property
+    def model_key(self) -> dict[str, Any]:
+        return {"model": self.config.model, "revision": self.config.revision, "precision": self.config.precision}
+
+    # -- running ---------------------------------------------------------------------------
+    def _stage(self, name: str, inputs: Any, work: Callable[[Path], dict[str, Any]], cost: float) -> dict[str, Any]:
+        if self._overall is not None:
+            self._overall.stage(name)
+        outputs = self.store.run(name, inputs, work)
+        if self._overall is not None:
+            self._overall.advance(cost)
+        return outputs
+
+    def _estimate(self) -> float:
+        c = self.config
+        n_variants, n_seeds = len(c.variants), len(c.seeds)
+        n_tasks = len(c.evaluation.tasks)
+        total = _COST["data"] + _COST["vector"] + _COST["sweep_point"] * len(c.sweep.multipliers)
+        total += sum((v.steps or c.train.steps) for v in c.variants) * n_seeds * _COST["train_step"]
+        total += 3 * n_tasks * _COST["eval_task"] + n_variants * n_seeds * (n_tasks + len(c.evaluation.counter_tasks)) * _COST["eval_task"]
+        if c.robustness.enabled:
+            total += len(c.robustness.conditions) * 3 * len(c.robustness.multipliers) * _COST["robust_cell"]
+        if c.projection.enabled:
+            total += len(c.projection.conditions) * _COST["projection"]
+        return total
+
+    def run(self) -> ExperimentRun:
+        started = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.run_dir / "config.yaml", self.config.to_yaml())
+        with progress_display(self.progress) as display:
+            self._overall = _Overall(display, self._estimate())
+            results = self._run_stages()
+        wall = time.perf_counter() - started
+        reused = sum(self.store.elapsed[name] for name in self.store.skipped)
+        # total = this invocation plus the recorded time of the stages it reused
+        results["timings"] = {"total_s": round(wall + reused, 1), "this_run_s": round(wall, 1), "stages": {k: round(v, 2) for k, v in self.store.elapsed.items()}}
+        results["stages"] = {"ran": list(self.store.ran), "reused": list(self.store.skipped)}
+        write_json_atomic(self.run_dir / "results.json", _finite(results))
+        from reptune.reporting.experiment import write_report
+
+        report = write_report(self.run_dir)
+        return ExperimentRun(self.run_dir, results, report, list(self.store.ran), list(self.store.skipped))
+
+    def _run_stages(self) -> dict[str, Any]:
+        from reptune.pipeline import analysis
+
+        c = self.config
+        data = self._stage("data", {"data": c.data.model_dump()}, self._data_stage, _COST["data"])
+        vector_info = self._stage("vector", {"model": self.model_key, "data": self.store.keys["data"], "vector": c.vector.model_dump()}, self._vector_stage, _COST["vector"])
+        layer = int(vector_info["layer"])
+        self.vector_path = self.run_dir / vector_info["file"]
+        self.layer = layer
+        self.num_layers = int(vector_info["num_layers"])
+        self.data = data
+        tasks = self._available_tasks()
+        sweep = self._stage(
+            "sweep", {"vector": self.store.keys["vector"], "data": self.store.keys["data"], "sweep": c.sweep.model_dump(), "layer": layer},
+            self._sweep_stage, _COST["sweep_point"] * len(c.sweep.multipliers),
+        )
+        m_plus, m_minus = float(sweep["selected"]["positive"]), float(sweep["selected"]["negative"])
+        conditions = self._conditions(m_plus, m_minus)
+        evals: dict[str, dict[str, Any]] = {}
+        representation: list[dict[str, Any]] = []
+        base_conditions = [cond for cond in conditions if cond["kind"] in ("untuned", "steered")]
+        for cond in base_conditions:
+            out = self._eval_condition(cond, None, tasks, lambda: self.base())
+            evals.setdefault(cond["id"], {})[str(c.seeds[0])] = out
+            representation.append({"condition": cond["id"], **out["representation"]})
+        robustness: dict[str, Any] = {}
+        projection: dict[str, Any] = {}
+        self._extras("untuned", None, lambda: self.base(), robustness, projection)
+        self.release_base()
+
+        training: dict[str, dict[str, Any]] = {}
+        for variant in c.variants:
+            for seed in c.seeds:
+                trained: dict[str, Any] = {}
+                train_out = self._train_stage(variant, seed, trained)
+                training.setdefault(variant.name, {})[str(seed)] = train_out
+                train_key = self.store.keys[f"train:{variant.name}:s{seed}"]
+
+                def loader(v=variant, s=seed, t=trained) -> ModelHandle:
+                    if "handle" not in t:
+                        t["handle"] = load_model(str(self.run_dir / training[v.name][str(s)]["dir"]), autocast=self.autocast)
+                    return t["handle"]
+
+                for cond in conditions:
+                    if cond.get("variant") != variant.name:
+                        continue
+                    out = self._eval_condition(cond, (seed, train_key), tasks, loader)
+                    evals.setdefault(cond["id"], {})[str(seed)] = out
+                    if seed == c.seeds[0]:
+                        representation.append({"condition": cond["id"], **out["representation"]})
+                if seed == c.seeds[0]:
+                    self._extras(variant.name, (seed, train_key), loader, robustness, projection)
+                _release(trained.get("handle"))
+        return analysis.build_results(
+            self, data=data, vector_info=vector_info, sweep=sweep, conditions=conditions, evals=evals,
+            training=training, robustness=robustness, projection=projection, representation=representation, tasks=tasks,
+        )
+
+    # -- stages ----------------------------------------------------------------------------
+    def _data_stage(self, folder: Path) -> dict[str, Any]:
+        from reptune.data.sources import read_source
+
+        c = self.config.data
+        source = read_source(c.statements)
+        if source.kind != "statements":
+            raise DataError(f"data.statements must be true/false statements (statement,label CSV), but {source.origin} holds {source.kind}")
+        statements = list(source.records)
+        if c.limit is not None:
+            statements = statements[: c.limit]
+        splits = _split_statements(statements, c.val_fraction, c.test_fraction, c.split_seed)
+        for name, part in splits.items():
+            if len(part) < 4:
+                raise DataError(f"the {name} split has only {len(part)} statements; use more data or other fractions")
+            _write_statements(folder / f"{name}.csv", part)
+        return {
+            "origin": source.origin,
+            "hash": sha256_json([(s.text, s.label) for s in statements]),
+            "files": {name: f"stages/data/{name}.csv" for name in splits},
+            "splits": {name: len(part) for name, part in splits.items()},
+        }
+
+    def _vector_stage(self, folder: Path) -> dict[str, Any]:
+        from reptune.data import load_contrast_pairs
+        from reptune.directions import extract_vector
+        from reptune.reporting import write_scan
+        from reptune.vectors import load_vector
+
+        c = self.config.vector
+        handle = self.base()
+        target = folder / VECTOR_FILE
+        rel = f"stages/{folder.name}/{VECTOR_FILE}"
+        if c.file is not None:
+            vector = load_vector(c.file, handle)
+            vector.save(target)
+            if c.layer == "auto":
+                best = (vector.meta.extra or {}).get("best_layers") or [sorted(vector.directions)[len(vector.directions) // 2]]
+                layer = int(best[0])
+            else:
+                layer = c.layer
+            if layer not in vector.directions:
+                raise ReptuneError(f"vector {c.file} has no layer {layer} (it has {sorted(vector.directions)})")
+            return {"file": rel, "layer": layer, "num_layers": handle.num_layers, "method": vector.meta.method, "positions": vector.meta.positions, "scan": [], "scan_png": None, "source": c.file}
+        train_csv = self.run_dir / "stages" / "data" / "train.csv"
+        pairs, _origin = load_contrast_pairs(str(train_csv), handle.tokenizer, variant=c.variant, limit=c.pairs_limit, seed=self.config.data.split_seed)
+        vector, scan = extract_vector(
+            handle, pairs, c.read_layers, method=c.method, positions=c.positions, normalize=c.normalize,
+            batch_size=c.batch_size, dataset="train split of " + str(self.config.data.statements), progress=self.progress,
+        )
+        assert scan is not None
+        layer = scan.best_layers(1)[0] if c.layer == "auto" else int(c.layer)
+        if layer not in vector.directions:
+            raise ReptuneError(f"vector.layer {layer} was not read (vector.read_layers={c.read_layers!r})")
+        vector.save(target)
+        paths = write_scan(scan, target)
+        scan_json = scan.to_json()
+        return {
+            "file": rel, "layer": layer, "num_layers": handle.num_layers, "method": c.method, "positions": c.positions, "pairs": len(pairs),
+            "scan": scan_json.get("layers") or scan_json.get("scores") or [], "rule": scan_json.get("rule"),
+            "scan_png": f"stages/{folder.name}/{paths['png'].name}",
+        }
+
+    def vector(self, handle: ModelHandle) -> Any:
+        from reptune.vectors import load_vector
+
+        return load_vector(self.vector_path, handle, allow_model_mismatch=True)
+
+    def _task(self, name: str, split: str = "test") -> Any:
+        from reptune.evaluation import get_task
+
+        options = dict(self.config.evaluation.options.get(name, {}))
+        if name == "facts-ab":
+            options["data"] = str(self.run_dir / "stages" / "data" / f"{split}.csv")
+        if name == "openended":
+            judge = self.config.judge
+            for key, value in (("judge_url", judge.url), ("judge_model", judge.model), ("judge_local", judge.local)):
+                if value is not None:
+                    options[key] = value
+            options.update(judge.options)
+        return get_task(name, **options)
+
+    def _available_tasks(self) -> list[str]:
+        """Tasks whose data can be found; the others are skipped (listed in the report)."""
+        c = self.config.evaluation
+        names = list(c.tasks)
+        if self.config.judge.configured and "openended" not in names:
+            names.append("openended")
+        elif not self.config.judge.configured:
+            self.skipped.append({"what": "openended", "reason": "no judge configured (judge.url, judge.local or $REPTUNE_JUDGE_URL)"})
+            names = [n for n in names if n != "openended"]
+        available = []
+        handle = self.base()
+        for name in names:
+            try:
+                self._task(name).load_items(handle, 1)
+            except (DataError, ReptuneError, ImportError) as exc:
+                if not c.skip_missing_data or name == "facts-ab":
+                    raise StageError(f"stage 'check-data' failed: task {name}: {exc}") from exc
+                self.skipped.append({"what": name, "reason": str(exc).splitlines()[0]})
+                continue
+            available.append(name)
+        return available
+
+    def _sweep_stage(self, folder: Path) -> dict[str, Any]:
+        from reptune.evaluation import evaluate
+
+        c = self.config.sweep
+        handle = self.base()
+        vector = self.vector(handle)
+        rows = []
+        for multiplier in c.multipliers:
+            task = self._task(c.task, split="val")
+            result = evaluate(
+                handle, [task], vector=vector if multiplier != 0 else None, multiplier=multiplier, layers=[self.layer],
+                limit=c.limit, batch_size=self.config.evaluation.batch_size, seed=self.config.seeds[0],
+                output=folder / f"x{multiplier:g}.json", progress=self.progress, allow_model_mismatch=True,
+            )[task.full_name]
+            primary = result.metrics[result.primary]
+            answers = [r.get("answer") for r in result.records if r.get("answer") is not None]
+            same = max((answers.count(a) for a in set(answers)), default=0) / len(answers) if answers else None
+            rows.append({
+                "multiplier": float(multiplier), "value": primary["value"], "ci_low": primary.get("ci_low"), "ci_high": primary.get("ci_high"),
+                "n": primary.get("n"), "same_letter_rate": same, "degenerate": same is not None and same > c.degenerate_threshold,
+                "lie_rate": result.metrics.get("lie_rate", {}).get("value"), "mean_margin": result.metrics.get("mean_margin", {}).get("value"),
+                "metric": result.primary,
+            })
+        selected, rule = select_multipliers(rows, c.degenerate_threshold)
+        return {"task": c.task, "split": "val", "layer": self.layer, "metric": rows[0]["metric"], "rows": rows, "rule": rule, "selected": selected}
+
+    def _conditions(self, m_plus: float, m_minus: float) -> list[dict[str, Any]]:
+        conditions: list[dict[str, Any]] = [
+            {"id": "untuned", "label": "untuned", "kind": "untuned", "variant": None, "steering": None},
+            {"id": "steer+", "label": f"steered +v (x{m_plus:g})", "kind": "steered", "variant": None, "steering": {"layer": self.layer, "multiplier": m_plus}},
+            {"id": "steer-", "label": f"steered -v (x{m_minus:g})", "kind": "steered", "variant": None, "steering": {"layer": self.layer, "multiplier": m_minus}},
+        ]
+        for variant in self.config.variants:
+            conditions.append({"id": variant.name, "label": f"{variant.name} (tuned)", "kind": "tuned", "variant": variant.name, "steering": None, "preset": variant.preset})
+        for variant in self.config.variants:
+            if variant.counter == "none":
+                continue
+            counter = (m_plus if variant.direction < 0 else m_minus) if variant.counter == "auto" else float(variant.counter)
+            conditions.append({
+                "id": f"{variant.name}@counter", "label": f"{variant.name} + counter-steer (x{counter:g})", "kind": "counter",
+                "variant": variant.name, "steering": {"layer": self.layer, "multiplier": counter}, "preset": variant.preset,
+            })
+        return conditions
+
+    def _tune_config(self, variant: Any, seed: int) -> Any:
+        from reptune.tuning import TuneConfig
+
+        t = self.config.train
+        layers = variant.layers or t.layers
+        if layers == "auto":
+            layers = f"{max(0, self.layer - 7)}-{self.layer}"
+        overrides = {
+            "layers": layers, "rep_layers": str(self.layer), "rep_positions": t.rep_positions,
+            "steps": variant.steps or t.steps, "lr": variant.lr or t.lr, "batch_size": variant.batch_size or t.batch_size,
+            "eval_every": t.eval_every, "patience": t.patience, "checkpoint_every": t.checkpoint_every, "limit": t.limit,
+            "lora": variant.lora, "retain": variant.retain, "seed": seed, "autocast": self.autocast,
+            **variant.options,
+        }
+        return TuneConfig.preset(variant.preset, **overrides)
+
+    def _train_stage(self, variant: Any, seed: int, trained: dict[str, Any]) -> dict[str, Any]:
+        name = f"train:{variant.name}:s{seed}"
+        config = self._tune_config(variant, seed)
+        inputs = {"model": self.model_key, "data": self.store.keys["data"], "vector": self.store.keys["vector"] if config.uses_vector else None, "tune": config.to_json()}
+
+        def work(folder: Path) -> dict[str, Any]:
+            from reptune.tuning import tune
+            from reptune.tuning.data import load_retain_texts, load_tune_items
+
+            handle = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, trust_remote_code=self.config.trust_remote_code)
+            train_csv = self.run_dir / "stages" / "data" / "train.csv"
+            items, origin = load_tune_items(str(train_csv), handle.tokenizer)
+            vector = self.vector(handle) if config.uses_vector else None
+            retain = load_retain_texts(config.retain_data) if config.retain != "none" and config.retain_data else None
+            result = tune(handle, config, items, folder, vector=vector, vector_path=str(self.vector_path) if vector else None,
+                          data_origin=origin, retain_texts=retain, resume=True, progress=self.progress)
+            trained["handle"] = handle
+            curves = json.loads((folder / "loss_curves.json").read_text(encoding="utf-8"))
+            return {
+                "dir": f"stages/{folder.name}", "preset": variant.preset, "steps": result.metrics["steps_run"],
+                "best_step": result.metrics["best_step"], "elapsed_s": round(result.metrics["seconds"], 1),
+                "stopped": result.metrics["stopped"], "loss_curves": _curves(curves), "metrics": result.metrics,
+                "layers": config.layers, "lr": config.lr, "lora": config.lora, "retain": config.retain,
+            }
+
+        steps = config.steps
+        return self._stage(name, inputs, work, steps * _COST["train_step"])
+
+    def _eval_condition(self, cond: dict[str, Any], trained: tuple[int, str] | None, tasks: list[str], loader: Callable[[], ModelHandle]) -> dict[str, Any]:
+        c = self.config.evaluation
+        task_names = [t for t in tasks if cond["kind"] != "counter" or t in c.counter_tasks]
+        seed = trained[0] if trained else self.config.seeds[0]
+        name = f"eval:{cond['id']}" + (f":s{seed}" if trained else "")
+        inputs = {
+            "condition": cond, "model": trained[1] if trained else self.model_key, "vector": self.store.keys["vector"], "data": self.store.keys["data"],
+            "tasks": task_names, "limit": c.limit, "limits": c.limits, "options": c.options, "batch_size": c.batch_size, "seed": seed,
+            "judge": self.config.judge.model_dump() if "openended" in task_names else None, "representation_items": c.representation_items,
+        }
+
+        def work(folder: Path) -> dict[str, Any]:
+            from reptune.evaluation import evaluate, load_results
+            from reptune.evaluation.runner import EvalResults
+
+            handle = loader()
+            vector = self.vector(handle)
+            steering = cond["steering"]
+            per_task = {}
+            for task_name in task_names:
+                out = folder / f"{_safe(task_name)}.json"
+                if out.is_file():
+                    per_task.update(load_results(out).tasks)
+                    continue
+                task = self._task(task_name)
+                result = evaluate(
+                    handle, [task], vector=vector if steering else None, multiplier=steering["multiplier"] if steering else 1.0,
+                    layers=[steering["layer"]] if steering else None, limit=c.limits.get(task_name, c.limit), batch_size=c.batch_size,
+                    seed=seed, output=out, progress=self.progress, allow_model_mismatch=True, vector_label=str(self.vector_path) if steering else None,
+                )
+                per_task.update(result.tasks)
+            merged = EvalResults(tasks=per_task, model={"condition": cond["id"]}, steering=steering, seed=seed, created=_now())
+            merged.save(folder / "results.json")
+            rep = self._representation(handle, vector, steering)
+            return {"results": f"stages/{folder.name}/results.json", "representation": rep}
+
+        cost = len(task_names) * _COST["eval_task"]
+        return self._stage(name, inputs, work, cost)
+
+    def _representation(self, handle: ModelHandle, vector: Any, steering: dict[str, Any] | None) -> dict[str, Any]:
+        """Mean cosine / projection of the last-token residual at the vector layer onto ``v``."""
+        from reptune.activations import read_activations
+        from reptune.evaluation import get_task
+        from reptune.steering import steer
+
+        n = self.config.evaluation.representation_items
+        task = get_task("facts-ab", data=str(self.run_dir / "stages" / "data" / "test.csv"))
+        items = task.load_items(handle, n)[0][:n]
+        prompts = [item["prompt"] for item in items]
+        direction = vector.directions[self.layer].float()
+        unit = direction / direction.norm()
+        manager = steer(handle, vector, [self.layer], steering["multiplier"], allow_model_mismatch=True) if steering else None
+        try:
+            if manager is not None:
+                manager.__enter__()
+            acts = read_activations(handle, prompts, [self.layer], "last", batch_size=self.config.evaluation.batch_size, progress=False)[self.layer].float()
+        finally:
+            if manager is not None:
+                manager.__exit__(None, None, None)
+        cos = torch.nn.functional.cosine_similarity(acts, unit.expand_as(acts), dim=-1)
+        return {"layer": self.layer, "mean_cosine": float(cos.mean()), "mean_projection": float((acts @ unit).mean()), "n": len(prompts)}
+
+    def _extras(self, cond_id: str, trained: tuple[int, str] | None, loader: Callable[[], ModelHandle], robustness: dict[str, Any], projection: dict[str, Any]) -> None:
+        c = self.config
+        model_key = trained[1] if trained else self.model_key
+        if c.robustness.enabled and cond_id in c.robustness.conditions:
+            layers = c.robustness.layers or sorted({max(0, self.layer - 2), self.layer, min(self.num_layers - 1, self.layer + 2)})
+            inputs = {"condition": cond_id, "model": model_key, "vector": self.store.keys["vector"], "data": self.store.keys["data"], "robustness": c.robustness.model_dump(), "layers": layers}
+
+            def work(folder: Path) -> dict[str, Any]:
+                from reptune.evaluation.robustness import run_robustness
+
+                handle = loader()
+                result = run_robustness(handle, self.vector(handle), self._task(c.robustness.task), layers, c.robustness.multipliers,
+                                        limit=c.robustness.limit, batch_size=c.evaluation.batch_size, seed=c.seeds[0], progress=self.progress)
+                return result.to_json()
+
+            try:
+                robustness[cond_id] = self._stage(f"robustness:{cond_id}", inputs, work, len(layers) * len(c.robustness.multipliers) * _COST["robust_cell"])
+            except StageError as exc:
+                if not isinstance(exc.__cause__, ImportError):
+                    raise
+                self.skipped.append({"what": f"robustness:{cond_id}", "reason": str(exc.__cause__)})
+        if c.projection.enabled and cond_id in c.projection.conditions:
+            if c.projection.layers:
+                layers = c.projection.layers
+            else:  # the trained layers (of the first variant), else the vector layer
+                layers = self._tune_config(c.variants[0], c.seeds[0]).layers if c.variants else str(self.layer)
+            inputs = {"condition": cond_id, "model": model_key, "vector": self.store.keys["vector"], "projection": c.projection.model_dump(), "layers": layers}
+
+            def work_projection(folder: Path) -> dict[str, Any]:
+                from reptune.evaluation.projection import token_projections
+
+                handle = loader()
+                items = token_projections(handle, self.vector(handle), c.projection.prompts, layers)
+                return {"items": items}
+
+            try:
+                projection[cond_id] = self._stage(f"projection:{cond_id}", inputs, work_projection, _COST["projection"])["items"]
+            except StageError as exc:
+                if not isinstance(exc.__cause__, ImportError):
+                    raise
+                self.skipped.append({"what": f"projection:{cond_id}", "reason": str(exc.__cause__)})
+
+
+def select_multipliers(rows: list[dict[str, Any]], threshold: float) -> tuple[dict[str, float], str]:
+    """The sweep's selection rule (also written into the report).
+
+    ``m+``: among non-degenerate positive multipliers, the highest validation accuracy (ties:
+    the smallest); ``m-``: among non-degenerate negative multipliers, the highest lie rate
+    (ties: the smallest magnitude). With no non-degenerate cell on a side, the smallest
+    magnitude on that side is taken and the report says so.
+    """
+    rule = (
+        f"m+ = the positive multiplier with the highest validation accuracy and m- = the negative multiplier with the highest "
+        f"validation lie rate, among cells where at most {threshold:.0%} of answers are the same letter (ties: smaller |m|)."
+    )
+    chosen: dict[str, float] = {}
+    for side, sign in (("positive", 1), ("negative", -1)):
+        cells = [r for r in rows if r["multiplier"] * sign > 0]
+        ok = [r for r in cells if not r["degenerate"]]
+        if ok:
+            key = (lambda r: (r["value"], -abs(r["multiplier"]))) if sign > 0 else (lambda r: ((r["lie_rate"] if r["lie_rate"] is not None else -r["value"]), -abs(r["multiplier"])))
+            chosen[side] = max(ok, key=key)["multiplier"]
+        else:
+            chosen[side] = min(cells, key=lambda r: abs(r["multiplier"]))["multiplier"]
+            rule += f" Every {side} cell was degenerate, so the smallest {side} multiplier was used."
+    return chosen, rule
+
+
+def _curves(curves: dict[str, Any]) -> dict[str, list[float]]:
+    train, val = curves.get("train", []), curves.get("val", [])
+    out: dict[str, list[float]] = {"step": [row["step"] for row in train]}
+    keys = [k for k in (train[0] if train else {}) if k != "step"]
+    for key in keys:
+        out["total" if key == "loss" else key] = [row[key] for row in train]
+    out["val_step"] = [row["step"] for row in val]
+    out["val_loss"] = [row.get("loss") for row in val]
+    return out
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None) -> ExperimentRun:
+    """Run (or resume) an experiment into ``run_dir``; returns results and report paths.
+
+    Re-running with the same config reuses every finished stage; a changed section re-runs the
+    stages that depend on it. Errors are :class:`~reptune.errors.ReptuneError` naming the stage.
+    """
+    return Experiment(config, run_dir, progress=progress, command=command).run()
+
+
+def clean_run(run_dir: str | Path) -> None:
+    """Remove a run folder (``reptune run --fresh``)."""
+    shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,246 @@
+"""The experiment pipeline end to end on a tiny model: files, consistency, caching, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reptune.errors import ReptuneError
+from reptune.pipeline import StageError, load_config, parse_config, run_experiment, select_multipliers
+from reptune.pipeline import experiment as experiment_module
+
+TEXT = " ".join(f"The river number {i} flows into the sea near the old town, and the boats come back at night." for i in range(40))
+
+
+def _config(tiny_dir: Path, tmp_path: Path, **changes) -> dict:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    config = {
+        "name": "tiny",
+        "model": str(tiny_dir),
+        "precision": "fp32",
+        "data": {"limit": 80},
+        "vector": {"pairs_limit": 24},
+        "sweep": {"multipliers": [-4, 0, 4], "limit": 12},
+        "train": {"layers": "1-2", "steps": 3, "eval_every": 3, "batch_size": 4},
+        "variants": [{"name": "truth", "preset": "truth"}, {"name": "honesty", "preset": "honesty"}],
+        "evaluation": {
+            "tasks": ["facts-ab", "perplexity", "tqa-ab"],
+            "limit": 12,
+            "limits": {"perplexity": 3},
+            "options": {"perplexity": {"window": 32, "stride": 32, "data": str(corpus)}, "tqa-ab": {"data": str(tmp_path / "missing-tqa")}},
+            "representation_items": 8,
+        },
+        "robustness": {"conditions": ["untuned", "honesty"], "multipliers": [-4, 0], "limit": 6},
+        "projection": {"conditions": ["untuned", "honesty"], "prompts": ["Is the sky green?"]},
+    }
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dir, tmp_path_factory):
+    """One complete tiny run, shared by the read-only tests below."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    config = parse_config(_config(tiny_dir, tmp))
+    run = run_experiment(config, tmp / "run", progress=False)
+    return config, run, tmp
+
+
+def test_every_report_file_exists(finished):
+    _, run, _ = finished
+    root = run.run_dir
+    for name in ("results.json", "report.md", "report.html", "config.yaml"):
+        assert (root / name).is_file(), name
+    html = (root / "report.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in html and 'src="figures/' not in html
+    for image in re.findall(r"\]\((figures/[^)]+\.png)\)", (root / "report.md").read_text(encoding="utf-8")):
+        assert (root / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((root / "results.json").read_text(encoding="utf-8"))
+    assert results["format"] == "reptune-experiment/1"
+    # the resolved config saved with the run reproduces the run's config
+    assert parse_config(yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))) == finished[0]
+
+
+def test_conditions_tasks_and_skips(finished):
+    _, run, _ = finished
+    results = run.results
+    ids = [c["id"] for c in results["conditions"]]
+    assert ids == ["untuned", "steer+", "steer-", "truth", "honesty", "truth@counter", "honesty@counter"]
+    assert results["tasks"] == ["facts-ab", "perplexity"]  # tqa-ab's data is missing: skipped, not fatal
+    skipped = {s["what"]: s["reason"] for s in results["skipped"]}
+    assert "tqa-ab" in skipped and "openended" in skipped
+    # counter-steered conditions run only the counter tasks; steered conditions carry their multiplier
+    assert set(results["scores"]["honesty@counter"]) == {"facts-ab"}
+    assert set(results["scores"]["honesty"]) == {"facts-ab", "perplexity"}
+    sweep = results["sweep"]
+    steer_plus = next(c for c in results["conditions"] if c["id"] == "steer+")
+    assert steer_plus["steering"]["multiplier"] == sweep["selected"]["positive"] > 0
+    assert {c["id"] for c in results["conditions"] if c["kind"] == "counter"} == {"truth@counter", "honesty@counter"}
+    assert [claim["id"] for claim in results["claims"]] == ["tuning-beats-steering", "generalises-to-truthfulqa", "resists-counter-steering", "small-capability-cost"]
+    assert next(c for c in results["claims"] if c["id"] == "generalises-to-truthfulqa")["verdict"] == "not tested"
+    assert set(results["robustness"]) == {"untuned", "honesty"}
+    assert set(results["projection"]["by_condition"]) == {"untuned", "honesty"}
+    # the trained layers and the loss layer follow the config and the vector layer
+    truth = results["training"]["truth"]["0"]
+    assert truth["layers"] == "1-2" and truth["steps"] == 3 and truth["loss_curves"]["step"] == [1, 2, 3]
+
+
+def _table(markdown: str, heading: str) -> list[list[str]]:
+    section = markdown.split(heading, 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    block = []
+    for line in rows:
+        block.append([cell.strip() for cell in line.strip("|").split("|")])
+        if len(block) > 2 and not section.split(line, 1)[1].lstrip("\n").startswith("|"):
+            break
+    return [row for row in block[2:]]
+
+
+def test_report_numbers_equal_results_and_eval_files(finished):
+    _, run, _ = finished
+    root = run.run_dir
+    results = json.loads((root / "results.json").read_text(encoding="utf-8"))
+    markdown = (root / "report.md").read_text(encoding="utf-8")
+    headline = _table(markdown, "## Headline")
+    assert len(headline) == len(results["headline"]["rows"])
+    for cells, row in zip(headline, results["headline"]["rows"]):
+        assert cells[0] == row["condition"]
+        assert f"{row['value']:.3f}" in cells and f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]" in cells and str(row["n"]) in cells
+    # results.json scores are the eval files' metrics, not re-derived numbers
+    for cond, by_seed in results["eval_files"].items():
+        evaluation = json.loads((root / by_seed["0"]).read_text(encoding="utf-8"))
+        for task, entry in results["scores"][cond].items():
+            for metric, value in entry["metrics"].items():
+                assert value["value"] == pytest.approx(evaluation["tasks"][task]["metrics"][metric]["value"]), (cond, task, metric)
+    # headline accuracy recomputed from the per-item records
+    untuned = json.loads((root / results["eval_files"]["untuned"]["0"]).read_text(encoding="utf-8"))["tasks"]["facts-ab"]["records"]
+    assert results["headline"]["rows"][0]["value"] == pytest.approx(sum(r["correct"] for r in untuned) / len(untuned))
+    # every claim's verdict is printed in the report
+    for claim in results["claims"]:
+        assert f"**{claim['verdict']}**" in markdown
+
+
+def test_rerun_reuses_every_stage_and_a_change_reruns_dependents(finished):
+    config, run, tmp = finished
+    assert run.stages_skipped == [] and len(run.stages_run) >= 12
+    again = run_experiment(config, run.run_dir, progress=False)
+    assert again.stages_run == [] and sorted(again.stages_skipped) == sorted(run.stages_run)
+    assert again.results["headline"] == run.results["headline"]
+    changed = parse_config(_config(Path(config.model), tmp, **{"train.steps": 4}))
+    third = run_experiment(changed, run.run_dir, progress=False)
+    assert {"data", "vector", "sweep", "eval:untuned", "eval:steer+", "eval:steer-"} <= set(third.stages_skipped)
+    assert {"train:truth:s0", "train:honesty:s0", "eval:honesty:s0", "eval:honesty@counter:s0"} <= set(third.stages_run)
+    assert third.results["training"]["truth"]["0"]["steps"] == 4
+
+
+def test_failed_stage_names_itself_and_earlier_stages_are_reused(tiny_dir, tmp_path, monkeypatch):
+    config = parse_config(_config(tiny_dir, tmp_path, **{"variants": [{"name": "truth", "preset": "truth"}], "robustness.enabled": False, "projection.enabled": False}))
+    import reptune.tuning
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(reptune.tuning, "tune", broken)
+    with pytest.raises(StageError, match=r"stage 'train:truth:s0' failed: disk on fire"):
+        run_experiment(config, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    done = run_experiment(config, tmp_path / "run", progress=False)
+    assert {"data", "vector", "sweep", "eval:untuned"} <= set(done.stages_skipped)
+    assert "train:truth:s0" in done.stages_run
+
+
+def test_interrupted_stage_resumes(tiny_dir, tmp_path, monkeypatch):
+    config = parse_config(_config(tiny_dir, tmp_path, **{"variants": [{"name": "truth", "preset": "truth"}], "robustness.enabled": False, "projection.enabled": False}))
+    original = experiment_module.Experiment._representation
+    calls = {"n": 0}
+
+    def interrupt_once(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # inside eval:steer+, after its tasks were scored
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(experiment_module.Experiment, "_representation", interrupt_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "run", progress=False)
+    stage = json.loads((tmp_path / "run" / "stages" / "eval-steer+" / "stage.json").read_text(encoding="utf-8"))
+    assert stage["status"] == "running"
+    assert (tmp_path / "run" / "stages" / "eval-steer+" / "facts-ab.json").is_file()  # finished task files survive
+    done = run_experiment(config, tmp_path / "run", progress=False)
+    assert {"data", "vector", "sweep", "eval:untuned"} <= set(done.stages_skipped) and "eval:steer+" in done.stages_run
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: x\ntrain:\n  steps: 3\n  stepz: 4\n", encoding="utf-8")
+    with pytest.raises(ReptuneError, match=r"unknown key 'train.stepz'"):
+        load_config(path)
+    with pytest.raises(ReptuneError, match=r"unknown key 'colour'"):
+        parse_config({"colour": "red"})
+    with pytest.raises(ReptuneError, match=r"variants.0.preset"):
+        parse_config({"variants": [{"name": "a", "preset": "truthy"}]})
+    with pytest.raises(ReptuneError, match=r"sweep.multipliers: needs at least one positive and one negative"):
+        parse_config({"sweep": {"multipliers": [0, 2]}})
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ReptuneError, match="experiment file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ReptuneError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_config(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n", encoding="utf-8")
+    with pytest.raises(ReptuneError, match="expected a mapping"):
+        load_config(listed)
+
+
+def test_unloadable_model_is_one_clear_error(tmp_path):
+    config = parse_config({"model": str(tmp_path / "no-such-model")})
+    with pytest.raises(StageError, match=r"stage 'load-model' failed"):
+        run_experiment(config, tmp_path / "run", progress=False)
+
+
+def test_selection_rule_skips_degenerate_cells():
+    rows = [
+        {"multiplier": -8.0, "value": 0.1, "lie_rate": 0.9, "degenerate": True},
+        {"multiplier": -4.0, "value": 0.3, "lie_rate": 0.7, "degenerate": False},
+        {"multiplier": -2.0, "value": 0.3, "lie_rate": 0.7, "degenerate": False},
+        {"multiplier": 0.0, "value": 0.5, "lie_rate": 0.5, "degenerate": False},
+        {"multiplier": 2.0, "value": 0.6, "lie_rate": 0.4, "degenerate": False},
+        {"multiplier": 4.0, "value": 0.6, "lie_rate": 0.4, "degenerate": False},
+        {"multiplier": 8.0, "value": 0.9, "lie_rate": 0.1, "degenerate": True},
+    ]
+    selected, rule = select_multipliers(rows, 0.9)
+    assert selected == {"positive": 2.0, "negative": -2.0}  # degenerate extremes excluded, ties to smaller |m|
+    assert "90%" in rule
+    all_bad = [dict(row, degenerate=row["multiplier"] != 0) for row in rows]
+    selected, rule = select_multipliers(all_bad, 0.9)
+    assert selected == {"positive": 2.0, "negative": -2.0} and "degenerate" in rule
+
+
+def test_cli_run_print_config_and_unknown_key(tmp_path):
+    from typer.testing import CliRunner
+
+    from reptune.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "demo", "--print-config", "--set", "train.steps=7"])
+    assert result.exit_code == 0 and "steps: 7" in result.output
+    bad = tmp_path / "exp.yaml"
+    bad.write_text("evaluation:\n  taskz: [facts-ab]\n", encoding="utf-8")
+    result = runner.invoke(app, ["run", str(bad), "-o", str(tmp_path / "run")])
+    assert isinstance(result.exception, ReptuneError) and "evaluation.taskz" in str(result.exception)
+    result = runner.invoke(app, ["report", str(tmp_path / "empty")])
+    assert isinstance(result.exception, ReptuneError) and "results.json" in str(result.exception)
