@@ -33,7 +33,7 @@ preset, steps, batch_size, layers, vector_path = sys.argv[1], int(sys.argv[2]), 
 handle = reptune.load_model(None, autocast="bf16")
 vector = reptune.load_vector(vector_path, handle)
 items, _ = reptune.tuning.load_tune_items("honesty", handle.tokenizer, limit=256)
-config = TuneConfig.preset(preset, layers=layers, rep_layers="15", batch_size=batch_size, steps=steps, val_fraction=0.0)
+config = TuneConfig.from_preset(preset, layers=layers, rep_layers="15", batch_size=batch_size, steps=steps, val_fraction=0.0)
 tuner = Tuner(handle, config, items, vector if config.uses_vector else None)
 def rss(field):
     for line in open("/proc/self/status"):

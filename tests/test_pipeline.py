@@ -29,10 +29,14 @@ def _config(tiny_dir: Path, tmp_path: Path, **changes) -> dict:
         "train": {"layers": "1-2", "steps": 3, "eval_every": 3, "batch_size": 4},
         "variants": [{"name": "truth", "preset": "truth"}, {"name": "honesty", "preset": "honesty"}],
         "evaluation": {
-            "tasks": ["facts-ab", "perplexity", "tqa-ab"],
+            "tasks": ["facts-ab", "perplexity", "kl", "tqa-ab"],
             "limit": 12,
-            "limits": {"perplexity": 3},
-            "options": {"perplexity": {"window": 32, "stride": 32, "data": str(corpus)}, "tqa-ab": {"data": str(tmp_path / "missing-tqa")}},
+            "limits": {"perplexity": 3, "kl": 4},
+            "options": {
+                "perplexity": {"window": 32, "stride": 32, "data": str(corpus)},
+                "kl": {"data": str(corpus), "max_tokens": 24},
+                "tqa-ab": {"data": str(tmp_path / "missing-tqa")},
+            },
             "representation_items": 8,
         },
         "robustness": {"conditions": ["untuned", "honesty"], "multipliers": [-4, 0], "limit": 6},
@@ -76,12 +80,16 @@ def test_conditions_tasks_and_skips(finished):
     results = run.results
     ids = [c["id"] for c in results["conditions"]]
     assert ids == ["untuned", "steer+", "steer-", "truth", "honesty", "truth@counter", "honesty@counter"]
-    assert results["tasks"] == ["facts-ab", "perplexity"]  # tqa-ab's data is missing: skipped, not fatal
+    assert results["tasks"] == ["facts-ab", "perplexity", "kl"]  # tqa-ab's data is missing: skipped, not fatal
     skipped = {s["what"]: s["reason"] for s in results["skipped"]}
     assert "tqa-ab" in skipped and "openended" in skipped
     # counter-steered conditions run only the counter tasks; steered conditions carry their multiplier
     assert set(results["scores"]["honesty@counter"]) == {"facts-ab"}
-    assert set(results["scores"]["honesty"]) == {"facts-ab", "perplexity"}
+    assert set(results["scores"]["honesty"]) == {"facts-ab", "perplexity", "kl"}
+    # KL: the untuned model against itself is 0; a steered one against the unsteered model, and a
+    # tuned one against the base weights (not against itself), are not
+    kl = {cond: results["scores"][cond]["kl"]["metrics"]["kl"]["value"] for cond in ("untuned", "steer+", "truth", "honesty")}
+    assert kl["untuned"] == 0.0 and min(kl["steer+"], kl["truth"], kl["honesty"]) > 0
     sweep = results["sweep"]
     steer_plus = next(c for c in results["conditions"] if c["id"] == "steer+")
     assert steer_plus["steering"]["multiplier"] == sweep["selected"]["positive"] > 0
@@ -244,3 +252,25 @@ def test_cli_run_print_config_and_unknown_key(tmp_path):
     assert isinstance(result.exception, ReptuneError) and "evaluation.taskz" in str(result.exception)
     result = runner.invoke(app, ["report", str(tmp_path / "empty")])
     assert isinstance(result.exception, ReptuneError) and "results.json" in str(result.exception)
+
+
+def test_cli_demo_runs_the_shipped_experiment(tiny_dir, tmp_path):
+    """`reptune demo` is the shipped demo.yaml; here shrunk onto the tiny model."""
+    from typer.testing import CliRunner
+
+    from reptune.cli import app
+
+    sets = [
+        "data.limit=80", "vector.pairs_limit=16", "sweep.limit=8", "train.steps=2", "train.layers=1-2",
+        "evaluation.tasks=[facts-ab]", "evaluation.limit=8", "evaluation.representation_items=4",
+        "robustness.limit=4", "robustness.conditions=[untuned]", "projection.conditions=[untuned]",
+        "variants=[{name: truth, preset: truth}, {name: honesty, preset: honesty}]",
+    ]
+    args = ["demo", "--model", str(tiny_dir), "-o", str(tmp_path / "demo")]
+    for item in sets:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text(encoding="utf-8"))
+    assert config["name"] == "demo" and config["train"]["lr"] == 1.0e-4 and config["model"] == str(tiny_dir)
+    assert (tmp_path / "demo" / "report.html").is_file()

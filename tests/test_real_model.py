@@ -73,7 +73,7 @@ def test_short_honesty_run_raises_cosine_on_held_out_statements(honesty, tmp_pat
         return float(F.cosine_similarity(acts, vector[14].view(1, -1)).mean())
 
     before = mean_cos()
-    config = TuneConfig.preset("honesty", layers="12-14", rep_layers="14", steps=12, lr=2e-4, batch_size=4, eval_every=6, val_fraction=0.1)
+    config = TuneConfig.from_preset("honesty", layers="12-14", rep_layers="14", steps=12, lr=2e-4, batch_size=4, eval_every=6, val_fraction=0.1)
     result = tune(handle, config, train, tmp_path / "run", vector=vector, data_origin=origin, progress=False, save_model=False)
     after = mean_cos()
     assert result.history[-1]["rep"] < result.history[0]["rep"]

@@ -20,7 +20,7 @@ from reptune.data import Statement
 from reptune.data.ab import letter_token_ids, statements_to_ab
 from reptune.errors import DataError, ReptuneError, VectorError
 from reptune.models import load_model
-from reptune.tuning import PRESETS, TrainItem, TrainingDiverged, TuneConfig, tune
+from reptune.tuning import PRESETS, TrainingDiverged, TrainItem, TuneConfig, tune
 from reptune.tuning.data import BalancedBatches, split_items
 from reptune.tuning.losses import answer_loss, kl_base_to_tuned, representation_loss, topk_reference
 from reptune.vectors import SteeringVector, VectorMeta
@@ -129,16 +129,16 @@ def test_split_is_stratified_and_seeded():
 
 def test_presets_and_overrides():
     assert set(PRESETS) == {"truth", "lie", "honesty", "dishonesty", "tune-out", "pos", "neg"}
-    honesty = TuneConfig.preset("honesty", lr=1e-4, layers="1-2")
+    honesty = TuneConfig.from_preset("honesty", lr=1e-4, layers="1-2")
     assert (honesty.rep_mode, honesty.rep_sign, honesty.token_target, honesty.w_tok) == ("in", 1, "truth", 0.01)
-    assert TuneConfig.preset("dishonesty").rep_sign == -1 and TuneConfig.preset("lie").uses_vector is False
+    assert TuneConfig.from_preset("dishonesty").rep_sign == -1 and TuneConfig.from_preset("lie").uses_vector is False
     assert TuneConfig.from_json(json.loads(honesty.dumps())) == honesty
     with pytest.raises(ReptuneError, match="unknown preset"):
-        TuneConfig.preset("honest")
+        TuneConfig.from_preset("honest")
     with pytest.raises(ReptuneError, match="unknown tuning option"):
-        TuneConfig.preset("truth", learning_rate=1)
+        TuneConfig.from_preset("truth", learning_rate=1)
     with pytest.raises(ReptuneError):
-        TuneConfig.preset("truth", steps=0)
+        TuneConfig.from_preset("truth", steps=0)
 
 
 # --------------------------------------------------------------------- training behaviour
@@ -149,7 +149,7 @@ def test_tune_in_raises_cosine_and_freezes_the_rest(tmp_path):
     items, vector = _items(handle), _vector(handle)
     before_cos = _mean_cos(handle, items, vector)
     frozen = {name: param.detach().clone() for name, param in handle.model.named_parameters() if ".layers.1." not in name and ".layers.2." not in name}
-    config = TuneConfig.preset("pos", layers="1-2", steps=25, lr=3e-3, **FAST)
+    config = TuneConfig.from_preset("pos", layers="1-2", steps=25, lr=3e-3, **FAST)
     result = tune(handle, config, items, tmp_path / "run", vector=vector, progress=False, save_model=False)
     after_cos = _mean_cos(handle, items, vector)
     assert after_cos > before_cos + 0.3 and after_cos > 0.6
@@ -167,7 +167,7 @@ def test_tune_out_drives_abs_cosine_down(tmp_path):
     acts = read_activations(handle, [item.prompt for item in items], "2", "last", progress=False)[2]
     vector = SteeringVector({2: acts.mean(0)}, VectorMeta(model_id=handle.model_id, hidden_size=32, num_layers=4))
     before = abs(_mean_cos(handle, items, vector))
-    tune(handle, TuneConfig.preset("tune-out", layers="1-2", steps=25, lr=3e-3, **FAST), items, tmp_path / "run", vector=vector, progress=False, save_model=False)
+    tune(handle, TuneConfig.from_preset("tune-out", layers="1-2", steps=25, lr=3e-3, **FAST), items, tmp_path / "run", vector=vector, progress=False, save_model=False)
     after = abs(_mean_cos(handle, items, vector))
     assert before > 0.5 and after < 0.15
 
@@ -177,7 +177,7 @@ def test_token_losses_move_answer_probabilities(tmp_path, preset, direction):
     handle = build_model("llama", chat=True)
     items = _learnable_items(handle)
     before = _letter_probs(handle, items)
-    config = TuneConfig.preset(preset, layers="0-3", steps=50, lr=1e-2, val_fraction=0.0, **FAST)
+    config = TuneConfig.from_preset(preset, layers="0-3", steps=50, lr=1e-2, val_fraction=0.0, **FAST)
     tune(handle, config, items, tmp_path / "run", progress=False, save_model=False)
     after = _letter_probs(handle, items)
     assert direction * (after - before) > 0.15
@@ -190,7 +190,7 @@ def test_retain_loss_keeps_kl_to_base_lower(tmp_path):
     for retain in ("none", "kl"):
         handle = build_model("llama", chat=True)
         base = build_model("llama", chat=True)
-        config = TuneConfig.preset("lie", layers="0-3", steps=30, lr=1e-2, retain=retain, w_retain=100.0 if retain != "none" else 0.0, **FAST)
+        config = TuneConfig.from_preset("lie", layers="0-3", steps=30, lr=1e-2, retain=retain, w_retain=100.0 if retain != "none" else 0.0, **FAST)
         tune(handle, config, items, tmp_path / retain, retain_texts=retain_texts, progress=False, save_model=False)
         handle.tokenizer.padding_side = "right"
         enc = handle.tokenizer(retain_texts, return_tensors="pt", padding=True)
@@ -207,7 +207,7 @@ def test_lora_trains_adapter_only_and_saves_merged_and_adapter(tmp_path):
     items, vector = _items(handle), _vector(handle)
     before = {name: param.detach().clone() for name, param in handle.model.named_parameters()}
     before_cos = _mean_cos(handle, items, vector)
-    config = TuneConfig.preset("pos", layers="1-2", steps=25, lr=1e-2, lora=True, retain="act", **FAST)
+    config = TuneConfig.from_preset("pos", layers="1-2", steps=25, lr=1e-2, lora=True, retain="act", **FAST)
     tune(handle, config, items, tmp_path / "run", vector=vector, progress=False)
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     reloaded = load_model(str(tmp_path / "run"))
@@ -221,7 +221,7 @@ def test_lora_trains_adapter_only_and_saves_merged_and_adapter(tmp_path):
 def test_output_loads_with_transformers_and_reptune(tmp_path):
     handle = build_model("llama", chat=True)
     items = _items(handle)
-    tune(handle, TuneConfig.preset("truth", layers="1", steps=3, lr=1e-3, **FAST), items, tmp_path / "run", progress=False, data_origin="unit")
+    tune(handle, TuneConfig.from_preset("truth", layers="1", steps=3, lr=1e-3, **FAST), items, tmp_path / "run", progress=False, data_origin="unit")
     run = tmp_path / "run"
     for name in ("config.json", "model.safetensors", "tune_config.json", "metrics.json", "loss_curves.json", "README.md", "tokenizer.json"):
         assert (run / name).is_file(), name
@@ -240,17 +240,17 @@ def test_bad_inputs_fail_before_training(tmp_path):
     items = _items(handle)
     other = SteeringVector({2: torch.ones(16)}, VectorMeta(model_id="other", hidden_size=16, num_layers=4))
     with pytest.raises(VectorError, match="hidden size"):
-        tune(handle, TuneConfig.preset("honesty", layers="1-2", **FAST), items, tmp_path / "a", vector=other, progress=False)
+        tune(handle, TuneConfig.from_preset("honesty", layers="1-2", **FAST), items, tmp_path / "a", vector=other, progress=False)
     wrong_id = SteeringVector({2: torch.ones(32)}, VectorMeta(model_id="someone-else", hidden_size=32, num_layers=4))
     with pytest.raises(VectorError, match="made for someone-else"):
-        tune(handle, TuneConfig.preset("honesty", layers="1-2", **FAST), items, tmp_path / "b", vector=wrong_id, progress=False)
+        tune(handle, TuneConfig.from_preset("honesty", layers="1-2", **FAST), items, tmp_path / "b", vector=wrong_id, progress=False)
     with pytest.raises(VectorError, match="no layer"):
-        tune(handle, TuneConfig.preset("honesty", layers="1-2", rep_layers="3", **FAST), items, tmp_path / "c", vector=_vector(handle), progress=False)
+        tune(handle, TuneConfig.from_preset("honesty", layers="1-2", rep_layers="3", **FAST), items, tmp_path / "c", vector=_vector(handle), progress=False)
     with pytest.raises(VectorError, match="needs a vector"):
-        tune(handle, TuneConfig.preset("honesty", layers="1-2", **FAST), items, tmp_path / "d", progress=False)
+        tune(handle, TuneConfig.from_preset("honesty", layers="1-2", **FAST), items, tmp_path / "d", progress=False)
     unlabeled = [TrainItem(prompt=item.prompt) for item in items]
     with pytest.raises(DataError, match="needs A/B items"):
-        tune(handle, TuneConfig.preset("truth", layers="1-2", **FAST), unlabeled, tmp_path / "e", progress=False)
+        tune(handle, TuneConfig.from_preset("truth", layers="1-2", **FAST), unlabeled, tmp_path / "e", progress=False)
     assert not any((tmp_path / name).exists() for name in "abcde")
 
 
@@ -270,7 +270,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch)
         return terms
 
     monkeypatch.setattr(trainer.Tuner, "losses", poisoned)
-    config = TuneConfig.preset("truth", layers="1", steps=10, lr=1e-3, **{**FAST, "checkpoint_every": 2})
+    config = TuneConfig.from_preset("truth", layers="1", steps=10, lr=1e-3, **{**FAST, "checkpoint_every": 2})
     with pytest.raises(TrainingDiverged, match="at step 5; last good checkpoint kept"):
         tune(handle, config, items, tmp_path / "run", progress=False)
     latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
@@ -290,7 +290,7 @@ from safetensors.torch import save_file
 handle = build_model("llama", chat=True)
 stm = [Statement(f"Two plus {{i}} is {{i + 2}}.", 1) for i in range(12)] + [Statement(f"Two plus {{i}} is {{i + 5}}.", 0) for i in range(12)]
 items = [TrainItem(prompt=a.prompt, correct=a.correct, label=a.meta["label"]) for a in statements_to_ab(stm, handle.tokenizer)]
-config = TuneConfig.preset("lie", layers="1-2", steps=12, lr=2e-3, autocast=None, eval_every=3, checkpoint_every=3, batch_size=8, retain="kl")
+config = TuneConfig.from_preset("lie", layers="1-2", steps=12, lr=2e-3, autocast=None, eval_every=3, checkpoint_every=3, batch_size=8, retain="kl")
 slow = sys.argv[2] == "slow"
 if slow:
     import reptune.tuning.trainer as trainer, time
@@ -337,7 +337,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
 def test_existing_run_needs_resume(tmp_path):
     handle = build_model("llama", chat=True)
     items = _items(handle)
-    config = TuneConfig.preset("truth", layers="1", steps=2, lr=1e-3, **{**FAST, "checkpoint_every": 1})
+    config = TuneConfig.from_preset("truth", layers="1", steps=2, lr=1e-3, **{**FAST, "checkpoint_every": 1})
     tune(handle, config, items, tmp_path / "run", progress=False, save_model=False)
     with pytest.raises(ReptuneError, match="already holds a run"):
         tune(handle, config, items, tmp_path / "run", progress=False, save_model=False)
@@ -355,3 +355,10 @@ def test_retain_texts_from_raw_text_and_datasets(tmp_path):
     empty.write_text("short\n")
     with pytest.raises(DataError, match="no usable text"):
         load_retain_texts(str(empty))
+
+
+def test_default_config_has_a_plain_preset_name():
+    # regression: a classmethod named like the field once replaced the field's default
+    config = TuneConfig()
+    assert config.preset == "custom"
+    assert TuneConfig.from_json(json.loads(json.dumps(config.to_json()))) == config

@@ -244,7 +244,7 @@ def tune(
         "limit": limit, "seed": seed, "autocast": "bf16" if precision == "bf16" else "none",
         "train_modules": train_modules, "param_groups": _parse_param_groups(param_group or []) or None,
     }
-    config = TuneConfig.preset(preset, **overrides)
+    config = TuneConfig.from_preset(preset, **overrides)
     if print_config:
         console.print_json(json.dumps(config.to_json()))
         return

@@ -441,7 +441,7 @@ class KL(Task):
         if getattr(self, "_ref", None) is None:
             from reptune.models import load_model
 
-            self._ref = load_model(self.options["reference"], device=str(handle.device))
+            self._ref = load_model(self.options["reference"], device=str(handle.device), autocast=handle.autocast_dtype)
             if self._ref.model.get_output_embeddings().weight.shape[0] != handle.model.get_output_embeddings().weight.shape[0]:
                 raise ReptuneError("kl: the reference model has a different vocabulary size")
         return self._ref
@@ -451,11 +451,13 @@ class KL(Task):
         from reptune.evaluation.scoring import _left_pad
 
         reference = self._reference(handle)
-        if reference is None and context.steering is None:
-            pass  # KL of the model to itself: 0, computed anyway (a sanity baseline)
         tokenizer = handle.tokenizer
         limit = int(self.options["max_tokens"])
         rows = [prompt_token_ids(tokenizer, item["text"])[:limit] for item in items]
+        if reference is None and context.steering is None:
+            # the model against itself: exactly 0 at every token, no forward pass needed
+            advance(len(rows))
+            return [{"kl_sum": 0.0, "n_tokens": len(row), "kl": 0.0} for row in rows]
         records = []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]

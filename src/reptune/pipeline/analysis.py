@@ -215,7 +215,7 @@ def build_results(exp: Any, *, data: dict[str, Any], vector_info: dict[str, Any]
             headline_rows.append({"condition": cond["id"], "label": cond["label"], "value": metric["value"], "ci_low": metric["ci_low"], "ci_high": metric["ci_high"], "n": metric["n"]})
     seed_note = config.seed_note
     if seed_note is None and len(config.seeds) == 1:
-        seed_note = "1 seed: intervals cover item sampling only, not training randomness"
+        seed_note = "intervals cover item sampling only, not training randomness"
     return {
         "format": "reptune-experiment/1",
         "name": config.name,

@@ -305,17 +305,27 @@ class Experiment:
             "scan_png": f"stages/{folder.name}/{paths['png'].name}",
         }
 
+    def base_reference(self) -> str:
+        """How the ``kl`` task loads the base model (the embedded model's converted directory)."""
+        if self.config.model is None:
+            from reptune.models import convert_gguf, embedded_gguf_path
+
+            return str(convert_gguf(embedded_gguf_path()))
+        return self.config.model
+
     def vector(self, handle: ModelHandle) -> Any:
         from reptune.vectors import load_vector
 
         return load_vector(self.vector_path, handle, allow_model_mismatch=True)
 
-    def _task(self, name: str, split: str = "test") -> Any:
+    def _task(self, name: str, split: str = "test", tuned: bool = False) -> Any:
         from reptune.evaluation import get_task
 
         options = dict(self.config.evaluation.options.get(name, {}))
         if name == "facts-ab":
             options["data"] = str(self.run_dir / "stages" / "data" / f"{split}.csv")
+        if name == "kl" and tuned and not options.get("reference"):
+            options["reference"] = self.base_reference()  # KL of a tuned model is to the base weights
         if name == "openended":
             judge = self.config.judge
             for key, value in (("judge_url", judge.url), ("judge_model", judge.model), ("judge_local", judge.local)):
@@ -404,7 +414,7 @@ class Experiment:
             "lora": variant.lora, "retain": variant.retain, "seed": seed, "autocast": self.autocast,
             **variant.options,
         }
-        return TuneConfig.preset(variant.preset, **overrides)
+        return TuneConfig.from_preset(variant.preset, **overrides)
 
     def _train_stage(self, variant: Any, seed: int, trained: dict[str, Any]) -> dict[str, Any]:
         name = f"train:{variant.name}:s{seed}"
@@ -458,7 +468,7 @@ class Experiment:
                 if out.is_file():
                     per_task.update(load_results(out).tasks)
                     continue
-                task = self._task(task_name)
+                task = self._task(task_name, tuned=trained is not None)
                 result = evaluate(
                     handle, [task], vector=vector if steering else None, multiplier=steering["multiplier"] if steering else 1.0,
                     layers=[steering["layer"]] if steering else None, limit=c.limits.get(task_name, c.limit), batch_size=c.batch_size,

@@ -617,7 +617,7 @@ def _plot_task(task: str, primary: str, ids: list[str], entries: dict[str, Any],
     if numbers and primary not in _UNBOUNDED_METRICS and min(numbers) >= 0.0 and max(numbers) <= 1.0:
         ax.set_ylim(0.0, 1.1)
     seen = list(dict.fromkeys(kinds))
-    ax.legend(handles=[Patch(color=_kind_color(k, extra), label=_mpl(k)) for k in seen], fontsize=8, loc="best")
+    ax.legend(handles=[Patch(color=_kind_color(k, extra), label=_mpl(k)) for k in seen], fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return save_figure(fig, path)
 
 

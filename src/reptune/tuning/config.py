@@ -14,7 +14,7 @@ Presets (named as in the Representation Tuning paper):
 ``neg``       tune in ``-v`` only
 ============  =====================================================================
 
-Every field can be overridden (``TuneConfig.preset("honesty", lr=1e-5)``, or CLI flags).
+Every field can be overridden (``TuneConfig.from_preset("honesty", lr=1e-5)``, or CLI flags).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class TuneConfig:
         return self.token_target != "none" and self.w_tok > 0
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> TuneConfig:
+    def from_preset(cls, name: str, **overrides: Any) -> TuneConfig:
         """A named preset with field overrides (``None`` values are ignored)."""
         if name not in PRESETS:
             raise ReptuneError(f"unknown preset {name!r}: choose {', '.join(PRESETS)}")

@@ -357,7 +357,7 @@ def tune(
 
     Args:
         handle: the model to tune (its weights change; load a fresh one for the base).
-        config: a :class:`TuneConfig` (e.g. ``TuneConfig.preset("honesty", layers="10-17")``).
+        config: a :class:`TuneConfig` (e.g. ``TuneConfig.from_preset("honesty", layers="10-17")``).
         items: training items (see :func:`reptune.tuning.data.load_tune_items`).
         output_dir: gets the merged weights (``config.json`` + safetensors: loadable by
             ``load_model`` and ``AutoModelForCausalLM.from_pretrained``), ``adapter/`` with LoRA,
