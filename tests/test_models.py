@@ -130,3 +130,24 @@ def test_embedded_model_converted_once_and_trainable(embedded, tmp_path):
     assert (tmp_path / "copy" / "config.json").is_file()
     chat = embedded.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert chat.endswith("<|im_start|>assistant\n")
+
+
+def test_autocast_keeps_the_lm_head_in_fp32():
+    from conftest import build_model
+
+    handle = build_model("llama")
+    handle.autocast_dtype = torch.bfloat16
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    head = handle.model.get_output_embeddings()
+    captured = {}
+    hook = handle.model.model.norm.register_forward_hook(lambda _m, _i, out: captured.setdefault("hidden", out))
+    with torch.no_grad(), handle.autocast():
+        logits = handle.model(input_ids=ids).logits
+    hook.remove()
+    assert logits.dtype == torch.float32
+    # exactly the fp32 head applied to the (autocast) decoder output: no bf16 rounding of logits
+    torch.testing.assert_close(logits, captured["hidden"].float() @ head.weight.T, rtol=0, atol=1e-6)
+    assert "forward" not in vars(head) or vars(head)["forward"].__name__ == "forward"
+    assert not getattr(head, "_reptune_fp32_head", False)
+    with torch.no_grad(), handle.autocast(), handle.autocast():  # nesting is harmless
+        assert handle.model(input_ids=ids).logits.dtype == torch.float32

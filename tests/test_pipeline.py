@@ -274,3 +274,28 @@ def test_cli_demo_runs_the_shipped_experiment(tiny_dir, tmp_path):
     config = yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text(encoding="utf-8"))
     assert config["name"] == "demo" and config["train"]["lr"] == 1.0e-4 and config["model"] == str(tiny_dir)
     assert (tmp_path / "demo" / "report.html").is_file()
+
+
+def test_bad_variant_option_fails_before_training(tiny_dir, tmp_path):
+    config = parse_config(_config(tiny_dir, tmp_path, **{"variants": [{"name": "truth", "preset": "truth", "options": {"w_rep": -1}}]}))
+    with pytest.raises(StageError, match=r"stage 'check-config' failed: variant 'truth': loss weights must be non-negative"):
+        run_experiment(config, tmp_path / "run", progress=False)
+    assert not list((tmp_path / "run" / "stages").glob("train*"))
+
+
+def test_splits_are_disjoint_balanced_and_letter_balanced():
+    from reptune.data import Statement
+    from reptune.data.ab import statements_to_ab
+    from reptune.pipeline.experiment import _split_statements
+
+    skewed = [Statement(f"statement {i}", int(i % 3 == 0)) for i in range(300)]
+    splits = _split_statements(skewed, 0.15, 0.25, seed=1)
+    texts = [{s.text for s in part} for part in splits.values()]
+    assert sum(map(len, texts)) == 300 and not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert sum(s.label for s in splits["test"]) == 25  # stratified: a third true, as in the data
+    assert _split_statements(skewed, 0.15, 0.25, seed=1) == splits  # seeded
+    balanced = [Statement(f"statement {i}", i % 2) for i in range(400)]
+    test = _split_statements(balanced, 0.15, 0.25, seed=3)["test"]
+    for n in (4, 48, 100):
+        letters = [item.correct for item in statements_to_ab(test[:n])]
+        assert sum(letters) * 2 == n  # always answering "A" scores exactly 50%

@@ -80,19 +80,29 @@ class _Overall:
 
 
 def _split_statements(statements: list[Any], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Any]]:
-    """Seeded split, stratified by label, so every split keeps the label balance."""
+    """Seeded split, stratified by label, so every split keeps the label balance.
+
+    Within each split the labels run true, true, false, false, ...: A/B items put "True" first
+    on even positions, so the correct letter then runs A, B, B, A, ... and a model that always
+    answers "A" scores exactly 50% (on any multiple of 4 items), not 50% plus sampling noise.
+    """
     rng = random.Random(seed)
-    splits: dict[str, list[Any]] = {"train": [], "val": [], "test": []}
+    groups: dict[str, dict[int, list[Any]]] = {"train": {}, "val": {}, "test": {}}
     for label in sorted({s.label for s in statements}):
         group = [s for s in statements if s.label == label]
         rng.shuffle(group)
         n_test = max(1, round(len(group) * test_fraction))
         n_val = max(1, round(len(group) * val_fraction))
-        splits["test"] += group[:n_test]
-        splits["val"] += group[n_test : n_test + n_val]
-        splits["train"] += group[n_test + n_val :]
-    for part in splits.values():  # interleave labels again (option order alternates by position)
-        rng.shuffle(part)
+        groups["test"][label] = group[:n_test]
+        groups["val"][label] = group[n_test : n_test + n_val]
+        groups["train"][label] = group[n_test + n_val :]
+    splits: dict[str, list[Any]] = {}
+    for name, by_label in groups.items():
+        trues, falses = by_label.get(1, []), by_label.get(0, [])
+        ordered: list[Any] = []
+        for start in range(0, max(len(trues), len(falses)), 2):
+            ordered += trues[start : start + 2] + falses[start : start + 2]
+        splits[name] = ordered
     return splits
 
 
@@ -201,6 +211,11 @@ class Experiment:
             self._sweep_stage, _COST["sweep_point"] * len(c.sweep.multipliers),
         )
         m_plus, m_minus = float(sweep["selected"]["positive"]), float(sweep["selected"]["negative"])
+        for variant in c.variants:  # a bad tuning option fails now, not after an hour of evaluation
+            try:
+                self._tune_config(variant, c.seeds[0])
+            except (ReptuneError, TypeError) as exc:
+                raise StageError(f"stage 'check-config' failed: variant {variant.name!r}: {exc}") from exc
         conditions = self._conditions(m_plus, m_minus)
         evals: dict[str, dict[str, Any]] = {}
         representation: list[dict[str, Any]] = []
