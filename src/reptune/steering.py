@@ -152,6 +152,14 @@ class Steering:
             raise ReptuneError("multipliers must be finite")
         return tensor
 
+    @property
+    def tokenwise(self) -> bool:
+        """Whether each token's edit depends only on that token's own hidden state: scope ``all``
+        and one multiplier for every row. Then a forward split in two (a shared prompt prefix,
+        then the rest; :mod:`reptune.evaluation.scoring`) is steered exactly as one pass, and the
+        hooks carry ``reptune_tokenwise = True`` to say so."""
+        return self.scope.kind == "all" and isinstance(self.multiplier, float)
+
     def reset(self) -> None:
         """Forget the prompt length (call between independent generate calls without cache)."""
         self._tracker.reset()
@@ -224,6 +232,7 @@ class Steering:
                 delta = delta * mask
             return replace_block_output(output, hidden + delta)
 
+        hook.reptune_tokenwise = self.tokenwise  # type: ignore[attr-defined]
         return hook
 
 

@@ -16,11 +16,41 @@ Rows are sorted by length before batching (less padding) and results come back i
 order. Log-softmax is taken over the full vocabulary in fp32 and sums are accumulated in fp64.
 Only the logits that are needed are computed (``logits_to_keep``), so the LM head does not run
 over long prompts.
+
+**Shared prompt prefix.** When the rows of a call start with the same tokens (a chat template's
+system prompt and instruction, TruthfulQA's six-shot primer, MMLU's header line), that prefix
+runs once (batch 1, ``use_cache=True``) and every batch then runs only its rows' remaining
+tokens against the prefix's keys and values (expanded to the batch, never modified),
+right-padded, with position ids continuing after the prefix, an attention mask of ones over the
+prefix, and logits gathered at each row's own last positions. The prefix is the longest common
+*token* prefix of all rows of the call, cut so that every position whose logits are read stays
+in the second pass. It is used when the call has at least two rows and the prefix has at least
+:data:`PREFIX_MIN_TOKENS` (8) tokens and at least :data:`PREFIX_MIN_FRACTION` (5%) of the mean
+row length (below that the extra pass buys nothing measurable). Results equal the one-pass path
+up to float rounding (tested on Llama, GPT-2, Qwen2, Gemma, Gemma3, GPT-NeoX and Phi, steered
+and not). Every row runs whole, as without sharing, when:
+
+* ``share_prefix=False`` is passed, or ``REPTUNE_NO_PREFIX_CACHE=1`` is set (debugging);
+* a forward (pre-)hook anywhere in the model could act differently on a split forward: every
+  hook counts as such unless its function has ``reptune_tokenwise = True``.
+  :class:`~reptune.steering.Steering` sets it for scope ``all`` with one multiplier for every
+  row (the evaluation default: each position is edited from its own hidden state, in either
+  pass), not for scopes ``generated``/``from:K`` or per-row multipliers, which depend on the
+  batch and the mask of each call;
+* the model's cache cannot hold the prefix exactly: anything but a plain ``DynamicCache`` of
+  full-attention or sliding-window layers that kept all prefix tokens (a window shorter than
+  the prefix, linear-attention or quantized caches, a model that returns no cache).
+
+MMLU rows share only their header's first words across subjects (tasks score items round-robin
+over subjects, so one call rarely holds two questions of a subject); there is no per-subject
+grouping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +59,13 @@ import torch
 
 from reptune.errors import ReptuneError
 from reptune.models import ModelHandle
+
+PREFIX_MIN_TOKENS = 8
+"""A shared prefix shorter than this many tokens is not worth a separate pass ..."""
+PREFIX_MIN_FRACTION = 0.05
+"""... nor one shorter than this fraction of the mean row length."""
+NO_PREFIX_ENV = "REPTUNE_NO_PREFIX_CACHE"
+"""Set to ``1`` to turn prefix sharing off everywhere (debugging)."""
 
 
 def _noop(_n: int = 1) -> None:
@@ -57,16 +94,208 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) 
 def _last_logits(handle: ModelHandle, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int) -> torch.Tensor:
     """Logits of the last ``keep`` positions, ``[batch, keep, vocab]`` in fp32."""
     kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
-    with handle.autocast():
-        try:
-            logits = handle.model(**kwargs, logits_to_keep=keep).logits
-        except TypeError:  # an older model class without logits_to_keep
-            logits = handle.model(**kwargs).logits
-    return logits[:, -keep:].float()
+    out, _ = _call_model(handle, kwargs, keep)
+    return out.logits[:, -keep:].float()
 
 
 def _order_by_length(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+# ------------------------------------------------------------------------- shared prefix
+def shared_prefix_length(rows: Sequence[Sequence[int]], n_targets: Sequence[int] | None = None) -> int:
+    """Length of the longest common token prefix of ``rows`` that leaves every logit to read after it.
+
+    Row ``i`` reads the logits at its last ``n_targets[i] + 1`` positions (0: only the last), so
+    the prefix stops at least that many tokens before the row's end.
+    """
+    if not rows:
+        return 0
+    targets = n_targets if n_targets is not None else [0] * len(rows)
+    first = rows[0]
+    length = min(len(row) - n - 1 for row, n in zip(rows, targets))
+    for row in rows[1:]:
+        same = 0
+        while same < length and row[same] == first[same]:
+            same += 1
+        length = same
+        if length <= 0:
+            return 0
+    return max(length, 0)
+
+
+def prefix_worth_sharing(prefix_length: int, rows: Sequence[Sequence[int]]) -> bool:
+    """The rule: at least 2 rows, a prefix of >= PREFIX_MIN_TOKENS and >= PREFIX_MIN_FRACTION of the mean row."""
+    if len(rows) < 2 or prefix_length < PREFIX_MIN_TOKENS:
+        return False
+    mean_length = sum(len(row) for row in rows) / len(rows)
+    return prefix_length >= PREFIX_MIN_FRACTION * mean_length
+
+
+def _hook_functions(model: torch.nn.Module) -> Iterator[Any]:
+    from torch.nn.modules import module as torch_module
+
+    yield from getattr(torch_module, "_global_forward_hooks", {}).values()
+    yield from getattr(torch_module, "_global_forward_pre_hooks", {}).values()
+    for sub in model.modules():
+        yield from sub._forward_hooks.values()
+        yield from sub._forward_pre_hooks.values()
+
+
+def prefix_sharing_allowed(handle: ModelHandle, share_prefix: bool = True) -> bool:
+    """Whether a call may split its forward into a shared-prefix pass and a suffix pass.
+
+    No when ``share_prefix`` is false, ``REPTUNE_NO_PREFIX_CACHE`` is set (not ``0``), or any
+    forward hook lacks ``reptune_tokenwise = True`` (see the module docstring).
+    """
+    if not share_prefix or os.environ.get(NO_PREFIX_ENV, "").strip() not in {"", "0"}:
+        return False
+    return all(getattr(fn, "reptune_tokenwise", False) is True for fn in _hook_functions(handle.model))
+
+
+@functools.cache
+def _cache_classes() -> tuple[type, type]:
+    """The frozen prefix cache classes (built on first use: transformers is imported lazily)."""
+    from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    class FrozenPrefixLayer(DynamicLayer):
+        """One layer's prefix keys/values ``[1, heads, P, dim]``, shared read-only by every row.
+
+        ``update`` returns prefix + new states for the batch without storing anything, so one
+        cache serves every batch of a call and no forward copies the prefix into a growing cache.
+        """
+
+        def __init__(self, source: Any) -> None:
+            super().__init__()
+            self.keys, self.values = source.keys, source.values
+            self.dtype, self.device = source.keys.dtype, source.keys.device
+            self.is_initialized = True
+            self.is_sliding = bool(getattr(source, "is_sliding", False))
+            self.length = int(source.keys.shape[-2])
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            batch = key_states.shape[0]
+            keys = self.keys.to(key_states.dtype).expand(batch, -1, -1, -1)
+            values = self.values.to(value_states.dtype).expand(batch, -1, -1, -1)
+            return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.length + query_length, 0
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+    class SharedPrefixCache(DynamicCache):
+        """A DynamicCache of frozen prefix layers (reusable: forward passes do not change it)."""
+
+        def __init__(self, layers: list[Any]) -> None:
+            Cache.__init__(self, layers=layers)
+
+    def freeze(cache: Any, prefix_length: int) -> Any:
+        if type(cache) is not DynamicCache or getattr(cache, "offloading", False) or not cache.layers:
+            return None
+        layers = []
+        for layer in cache.layers:
+            if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or not layer.is_initialized:
+                return None
+            keys = layer.keys
+            # a sliding-window layer keeps only its last window-1 tokens: the prefix must fit whole
+            if keys is None or keys.ndim != 4 or keys.shape[0] != 1 or keys.shape[-2] != prefix_length:
+                return None
+            if isinstance(layer, DynamicSlidingWindowLayer) and layer.cumulative_length != prefix_length:
+                return None
+            layers.append(FrozenPrefixLayer(layer))
+        return SharedPrefixCache(layers)
+
+    return SharedPrefixCache, freeze
+
+
+def freeze_prefix_cache(cache: Any, prefix_length: int) -> Any:
+    """A read-only, batch-expanding copy of a prefix pass's cache, or ``None`` when its layout
+    cannot be shared exactly (not a plain DynamicCache of full or sliding-window layers holding
+    all ``prefix_length`` tokens of one row)."""
+    return _cache_classes()[1](cache, prefix_length)
+
+
+def _call_model(handle: ModelHandle, kwargs: dict[str, Any], keep: int | torch.Tensor) -> tuple[Any, bool]:
+    """The model's output and whether it took ``logits_to_keep`` (else its logits cover every position)."""
+    with handle.autocast():
+        try:
+            return handle.model(**kwargs, logits_to_keep=keep), True
+        except TypeError:  # an older model class without logits_to_keep
+            return handle.model(**kwargs), False
+
+
+def _prefix_cache(handle: ModelHandle, prefix: Sequence[int]) -> Any:
+    """Run the shared prefix once (batch 1) and freeze its keys/values; ``None`` if unsupported."""
+    device = handle.device
+    ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
+    kwargs = {
+        "input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(len(prefix), device=device).unsqueeze(0),
+        "use_cache": True,
+    }
+    out, _ = _call_model(handle, kwargs, 1)
+    return freeze_prefix_cache(getattr(out, "past_key_values", None), len(prefix))
+
+
+def _suffix_logits(handle: ModelHandle, cache: Any, suffixes: Sequence[Sequence[int]], pad_id: int, keep: int) -> torch.Tensor:
+    """Logits ``[batch, keep, vocab]`` (fp32) at each row's last ``keep`` positions, after the cached prefix.
+
+    Suffixes are right-padded (real tokens follow the prefix without a gap); positions continue
+    after the prefix; a row's logits are gathered at its own last real tokens.
+    """
+    prefix = cache.get_seq_length()
+    batch, width = len(suffixes), max(len(row) for row in suffixes)
+    ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, prefix + width), dtype=torch.long)
+    mask[:, :prefix] = 1
+    for index, row in enumerate(suffixes):
+        ids[index, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+        mask[index, prefix : prefix + len(row)] = 1
+    ends = torch.tensor([len(row) - 1 for row in suffixes], dtype=torch.long)
+    # row i's last `keep` positions (clamped at 0: those columns are never read, see callers)
+    index = (ends.unsqueeze(1) - keep + 1 + torch.arange(keep)).clamp(min=0)
+    device = handle.device
+    positions = (prefix + torch.arange(width)).unsqueeze(0).expand(batch, -1)
+    kwargs = {
+        "input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device),
+        "past_key_values": cache, "use_cache": True,
+    }
+    index = index.to(device)
+    out, kept = _call_model(handle, kwargs, index)
+    logits = out.logits
+    if not kept or logits.shape[:2] != (batch, keep):
+        if logits.shape[:2] != (batch, width):  # per-row logits_to_keep misread: every position instead
+            logits = _call_model(handle, kwargs, 0)[0].logits
+        logits = logits.take_along_dim(index.unsqueeze(-1), dim=1)
+    return logits.float()
+
+
+def _logit_batches(
+    handle: ModelHandle, rows: Sequence[Sequence[int]], n_targets: Sequence[int], *, batch_size: int, share_prefix: bool
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield ``(row indices, logits [batch, keep, vocab])``, ``keep = 1 + max n_target`` of the batch.
+
+    ``logits[i, keep - 1 - j]`` are the logits at position ``len(row) - 1 - j`` of row ``i``
+    (``j <= n_targets[i]``), whether the rows ran whole or after a shared prefix.
+    """
+    pad = handle.tokenizer.pad_token_id
+    cache = None
+    prefix = 0
+    if len(rows) > 1 and prefix_sharing_allowed(handle, share_prefix):
+        prefix = shared_prefix_length(rows, n_targets)
+        if prefix_worth_sharing(prefix, rows):
+            cache = _prefix_cache(handle, rows[0][:prefix])
+    order = _order_by_length([len(row) for row in rows])
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        keep = max(n_targets[i] for i in chunk) + 1
+        if cache is not None:
+            logits = _suffix_logits(handle, cache, [rows[i][prefix:] for i in chunk], pad, keep)
+        else:
+            ids, mask, positions = _left_pad([rows[i] for i in chunk], pad, handle.device)
+            logits = _last_logits(handle, ids, mask, positions, keep)
+        yield chunk, logits
 
 
 @torch.inference_mode()
@@ -77,6 +306,7 @@ def next_token_logprobs(
     *,
     batch_size: int = 16,
     advance: Callable[[int], None] = _noop,
+    share_prefix: bool = True,
 ) -> np.ndarray:
     """Log-probabilities of candidate next tokens after each prompt.
 
@@ -85,6 +315,7 @@ def next_token_logprobs(
         candidates: token ids shared by all prompts (``[k]``), or one list per prompt
             (``[n][k]``, same ``k``).
         advance: progress callback, called with the number of prompts done.
+        share_prefix: run the prompts' common token prefix once (see the module docstring).
 
     Returns:
         ``[n, k]`` float64 log-probs (normalised over the whole vocabulary).
@@ -99,14 +330,10 @@ def next_token_logprobs(
         raise ReptuneError(f"{table.shape[0]} candidate lists for {len(prompts)} prompts")
     tokenized = [prompt_token_ids(handle.tokenizer, prompt) for prompt in prompts]
     out = np.zeros((len(prompts), table.shape[1]), dtype=np.float64)
-    order = _order_by_length([len(row) for row in tokenized])
-    pad = handle.tokenizer.pad_token_id
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids, mask, positions = _left_pad([tokenized[i] for i in chunk], pad, handle.device)
-        logprobs = torch.log_softmax(_last_logits(handle, ids, mask, positions, 1)[:, -1], dim=-1)
-        picked = logprobs.gather(1, table[chunk].to(logprobs.device)).double().cpu().numpy()
-        out[chunk] = picked
+    batches = _logit_batches(handle, tokenized, [0] * len(tokenized), batch_size=batch_size, share_prefix=share_prefix)
+    for chunk, logits in batches:
+        logprobs = torch.log_softmax(logits[:, -1], dim=-1)
+        out[chunk] = logprobs.gather(1, table[chunk].to(logprobs.device)).double().cpu().numpy()
         advance(len(chunk))
     return out
 
@@ -127,11 +354,13 @@ def token_row_logprobs(
     *,
     batch_size: int = 16,
     advance: Callable[[int], None] = _noop,
+    share_prefix: bool = True,
 ) -> list[RowScore]:
     """Score rows of token ids: the summed log-prob of each row's last ``n_target`` tokens.
 
     Args:
         rows: ``(token_ids, n_target)`` with ``1 <= n_target < len(token_ids)``.
+        share_prefix: run the rows' common token prefix once (see the module docstring).
     """
     if batch_size < 1:
         raise ReptuneError(f"batch_size must be at least 1, got {batch_size}")
@@ -139,19 +368,16 @@ def token_row_logprobs(
         if not 1 <= n_target < len(ids):
             raise ReptuneError(f"a scored row needs 1 <= targets < tokens, got {n_target} of {len(ids)}")
     results: list[RowScore | None] = [None] * len(rows)
-    order = _order_by_length([len(ids) for ids, _ in rows])
-    pad = handle.tokenizer.pad_token_id
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids, mask, positions = _left_pad([rows[i][0] for i in chunk], pad, handle.device)
-        targets = [rows[i][1] for i in chunk]
-        keep = max(targets) + 1
-        logits = _last_logits(handle, ids, mask, positions, keep)  # [b, keep, vocab]
-        for row, (index, n_target) in enumerate(zip(chunk, targets)):
+    tokens = [list(ids) for ids, _ in rows]
+    targets = [n_target for _, n_target in rows]
+    for chunk, logits in _logit_batches(handle, tokens, targets, batch_size=batch_size, share_prefix=share_prefix):
+        keep = logits.shape[1]
+        for row, index in enumerate(chunk):
+            n_target = targets[index]
             # position p predicts token p+1: the last n_target tokens are predicted by logits
             # at the n_target positions before the last one
             predicting = logits[row, keep - 1 - n_target : keep - 1]
-            wanted = ids[row, ids.shape[1] - n_target :]
+            wanted = torch.tensor(tokens[index][-n_target:], dtype=torch.long, device=predicting.device)
             logprobs = torch.log_softmax(predicting, dim=-1)
             token_lp = logprobs.gather(1, wanted.unsqueeze(1)).squeeze(1).double()
             greedy = bool((predicting.argmax(-1) == wanted).all())
@@ -184,9 +410,11 @@ def continuation_logprobs(
     *,
     batch_size: int = 16,
     advance: Callable[[int], None] = _noop,
+    share_prefix: bool = True,
 ) -> list[RowScore]:
     """Summed log-prob of each continuation given its prompt, batched across all rows."""
-    return token_row_logprobs(handle, continuation_rows(handle.tokenizer, pairs), batch_size=batch_size, advance=advance)
+    rows = continuation_rows(handle.tokenizer, pairs)
+    return token_row_logprobs(handle, rows, batch_size=batch_size, advance=advance, share_prefix=share_prefix)
 
 
 def sliding_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
