@@ -69,6 +69,7 @@ COMPARISON_PAIRS = [
     ("steer-", "dishonesty"), ("steer-", "lie"), ("lie", "dishonesty"),
     ("untuned", "truth"), ("untuned", "lie"), ("untuned", "honesty"), ("untuned", "dishonesty"), ("untuned", "tune-out"),
     ("honesty", "honesty@counter"), ("truth", "truth@counter"), ("tune-out", "tune-out@counter"),
+    ("lie", "lie@counter"), ("dishonesty", "dishonesty@counter"),
     ("truth@counter", "honesty@counter"), ("steer-", "honesty@counter"), ("steer-", "tune-out@counter"),
     ("lie@counter", "dishonesty@counter"),
 ]
@@ -186,6 +187,57 @@ def judge_claims(scores: dict[str, Any], comparisons: list[dict[str, Any]], thre
     return claims
 
 
+def _letter_share(result: EvalResults | None, task: str) -> float | None:
+    """Share of the most common answer letter among parsed answers (1.0 = always the same)."""
+    if result is None or task not in result.tasks:
+        return None
+    answers = [r.get("answer") for r in result.tasks[task].records if r.get("answer") is not None]
+    return max(answers.count(a) for a in set(answers)) / len(answers) if answers else None
+
+
+def findings(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any], comparisons: list[dict[str, Any]],
+             representation: list[dict[str, Any]], sweep: dict[str, Any], conditions: list[dict[str, Any]], alpha: float) -> list[str]:
+    """Plain statements of what moved and what did not: behaviour beside representation."""
+    out: list[str] = []
+    task = HEADLINE_TASK
+    first = {cond: next(iter(by_seed.values())) for cond, by_seed in loaded.items()}
+    share = _letter_share(first.get("untuned"), task)
+    base = _value(scores, "untuned", task)
+    if share is not None and base is not None:
+        out.append(
+            f"Untuned, the model answers the same letter on {share:.0%} of the {task} test items (accuracy {_fmt(base)}); "
+            + ("its prompted answers carry no truth signal, so any change below comes from steering or tuning." if share > 0.9 else "")
+        )
+    rows = sweep.get("rows") or []
+    if rows:
+        degenerate = [r["multiplier"] for r in rows if r.get("degenerate")]
+        values = [r["value"] for r in rows]
+        out.append(
+            f"Steering sweep at layer {sweep.get('layer')} on the validation split: accuracy {min(values):.3f}-{max(values):.3f} over "
+            f"multipliers {rows[0]['multiplier']:g}..{rows[-1]['multiplier']:g}; "
+            + (f"{len(degenerate)} of {len(rows)} cells degenerate." if degenerate else "no cell degenerate.")
+        )
+    rep = {row["condition"]: row for row in representation}
+    base_cos = rep.get("untuned", {}).get("mean_cosine")
+    for cond in conditions:
+        cid = cond["id"]
+        if cid == "untuned" or _value(scores, cid, task) is None:
+            continue
+        reference = cond["variant"] if cond["kind"] == "counter" else "untuned"
+        tests = [t for t in comparisons if t["a"] == reference and t["b"] == cid and t["task"] == task]
+        value, ref_value = _value(scores, cid, task), _value(scores, reference, task)
+        moved = bool(tests) and all(t["p_value"] < alpha for t in tests)
+        letter = _letter_share(first.get(cid), task)
+        text = f"{cond['label']}: {task} accuracy {_fmt(value)} vs {reference} {_fmt(ref_value)}"
+        text += f" ({'moved' if moved else 'no significant change'}, McNemar {_p(tests)})" if tests else ""
+        if letter is not None:
+            text += f"; same letter on {letter:.0%}"
+        if cid in rep and rep[cid].get("mean_cosine") is not None:
+            text += f"; representation: cosine to v at layer {rep[cid]['layer']} {rep[cid]['mean_cosine']:.3f} (untuned {_fmt(base_cos)})"
+        out.append(text + ".")
+    return out
+
+
 def build_results(exp: Any, *, data: dict[str, Any], vector_info: dict[str, Any], sweep: dict[str, Any], conditions: list[dict[str, Any]],
                   evals: dict[str, dict[str, Any]], training: dict[str, Any], robustness: dict[str, Any], projection: dict[str, Any],
                   representation: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
@@ -198,6 +250,8 @@ def build_results(exp: Any, *, data: dict[str, Any], vector_info: dict[str, Any]
     comparisons = paired_tests(loaded, config.seeds)
     # the representation rows gain the facts-ab margin of their condition
     for row in representation:
+        row["accuracy"] = _value(scores, row["condition"], HEADLINE_TASK, "accuracy")
+        row["lie_rate"] = _value(scores, row["condition"], HEADLINE_TASK, "lie_rate")
         row["mean_margin"] = _value(scores, row["condition"], HEADLINE_TASK, "mean_margin")
     model = {"model_id": config.model or "embedded SmolLM2-135M-Instruct", "revision": config.revision, "precision": config.precision}
     try:
@@ -227,7 +281,7 @@ def build_results(exp: Any, *, data: dict[str, Any], vector_info: dict[str, Any]
         "config_yaml": config.to_yaml(),
         "seeds": list(config.seeds),
         "seed_note": seed_note,
-        "data": {"statements": data["origin"], "splits": data["splits"], "files": data["files"]},
+        "data": {"statements": config.data.statements, "origin": data["origin"], "splits": data["splits"], "files": data["files"]},
         "tasks": tasks,
         "skipped": list(exp.skipped),
         "vector": {k: vector_info.get(k) for k in ("file", "layer", "method", "positions", "scan", "scan_png", "rule", "pairs")},
@@ -241,5 +295,6 @@ def build_results(exp: Any, *, data: dict[str, Any], vector_info: dict[str, Any]
         "projection": {"layer_note": "cosine between each token's residual stream and the vector's direction at that layer", "by_condition": projection} if projection else {},
         "representation": representation,
         "claims": judge_claims(scores, comparisons, config.claims),
+        "findings": findings(loaded, scores, comparisons, representation, sweep, conditions, config.claims.alpha),
         "headline": {"task": HEADLINE_TASK, "metric": "accuracy", "rows": headline_rows},
     }

@@ -220,6 +220,7 @@ def _plan(results: dict[str, Any]) -> _Plan:
     _section_summary(plan, results, conds)
     _section_headline(plan, results)
     _section_claims(plan, results)
+    _section_findings(plan, results)
     _section_tasks(plan, results, conds)
     _section_sweep(plan, results)
     _section_training(plan, results)
@@ -311,6 +312,15 @@ def _section_claims(plan: _Plan, results: dict[str, Any]) -> None:
             spans += [("", " "), ("i", "Evidence:"), ("", " " + str(claim["evidence"]))]
         items.append(spans)
     plan.add(_List(items))
+
+
+def _section_findings(plan: _Plan, results: dict[str, Any]) -> None:
+    items = results.get("findings") or []
+    if not items:
+        return
+    plan.add(_Heading(2, "What moved"))
+    plan.para("Behaviour (held-out facts) beside the representation (cosine of the last-token residual with the vector at its layer).")
+    plan.add(_List([[("", str(item))] for item in items]))
 
 
 def _section_tasks(plan: _Plan, results: dict[str, Any], conds: dict[str, dict[str, Any]]) -> None:
@@ -418,10 +428,11 @@ def _section_training(plan: _Plan, results: dict[str, Any]) -> None:
                 fmt(total[-1] if total else None),
                 fmt(min(val) if val else None),
                 fmt(info.get("elapsed_s")),
-                ", ".join(f"{k}={fmt(v)}" for k, v in metrics.items()) or "-",
+                fmt((metrics.get("final_val") or {}).get("cos")),
+                str(metrics.get("stopped") or "-"),
             ]
         )
-    plan.add(_Table(["variant", "seed", "preset", "steps", "best step", "final total loss", "best val loss", "time (s)", "metrics"], rows))
+    plan.add(_Table(["variant", "seed", "preset", "steps", "best step", "final total loss", "best val loss", "time (s)", "val cos", "stopped"], rows))
 
 
 def _section_robustness(plan: _Plan, results: dict[str, Any], conds: dict[str, dict[str, Any]]) -> None:
