@@ -277,7 +277,7 @@ def test_cli_demo_runs_the_shipped_experiment(tiny_dir, tmp_path):
 
 
 def test_bad_variant_option_fails_before_training(tiny_dir, tmp_path):
-    config = parse_config(_config(tiny_dir, tmp_path, **{"variants": [{"name": "truth", "preset": "truth", "options": {"w_rep": -1}}]}))
+    config = parse_config(_config(tiny_dir, tmp_path, variants=[{"name": "truth", "preset": "truth", "options": {"w_rep": -1}}]))
     with pytest.raises(StageError, match=r"stage 'check-config' failed: variant 'truth': loss weights must be non-negative"):
         run_experiment(config, tmp_path / "run", progress=False)
     assert not list((tmp_path / "run" / "stages").glob("train*"))
@@ -299,3 +299,19 @@ def test_splits_are_disjoint_balanced_and_letter_balanced():
     for n in (4, 48, 100):
         letters = [item.correct for item in statements_to_ab(test[:n])]
         assert sum(letters) * 2 == n  # always answering "A" scores exactly 50%
+
+
+def test_several_seeds_are_aggregated(tiny_dir, tmp_path):
+    changes = {"seeds": [0, 1], "variants": [{"name": "honesty", "preset": "honesty"}], "robustness.enabled": False, "projection.enabled": False,
+               "evaluation.tasks": ["facts-ab"]}
+    run = run_experiment(parse_config(_config(tiny_dir, tmp_path, **changes)), tmp_path / "run", progress=False)
+    results = run.results
+    assert {"train:honesty:s0", "train:honesty:s1", "eval:honesty:s0", "eval:honesty:s1"} <= set(run.stages_run)
+    tuned = results["scores"]["honesty"]["facts-ab"]["metrics"]["accuracy"]
+    per_seed = [json.loads((run.run_dir / results["eval_files"]["honesty"][str(s)]).read_text())["tasks"]["facts-ab"]["metrics"]["accuracy"] for s in (0, 1)]
+    assert tuned["per_seed"] == [m["value"] for m in per_seed]
+    assert tuned["value"] == pytest.approx(sum(tuned["per_seed"]) / 2)
+    assert tuned["ci_low"] == min(m["ci_low"] for m in per_seed) and tuned["ci_high"] == max(m["ci_high"] for m in per_seed)
+    assert len(results["scores"]["untuned"]["facts-ab"]["metrics"]["accuracy"]["per_seed"]) == 1  # seed-independent
+    assert {row["seed"] for row in results["comparisons"] if row["b"] == "honesty"} == {0, 1}
+    assert "per seed" in (run.run_dir / "report.md").read_text(encoding="utf-8").lower() or "0, 1" in (run.run_dir / "report.md").read_text(encoding="utf-8")

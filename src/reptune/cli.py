@@ -570,9 +570,9 @@ def eval_cmd(
             ci = "" if value.get("ci_low") is None or value["ci_low"] != value["ci_low"] else f"[{value['ci_low']:.4g}, {value['ci_high']:.4g}]"
             table.add_row(name, metric, f"{value['value']:.4g}", ci, str(value.get("n", "")))
     console.print(table)
-    from reptune.evaluation import write_figures
+    from reptune.reporting.figures import write_eval_figures
 
-    figures = write_figures(results, output)  # robustness / projection heatmaps: OUTPUT_STEM.<task>.png
+    figures = write_eval_figures(results, output)  # robustness / projection heatmaps: OUTPUT_STEM.<task>.png
     err_console.print(f"wrote {output}" + "".join(f", {path}" for path in figures))
 
 

@@ -7,7 +7,7 @@
 * :mod:`~reptune.evaluation.data` — TruthfulQA, MMLU and WikiText-2 loaders;
 * :mod:`~reptune.evaluation.tasks` — the built-in tasks;
 * :mod:`~reptune.evaluation.runner` — :func:`evaluate` (steered or not, resumable),
-  results files, :func:`write_figures` and :func:`compare_results`;
+  results files and :func:`compare_results` (figures: :mod:`reptune.reporting.figures`);
 * :mod:`~reptune.evaluation.robustness` — counter-steering grids (``robustness`` task, :func:`run_robustness`);
 * :mod:`~reptune.evaluation.projection` — per-token cosine to a vector (``projection`` task, :func:`token_projections`);
 * :mod:`~reptune.evaluation.lmeval` — any lm-evaluation-harness task (``lm-eval:<task>``).
@@ -16,7 +16,7 @@
 """
 
 from reptune.evaluation.registry import RunContext, Task, TaskResult, available_tasks, get_task, register_task
-from reptune.evaluation.runner import EvalResults, compare_results, evaluate, load_results, write_figures
+from reptune.evaluation.runner import EvalResults, compare_results, evaluate, load_results
 from reptune.evaluation.statistics import (
     bootstrap_ci,
     bootstrap_ratio_ci,
@@ -43,5 +43,4 @@ __all__ = [
     "paired_mcnemar",
     "register_task",
     "wilson_interval",
-    "write_figures",
 ]

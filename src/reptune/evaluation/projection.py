@@ -28,13 +28,12 @@ import torch
 from reptune._io import sha256_json
 from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError, VectorError
-from reptune.evaluation.registry import RunContext, Task, TaskResult, register_task
+from reptune.evaluation.registry import RunContext, Task, register_task
 from reptune.evaluation.statistics import mean_metric
 from reptune.models import ModelHandle
 from reptune.sites import normalize_layer, parse_layers
 
 STATEMENT_TEMPLATE = "Is the following statement true or false? {statement}"
-PLOT_PANELS = 8  # prompts drawn by the projection task's figure
 
 
 def vector_directions(vector: Any, handle: ModelHandle | None = None, *, allow_model_mismatch: bool = True) -> dict[int, torch.Tensor]:
@@ -238,10 +237,3 @@ class Projection(Task):
             metrics[f"last_token_cosine/L{layer}"] = mean_metric([r["last_token_by_layer"][index] for r in records], seed=seed)
         return metrics
 
-    @classmethod
-    def plot(cls, result: TaskResult, path: Path) -> Path | None:
-        from reptune.reporting.heatmaps import plot_projection
-
-        shown = result.records[:PLOT_PANELS]
-        more = f" (first {len(shown)} of {len(result.records)} prompts)" if len(result.records) > len(shown) else ""
-        return plot_projection(shown, path, title=f"cosine to the vector per token and layer{more}")

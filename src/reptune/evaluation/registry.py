@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from reptune._io import sha256_json
@@ -165,11 +164,6 @@ class Task:
     def details(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Task-specific data beyond metrics and records (saved as ``details``; default none)."""
         return {}
-
-    @classmethod
-    def plot(cls, result: TaskResult, path: Path) -> Path | None:
-        """Write the task's figure for ``result`` to ``path`` (PNG); ``None`` when it has none."""
-        return None
 
     def chunk_size(self, batch_size: int) -> int:
         """Items per checkpointed chunk."""

@@ -25,7 +25,6 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -383,15 +382,6 @@ class Robustness(Task):
             vector_layers=[by_layer[layer] for layer in layers],
         )
         return result.to_json()
-
-    @classmethod
-    def plot(cls, result: TaskResult, path: Path) -> Path | None:
-        if not result.details:
-            return None
-        from reptune.reporting.heatmaps import plot_robustness
-
-        return plot_robustness(result.details, path)
-
 
 def _cell_id(layer: int, multiplier: float) -> str:
     return f"L{layer}/x{multiplier:g}"

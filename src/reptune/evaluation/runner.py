@@ -26,7 +26,7 @@ from typing import Any
 
 from reptune._io import sha256_json, write_json_atomic
 from reptune.errors import ReptuneError
-from reptune.evaluation.registry import TASKS, RunContext, Task, TaskResult, get_task
+from reptune.evaluation.registry import RunContext, Task, TaskResult, get_task
 from reptune.evaluation.statistics import paired_bootstrap_diff, paired_mcnemar
 from reptune.models import ModelHandle
 
@@ -248,26 +248,6 @@ def evaluate(
         evaluation.save(output_path)
         shutil.rmtree(output_path.with_name(output_path.name + ".partial"), ignore_errors=True)
     return evaluation
-
-
-def write_figures(results: EvalResults, output: str | os.PathLike[str]) -> list[Path]:
-    """Write the figures of tasks that have one beside the results file: ``STEM.<task>.png``.
-
-    ``results.json`` gets ``results.robustness.png`` (the grid heatmap) and
-    ``results.projection.png`` (per-token cosine heatmaps); other tasks have no figure.
-    """
-    output = Path(output)
-    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
-    written = []
-    for name, result in results.tasks.items():
-        task_class = TASKS.get(name.partition(":")[0])
-        if task_class is None:
-            continue
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-        path = task_class.plot(result, output.with_name(f"{stem}.{safe}.png"))
-        if path is not None:
-            written.append(Path(path))
-    return written
 
 
 def compare_results(a: EvalResults | str | os.PathLike[str], b: EvalResults | str | os.PathLike[str], *, seed: int = 0) -> list[dict[str, Any]]:

@@ -1,4 +1,8 @@
-"""Human-facing output: tables and plots of layer scans (later: experiment reports)."""
+"""Human-facing output: layer-scan tables and plots, heatmaps, evaluation figures, the experiment report.
+
+``save_figure`` and ``plot_loss_curves`` live in :mod:`reptune._plots` (tuning draws its loss
+curves without importing this upper layer) and are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from reptune._io import atomic_path, write_json_atomic, write_text_atomic
+from reptune._io import write_json_atomic, write_text_atomic
+from reptune._plots import plot_loss_curves, save_figure
 from reptune.directions import LayerScan
+
+__all__ = ["SCAN_COLUMNS", "plot_loss_curves", "plot_scan", "save_figure", "scan_markdown", "write_scan"]
 
 SCAN_COLUMNS = ("layer", "pair_acc", "probe_acc", "label_acc", "gap", "effect", "norm", "rel_norm")
 
@@ -18,18 +25,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
-
-
-def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Lay out, write atomically as PNG, and close a matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
 
 
 def scan_markdown(scan: LayerScan, rich: bool = False) -> Any:
@@ -94,29 +89,3 @@ def write_scan(scan: LayerScan, vector_path: str | os.PathLike[str]) -> dict[str
     return paths
 
 
-def plot_loss_curves(history: list[dict[str, float]], val_history: list[dict[str, float]], path: str | os.PathLike[str], title: str = "") -> Path:
-    """Training loss terms per step (and validation loss), written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_cos) = plt.subplots(1, 2, figsize=(10, 3.6))
-    steps = [row["step"] for row in history]
-    for key, style in (("loss", "-"), ("tok", "--"), ("rep", ":"), ("retain", "-.")):
-        values = [row[key] for row in history]
-        if any(values):
-            ax_loss.plot(steps, values, style, label=f"train {key}")
-    if val_history:
-        ax_loss.plot([row["step"] for row in val_history], [row["loss"] for row in val_history], "o-", label="validation loss")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend(fontsize=8)
-    ax_cos.plot(steps, [row["cos"] for row in history], label="train")
-    if val_history:
-        ax_cos.plot([row["step"] for row in val_history], [row["cos"] for row in val_history], "o-", label="validation")
-    ax_cos.set_xlabel("step")
-    ax_cos.set_ylabel("cosine to v at the loss sites")
-    ax_cos.legend(fontsize=8)
-    fig.suptitle(title)
-    return save_figure(fig, path)

@@ -435,7 +435,7 @@ def tune(
 
 
 def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | None, vector_path: str | None, data_origin: str | None, save_model: bool) -> None:
-    from reptune.reporting import plot_loss_curves
+    from reptune._plots import plot_loss_curves
 
     output, handle = result.output_dir, tuner.handle
     write_json_atomic(output / "tune_config.json", {**tuner.config.to_json(), "vector": vector_path, "data": data_origin, "base_model": handle.model_id})
@@ -475,8 +475,10 @@ def _model_card(tuner: Tuner, result: TuneResult, vector: SteeringVector | None,
         f"- Preset: `{config.preset}`; trained layers {tuner.layers}{' with LoRA (merged; adapter in adapter/)' if config.lora else ''}",
         f"- Vector: {vector_line}",
         f"- Data: `{data_origin or 'in memory'}` ({metrics['train_items']} train / {metrics['val_items']} validation items)",
-        f"- Loss: {config.w_tok} x token ({config.token_target}) + {config.w_rep} x representation ({config.rep_mode}, sign {config.rep_sign:+d}) "
-        f"+ {config.w_retain} x retain ({config.retain})",
+        (
+            f"- Loss: {config.w_tok} x token ({config.token_target}) + {config.w_rep} x representation ({config.rep_mode}, sign {config.rep_sign:+d}) "
+            f"+ {config.w_retain} x retain ({config.retain})"
+        ),
         f"- Steps: {metrics['steps_run']} ({metrics['stopped']}); best validation step {metrics['best_step']}",
         f"- Final validation: loss {final_val.get('loss', float('nan')):.4f}, cosine to v {final_val.get('cos', float('nan')):.3f}",
         "",
