@@ -315,3 +315,31 @@ def test_several_seeds_are_aggregated(tiny_dir, tmp_path):
     assert len(results["scores"]["untuned"]["facts-ab"]["metrics"]["accuracy"]["per_seed"]) == 1  # seed-independent
     assert {row["seed"] for row in results["comparisons"] if row["b"] == "honesty"} == {0, 1}
     assert "per seed" in (run.run_dir / "report.md").read_text(encoding="utf-8").lower() or "0, 1" in (run.run_dir / "report.md").read_text(encoding="utf-8")
+
+
+def test_judge_adds_openended_and_tuned_models_face_the_base(tiny_dir, tmp_path, monkeypatch):
+    from test_judge import SHORT_PROMPTS, FakeServer
+
+    for name in ("REPTUNE_JUDGE_URL", "REPTUNE_JUDGE_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in SHORT_PROMPTS[:3]), encoding="utf-8")
+    server = FakeServer()
+    try:
+        changes = {
+            "variants": [{"name": "truth", "preset": "truth"}], "robustness.enabled": False, "projection.enabled": False,
+            "evaluation.tasks": ["facts-ab"], "evaluation.limits": {"openended": 3}, "evaluation.counter_tasks": ["facts-ab"],
+            "evaluation.options": {"openended": {"data": str(prompts), "max_new_tokens": 4, "judge_cache": str(tmp_path / "judged"), "judge_backoff": 0}},
+            "judge": {"url": server.url, "model": "fake-judge"},
+        }
+        run = run_experiment(parse_config(_config(tiny_dir, tmp_path, **changes)), tmp_path / "run", progress=False)
+    finally:
+        server.close()
+    results = run.results
+    assert results["tasks"] == ["facts-ab", "openended"] and "openended" not in {s["what"] for s in results["skipped"]}
+    assert set(results["scores"]["truth"]) == {"facts-ab", "openended"} and set(results["scores"]["truth@counter"]) == {"facts-ab"}
+    records = json.loads((run.run_dir / results["eval_files"]["truth"]["0"]).read_text(encoding="utf-8"))["tasks"]["openended"]["records"]
+    assert all(r["reference"] != "unsteered" for r in records)  # the base weights, not the tuned model itself
+    steered = json.loads((run.run_dir / results["eval_files"]["steer+"]["0"]).read_text(encoding="utf-8"))["tasks"]["openended"]["records"]
+    assert all(r["reference"] == "unsteered" for r in steered)
+    assert server.chat > 0

@@ -192,7 +192,7 @@ class OpenEnded(Task):
         if self._ref is None:
             from reptune.models import load_model
 
-            self._ref = load_model(self.options["reference"], device=str(handle.device))
+            self._ref = load_model(self.options["reference"], device=str(handle.device), autocast=handle.autocast_dtype)
         return self._ref
 
     def _generate(self, handle: ModelHandle, items: Sequence[dict[str, Any]], batch_size: int, steering: Any) -> list[str]:

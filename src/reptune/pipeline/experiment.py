@@ -339,8 +339,9 @@ class Experiment:
         options = dict(self.config.evaluation.options.get(name, {}))
         if name == "facts-ab":
             options["data"] = str(self.run_dir / "stages" / "data" / f"{split}.csv")
-        if name == "kl" and tuned and not options.get("reference"):
-            options["reference"] = self.base_reference()  # KL of a tuned model is to the base weights
+        if name in ("kl", "openended") and tuned and not options.get("reference"):
+            # a tuned model is compared with the base weights, not with itself
+            options["reference"] = self.base_reference()
         if name == "openended":
             judge = self.config.judge
             for key, value in (("judge_url", judge.url), ("judge_model", judge.model), ("judge_local", judge.local)):
