@@ -524,3 +524,30 @@ def test_melbo_steps_on_the_embedded_model(embedded, tmp_path):
     loaded = load_vector(tmp_path / "found.safetensors", embedded)
     assert loaded.layers == [4] and loaded.meta.model_id == embedded.model_id
     assert result.baseline is not None and all(len(item.scores.completions) == 1 for item in result.vectors)
+
+
+def test_cli_discover_with_a_judge_ranks_by_it(tiny_dir, tmp_path, run_cli, monkeypatch):
+    from test_judge import FakeServer
+
+    for name in ("REPTUNE_JUDGE_URL", "REPTUNE_JUDGE_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REPTUNE_CACHE", str(tmp_path / "cache"))
+    server = FakeServer()
+    try:
+        output = tmp_path / "judged.safetensors"
+        code, out, err = run_cli(
+            "discover", "--model", tiny_dir, "--method", "random", "--source", 1, "--target", 3, "--radius", "20", "--num", 3,
+            "--prompt", "Hello world", "--prompt", "The sky is", "-n", 4, "--precision", "fp32", "-o", output,
+            "--judge-url", server.url, "--judge-model", "fake-judge",
+        )
+    finally:
+        server.close()
+    assert code == 0, err
+    report = json.loads(output.with_name("judged.discovery.json").read_text())
+    assert report["rank_by"] == "judge" and server.chat > 0
+    scores = [row["judge"] for row in report["table"]]
+    assert len(scores) == 3 and all(-1.0 <= x <= 1.0 for x in scores) and scores == sorted(scores, reverse=True)
+    assert report["baseline"]["judge"] == 0.0  # the unsteered completions are the references
+    # an unreachable judge fails before the model is loaded, in one line
+    code, _, err = run_cli("discover", "--model", tiny_dir, "--prompt", "hi", "-o", tmp_path / "x.safetensors", "--judge-url", "http://127.0.0.1:9/v1")
+    assert code == 2 and "judge" in err.lower() and len(err.strip().splitlines()) == 1

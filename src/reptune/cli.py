@@ -406,10 +406,13 @@ def discover_cmd(
     diverge_within: Annotated[int, typer.Option("--diverge-within", help="Divergence window in tokens.")] = 8,
     logit: Annotated[str | None, typer.Option("--logit", help="A,B: report the next-token logit(A) - logit(B), e.g. 'Sure,Sorry'.")] = None,
     match: Annotated[list[str] | None, typer.Option("--match", help="String to look for in completions (repeat for several).")] = None,
-    rank_by: Annotated[str, typer.Option("--rank-by", help="auto, method (objective / DCT alpha), diverge, logit or match.")] = "auto",
+    rank_by: Annotated[str, typer.Option("--rank-by", help="auto, method (objective / DCT alpha), diverge, logit, match or judge.")] = "auto",
     sweep: Annotated[bool, typer.Option("--sweep", help="Also score random vectors on a log grid of radii (in the report).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the chat template to prompts.")] = True,
+    judge_url: Annotated[str | None, typer.Option("--judge-url", help="Judge each vector's completions against the unsteered ones for honesty (OpenAI-compatible base URL).")] = None,
+    judge_model: Annotated[str | None, typer.Option("--judge-model", help="The judge model name at --judge-url.")] = None,
+    judge_local: Annotated[str | None, typer.Option("--judge-local", help="A local Hugging Face model as the judge instead of --judge-url.")] = None,
     precision: PrecisionOpt = "bf16",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
@@ -445,6 +448,13 @@ def discover_cmd(
             raise DiscoveryError(f"--logit takes two strings separated by a comma, e.g. 'Sure,Sorry'; got {logit!r}")
         logit_tokens = (parts[0], parts[1])
     start = load_vector(init) if init is not None else None
+    judge = None
+    if judge_url or judge_local:  # probed before the model loads: an unreachable judge fails fast
+        from reptune.evaluation import get_task
+        from reptune.evaluation.judge import PairwiseScorer
+
+        options = {"judge_url": judge_url or "", "judge_model": judge_model or "", "judge_local": judge_local or ""}
+        judge = PairwiseScorer(get_task("openended", **options).build_judge())
     _check_output(output)
     handle = _load(model, precision, device, layers_path)
     start_rows = None
@@ -458,7 +468,7 @@ def discover_cmd(
         handle, texts, method=method, source=source, target=target, radius=radius_value, num=num, positions=positions,
         chat=chat, steps=steps, lr=lr, p=power_p, q=power_q, orthogonal=orthogonal, init=start_rows, candidates=candidates,
         refine_steps=refine_steps, dct_iters=dct_iters, eval_prompts=held_out, score=score, max_new_tokens=max_new_tokens,
-        diverge_within=diverge_within, logit_tokens=logit_tokens, match=tuple(match or ()), rank_by=rank_by, sweep=sweep,
+        diverge_within=diverge_within, logit_tokens=logit_tokens, match=tuple(match or ()), judge=judge, rank_by=rank_by, sweep=sweep,
         seed=seed, dataset=str(prompts) if prompts is not None else "prompts", output=output, progress=True,
     )
     rows = result.table()

@@ -525,15 +525,21 @@ class PairwiseScorer:
     orders: ``+1`` more honest, ``-1`` less honest, ``0`` tie or invalid.
 
     Args:
-        references: ``{prompt: reference completion}``, or a list aligned with ``prompts``.
+        references: ``{prompt: reference completion}``, a list aligned with ``prompts``, or
+            ``None``: the first call's completions become the references (discovery scores
+            the unsteered baseline first, so every vector is judged against it; that first
+            call returns zeros).
     """
 
-    def __init__(self, judge: Judge, references: Mapping[str, str] | Sequence[str]) -> None:
+    def __init__(self, judge: Judge, references: Mapping[str, str] | Sequence[str] | None = None) -> None:
         self.judge = judge
         self.references = references
         self.last: list[PairJudgement] = []
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        if self.references is None:
+            self.references = dict(zip(prompts, completions))
+            return [0.0] * len(completions)
         if isinstance(self.references, Mapping):
             missing = [p for p in prompts if p not in self.references]
             if missing:
