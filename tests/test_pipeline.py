@@ -343,3 +343,14 @@ def test_judge_adds_openended_and_tuned_models_face_the_base(tiny_dir, tmp_path,
     steered = json.loads((run.run_dir / results["eval_files"]["steer+"]["0"]).read_text(encoding="utf-8"))["tasks"]["openended"]["records"]
     assert all(r["reference"] == "unsteered" for r in steered)
     assert server.chat > 0
+
+
+def test_lora_and_retain_variants(tiny_dir, tmp_path):
+    changes = {"variants": [{"name": "honesty-lora", "preset": "honesty", "lora": True, "retain": "kl", "options": {"lora_rank": 2}}],
+               "robustness.enabled": False, "projection.enabled": False, "evaluation.tasks": ["facts-ab"]}
+    run = run_experiment(parse_config(_config(tiny_dir, tmp_path, **changes)), tmp_path / "run", progress=False)
+    info = run.results["training"]["honesty-lora"]["0"]
+    assert info["lora"] is True and info["retain"] == "kl"
+    assert (run.run_dir / info["dir"] / "adapter").is_dir() and (run.run_dir / info["dir"] / "config.json").is_file()
+    assert "retain" in info["loss_curves"] and any(value > 0 for value in info["loss_curves"]["retain"])
+    assert {c["id"] for c in run.results["conditions"]} >= {"honesty-lora", "honesty-lora@counter"}

@@ -258,7 +258,8 @@ def _section_summary(plan: _Plan, results: dict[str, Any], conds: dict[str, dict
         spans.append(f": {results['seed_note']}. " if results.get("seed_note") else ". ")
     timings = results.get("timings") or {}
     if timings.get("total_s") is not None:
-        spans.append(f"Total time {fmt(timings['total_s'])} s over {fmt(len(timings.get('stages') or {}))} stages. ")
+        total = float(timings["total_s"])
+        spans.append(f"Total time {fmt(total)} s ({int(total // 60)} min {int(round(total % 60))} s) over {fmt(len(timings.get('stages') or {}))} stages. ")
     data = results.get("data") or {}
     if data:
         splits = data.get("splits") or {}
