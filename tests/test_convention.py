@@ -30,7 +30,7 @@ def _hidden_states(handle, texts, side="left"):
 
 def test_read_layer_equals_hidden_states_plus_one(tiny_any):
     handle = tiny_any
-    batch, hidden = _hidden_states(handle, TEXTS)
+    _batch, hidden = _hidden_states(handle, TEXTS)
     acts = read_activations(handle, TEXTS, "all", "last", progress=False)
     for layer in range(handle.num_layers - 1):  # the last entry of hidden_states is post-final-norm
         assert torch.allclose(acts[layer], hidden[layer + 1][:, -1].float(), atol=1e-5), layer

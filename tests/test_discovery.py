@@ -535,7 +535,7 @@ def test_cli_discover_with_a_judge_ranks_by_it(tiny_dir, tmp_path, run_cli, monk
     server = FakeServer()
     try:
         output = tmp_path / "judged.safetensors"
-        code, out, err = run_cli(
+        code, _out, err = run_cli(
             "discover", "--model", tiny_dir, "--method", "random", "--source", 1, "--target", 3, "--radius", "20", "--num", 3,
             "--prompt", "Hello world", "--prompt", "The sky is", "-n", 4, "--precision", "fp32", "-o", output,
             "--judge-url", server.url, "--judge-model", "fake-judge",

@@ -141,9 +141,8 @@ def test_bad_steering_arguments(tiny, kwargs, error):
 
 def test_multiplier_count_must_match_batch(tiny):
     batch = tokenize_examples(tiny.tokenizer, [Example(p) for p in PROMPTS])
-    with pytest.raises(ReptuneError, match="2 multipliers given for a batch of 3"):
-        with steer(tiny, {1: torch.ones(32)}, multiplier=[1.0, 2.0]), torch.no_grad():
-            tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    with pytest.raises(ReptuneError, match="2 multipliers given for a batch of 3"), steer(tiny, {1: torch.ones(32)}, multiplier=[1.0, 2.0]), torch.no_grad():
+        tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
 
 
 def test_token_scope_parse():

@@ -24,19 +24,19 @@ HIDDEN, LAYERS = 8, 6
 
 
 def make_meta(**overrides) -> VectorMeta:
-    base = dict(
-        model_id="tiny-llama",
-        hidden_size=HIDDEN,
-        num_layers=LAYERS,
-        method="mean-diff",
-        positions="last",
-        normalization="gap",
-        revision="abc123",
-        dataset="pairs.jsonl",
-        dataset_hash="f" * 64,
-        num_pairs=12,
-        extra={"best_layers": [2, 3], "note": "ünï"},
-    )
+    base = {
+        "model_id": "tiny-llama",
+        "hidden_size": HIDDEN,
+        "num_layers": LAYERS,
+        "method": "mean-diff",
+        "positions": "last",
+        "normalization": "gap",
+        "revision": "abc123",
+        "dataset": "pairs.jsonl",
+        "dataset_hash": "f" * 64,
+        "num_pairs": 12,
+        "extra": {"best_layers": [2, 3], "note": "ünï"},
+    }
     base.update(overrides)
     return VectorMeta(**base)
 

@@ -164,7 +164,7 @@ class Steering:
         """Forget the prompt length (call between independent generate calls without cache)."""
         self._tracker.reset()
 
-    def __enter__(self) -> Steering:
+    def __enter__(self) -> Steering:  # noqa: PYI034 (typing.Self needs Python 3.11)
         try:
             if self.scope.kind != "all":
                 self._hooks.append(self.handle.model.register_forward_pre_hook(self._tracker, with_kwargs=True))

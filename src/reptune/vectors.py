@@ -179,8 +179,8 @@ def load_vector(path: str | os.PathLike[str], handle: Any | None = None, *, allo
     try:
         with safe_open(str(path), framework="pt") as handle_file:
             header = handle_file.metadata() or {}
-            tensors = {key: handle_file.get_tensor(key) for key in handle_file.keys()}
-    except Exception as exc:
+            tensors = {key: handle_file.get_tensor(key) for key in handle_file.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except Exception as exc:  # noqa: BLE001 (any parse failure is a bad file)
         raise VectorError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
     if "reptune" not in header:
         raise VectorError(f"{path}: not a reptune vector file (no 'reptune' metadata)")

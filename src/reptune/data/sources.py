@@ -135,7 +135,7 @@ def _read_hub(name: str) -> DataSource:
         raise DataError(f"dataset {name!r} looks like a hub id but the 'datasets' package is missing") from None
     try:
         table = datasets.load_dataset(name, split="train")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (datasets raises many types; shown as one line)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"cannot load hub dataset {name!r} (offline or unknown?): {first[:200]}") from None
     columns = set(table.column_names)

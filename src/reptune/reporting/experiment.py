@@ -259,7 +259,7 @@ def _section_summary(plan: _Plan, results: dict[str, Any], conds: dict[str, dict
     timings = results.get("timings") or {}
     if timings.get("total_s") is not None:
         total = float(timings["total_s"])
-        spans.append(f"Total time {fmt(total)} s ({int(total // 60)} min {int(round(total % 60))} s) over {fmt(len(timings.get('stages') or {}))} stages. ")
+        spans.append(f"Total time {fmt(total)} s ({int(total // 60)} min {round(total % 60)} s) over {fmt(len(timings.get('stages') or {}))} stages. ")
     data = results.get("data") or {}
     if data:
         splits = data.get("splits") or {}
