@@ -51,6 +51,8 @@ def plot_robustness(result_json: dict[str, Any], path: str | os.PathLike[str], t
     cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
     finite = grid[np.isfinite(grid)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if finite.size and vmin >= 0.0 and vmax <= 1.0:
+        vmin, vmax = 0.0, 1.0  # a rate: the full scale, so 0.48 vs 0.50 does not look like black vs white
     if vmin == vmax:
         vmin, vmax = vmin - 0.5, vmax + 0.5
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", origin="lower")
