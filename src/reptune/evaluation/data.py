@@ -8,6 +8,7 @@ in ``$REPTUNE_DATA_DIR`` (``truthfulqa``, ``mmlu``, ``wikitext2``); a Hugging Fa
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ STANDARD = {
     "mmlu": ("mmlu/test", "https://people.eecs.berkeley.edu/~hendrycks/data.tar (test/*.csv) or hub cais/mmlu"),
     "wikitext2": ("wikitext2/wiki.test.raw", "https://huggingface.co/datasets/Salesforce/wikitext (wikitext-2-raw-v1, test)"),
 }
+# the same sets on the Hugging Face hub, used for a standard name when $REPTUNE_DATA_DIR lacks it
+HUB = {"truthfulqa-csv": "truthfulqa/truthful_qa", "truthfulqa-mc": "truthfulqa/truthful_qa", "mmlu": "cais/mmlu", "wikitext2": "Salesforce/wikitext"}
 NAMES = {
     "truthfulqa-csv": {"truthfulqa", "tqa"},
     "truthfulqa-mc": {"truthfulqa", "tqa"},
@@ -46,15 +49,25 @@ def resolve(spec: str, standard: str) -> Path | str:
     relative, where = STANDARD[standard]
     if text in NAMES[standard]:
         root = data_dir()
-        if root is None:
-            raise DataError(f"data set {text!r} needs ${DATA_DIR_ENV} pointing at a folder holding {relative} (get it from {where}), or pass a path")
-        found = root / relative
-        if not found.exists():
-            raise DataError(f"data set {text!r} not found: expected {found} (get it from {where}; set ${DATA_DIR_ENV} or pass a path)")
-        return found
+        found = root / relative if root is not None else None
+        if found is not None and found.exists():
+            return found
+        if _hub_reachable():  # online: the same set from the hub (downloaded once into the HF cache)
+            return HUB[standard]
+        if found is None:
+            raise DataError(f"data set {text!r} needs ${DATA_DIR_ENV} pointing at a folder holding {relative} (get it from {where}), or pass a path; the hub is not reachable")
+        raise DataError(f"data set {text!r} not found: expected {found} (get it from {where}; set ${DATA_DIR_ENV} or pass a path); the hub is not reachable")
     if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.suffix:
         return text
     raise DataError(f"dataset not found: {text} (a path, {' or '.join(sorted(NAMES[standard]))} in ${DATA_DIR_ENV}, or a hub id org/name)")
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable() -> bool:
+    """Checked once per process (a 3 s connection timeout at most)."""
+    from reptune.models import _hub_reachable as reachable
+
+    return reachable()
 
 
 def _hub(name: str, config: str | None, split: str) -> list[dict[str, Any]]:
