@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +43,22 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """JSON has no NaN/inf: non-finite floats (e.g. a CI over one item) become null, recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def safe_filename(name: str) -> str:
+    """``name`` with every run of characters outside ``[A-Za-z0-9_.-]`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def sha256_json(obj: Any) -> str:

@@ -620,9 +620,9 @@ def compare_cmd(
             table.add_row(row["task"], str(row["n"]), "-", "", "", "", row.get("warning", "no shared items"), "")
     console.print(table)
     if output is not None:
-        from reptune.evaluation.runner import _finite
+        from reptune._io import json_safe
 
-        write_json_atomic(output, _finite({"a": str(first), "b": str(second), "tasks": rows}))
+        write_json_atomic(output, json_safe({"a": str(first), "b": str(second), "tasks": rows}))
         err_console.print(f"wrote {output}")
 
 

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reptune._io import sha256_json, write_json_atomic
+from reptune._io import json_safe, safe_filename, sha256_json, write_json_atomic
 from reptune.errors import ReptuneError
 from reptune.evaluation.registry import RunContext, Task, TaskResult, get_task
 from reptune.evaluation.statistics import paired_bootstrap_diff, paired_mcnemar
@@ -65,19 +63,8 @@ class EvalResults:
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        write_json_atomic(path, _finite(self.to_json()))
+        write_json_atomic(path, json_safe(self.to_json()))
         return Path(path)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN: undefined values (a CI over one item) become null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def load_results(path: str | os.PathLike[str]) -> EvalResults:
@@ -109,8 +96,7 @@ def _task_list(tasks: str | Sequence[str | Task]) -> list[Task]:
 
 
 def _cache_file(output: Path, task: Task) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.full_name)
-    return output.with_name(output.name + ".partial") / f"{safe}.jsonl"
+    return output.with_name(output.name + ".partial") / f"{safe_filename(task.full_name)}.jsonl"
 
 
 def _read_cache(path: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
@@ -141,7 +127,7 @@ def _append_cache(path: Path, fingerprint: str, records: list[dict[str, Any]]) -
     with open(path, "a", encoding="utf-8") as handle:
         if new:
             handle.write(json.dumps({"fingerprint": fingerprint}) + "\n")
-        handle.writelines(json.dumps(_finite(record)) + "\n" for record in records)
+        handle.writelines(json.dumps(json_safe(record)) + "\n" for record in records)
         handle.flush()
         os.fsync(handle.fileno())
 

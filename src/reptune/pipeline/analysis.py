@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
+from reptune.evaluation.robustness import same_letter_rate
 from reptune.evaluation.runner import EvalResults, compare_results, load_results
 
 HEADLINE_TASK = "facts-ab"
@@ -191,8 +192,7 @@ def _letter_share(result: EvalResults | None, task: str) -> float | None:
     """Share of the most common answer letter among parsed answers (1.0 = always the same)."""
     if result is None or task not in result.tasks:
         return None
-    answers = [r.get("answer") for r in result.tasks[task].records if r.get("answer") is not None]
-    return max(answers.count(a) for a in set(answers)) / len(answers) if answers else None
+    return same_letter_rate(result.tasks[task].records)
 
 
 def findings(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any], comparisons: list[dict[str, Any]],

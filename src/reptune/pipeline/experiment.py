@@ -27,7 +27,6 @@ import datetime as _dt
 import gc
 import io
 import json
-import math
 import random
 import shutil
 import time
@@ -38,7 +37,7 @@ from typing import Any
 
 import torch
 
-from reptune._io import sha256_json, write_json_atomic, write_text_atomic
+from reptune._io import json_safe, safe_filename, sha256_json, write_json_atomic, write_text_atomic
 from reptune._progress import progress_display
 from reptune.errors import DataError, ReptuneError
 from reptune.models import ModelHandle, load_model
@@ -188,7 +187,7 @@ class Experiment:
         # total = this invocation plus the recorded time of the stages it reused
         results["timings"] = {"total_s": round(wall + reused, 1), "this_run_s": round(wall, 1), "stages": {k: round(v, 2) for k, v in self.store.elapsed.items()}}
         results["stages"] = {"ran": list(self.store.ran), "reused": list(self.store.skipped)}
-        write_json_atomic(self.run_dir / "results.json", _finite(results))
+        write_json_atomic(self.run_dir / "results.json", json_safe(results))
         from reptune.reporting.experiment import write_report
 
         report = write_report(self.run_dir)
@@ -374,6 +373,7 @@ class Experiment:
 
     def _sweep_stage(self, folder: Path) -> dict[str, Any]:
         from reptune.evaluation import evaluate
+        from reptune.evaluation.robustness import same_letter_rate
 
         c = self.config.sweep
         handle = self.base()
@@ -387,8 +387,7 @@ class Experiment:
                 output=folder / f"x{multiplier:g}.json", progress=self.progress, allow_model_mismatch=True,
             )[task.full_name]
             primary = result.metrics[result.primary]
-            answers = [r.get("answer") for r in result.records if r.get("answer") is not None]
-            same = max((answers.count(a) for a in set(answers)), default=0) / len(answers) if answers else None
+            same = same_letter_rate(result.records)
             rows.append({
                 "multiplier": float(multiplier), "value": primary["value"], "ci_low": primary.get("ci_low"), "ci_high": primary.get("ci_high"),
                 "n": primary.get("n"), "same_letter_rate": same, "degenerate": same is not None and same > c.degenerate_threshold,
@@ -480,7 +479,7 @@ class Experiment:
             steering = cond["steering"]
             per_task = {}
             for task_name in task_names:
-                out = folder / f"{_safe(task_name)}.json"
+                out = folder / f"{safe_filename(task_name)}.json"
                 if out.is_file():
                     per_task.update(load_results(out).tasks)
                     continue
@@ -601,22 +600,8 @@ def _curves(curves: dict[str, Any]) -> dict[str, list[float]]:
     return out
 
 
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None) -> ExperimentRun:

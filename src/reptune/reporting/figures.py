@@ -7,10 +7,11 @@ cosine heatmaps (first 8 prompts). Other tasks have no figure.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from reptune._io import safe_filename
 
 PROJECTION_PANELS = 8
 
@@ -46,8 +47,7 @@ def write_eval_figures(results: Any, output: str | os.PathLike[str]) -> list[Pat
         draw = FIGURES.get(name.partition(":")[0])
         if draw is None:
             continue
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-        path = draw(result, output.with_name(f"{stem}.{safe}.png"))
+        path = draw(result, output.with_name(f"{stem}.{safe_filename(name)}.png"))
         if path is not None:
             written.append(Path(path))
     return written
