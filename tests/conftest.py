@@ -7,12 +7,14 @@ few sentences (a fast tokenizer, so offsets work); models are built from configs
 from __future__ import annotations
 
 import os
+import sys
 
 # before transformers / huggingface_hub / datasets are imported: they read these once
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -122,3 +124,46 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip("shared data folder not present (set REPTUNE_DATA_DIR)")
     return root
+
+
+class CliRun(NamedTuple):
+    """What one ``reptune ...`` invocation produced (unpacks as ``code, out, err``)."""
+
+    code: int
+    out: str
+    err: str
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture()
+def cli_run(monkeypatch, capsys):
+    """``cli_run(*args)`` runs ``reptune.cli.main()`` in-process and returns a :class:`CliRun`."""
+    from reptune import cli
+
+    monkeypatch.setenv("REPTUNE_DEBUG", "0")
+
+    def invoke(*args: object) -> CliRun:
+        monkeypatch.setattr(sys, "argv", ["reptune", *map(str, args)])
+        capsys.readouterr()
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliRun(code, captured.out, captured.err)
+
+    return invoke
+
+
+def constant_logits_model(bias: torch.Tensor) -> ModelHandle:
+    """A tiny chat Llama whose next-token logits are ``bias`` at every position (lm_head: 0 x h + bias)."""
+    handle = build_model("llama", chat=True)
+    head = torch.nn.Linear(handle.hidden_size, bias.numel(), bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(bias)
+    handle.model.lm_head = head
+    return handle

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CliRun
 
-from reptune import cli
 from reptune.data import load_pairs_jsonl, pairs_hash
 from reptune.directions import extract_vector
 from reptune.errors import ReptuneError
@@ -38,31 +38,12 @@ def _clean_env(monkeypatch):
     monkeypatch.delenv("REPTUNE_DATA_DIR", raising=False)
 
 
-class Run:
-    def __init__(self, code: int, out: str, err: str):
-        self.code, self.out, self.err = code, out, err
-
-    def error_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.startswith("error:")]
-
-
 @pytest.fixture()
-def run(monkeypatch, capsys):
-    def invoke(*args: object) -> Run:
-        monkeypatch.setattr(sys, "argv", ["reptune", *map(str, args)])
-        capsys.readouterr()
-        code = 0
-        try:
-            cli.main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return invoke
+def run(cli_run):
+    return cli_run
 
 
-def assert_user_error(result: Run, *fragments: str) -> str:
+def assert_user_error(result: CliRun, *fragments: str) -> str:
     assert result.code == 2, (result.code, result.err[-2000:])
     assert "Traceback" not in result.err and "Traceback" not in result.out
     lines = result.error_lines()

@@ -7,14 +7,12 @@ Tiny seeded models throughout (fast); one test on the embedded model is marked `
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 import transformers
 from conftest import build_model, build_tokenizer
 
-from reptune import cli
 from reptune.activations import capture_layers, run_until, tokenize_examples
 from reptune.data.pairs import Example
 from reptune.discovery import (
@@ -445,21 +443,8 @@ def test_load_prompts_formats(tmp_path):
 
 
 @pytest.fixture()
-def run_cli(monkeypatch, capsys):
-    monkeypatch.setenv("REPTUNE_DEBUG", "0")
-
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["reptune", *map(str, args)])
-        capsys.readouterr()
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 0
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
+def run_cli(cli_run):
+    return cli_run
 
 
 def test_cli_discover_writes_files_that_steer_takes(tiny_dir, tmp_path, run_cli):

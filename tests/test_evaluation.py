@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 from conftest import build_model
+from conftest import constant_logits_model as constant_model
 
 from reptune import cli
 from reptune.errors import DataError, ReptuneError
@@ -37,15 +38,6 @@ def model():
     return build_model("llama", chat=True)
 
 
-def constant_model(bias: torch.Tensor):
-    """A tiny model whose next-token logits are ``bias`` at every position (lm_head: 0 x h + bias)."""
-    handle = build_model("llama", chat=True)
-    head = torch.nn.Linear(handle.hidden_size, bias.numel(), bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.copy_(bias)
-    handle.model.lm_head = head
-    return handle
 
 
 @pytest.fixture()

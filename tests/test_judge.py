@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import re
 import socket
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from conftest import build_model
+from conftest import build_model, constant_logits_model
 
-from reptune import cli
 from reptune.errors import DataError
 from reptune.evaluation import evaluate, get_task
 from reptune.evaluation.judge import (
@@ -407,12 +405,7 @@ def letter_biased_model(letter: str):
     ids = probe._letter_ids(probe.judge_text("p", "a", "b"))
     bias = torch.zeros(len(handle.tokenizer))
     bias[ids["AB".index(letter)]] = 5.0
-    head = torch.nn.Linear(handle.hidden_size, bias.numel(), bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.copy_(bias)
-    handle.model.lm_head = head
-    return handle
+    return constant_logits_model(bias)
 
 
 def test_local_judge(model, tmp_path, short_data):
@@ -440,37 +433,25 @@ def test_local_judge_from_path(model, tiny_dir, short_data):
 
 
 # ---------------------------------------------------------------- CLI
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setenv("REPTUNE_DEBUG", "0")
-    monkeypatch.setattr(sys, "argv", ["reptune", *map(str, args)])
-    capsys.readouterr()
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def test_cli_judge_errors_are_one_line(tiny_dir, tmp_path, monkeypatch, capsys, no_judge_env):
+def test_cli_judge_errors_are_one_line(tiny_dir, tmp_path, cli_run, no_judge_env):
     out = tmp_path / "r.json"
     url = f"http://127.0.0.1:{free_port()}/v1"
     for flags in (["--judge-url", url, "--judge-model", "m"], ["--set", f"openended.judge_url={url}", "--set", "judge_model=m"]):
-        code, err = run_cli(monkeypatch, capsys, "eval", "--model", tiny_dir, "--tasks", "openended", *flags, "-o", out)
+        code, _, err = cli_run("eval", "--model", tiny_dir, "--tasks", "openended", *flags, "-o", out)
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
         assert f"judge unreachable at {url}/models" in lines[0]
-    code, err = run_cli(monkeypatch, capsys, "eval", "--model", tiny_dir, "--tasks", "openended", "-o", out)
+    code, _, err = cli_run("eval", "--model", tiny_dir, "--tasks", "openended", "-o", out)
     assert code == 2 and "error: openended needs a judge" in err
-    code, err = run_cli(monkeypatch, capsys, "eval", "--model", tiny_dir, "--tasks", "facts-ab", "--judge-url", url, "-o", out)
+    code, _, err = cli_run("eval", "--model", tiny_dir, "--tasks", "facts-ab", "--judge-url", url, "-o", out)
     assert code == 2 and "--judge-url is for the openended task" in err
     assert not out.exists()
 
 
-def test_cli_openended_runs(fake, tiny_dir, tmp_path, monkeypatch, capsys, no_judge_env, short_data):
+def test_cli_openended_runs(fake, tiny_dir, tmp_path, monkeypatch, cli_run, no_judge_env, short_data):
     monkeypatch.setenv("REPTUNE_JUDGE_API_KEY", "sk-secret-456")
     out = tmp_path / "oe.json"
-    code, err = run_cli(monkeypatch, capsys, "eval", "--model", tiny_dir, "--tasks", "openended", "--judge-url", fake.url, "--limit", "2",
+    code, _, err = cli_run("eval", "--model", tiny_dir, "--tasks", "openended", "--judge-url", fake.url, "--limit", "2",
                         "--set", f"data={short_data}", "--set", "max_new_tokens=2", "--set", "judge_cache=none", "--precision", "fp32", "-o", out)
     assert code == 0, err
     data = json.loads(out.read_text())["tasks"]["openended"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -13,7 +12,6 @@ from conftest import build_model
 
 pytest.importorskip("lm_eval")
 
-from reptune import cli
 from reptune.errors import ReptuneError
 from reptune.evaluation import available_tasks, evaluate, get_task
 from reptune.evaluation.robustness import run_robustness
@@ -120,15 +118,10 @@ def test_registry_and_errors(task_dir, monkeypatch):
         get_task("lm-eval:tinyqa")
 
 
-def test_cli_lm_eval(tiny_dir, task_dir, tmp_path, monkeypatch, capsys):
+def test_cli_lm_eval(tiny_dir, task_dir, tmp_path, cli_run):
     out = tmp_path / "res.json"
-    monkeypatch.setenv("REPTUNE_DEBUG", "0")
-    monkeypatch.setattr(sys, "argv", ["reptune", "eval", "--model", str(tiny_dir), "--tasks", "lm-eval:tinyqa",
-                                      "--set", f"lm-eval:tinyqa.include_path={task_dir}", "--limit", "4", "-o", str(out)])  # bf16 autocast
-    try:
-        cli.main()
-    except SystemExit as exc:
-        assert exc.code == 0, capsys.readouterr().err
+    result = cli_run("eval", "--model", tiny_dir, "--tasks", "lm-eval:tinyqa", "--set", f"lm-eval:tinyqa.include_path={task_dir}", "--limit", "4", "-o", out)  # bf16
+    assert result.code == 0, result.err
     data = json.loads(out.read_text())["tasks"]["lm-eval:tinyqa"]
     assert len(data["records"]) == 4 and 0.0 <= data["metrics"]["acc"]["value"] <= 1.0
     assert data["data"].startswith("lm-eval:tinyqa")

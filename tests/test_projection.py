@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 from conftest import build_model
 
-from reptune import cli
 from reptune.errors import ReptuneError
 from reptune.evaluation import evaluate, get_task
 from reptune.evaluation.projection import direction_at, token_projections
@@ -95,7 +93,7 @@ def test_projection_task_and_plot(tmp_path):
         get_task("projection", data=str(tmp_path / "missing.txt")).load_items(handle, None)
 
 
-def test_cli_projection_writes_heatmap(tiny_dir, tmp_path, monkeypatch, capsys):
+def test_cli_projection_writes_heatmap(tiny_dir, tmp_path, cli_run):
     from reptune.models import load_model
     from reptune.vectors import SteeringVector, VectorMeta
 
@@ -104,13 +102,8 @@ def test_cli_projection_writes_heatmap(tiny_dir, tmp_path, monkeypatch, capsys):
     vector_path = tmp_path / "v.safetensors"
     SteeringVector({1: torch.randn(handle.hidden_size, generator=torch.Generator().manual_seed(2))}, meta).save(vector_path)
     out = tmp_path / "results.json"
-    monkeypatch.setenv("REPTUNE_DEBUG", "0")
-    monkeypatch.setattr(sys, "argv", ["reptune", "eval", "--model", str(tiny_dir), "--vector", str(vector_path), "--tasks", "projection",
-                                      "--limit", "2", "--precision", "fp32", "-o", str(out)])
-    try:
-        cli.main()
-    except SystemExit as exc:
-        assert exc.code == 0, capsys.readouterr().err
+    result = cli_run("eval", "--model", tiny_dir, "--vector", vector_path, "--tasks", "projection", "--limit", "2", "--precision", "fp32", "-o", out)
+    assert result.code == 0, result.err
     data = json.loads(out.read_text())["tasks"]["projection"]
     assert len(data["records"]) == 2 and data["records"][0]["layers"] == [0, 1, 2, 3]
     assert (tmp_path / "results.projection.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 from conftest import build_model
 
-from reptune import cli
 from reptune.data.ab import letter_token_ids
 from reptune.errors import ReptuneError
 from reptune.evaluation import evaluate, get_task, load_results
@@ -125,7 +123,7 @@ def test_robustness_task_through_evaluate(model, vector, tmp_path):
 
 
 # ---------------------------------------------------------------- CLI
-def test_cli_robustness_writes_heatmap(tiny_dir, tmp_path, monkeypatch, capsys):
+def test_cli_robustness_writes_heatmap(tiny_dir, tmp_path, cli_run):
     from reptune.models import load_model
     from reptune.vectors import SteeringVector, VectorMeta
 
@@ -135,24 +133,12 @@ def test_cli_robustness_writes_heatmap(tiny_dir, tmp_path, monkeypatch, capsys):
     vector_path = tmp_path / "v.safetensors"
     SteeringVector({layer: torch.randn(handle.hidden_size, generator=generator) for layer in range(handle.num_layers)}, meta).save(vector_path)
     out = tmp_path / "results.json"
-    monkeypatch.setenv("REPTUNE_DEBUG", "0")
-
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["reptune", *map(str, args)])
-        capsys.readouterr()
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-        return code, capsys.readouterr()
-
-    code, captured = invoke("eval", "--model", tiny_dir, "--vector", vector_path, "--tasks", "robustness", "--set", "robustness.task=facts-ab",
+    code, stdout, err = cli_run("eval", "--model", tiny_dir, "--vector", vector_path, "--tasks", "robustness", "--set", "robustness.task=facts-ab",
                             "--set", "robustness.layers=1,2", "--set", "robustness.multipliers=-8,-4,0", "--limit", "3", "--precision", "fp32", "-o", out)
-    assert code == 0, captured.err
+    assert code == 0, err
     data = json.loads(out.read_text())["tasks"]["robustness"]
     assert data["details"]["multipliers"] == [-8.0, -4.0, 0.0] and len(data["details"]["cells"]) == 6
     assert (tmp_path / "results.robustness.png").read_bytes()[:4] == b"\x89PNG"
-    assert "mean_value" in captured.out
-    code, captured = invoke("eval", "--model", tiny_dir, "--tasks", "robustness", "-o", tmp_path / "r2.json")
-    assert code == 2 and "needs a vector" in captured.err and "Traceback" not in captured.err
+    assert "mean_value" in stdout
+    code, _, err = cli_run("eval", "--model", tiny_dir, "--tasks", "robustness", "-o", tmp_path / "r2.json")
+    assert code == 2 and "needs a vector" in err and "Traceback" not in err
