@@ -250,6 +250,10 @@ def test_cli_run_print_config_and_unknown_key(tmp_path):
     bad.write_text("evaluation:\n  taskz: [facts-ab]\n", encoding="utf-8")
     result = runner.invoke(app, ["run", str(bad), "-o", str(tmp_path / "run")])
     assert isinstance(result.exception, ReptuneError) and "evaluation.taskz" in str(result.exception)
+    result = runner.invoke(app, ["run", "demo", "--print-config", "--set", "train.steps"])
+    assert isinstance(result.exception, ReptuneError) and "--set expects KEY=VALUE" in str(result.exception)
+    result = runner.invoke(app, ["run", "no-such-experiment"])
+    assert isinstance(result.exception, ReptuneError) and "no built-in experiment 'no-such-experiment'" in str(result.exception)
     result = runner.invoke(app, ["report", str(tmp_path / "empty")])
     assert isinstance(result.exception, ReptuneError) and "results.json" in str(result.exception)
 
