@@ -125,9 +125,10 @@ def task_setup(handle, name, n_items, batch_size):
     else:
         prompts = [item["prompt"] for item in items]
         if name == "mmlu":
-            from reptune.evaluation.tasks import mmlu_choice_ids
+            from reptune.evaluation.scoring import encode_pair
 
-            candidates = [mmlu_choice_ids(handle.tokenizer, p) for p in prompts]
+            # the first token of lm-eval's " A".." D" continuations (one token each on the benchmarked models)
+            candidates = [[encode_pair(handle.tokenizer, p, " " + letter)[1][0] for letter in "ABCD"] for p in prompts]
         else:
             from reptune.data.ab import letter_token_ids
 

@@ -7,10 +7,20 @@ ids counted over real tokens, so a row scores the same alone or in any batch):
   after each prompt; A/B questions, CAA and MMLU (one row per question scores all options).
 * :func:`token_row_logprobs` — summed log-prob of the last ``n_target`` tokens of each row of
   token ids given the tokens before them; the engine of the two below.
-* :func:`continuation_logprobs` — summed log-prob of each (prompt, continuation) row (TruthfulQA
-  MC answers), batched across rows of different questions.
+* :func:`continuation_logprobs` — summed log-prob of each (prompt, continuation) row, batched
+  across rows of different questions; :func:`choice_logprobs` — the same for every choice of
+  each question (TruthfulQA MC answers, MMLU's `` A``..`` D``), one forward per question when
+  every choice is one token.
 * :func:`sliding_windows` — WikiText-style windows whose targets cover every token but the first
   exactly once.
+
+**Tokenisation is lm-evaluation-harness' (0.4.13).** A prompt gets the tokenizer's default
+special tokens (BOS on Llama/Gemma/Mistral tokenizers) unless it already starts with the BOS text
+(:func:`prompt_token_ids`, ``HFLM.tok_encode``); a (context, continuation) pair is encoded
+``context + continuation`` whole and the continuation is what follows the context's own tokens
+(:func:`encode_pair`, lm-eval's ``_encode_pair``), never the continuation encoded alone (which
+adds a spurious ``"▁"`` token on SentencePiece tokenizers such as Llama-2's). Tests compare
+per-item log-likelihoods with lm-eval's ``HFLM.loglikelihood`` (1e-4).
 
 Rows are sorted by length before batching (less padding) and results come back in input
 order. Log-softmax is taken over the full vocabulary in fp32 and sums are accumulated in fp64.
@@ -72,11 +82,54 @@ def _noop(_n: int = 1) -> None:
     return None
 
 
+def _prefix_token_id(tokenizer: Any) -> int | None:
+    """lm-eval's ``prefix_token_id``: BOS, else EOS (the context of an empty-context request)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return bos if bos is not None else getattr(tokenizer, "eos_token_id", None)
+
+
 def prompt_token_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text`` with the tokenizer's special tokens (BOS) unless it already starts with BOS."""
-    bos = getattr(tokenizer, "bos_token", None)
-    add_special = not (bos and text.startswith(bos))
-    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+    """Token ids of ``text`` with lm-evaluation-harness' BOS convention (``HFLM.tok_encode``, 0.4.13).
+
+    The tokenizer's own default special tokens (BOS for Llama/Gemma/Mistral tokenizers, none for
+    GPT-2/Qwen-style ones), except when ``text`` already starts with the text of the prefix
+    token (BOS, else EOS), as a chat template's output does: then none are added.
+    """
+    prefix_id = _prefix_token_id(tokenizer)
+    if prefix_id is not None and text.startswith(tokenizer.decode(prefix_id)):
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(text))
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str, *, cache: dict[str, list[int]] | None = None) -> tuple[list[int], list[int]]:
+    """``(context ids, continuation ids)`` of a log-likelihood request, exactly as lm-eval builds them.
+
+    lm-eval's ``loglikelihood`` / ``_encode_pair`` for causal models: trailing whitespace of the
+    context moves to the continuation; ``context + continuation`` is encoded whole and the
+    continuation is its tokens after the first ``len(context ids)`` (context encoded alone,
+    :func:`prompt_token_ids`). The model reads ``context ids + continuation ids``. So a
+    SentencePiece tokenizer scores ``"▁Paris"``, not the ``"▁", "▁Paris"`` it gives for
+    ``" Paris"`` encoded alone. An empty context is lm-eval's prefix token (BOS, else EOS).
+    ``cache`` maps context strings to their ids (reused across a question's choices).
+    """
+    if context == "":
+        cont = list(tokenizer.encode(continuation, add_special_tokens=False))
+        prefix_id = _prefix_token_id(tokenizer)
+        if cont and prefix_id == cont[0]:
+            return cont[:1], cont[1:]
+        return ([] if prefix_id is None else [prefix_id]), cont
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    if cache is not None and context in cache:
+        context_ids = cache[context]
+    else:
+        context_ids = prompt_token_ids(tokenizer, context)
+        if cache is not None:
+            cache[context] = context_ids
+    whole = prompt_token_ids(tokenizer, context + continuation)
+    return list(context_ids), whole[len(context_ids) :]
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -298,7 +351,6 @@ def _logit_batches(
         yield chunk, logits
 
 
-@torch.inference_mode()
 def next_token_logprobs(
     handle: ModelHandle,
     prompts: Sequence[str],
@@ -311,7 +363,8 @@ def next_token_logprobs(
     """Log-probabilities of candidate next tokens after each prompt.
 
     Args:
-        prompts: full prompt texts (chat template already applied where wanted).
+        prompts: full prompt texts (chat template already applied where wanted), tokenised by
+            :func:`prompt_token_ids`.
         candidates: token ids shared by all prompts (``[k]``), or one list per prompt
             (``[n][k]``, same ``k``).
         advance: progress callback, called with the number of prompts done.
@@ -320,16 +373,33 @@ def next_token_logprobs(
     Returns:
         ``[n, k]`` float64 log-probs (normalised over the whole vocabulary).
     """
+    tokenized = [prompt_token_ids(handle.tokenizer, prompt) for prompt in prompts]
+    return next_token_logprobs_ids(handle, tokenized, candidates, batch_size=batch_size, advance=advance, share_prefix=share_prefix)
+
+
+@torch.inference_mode()
+def next_token_logprobs_ids(
+    handle: ModelHandle,
+    rows: Sequence[Sequence[int]],
+    candidates: Sequence[int] | Sequence[Sequence[int]],
+    *,
+    batch_size: int = 16,
+    advance: Callable[[int], None] = _noop,
+    share_prefix: bool = True,
+) -> np.ndarray:
+    """:func:`next_token_logprobs` on rows of token ids (``[n][len]``); returns ``[n, k]`` float64."""
     if batch_size < 1:
         raise ReptuneError(f"batch_size must be at least 1, got {batch_size}")
-    if not prompts:
+    if not rows:
         return np.zeros((0, len(candidates)), dtype=np.float64)
+    if any(len(row) == 0 for row in rows):
+        raise ReptuneError("a scored prompt has no tokens")
     per_row = bool(candidates) and isinstance(candidates[0], (list, tuple))
-    table = torch.tensor([list(c) for c in candidates] if per_row else [list(candidates)] * len(prompts), dtype=torch.long)
-    if table.shape[0] != len(prompts):
-        raise ReptuneError(f"{table.shape[0]} candidate lists for {len(prompts)} prompts")
-    tokenized = [prompt_token_ids(handle.tokenizer, prompt) for prompt in prompts]
-    out = np.zeros((len(prompts), table.shape[1]), dtype=np.float64)
+    table = torch.tensor([list(c) for c in candidates] if per_row else [list(candidates)] * len(rows), dtype=torch.long)
+    if table.shape[0] != len(rows):
+        raise ReptuneError(f"{table.shape[0]} candidate lists for {len(rows)} prompts")
+    tokenized = [list(row) for row in rows]
+    out = np.zeros((len(rows), table.shape[1]), dtype=np.float64)
     batches = _logit_batches(handle, tokenized, [0] * len(tokenized), batch_size=batch_size, share_prefix=share_prefix)
     for chunk, logits in batches:
         logprobs = torch.log_softmax(logits[:, -1], dim=-1)
@@ -387,20 +457,15 @@ def token_row_logprobs(
 
 
 def continuation_rows(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
-    """Token rows for (prompt, continuation) pairs: prompt ids (with BOS) + continuation ids.
-
-    The continuation is tokenised on its own (no special tokens), as lm-evaluation-harness does,
-    so every choice of a question is scored on the same prompt tokens.
-    """
+    """Token rows ``(context ids + continuation ids, n continuation tokens)`` of (context, continuation)
+    pairs, tokenised as lm-evaluation-harness does (:func:`encode_pair`)."""
     rows = []
     cache: dict[str, list[int]] = {}
     for prompt, continuation in pairs:
-        if prompt not in cache:
-            cache[prompt] = prompt_token_ids(tokenizer, prompt)
-        cont = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        context_ids, cont = encode_pair(tokenizer, prompt, continuation, cache=cache)
         if not cont:
-            raise ReptuneError(f"empty continuation after prompt {prompt[-40:]!r}")
-        rows.append((cache[prompt] + cont, len(cont)))
+            raise ReptuneError(f"empty continuation {continuation!r} after prompt {prompt[-40:]!r}")
+        rows.append((context_ids + cont, len(cont)))
     return rows
 
 
@@ -412,9 +477,63 @@ def continuation_logprobs(
     advance: Callable[[int], None] = _noop,
     share_prefix: bool = True,
 ) -> list[RowScore]:
-    """Summed log-prob of each continuation given its prompt, batched across all rows."""
+    """Summed log-prob of each continuation given its prompt (lm-eval's ``loglikelihood``), batched across all rows."""
     rows = continuation_rows(handle.tokenizer, pairs)
     return token_row_logprobs(handle, rows, batch_size=batch_size, advance=advance, share_prefix=share_prefix)
+
+
+def choice_logprobs(
+    handle: ModelHandle,
+    requests: Sequence[tuple[str, Sequence[str]]],
+    *,
+    batch_size: int = 16,
+    advance: Callable[[int], None] = _noop,
+    share_prefix: bool = True,
+) -> list[list[float]]:
+    """lm-eval's ``loglikelihood`` of every continuation of every ``(context, continuations)`` request.
+
+    Tokenised by :func:`encode_pair`. A request whose continuations are all one token (MMLU's
+    ``" A"``..``" D"`` on most tokenizers) runs as one row whose next-token log-probs are read
+    for each (the same numbers lm-eval computes, one forward instead of ``k``); the others run
+    one row per continuation. ``advance`` is called with the number of requests done.
+
+    Returns:
+        ``[n][k_i]`` summed log-probs (float64 sums of fp32 log-softmax values).
+    """
+    cache: dict[str, list[int]] = {}
+    single_rows: list[list[int]] = []
+    single_ids: list[list[int]] = []
+    single_at: list[int] = []
+    multi_rows: list[tuple[list[int], int]] = []
+    multi_at: list[tuple[int, int]] = []
+    out: list[list[float]] = [[0.0] * len(continuations) for _, continuations in requests]
+    for index, (context, continuations) in enumerate(requests):
+        encoded = [encode_pair(handle.tokenizer, context, c, cache=cache) for c in continuations]
+        if (empty := [c for c, (_, ids) in zip(continuations, encoded) if not ids]):
+            raise ReptuneError(f"empty continuation {empty[0]!r} after prompt {context[-40:]!r}")
+        if encoded and all(len(ids) == 1 for _, ids in encoded) and len({tuple(ctx) for ctx, _ in encoded}) == 1:
+            single_rows.append(encoded[0][0])
+            single_ids.append([ids[0] for _, ids in encoded])
+            single_at.append(index)
+            continue
+        for choice, (context_ids, ids) in enumerate(encoded):
+            multi_rows.append((context_ids + ids, len(ids)))
+            multi_at.append((index, choice))
+    by_k: dict[int, list[int]] = {}
+    for row, index in enumerate(single_at):  # one call per candidate count (the table is rectangular)
+        by_k.setdefault(len(single_ids[row]), []).append(row)
+    for rows in by_k.values():
+        values = next_token_logprobs_ids(
+            handle, [single_rows[r] for r in rows], [single_ids[r] for r in rows], batch_size=batch_size, advance=advance, share_prefix=share_prefix
+        )
+        for r, row_values in zip(rows, values):
+            out[single_at[r]] = [float(v) for v in row_values]
+    if multi_rows:
+        scores = token_row_logprobs(handle, multi_rows, batch_size=batch_size, share_prefix=share_prefix)
+        for (index, choice), score in zip(multi_at, scores):
+            out[index][choice] = score.logprob
+        advance(len({index for index, _ in multi_at}))
+    return out
 
 
 def sliding_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:

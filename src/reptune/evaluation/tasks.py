@@ -4,9 +4,9 @@
 |---|---|---|---|
 | ``facts-ab`` | true/false statements as A/B questions (``data/ab.py`` template) | log-prob of A vs B (or parse a greedy generation) | accuracy |
 | ``tqa-ab`` | TruthfulQA: best answer vs first incorrect one, positions alternating | log-prob of A vs B | accuracy |
-| ``tqa-mc1`` | TruthfulQA MC1: the single true answer among the choices | summed continuation log-prob, argmax | accuracy |
-| ``tqa-mc2`` | TruthfulQA MC2: normalised probability mass on the true answers | summed continuation log-prob | mc2 |
-| ``mmlu`` | zero-shot MMLU (lm-evaluation-harness prompt) | log-prob of " A".." D" | accuracy |
+| ``tqa-mc1`` | TruthfulQA MC1: the single true answer among the choices | summed continuation log-prob (lm-eval tokenisation), argmax | accuracy |
+| ``tqa-mc2`` | TruthfulQA MC2: normalised probability mass on the true answers | summed continuation log-prob (lm-eval tokenisation) | mc2 |
+| ``mmlu`` | zero-shot MMLU (lm-evaluation-harness prompt) | lm-eval log-likelihood of " A".." D" | accuracy |
 | ``perplexity`` | WikiText-2 sliding windows | token-weighted NLL | perplexity |
 | ``kl`` | a text corpus | mean next-token KL(reference || model) | kl |
 | ``caa:<behaviour>`` | CAA A/B test questions | p(matching letter) normalised over the letters | p_match |
@@ -30,7 +30,7 @@ from reptune.errors import DataError, ReptuneError
 from reptune.evaluation import data as evaldata
 from reptune.evaluation.registry import RunContext, Task, register_task
 from reptune.evaluation.scoring import (
-    continuation_logprobs,
+    choice_logprobs,
     next_token_logprobs,
     prompt_token_ids,
     sliding_windows,
@@ -237,14 +237,9 @@ class _TruthfulQAMC(Task):
         return items, origin, digest
 
     def choice_logprobs(self, handle: ModelHandle, items: Sequence[dict[str, Any]], batch_size: int, advance: Advance) -> list[list[float]]:
-        pairs = [(item["prompt"], " " + choice) for item in items for choice in item["choices"]]
-        scores = continuation_logprobs(handle, pairs, batch_size=batch_size)
-        out, at = [], 0
-        for item in items:
-            out.append([s.logprob for s in scores[at : at + len(item["choices"])]])
-            at += len(item["choices"])
-        advance(len(items))
-        return out
+        # lm-eval's requests: context "...A:", continuation " " + answer (target_delimiter " ")
+        requests = [(item["prompt"], [" " + choice for choice in item["choices"]]) for item in items]
+        return choice_logprobs(handle, requests, batch_size=batch_size, advance=advance)
 
 
 @register_task
@@ -314,9 +309,9 @@ class MMLU(Task):
         return items, origin, digest
 
     def score(self, handle: ModelHandle, items: Sequence[dict[str, Any]], *, batch_size: int, context: RunContext, advance: Advance) -> list[dict[str, Any]]:
-        letters = _Suffixed(lambda prompt: mmlu_choice_ids(handle.tokenizer, prompt))
-        prompts = [item["prompt"] for item in items]
-        logprobs = next_token_logprobs(handle, prompts, [letters(p) for p in prompts], batch_size=batch_size, advance=advance)
+        # lm-eval's requests: context "...Answer:", continuations " A".." D" (one forward when each is one token)
+        requests = [(item["prompt"], [" " + letter for letter in MMLU_LETTERS]) for item in items]
+        logprobs = choice_logprobs(handle, requests, batch_size=batch_size, advance=advance)
         records = []
         for item, lp in zip(items, logprobs):
             choice = int(np.argmax(lp))
@@ -338,13 +333,6 @@ def mmlu_prompt(subject: str, row: dict[str, Any]) -> str:
     options = "".join(f"{letter}. {str(choice).strip()}\n" for letter, choice in zip(MMLU_LETTERS, row["choices"]))
     return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n{str(row['question']).strip()}\n{options}Answer:"
 
-
-def mmlu_choice_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """Ids of " A".." D" after the prompt (bare letters when the spaced ones share a first token)."""
-    try:
-        return choice_token_ids(tokenizer, prompt, [" " + letter for letter in MMLU_LETTERS])
-    except DataError:
-        return choice_token_ids(tokenizer, prompt, list(MMLU_LETTERS))
 
 
 # ------------------------------------------------------------------------------- perplexity
