@@ -314,3 +314,25 @@ def test_mc_and_mmlu_loglikelihoods_equal_lm_eval_on_the_embedded_model(tmp_path
     from reptune.models import load_model
 
     _check_parity(load_model(None), tmp_path)  # fp32, as lm-eval runs it
+
+
+@pytest.mark.parametrize("layout", ["legacy", "metaspace", "byte-bpe"])
+def test_encode_pair_and_bos_rule_equal_lm_eval(tmp_path, layout):
+    """Trailing spaces, an empty context, a context starting with BOS: the same ids as HFLM's own."""
+    from lm_eval.models.huggingface import HFLM
+
+    from reptune.evaluation.scoring import encode_pair, prompt_token_ids
+
+    handle = build_model("llama")
+    if layout != "byte-bpe":
+        handle.tokenizer = _llama2_tokenizer(tmp_path, layout)
+    lm = HFLM(pretrained=handle.model, tokenizer=handle.tokenizer, batch_size=1)
+    bos = handle.tokenizer.bos_token
+    pairs = [("Q: Where is Paris?\nA:", " Paris is in France."), ("Answer: ", "A"), ("Answer:\n", " B"), (f"{bos}Hello", " world"),
+             ("Two plus two is", "four"), ("x", " 1,000 (c^2)")]
+    for context, continuation in pairs:
+        assert encode_pair(handle.tokenizer, context, continuation) == tuple(lm._encode_pair(context, continuation))
+        assert prompt_token_ids(handle.tokenizer, context) == lm.tok_encode(context)
+    cont = handle.tokenizer.encode(" Paris", add_special_tokens=False)
+    expected = ([lm.prefix_token_id], cont) if lm.prefix_token_id != cont[0] else (cont[:1], cont[1:])
+    assert encode_pair(handle.tokenizer, "", " Paris") == expected
