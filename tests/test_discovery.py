@@ -287,12 +287,50 @@ def test_dct_calibrates_the_radius_and_finds_stronger_directions_than_chance(sli
     radius = calibration.radius
     result = fit_dct(slices, 4, radius, iters=8)
     assert ((result.vectors.norm(dim=-1) - radius).abs() < 1e-5).all()
-    assert (result.vectors @ result.vectors.T / radius**2 - torch.eye(4)).abs().max() < 1e-5
     chance = mean_response(slices, random_vectors(HIDDEN, 32, radius, seed=9)).norm(dim=-1)
-    assert result.response.max() > chance.max()
-    assert result.response.min() > chance.mean()
-    # alpha from the least-squares solve: with orthogonal V it is response / (e - 1)
-    assert torch.allclose(result.alpha, result.response / (torch.e - 1), rtol=1e-4)
+    strength = mean_response(slices, result.vectors).norm(dim=-1)  # |Delta(R v_l)| of the fitted factors
+    assert strength.min() > chance.max()
+
+
+def _reference_dct(slices, num, radius, iters, seed):
+    """ExponentialDCT.fit + rank of amack315/melbo-dct-post (src/dct.py), written out with columns
+    ``V [hidden, m]`` as there: QR at the start of each iteration, U and V from Delta and its
+    gradient, no orthogonalisation after the last update; alpha = solve(K, b)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(num, HIDDEN, generator=generator)
+    V = torch.nn.functional.normalize(rows.T.double(), dim=0).float()
+    U = torch.nn.functional.normalize(torch.randn(num, HIDDEN, generator=generator).T, dim=0)
+    count = sum(piece.num_prompts for piece in slices)
+    for _ in range(iters):
+        Q, Rq = torch.linalg.qr(V.double())
+        V = (Q * torch.sign(Rq.diagonal())).float()  # the QR, orientation kept
+        theta = (radius * V.T).clone().requires_grad_(True)
+        delta = sum(piece.mean_delta_sum(theta) for piece in slices) / count  # [m, hidden]
+        (delta * U.T).sum().backward()
+        U = torch.nn.functional.normalize(delta.detach().T, dim=0)
+        V = torch.nn.functional.normalize(theta.grad.T, dim=0)
+    delta = mean_response(slices, radius * V.T)
+    b = (delta * U.T).sum(-1).double()
+    K = (U.T.double() @ U.double()) * torch.expm1(V.T.double() @ V.double())
+    return V.T, U.T, torch.linalg.solve(K, b).float(), K
+
+
+def test_dct_orthogonalises_at_the_start_of_each_iteration_as_the_reference(slices):
+    radius, num = 1.5, 4
+    result = fit_dct(slices, num, radius, iters=5, seed=3)
+    inputs, outputs, alpha, kernel = _reference_dct(slices, num, radius, 5, seed=3)
+    assert torch.allclose(result.input_dirs, inputs, atol=1e-4)
+    assert torch.allclose(result.output_dirs, outputs, atol=1e-4)
+    assert torch.allclose(result.alpha, alpha, rtol=1e-3, atol=1e-6)
+    # the final directions are the last gradients: not exactly orthogonal, so the ranking solve is not trivial
+    assert result.max_overlap > 1e-4
+    assert (kernel - (torch.e - 1) * torch.eye(num, dtype=kernel.dtype)).abs().max() > 1e-4
+    assert not torch.allclose(result.alpha, result.response / (torch.e - 1), rtol=1e-3)
+    # ... and alpha solves it
+    assert torch.allclose(kernel @ result.alpha.double(), result.response.double(), rtol=1e-4, atol=1e-6)
+    # each iteration starts from orthonormal directions: one more iteration from QR(V) reproduces the next fit
+    longer = fit_dct(slices, num, radius, iters=6, seed=3)
+    assert torch.allclose(longer.input_dirs, _reference_dct(slices, num, radius, 6, seed=3)[0], atol=1e-4)
 
 
 # --- bad input -----------------------------------------------------------------------------------

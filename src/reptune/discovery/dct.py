@@ -15,12 +15,20 @@ directions ``u_l``. Steps:
    difference in the weights' precision (forward-mode AD is not available for CPU SDPA
    kernels); ``R`` is found on a log grid, then by bisection in log R.
 2. **Fit** (:func:`fit_dct`): orthogonalised gradient iteration, a nonlinear version of
-   orthogonal iteration for the top singular vectors of ``J``: each iteration sets
-   ``u_l = normalise(Delta(R v_l))``, ``v_l = normalise(grad_theta u_l . Delta(theta) at R v_l)``,
-   then orthogonalises the ``v_l`` (QR, in order). All ``m`` factors run as one batch.
-3. **Rank**: ``alpha`` by the least-squares solve of ``K alpha = b`` with
-   ``b_l = u_l . Delta(R v_l)`` and ``K = (U U^T) * expm1(V V^T)``; factors are ranked by ``|alpha|``
-   (or, in :func:`reptune.discovery.discover`, by a logit readout).
+   orthogonal iteration for the top singular vectors of ``J``, in the reference's order
+   (``ExponentialDCT.fit`` of amack315/melbo-dct-post, ``src/dct.py``): each iteration first
+   orthogonalises the ``v_l`` (QR, in order; skipped with ``orthogonal=False``), then sets
+   ``u_l = normalise(Delta(R v_l))`` and ``v_l = normalise(grad_theta u_l . Delta(theta) at R v_l)``
+   (with the ``u_l`` of the previous iteration). So the final ``v_l`` are the normalised gradients
+   of the last iteration, close to but not exactly orthogonal (``DCTResult.max_overlap``). All
+   ``m`` factors run as one batch. The QR keeps each direction's orientation (``R_ll > 0``);
+   the reference's ``torch.linalg.qr`` may flip a column's sign, which only changes where that
+   factor's next iteration starts.
+3. **Rank** (the reference's ``rank``): ``b_l = u_l . Delta(R v_l)`` with the last iteration's ``u_l``
+   and the final ``v_l``, ``K = (U U^T) * expm1(V V^T)``, and ``alpha`` solving ``K alpha = b``
+   (least squares in float64, so a singular ``K`` is no error); factors are ranked by ``|alpha|``
+   (the reference's ``alpha^2``), or in :func:`reptune.discovery.discover` by a logit readout.
+   Because ``U`` and ``V`` are not orthonormal, ``K`` is not ``(e - 1) I`` and the solve mixes factors.
 """
 
 from __future__ import annotations
@@ -173,8 +181,10 @@ class DCTResult:
     Attributes:
         vectors: ``[m, hidden]`` steering vectors ``R v_l`` (norm ``radius``), float32 CPU.
         input_dirs, output_dirs: ``V`` and ``U``, ``[m, hidden]`` unit rows.
-        alpha: ``[m]`` least-squares factor strengths; ``response``: ``[m]`` ``u_l . Delta(R v_l)``.
-        history: objective ``sum_l u_l . Delta(R v_l)`` per iteration.
+        alpha: ``[m]`` factor strengths solving ``K alpha = response``; ``response``: ``[m]``
+            ``b_l = u_l . Delta(R v_l)``.
+        history: objective ``sum_l u_l . Delta(R v_l)`` per iteration (before its update).
+        max_overlap: the largest ``|v_i . v_j|``, ``i != j``, of the final input directions.
     """
 
     vectors: torch.Tensor
@@ -188,6 +198,29 @@ class DCTResult:
     seed: int
     history: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    max_overlap: float = 0.0
+
+
+def dct_alpha(inputs: torch.Tensor, outputs: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """``alpha`` ``[m]`` solving ``((U U^T) * expm1(V V^T)) alpha = b`` (float64 least squares).
+
+    ``inputs`` ``V`` and ``outputs`` ``U`` are ``[m, hidden]`` unit rows, ``strength`` ``b`` is ``[m]``.
+    """
+    kernel = (outputs.double() @ outputs.double().T) * torch.expm1(inputs.double() @ inputs.double().T)
+    return torch.linalg.lstsq(kernel, strength.double().unsqueeze(-1)).solution.squeeze(-1).float()
+
+
+def _dct_step(slices: Sequence[LayerSlice], inputs: torch.Tensor, outputs: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the prompts at ``theta = R V``: ``(Delta(R V) [m, hidden], grad_theta sum_l u_l . Delta_l [m, hidden])``."""
+    device = slices[0].device
+    theta = (inputs * radius).to(device).requires_grad_(True)
+    response = torch.zeros_like(inputs)
+    for piece in slices:
+        part = piece.mean_delta_sum(theta)
+        (part * outputs.to(device)).sum().backward()
+        response += part.detach().cpu()
+    count = _num_prompts(slices)
+    return response / count, theta.grad.detach().cpu().float() / count
 
 
 def fit_dct(
@@ -209,7 +242,6 @@ def fit_dct(
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
         raise DiscoveryError(f"DCT iterations must be a non-negative integer, got {iters!r}")
     hidden = slices[0].hidden_size
-    device = slices[0].device
     if orthogonal:
         check_orthogonal_room(num_factors, hidden)
     started = time.perf_counter()
@@ -217,27 +249,21 @@ def fit_dct(
     inputs = random_directions(num_factors, hidden, generator)
     inputs = gram_schmidt(inputs) if orthogonal else to_radius(inputs, 1.0)
     outputs = to_radius(random_directions(num_factors, hidden, generator), 1.0)
-    count = _num_prompts(slices)
     history: list[float] = []
     for _ in range(iters):
-        theta = (inputs * radius).to(device).requires_grad_(True)
-        response = torch.zeros(num_factors, hidden)
-        for piece in slices:
-            part = piece.mean_delta_sum(theta)
-            (part * outputs.to(device)).sum().backward()
-            response += part.detach().cpu()
-        response /= count
+        if orthogonal:  # the reference orthogonalises at the start of every iteration, not after it
+            inputs = gram_schmidt(inputs)
+        response, grad = _dct_step(slices, inputs, outputs, radius)
         history.append(float((response * outputs).sum()))
-        grad = theta.grad.detach().cpu().float() / count
         outputs = to_radius(response, 1.0)
-        inputs = gram_schmidt(grad) if orthogonal else to_radius(grad, 1.0)
+        inputs = to_radius(grad, 1.0)
     inputs = to_radius(inputs, 1.0)
     final = mean_response(slices, inputs * radius)
-    outputs = to_radius(final, 1.0)
     strength = (final * outputs).sum(-1)
-    kernel = (outputs @ outputs.T).double() * torch.expm1((inputs @ inputs.T).double())
-    alpha = torch.linalg.lstsq(kernel, strength.double().unsqueeze(-1)).solution.squeeze(-1).float()
+    alpha = dct_alpha(inputs, outputs, strength)
+    overlaps = (inputs @ inputs.T - torch.eye(num_factors)).abs()
     return DCTResult(
         vectors=to_radius(inputs, radius), input_dirs=inputs, output_dirs=outputs, alpha=alpha, response=strength,
         radius=radius, iters=iters, orthogonal=orthogonal, seed=seed, history=history, seconds=time.perf_counter() - started,
+        max_overlap=float(overlaps.max()) if num_factors > 1 else 0.0,
     )

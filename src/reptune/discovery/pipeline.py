@@ -381,7 +381,7 @@ def discover(
         dct = fit_dct(slices, num, radius, iters=dct_iters, orthogonal=orthogonal, seed=seed)
         vectors, method_scores = dct.vectors, dct.alpha
         history = [dct.history]
-        settings.update({"dct_iters": dct_iters, "response": dct.response.tolist()})
+        settings.update({"dct_iters": dct_iters, "response": dct.response.tolist(), "max_overlap": dct.max_overlap})
     timings["train_s"] = time.perf_counter() - tick
     if auto_radius:
         settings.update({"calibration_ratio": calibration_ratio, "calibration_directions": calibration_directions})
