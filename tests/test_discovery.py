@@ -187,6 +187,32 @@ def test_melbo_vectors_have_norm_r_and_are_orthogonal_when_asked(slices):
     assert ((free.vectors.norm(dim=-1) - radius).abs() < 1e-5).all()
 
 
+def test_orthogonal_melbo_is_sequential_by_default_as_in_the_paper(slices):
+    """Vector i is trained after vectors 0..i-1 are frozen: exactly training it alone, orthogonal to them."""
+    radius, steps = 1.5, 6
+    start = random_vectors(HIDDEN, 3, radius, seed=21)
+    run = train_melbo(slices, 3, radius, steps=steps, lr=0.05, orthogonal=True, init=start)
+    assert run.settings["orthogonal_order"] == "sequential" and run.settings["vector_batch_size"] == 1
+    for i in range(3):
+        frozen = run.vectors[:i]
+        alone = train_melbo(slices, 1, radius, steps=steps, lr=0.05, init=start[i : i + 1], orthogonal_to=frozen if i else None)
+        assert torch.allclose(run.vectors[i], alone.vectors[0], atol=1e-5)
+        assert torch.allclose(run.history[:, i], alone.history[:, 0], rtol=1e-4)
+        if i:  # orthogonal to every frozen vector
+            assert float((run.vectors[i].double() @ frozen.double().T).abs().max()) / radius**2 < 1e-6
+    # the first vector trained as if alone: later vectors never moved it
+    first = train_melbo(slices, 1, radius, steps=steps, lr=0.05, init=start[:1])
+    assert torch.allclose(run.vectors[0], first.vectors[0], atol=1e-6)
+    # parallel: all at once, orthogonalised in order every step; orthogonal too, but other vectors
+    parallel = train_melbo(slices, 3, radius, steps=steps, lr=0.05, orthogonal=True, orthogonal_order="parallel", init=start)
+    assert parallel.settings["orthogonal_order"] == "parallel" and parallel.settings["vector_batch_size"] == 3
+    gram = parallel.vectors.double() @ parallel.vectors.double().T / radius**2
+    assert (gram - torch.eye(3, dtype=gram.dtype)).abs().max() < 1e-5
+    assert not torch.allclose(parallel.vectors[1:], run.vectors[1:], atol=1e-3)
+    with pytest.raises(DiscoveryError, match="sequential or parallel"):
+        train_melbo(slices, 2, radius, steps=1, orthogonal=True, orthogonal_order="random")
+
+
 def test_melbo_objective_rises_and_beats_the_best_random_vector(slices):
     radius = 1.0
     run = train_melbo(slices, 4, radius, steps=25, lr=0.05)
@@ -464,6 +490,16 @@ def test_discover_random_and_dct_methods(llama):
     assert "Radius calibration" in dct_result.markdown()
 
 
+def test_discover_records_the_orthogonal_order(llama):
+    for order in ("sequential", "parallel"):
+        result = discover(llama, TEXTS, source=0, target=3, radius=1.0, num=2, steps=2, orthogonal=True, orthogonal_order=order, score=False, chat=False)
+        assert result.settings["orthogonal_order"] == order and f"True ({order}: " in result.markdown()
+    default = discover(llama, TEXTS, source=0, target=3, radius=1.0, num=2, steps=1, orthogonal=True, score=False, chat=False)
+    assert default.settings["orthogonal_order"] == "sequential"
+    with pytest.raises(DiscoveryError, match="sequential or parallel"):
+        discover(llama, TEXTS, source=0, target=3, radius=1.0, num=2, steps=1, orthogonal=True, orthogonal_order="both", score=False)
+
+
 def test_load_prompts_formats(tmp_path):
     (tmp_path / "p.txt").write_text("first\n\n second \n")
     (tmp_path / "p.jsonl").write_text('"a"\n{"prompt": "b"}\n')
@@ -520,6 +556,7 @@ def test_cli_discover_writes_files_that_steer_takes(tiny_dir, tmp_path, run_cli)
         (["--prompts", "missing.txt"], "not found"),
         (["--source", 0, "--target", 3, "--prompt", "hi", "--num", 40, "--orthogonal", "--radius", "1"], "orthogonal"),
         (["--method", "pca", "--prompt", "hi"], "method"),
+        (["--prompt", "hi", "--orthogonal", "--orthogonal-order", "greedy"], "orthogonal-order"),
         (["--prompt", "hi", "--logit", "Sure"], "--logit"),
     ],
 )

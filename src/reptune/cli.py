@@ -393,6 +393,7 @@ def discover_cmd(
     steps: Annotated[int, typer.Option("--steps", help="MELBO steps (paper: 300).")] = 300,
     lr: Annotated[float, typer.Option("--lr", help="MELBO Adam learning rate (paper: 1e-3; raise it for short runs).")] = 1e-3,
     orthogonal: Annotated[bool | None, typer.Option("--orthogonal/--no-orthogonal", help="Vectors orthogonal to earlier ones (default: melbo/random off, dct on).")] = None,
+    orthogonal_order: Annotated[str, typer.Option("--orthogonal-order", help="melbo/random with --orthogonal: sequential (the paper's: vector i trained after 0..i-1 are frozen) or parallel (all at once, faster).")] = "sequential",
     positions: Annotated[str, typer.Option("--positions", "-p", help="Token positions whose change counts: all, last:N, marker:TEXT[:K].")] = "all",
     power_p: Annotated[float, typer.Option("--p", help="MELBO exponent p (norm power per token).")] = 2.0,
     power_q: Annotated[float, typer.Option("--q", help="MELBO exponent q (root per prompt).")] = 1.0,
@@ -428,6 +429,8 @@ def discover_cmd(
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
     if method not in METHODS:
         raise DiscoveryError(f"unknown --method {method!r}: use melbo, random or dct")
+    if orthogonal_order not in ("sequential", "parallel"):
+        raise DiscoveryError(f"--orthogonal-order must be sequential or parallel, got {orthogonal_order!r}")
     radius_value: float | str = "auto"
     if radius != "auto":
         try:
@@ -466,7 +469,7 @@ def discover_cmd(
         start_rows = start[layer].unsqueeze(0)
     result = run_discover(
         handle, texts, method=method, source=source, target=target, radius=radius_value, num=num, positions=positions,
-        chat=chat, steps=steps, lr=lr, p=power_p, q=power_q, orthogonal=orthogonal, init=start_rows, candidates=candidates,
+        chat=chat, steps=steps, lr=lr, p=power_p, q=power_q, orthogonal=orthogonal, orthogonal_order=orthogonal_order, init=start_rows, candidates=candidates,
         refine_steps=refine_steps, dct_iters=dct_iters, eval_prompts=held_out, score=score, max_new_tokens=max_new_tokens,
         diverge_within=diverge_within, logit_tokens=logit_tokens, match=tuple(match or ()), judge=judge, rank_by=rank_by, sweep=sweep,
         seed=seed, dataset=str(prompts) if prompts is not None else "prompts", output=output, progress=True,

@@ -144,6 +144,7 @@ def random_search(
     candidates: int | None = None,
     orthogonal: bool = False,
     orthogonal_to: torch.Tensor | None = None,
+    orthogonal_order: str = "sequential",
     refine_steps: int = 0,
     lr: float = PAPER_LR,
     p: float = 2.0,
@@ -155,6 +156,7 @@ def random_search(
     objective, optionally refined by ``refine_steps`` local MELBO steps each.
 
     ``candidates`` defaults to ``num`` (plain norm-matched random vectors, the baseline).
+    ``orthogonal_order`` is the order of the refinement (:func:`reptune.discovery.melbo.train_melbo`).
     Returns a :class:`MelboRun` (``steps`` = refine steps; ``history`` empty without refinement).
     """
     radius = check_radius(radius)
@@ -169,7 +171,7 @@ def random_search(
     chosen, chosen_scores = pool[order], scores[order]
     if refine_steps > 0:
         run = train_melbo(
-            slices, num, radius, steps=refine_steps, lr=lr, p=p, q=q, orthogonal=orthogonal,
+            slices, num, radius, steps=refine_steps, lr=lr, p=p, q=q, orthogonal=orthogonal, orthogonal_order=orthogonal_order,
             orthogonal_to=orthogonal_to, init=chosen, seed=seed, progress=progress,
         )
         run.settings.update({"candidates": candidates, "refine_steps": refine_steps, "candidate_objective": chosen_scores.tolist()})

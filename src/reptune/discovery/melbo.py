@@ -16,9 +16,20 @@ tangent space (and, with ``orthogonal``, away from earlier vectors), Adam steps,
 vector is projected back onto the sphere (and orthogonalised). **k vectors train in parallel**
 as one ``[k, hidden]`` parameter: Adam is element-wise, so each row follows exactly the update
 it would get alone, while the model runs one batched replay of the layer slice per step.
-With ``orthogonal`` the rows are orthogonalised in order (Gram-Schmidt): row ``i`` is kept
-orthogonal to rows ``0..i-1`` and to any ``orthogonal_to`` vectors, the batched analogue of
-the paper's sequential scheme.
+
+With ``orthogonal`` there are two orders (``orthogonal_order``):
+
+* ``sequential`` (default, the paper's): vector ``i`` is trained for all ``steps`` after vectors
+  ``0..i-1`` are finished and frozen; it starts projected off them, and every gradient and every
+  iterate is projected off them. So vector ``i`` is exactly what training it alone with
+  ``orthogonal_to = vectors[:i]`` gives, and later vectors never move earlier ones. One vector
+  at a time: ``k`` times the replays of one batched run.
+* ``parallel``: all ``k`` rows train at once and are orthogonalised in order (Gram-Schmidt) after
+  every step, row ``i`` against rows ``0..i-1`` as they are *now* (its gradient projected off
+  them, too): faster (one batched replay per step), but row ``i`` chases rows that are still
+  moving, so it is not the paper's vector ``i``.
+
+Both keep every vector orthogonal to any ``orthogonal_to`` vectors.
 
 The paper's step size (``1e-3`` per coordinate) suits its models (hidden sizes in the
 thousands, ``R`` about 4-16, 300+ steps); raise ``lr`` for small models or short budgets.
@@ -48,6 +59,7 @@ from reptune.discovery.slice import LayerSlice
 
 PAPER_LR = 1e-3
 PAPER_BETAS = (0.9, 0.98)
+ORTHOGONAL_ORDERS = ("sequential", "parallel")
 
 
 @dataclass
@@ -60,6 +72,7 @@ class MelboRun:
         history: ``[steps, k]`` objective of each vector at the start of each step.
         radius, steps, lr, p, q, orthogonal, seed: the settings used.
         seconds: training wall time.
+        settings: further settings (``betas``, ``amsgrad``, ``vector_batch_size``, ``orthogonal_order``).
     """
 
     vectors: torch.Tensor
@@ -80,6 +93,13 @@ def total_objective(slices: Sequence[LayerSlice], theta: torch.Tensor, p: float 
     """The MELBO objective ``[k]`` summed over prompt chunks (no gradient)."""
     with torch.no_grad():
         return sum((piece.objective(theta, p, q).cpu() for piece in slices), torch.zeros(theta.shape[0]))
+
+
+def check_orthogonal_order(order: str) -> str:
+    """``sequential`` or ``parallel`` (see the module docstring), else a one-line error."""
+    if order not in ORTHOGONAL_ORDERS:
+        raise DiscoveryError(f"orthogonal order must be sequential or parallel, got {order!r}")
+    return order
 
 
 def check_training(slices: Sequence[LayerSlice], steps: int, lr: float, p: float, q: float) -> None:
@@ -129,6 +149,7 @@ def train_melbo(
     p: float = 2.0,
     q: float = 1.0,
     orthogonal: bool = False,
+    orthogonal_order: str = "sequential",
     orthogonal_to: torch.Tensor | None = None,
     init: torch.Tensor | None = None,
     seed: int = 0,
@@ -144,13 +165,16 @@ def train_melbo(
         steps, lr, betas: projected-gradient Adam (amsgrad) settings.
         p, q: exponents of the objective.
         orthogonal: keep vector ``i`` orthogonal to vectors ``0..i-1`` (and to ``orthogonal_to``).
+        orthogonal_order: ``sequential`` (the paper's: vector ``i`` trained after ``0..i-1`` are
+            frozen) or ``parallel`` (all at once, orthogonalised in order after every step).
         orthogonal_to: ``[e, hidden]`` earlier vectors every new vector must be orthogonal to
             (used with or without ``orthogonal``).
         init: ``[m, hidden]`` starting vectors for the first ``m`` rows (local search); the
             rest start at random. Rescaled to ``radius`` (and orthogonalised when asked).
         seed: seeds this call's own ``torch.Generator`` (same seed, same vectors).
-        vector_batch_size: train at most this many vectors at once (default: all); later
-            groups are kept orthogonal to earlier groups when ``orthogonal``.
+        vector_batch_size: train at most this many vectors at once (default: all; with
+            ``orthogonal`` and ``sequential`` always 1); later groups are kept orthogonal to
+            earlier, frozen groups when ``orthogonal``.
 
     Raises:
         DiscoveryError: bad radius, counts, exponents, or more orthogonal vectors than dimensions.
@@ -158,21 +182,27 @@ def train_melbo(
     radius = check_radius(radius)
     num = check_count(num, "number of vectors")
     check_training(slices, steps, lr, p, q)
+    sequential = orthogonal and check_orthogonal_order(orthogonal_order) == "sequential"
     hidden = slices[0].hidden_size
     device = slices[0].device
     fixed = orthonormal_basis(orthogonal_to, hidden)
     if orthogonal or fixed.shape[0]:
         check_orthogonal_room(num if orthogonal else 1, hidden, fixed.shape[0])
     generator = make_generator(seed)
-    start_rows = initial_vectors(num, hidden, radius, init=init, orthogonal=orthogonal, fixed=fixed if fixed.shape[0] else None, generator=generator)
+    # sequential: each start is projected off the vectors trained before it, not off the other starts
+    start_rows = initial_vectors(
+        num, hidden, radius, init=init, orthogonal=orthogonal and not sequential, fixed=fixed if fixed.shape[0] else None, generator=generator
+    )
     group = num if vector_batch_size is None else check_count(vector_batch_size, "vector_batch_size")
+    if sequential:
+        group = 1
     started = time.perf_counter()
     vectors, objectives, histories = [], [], []
     with progress_bar("training MELBO vectors", total=num * max(steps, 1), enabled=progress) as advance:
         for first in range(0, num, group):
             group_fixed = fixed
-            if orthogonal and vectors:
-                group_fixed = torch.cat([fixed, torch.cat(vectors) / radius])
+            if orthogonal and vectors:  # the vectors trained so far are frozen
+                group_fixed = orthonormal_basis(torch.cat([fixed, torch.cat(vectors)]), hidden)
             rows, objective, history = _train_group(
                 slices, start_rows[first : first + group].clone(), radius, steps=steps, lr=lr, betas=betas, p=p, q=q,
                 orthogonal=orthogonal, fixed=group_fixed, device=device, advance=advance,
@@ -186,7 +216,8 @@ def train_melbo(
         history=torch.cat(histories, dim=1),
         radius=radius, steps=steps, lr=lr, p=p, q=q, orthogonal=orthogonal, seed=seed,
         seconds=time.perf_counter() - started,
-        settings={"betas": list(betas), "amsgrad": True, "vector_batch_size": group},
+        settings={"betas": list(betas), "amsgrad": True, "vector_batch_size": group,
+                  "orthogonal_order": orthogonal_order if orthogonal else None},
     )
 
 

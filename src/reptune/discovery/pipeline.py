@@ -39,7 +39,7 @@ from reptune.discovery.common import (
     orthonormal_basis,
 )
 from reptune.discovery.dct import DEFAULT_RATIO, Calibration, calibrate_radius, fit_dct
-from reptune.discovery.melbo import PAPER_LR, train_melbo
+from reptune.discovery.melbo import PAPER_LR, check_orthogonal_order, train_melbo
 from reptune.discovery.scoring import Baseline, Judge, VectorScores, score_vectors, token_id
 from reptune.discovery.slice import build_slices, check_layers
 from reptune.models import ModelHandle
@@ -237,6 +237,7 @@ def discover(
     p: float = 2.0,
     q: float = 1.0,
     orthogonal: bool | None = None,
+    orthogonal_order: str = "sequential",
     orthogonal_to: torch.Tensor | None = None,
     init: torch.Tensor | None = None,
     candidates: int | None = None,
@@ -275,6 +276,9 @@ def discover(
         positions: token positions whose change counts (``all``, ``last:N``, ``marker:TEXT``).
         steps, lr, p, q: MELBO training (paper defaults: 300 steps, lr 1e-3, p=2, q=1).
         orthogonal: vectors orthogonal to earlier ones (default: off for melbo/random, on for dct).
+        orthogonal_order: melbo / random refinement with ``orthogonal``: ``sequential`` (the
+            paper's: vector i trained after vectors 0..i-1 are frozen) or ``parallel`` (all at
+            once, orthogonalised in order after every step; faster).
         orthogonal_to: ``[e, hidden]`` earlier vectors all new ones must be orthogonal to.
         init: ``[m, hidden]`` starting vectors for MELBO (search around promising vectors).
         candidates, refine_steps: method ``random`` only: keep the best ``num`` of ``candidates``
@@ -327,6 +331,7 @@ def discover(
         raise DiscoveryError("candidates and refine_steps (random search) work with method random")
     if orthogonal is None:
         orthogonal = method == "dct"
+    check_orthogonal_order(orthogonal_order)
     fixed = orthonormal_basis(orthogonal_to, handle.hidden_size)
     if orthogonal or fixed.shape[0]:
         check_orthogonal_room(num if orthogonal else 1, handle.hidden_size, fixed.shape[0])
@@ -365,14 +370,14 @@ def discover(
     settings: dict[str, Any] = {"num": num, "positions": positions.spec(), "chat": chat, "orthogonal": orthogonal,
                                 "orthogonal_to": int(fixed.shape[0]), "seed": seed, "prompt_batch_size": prompt_batch_size}
     if method == "melbo":
-        run = train_melbo(slices, num, radius, steps=steps, lr=lr, p=p, q=q, orthogonal=orthogonal, orthogonal_to=orthogonal_to,
+        run = train_melbo(slices, num, radius, steps=steps, lr=lr, p=p, q=q, orthogonal=orthogonal, orthogonal_order=orthogonal_order, orthogonal_to=orthogonal_to,
                           init=init, seed=seed, vector_batch_size=vector_batch_size, progress=progress)
         vectors, method_scores = run.vectors, run.objective
         history = run.history.T.tolist()
         settings.update({"steps": steps, "lr": lr, "p": p, "q": q, "init": 0 if init is None else int(torch.as_tensor(init).reshape(-1, handle.hidden_size).shape[0]),
                          **run.settings})
     elif method == "random":
-        run = random_search(slices, num, radius, candidates=candidates, orthogonal=orthogonal, orthogonal_to=orthogonal_to,
+        run = random_search(slices, num, radius, candidates=candidates, orthogonal=orthogonal, orthogonal_order=orthogonal_order, orthogonal_to=orthogonal_to,
                             refine_steps=refine_steps, lr=lr, p=p, q=q, seed=seed, progress=progress)
         vectors, method_scores = run.vectors, run.objective
         history = run.history.T.tolist()
@@ -468,6 +473,15 @@ def _cell(text: str, limit: int = 160) -> str:
     return text.replace("|", "\\|") or "(empty)"
 
 
+def _order_note(settings: dict[str, Any]) -> str:
+    """`` (sequential: ...)`` / `` (parallel: ...)`` after an orthogonal melbo/refinement run's setting."""
+    order = settings.get("orthogonal_order")
+    if not settings.get("orthogonal") or not order:
+        return ""
+    what = "vector i trained after vectors 0..i-1 were frozen" if order == "sequential" else "all trained at once, orthogonalised in order every step"
+    return f" ({order}: {what})"
+
+
 def _report(result: DiscoveryResult, samples: int) -> str:
     settings = result.settings
     timing = ", ".join(f"{key.removesuffix('_s')} {value:.1f} s" for key, value in result.timings.items())
@@ -482,7 +496,7 @@ def _report(result: DiscoveryResult, samples: int) -> str:
         f"| target layer (change measured) | {result.target} |",
         f"| radius R (norm of every vector) | {result.radius:.6g} ({radius_note}) |",
         f"| vectors | {len(result.vectors)} |",
-        f"| orthogonal | {settings.get('orthogonal')} |",
+        f"| orthogonal | {settings.get('orthogonal')}{_order_note(settings)} |",
         f"| positions | {settings.get('positions')} |",
     ]
     if result.method == "melbo" or settings.get("refine_steps"):
