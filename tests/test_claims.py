@@ -206,3 +206,24 @@ def test_gate_and_headline_task():
     assert [c["verdict"] for c in gated] == ["not tested"] * 4 and all(c["reason"] == gate["reason"] for c in gated)
     passed = judge_claims({}, [], THRESHOLDS, loaded=loaded, headline_task="facts-twin", gate={**gate, "passed": True})
     assert claim(passed, "tuning-beats-steering")["verdict"] == "supported"
+
+
+def test_no_shared_items_is_not_tested():
+    honesty = ab([True, False, True, False])
+    steer = ab([True, True, False, False])
+    for record in steer.records:
+        record["id"] = "other-" + record["id"]  # different items: nothing to pair
+    got = claim(judge(run({"steer+": {"facts-ab": steer}, "honesty": {"facts-ab": honesty}}), {}, THRESHOLDS), "tuning-beats-steering")
+    assert got["verdict"] == "not tested" and "too few shared items" in got["reason"]
+    loaded = _capability_run((30, 2, 2, 26), 0.0, windows=1)
+    got = claim(judge(loaded, {}, THRESHOLDS), "small-capability-cost")
+    assert got["verdict"] == "not tested" and "too few shared items" in got["reason"]
+
+
+def test_thresholds_from_a_dict_and_defaults():
+    from reptune.pipeline.claims import ClaimSettings
+
+    assert ClaimSettings.from_thresholds(None) == ClaimSettings()
+    settings = ClaimSettings.from_thresholds({"alpha": 0.01, "max_mmlu_drop": 0.05})
+    assert settings.alpha == 0.01 and settings.max_mmlu_drop == 0.05 and settings.power == 0.8
+    assert ClaimSettings.from_thresholds(ClaimThresholds(alpha=0.1)).alpha == 0.1

@@ -223,13 +223,16 @@ def did_seed(results: Sequence[TaskResult], seed: int, settings: ClaimSettings) 
 def capability_seed(mmlu: Sequence[TaskResult], ppl: Sequence[TaskResult], seed: int, settings: ClaimSettings) -> dict[str, Any]:
     """Non-inferiority of the tuned model to the untuned one on MMLU and perplexity, one seed."""
     pairs = aligned(list(mmlu))
+    windows = aligned(list(ppl))
+    if not pairs or len(windows) < 2:
+        return {"seed": seed, "n": len(pairs), "effect": math.nan, "effect_ok": False, "p_value": math.nan, "method": "non-inferiority",
+                "mmlu": {}, "perplexity": {}, "mde": None}
     base = [_binary(mmlu[0], x) for x, _ in pairs]
     tuned = [_binary(mmlu[1], y) for _, y in pairs]
     a = sum(x and y for x, y in zip(base, tuned))
     b = sum(x and not y for x, y in zip(base, tuned))
     c = sum(y and not x for x, y in zip(base, tuned))
     m = paired_noninferiority(a, b, c, len(pairs) - a - b - c, settings.max_mmlu_drop, alpha=settings.alpha)
-    windows = aligned(list(ppl))
     p = paired_ratio_noninferiority([x["nll"] for x, _ in windows], [y["nll"] for _, y in windows], [x["n_tokens"] for x, _ in windows],
                                     settings.max_perplexity_ratio, alpha=settings.alpha, n_resamples=settings.n_resamples, seed=settings.seed + seed)
     z = sum(_z_one_sided(settings))
@@ -256,8 +259,8 @@ def _problems() -> dict[str, list[str]]:
 
 def _spec(cid: str, tests: list[dict[str, Any]], problems: dict[str, list[str]], evidence: str, mde_text: str, **extra: Any) -> dict[str, Any]:
     for test in tests:
-        if not math.isfinite(float(test["p_value"])):
-            problems["other"].append(f"seed {test['seed']}: too few items for the test")
+        if not test.get("n") or not math.isfinite(float(test["p_value"])):
+            problems["other"].append(f"seed {test['seed']}: too few shared items for the test")
     return {"id": cid, "tests": tests, "problems": problems, "evidence": evidence, "mde_text": mde_text, **extra}
 
 
@@ -352,7 +355,7 @@ def _capability(runs: Runs, s: ClaimSettings) -> dict[str, Any]:
         ppl = _check(runs, ["untuned", "honesty"], "perplexity", seed, s, problems)
         if mmlu and ppl:
             tests.append(capability_seed(mmlu, ppl, seed, s))
-    evidence = _per_seed(tests, lambda t: (
+    evidence = _per_seed([t for t in tests if t["mmlu"]], lambda t: (
         f"MMLU accuracy {_f(t['mmlu']['base'])} -> {_f(t['mmlu']['tuned'])} (drop {_f(t['mmlu']['drop'], True)}, one-sided {1 - s.alpha:.0%} "
         f"upper bound {_f(t['mmlu']['upper'], True)}, margin {s.max_mmlu_drop:.3f}, {t['mmlu']['n']} items); WikiText-2 perplexity ratio "
         f"{_f(t['perplexity']['ratio'])} (upper bound {_f(t['perplexity']['upper'])}, limit {s.max_perplexity_ratio:.2f}, "
