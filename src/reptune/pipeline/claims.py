@@ -361,7 +361,7 @@ def _capability(runs: Runs, s: ClaimSettings) -> dict[str, Any]:
         f"{_f(t['perplexity']['ratio'])} (upper bound {_f(t['perplexity']['upper'])}, limit {s.max_perplexity_ratio:.2f}, "
         f"{t['perplexity']['n']} windows)")) + "."
     mde = ("the smallest MMLU margin this run can establish when nothing changed is {mde:.3f} (margin "
-           f"{s.max_mmlu_drop:.3f}); for perplexity a ratio limit of {{mde_ppl}} (limit {s.max_perplexity_ratio:.2f}), at n = {{n}}")
+           f"{s.max_mmlu_drop:.3f}), and the smallest perplexity-ratio limit {{mde_ppl}} (limit {s.max_perplexity_ratio:.2f}), at n = {{n}}")
     return _spec("small-capability-cost", tests, problems, evidence, mde)
 
 
