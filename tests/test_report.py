@@ -250,11 +250,11 @@ def test_markdown_numbers_match_json(full_run):
             assert row[7:] == [fmt(metrics[o]["value"]) for o in others]
 
     header, rows = _table_under(tables, "Representation-tuning experiment: demo", "Paired tests")
-    assert header == ["task", "a", "b", "seed", "n", "metric", "a_value", "b_value", "p", "method"]
+    assert header == ["task", "a", "b", "seed", "n", "metric", "a_value", "b_value", "p", "Holm", "method"]
     assert len(rows) == len(results["comparisons"])
     for row, c in zip(rows, results["comparisons"]):
         assert row == [c["task"], c["a"], c["b"], fmt(c["seed"]), fmt(c["n"]), c["metric"], fmt(c["a_value"]), fmt(c["b_value"]),
-                       fmt_p(c["p_value"]), c["method"]]
+                       fmt_p(c["p_value"]), fmt_p(c.get("p_holm")), c["method"]]
     assert {r[8] for r in rows} >= {"<0.001", "0.0312", "1.00", "-"}
 
 
@@ -320,3 +320,27 @@ def test_fallback_heatmaps_and_failed_figure(tmp_path, monkeypatch):
     md = paths["md"].read_text(encoding="utf-8")
     assert "`figures/projection-honesty.png` could not be drawn" in md
     assert "could not be drawn" in paths["html"].read_text(encoding="utf-8")
+
+
+def test_claims_show_holm_mde_context_and_gate(tmp_path):
+    """Issue 9 points 6-7: Holm-adjusted p beside the raw p, the MDE, the context rows, the gate; untested rows say why."""
+    results = make_results()
+    results["claims"][0].update({
+        "p_value": 0.0386, "p_holm": 0.0772, "method": "McNemar (exact)",
+        "mde": {"value": 0.16, "n": 57, "alpha": 0.05, "power": 0.8, "text": "Minimum detectable effect: a difference of 0.160 in accuracy at n = 57."},
+        "context": [{"a": "steer+", "b": "pos", "what": "the vector alone", "task": "facts-ab", "seed": 0, "n": 57, "a_value": 0.5,
+                     "b_value": 0.6, "effect": 0.1, "p_value": 0.21, "mde": 0.16}],
+    })
+    results["claims_rule"] = "decided on the Holm-adjusted p"
+    results["gate"] = {"passed": False, "reason": "token-only tuning does not move the behaviour"}
+    results["comparisons"][0]["p_holm"] = 0.5
+    results["comparisons"].append({"task": "facts-ab", "a": "truth", "b": "honesty", "seed": 1, "n": None, "metric": None, "a_value": None,
+                                   "b_value": None, "p_value": None, "method": None, "status": "not tested", "reason": "seed 1 of truth is missing"})
+    md = _write(tmp_path, results)["md"].read_text(encoding="utf-8")
+    claims = md.split("## Claims", 1)[1].split("## What moved", 1)[0].split("## Results per task", 1)[0]
+    assert "p = 0.0386 (Holm-adjusted 0.0772), McNemar (exact)." in claims and "Minimum detectable effect: a difference of 0.160" in claims
+    assert "| steer+ | pos | the vector alone | facts-ab | 0 | 57 | 0.500 | 0.600 | 0.100 | 0.210 | 0.160 | - |" in claims
+    assert "**Learnability gate not passed:** token-only tuning does not move the behaviour" in claims
+    assert "**Decision rule:** decided on the Holm-adjusted p" in claims
+    paired = md.split("## Paired tests", 1)[1]
+    assert "| 0.500 |" in paired and "not tested: seed 1 of truth is missing" in paired

@@ -12,9 +12,18 @@ from reptune.errors import ReptuneError
 from reptune.evaluation.statistics import (
     bootstrap_ci,
     bootstrap_ratio_ci,
+    holm_adjust,
+    mcnemar_mde,
     mcnemar_test,
+    mean_mde,
+    noninferiority_mde,
     paired_bootstrap_diff,
     paired_mcnemar,
+    paired_noninferiority,
+    paired_proportion_diff_ci,
+    paired_ratio_noninferiority,
+    sign_flip_test,
+    tango_score,
     wilson_interval,
 )
 from reptune.evaluation.tasks import perplexity_metrics
@@ -98,3 +107,95 @@ def test_perplexity_ci_in_log_space_does_not_underflow():
     value = metrics["perplexity"]["value"]
     assert value == pytest.approx(math.exp(nll.sum() / counts.sum()))
     assert 0 < metrics["perplexity"]["ci_low"] < value < metrics["perplexity"]["ci_high"] < math.inf
+
+
+# ------------------------------------------------------------------ claims statistics (issue 9, points 4, 5, 7)
+
+
+def test_holm_matches_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    rng = np.random.default_rng(4)
+    for m in (1, 2, 5, 12):
+        p = list(rng.uniform(0, 0.2, size=m)) + [0.5] * (m // 3)
+        ref = multitest.multipletests(p, method="holm")[1]
+        assert holm_adjust(p) == pytest.approx(list(ref), abs=1e-12)
+    assert holm_adjust([]) == []
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+@pytest.mark.parametrize(("b", "c"), [(7, 2), (0, 5), (12, 12), (30, 4), (1, 0)])
+def test_tango_score_at_zero_is_mcnemar(b, c):
+    ref = sm_tables.mcnemar([[20, b], [c, 30]], exact=False, correction=False).statistic
+    assert tango_score(b, c, 50 + b + c, 0.0) ** 2 == pytest.approx(ref, rel=1e-12)
+
+
+def test_tango_interval_no_discordant_items_and_coverage():
+    # no discordant item: the interval is [-z^2/(n+z^2), z^2/(n+z^2)], not a point
+    z = stats.norm.ppf(0.975)
+    diff, low, high = paired_proportion_diff_ci(40, 0, 0, 20)
+    assert diff == 0 and high == pytest.approx(z * z / (60 + z * z), abs=1e-9) and low == pytest.approx(-high, abs=1e-9)
+    diff, low, high = paired_proportion_diff_ci(3, 7, 2, 8)
+    assert low < diff == 0.25 < high
+    assert paired_proportion_diff_ci(3, 2, 7, 8)[1] == pytest.approx(-high, abs=1e-9)  # swapping the models mirrors it
+    rng = np.random.default_rng(0)
+    for probs in ([0.5, 0.1, 0.05, 0.35], [0.6, 0.02, 0.02, 0.36]):
+        true = probs[1] - probs[2]
+        covered = [lo <= true <= hi for _, lo, hi in (paired_proportion_diff_ci(*rng.multinomial(50, probs)) for _ in range(300))]
+        assert 0.92 <= np.mean(covered) <= 0.99
+
+
+def test_noninferiority_bound_and_p_agree_and_need_more_than_a_point_estimate():
+    for table in ([40, 2, 1, 17], [30, 5, 5, 20], [60, 0, 0, 40], [10, 6, 1, 3]):
+        for margin in (0.0, 0.02, 0.05, 0.1, 0.3):
+            out = paired_noninferiority(*table, margin, alpha=0.05)
+            assert (out["pvalue"] <= 0.05) == (out["upper"] <= margin), (table, margin)
+    # the old rule read the point estimate: a drop of 0 on 60 items is not non-inferiority at 2 points
+    out = paired_noninferiority(40, 3, 3, 14, 0.02)
+    assert out["drop"] == 0 and out["upper"] > 0.02 and out["pvalue"] > 0.05
+    # ... but it is on 4000 items with few flips
+    assert paired_noninferiority(2600, 20, 20, 1360, 0.02)["pvalue"] < 0.05
+
+
+def test_perplexity_ratio_noninferiority_is_paired():
+    rng = np.random.default_rng(5)
+    tokens = np.full(60, 256.0)
+    base = tokens * rng.normal(3.0, 0.5, size=60)  # windows differ a lot from each other...
+    tuned = base + tokens * rng.normal(0.03, 0.01, size=60)  # ... the paired change is small and steady
+    out = paired_ratio_noninferiority(base, tuned, tokens, 1.10, seed=0)
+    assert out["ratio"] == pytest.approx(math.exp((tuned.sum() - base.sum()) / tokens.sum()))
+    assert out["ratio"] < out["upper"] < 1.10 and out["pvalue"] < 0.05
+    # a point ratio under the limit whose bound is over it (few noisy windows) is not non-inferior
+    few = paired_ratio_noninferiority(base[:4], base[:4] + tokens[:4] * np.array([0.0, 0.3, -0.1, 0.12]), tokens[:4], 1.10, seed=0)
+    assert few["ratio"] < 1.10 < few["upper"] and few["pvalue"] > 0.05
+    assert paired_ratio_noninferiority(base, base, tokens, 1.10)["upper"] == pytest.approx(1.0)
+    with pytest.raises(ReptuneError):
+        paired_ratio_noninferiority(base, base[:3], tokens, 1.10)
+
+
+def test_sign_flip_test_matches_scipy_permutation():
+    x = np.array([1.0, 1.0, 2.0, 1.0, -1.0, 1.0, 0.0, 2.0, -1.0])
+    ref = stats.permutation_test((x,), np.mean, permutation_type="samples", alternative="two-sided").pvalue
+    assert sign_flip_test(x) == pytest.approx(ref, abs=1e-12)
+    assert sign_flip_test([0, 0, 0]) == 1.0
+    many = np.array([1.0] * 30 + [-1.0] * 10)
+    assert sign_flip_test(many, seed=1) == sign_flip_test(many, seed=1)
+    assert sign_flip_test(many) == pytest.approx(stats.binomtest(30, 40).pvalue, abs=0.01)
+
+
+def test_minimum_detectable_effects_have_the_stated_power():
+    power_mod = pytest.importorskip("statsmodels.stats.power")
+    # one-sample mean: the normal-approximation MDE statsmodels solves for (ratio=0: one sample)
+    d = power_mod.NormalIndPower().solve_power(effect_size=None, nobs1=57, alpha=0.05, power=0.8, ratio=0)
+    assert mean_mde(1.0, 57) == pytest.approx(d, rel=1e-3)
+    # McNemar: at the MDE, the chi-square test rejects in ~80% of simulated runs
+    n, psi = 300, 0.2
+    delta = mcnemar_mde(n, int(psi * n))
+    assert 0 < delta < psi and mcnemar_mde(4 * n, int(psi * 4 * n)) < delta
+    rng = np.random.default_rng(6)
+    hits = []
+    for _ in range(600):
+        _, b, c = rng.multinomial(n, [1 - psi, (psi - delta) / 2, (psi + delta) / 2])
+        hits.append(mcnemar_test(int(b), int(c), exact=False).pvalue < 0.05)
+    assert 0.72 <= np.mean(hits) <= 0.86
+    assert mcnemar_mde(0, 0) is None
+    assert noninferiority_mde(100, 10) == pytest.approx((stats.norm.ppf(0.95) + stats.norm.ppf(0.8)) * math.sqrt(0.1 / 100))

@@ -10,10 +10,22 @@
 * :func:`bootstrap_ci` — seeded percentile bootstrap of any statistic of per-item values;
   :func:`bootstrap_ratio_ci` for token-weighted means (``sum(num) / sum(den)``, resampling
   whole items); :func:`paired_bootstrap_diff` for a paired difference of means.
+* :func:`holm_adjust` — Holm-Bonferroni step-down adjusted p-values (equal to
+  ``statsmodels.stats.multitest.multipletests(method="holm")``).
+* :func:`paired_proportion_diff_ci` — Tango's score interval for the difference of two
+  proportions on the same items (:func:`tango_score`); :func:`paired_noninferiority` turns it
+  into a one-sided non-inferiority test (upper bound of the drop against a margin, with its p).
+* :func:`paired_ratio_noninferiority` — paired bootstrap of a perplexity ratio (same windows,
+  both models) against a ratio margin.
+* :func:`sign_flip_test` — paired randomisation test of a mean of per-item differences
+  (exact below 17 non-zero items, else seeded Monte Carlo).
+* :func:`mcnemar_mde`, :func:`mean_mde`, :func:`noninferiority_mde` — minimum detectable
+  effects at a run's n, alpha and power (normal approximations, stated in every claim).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -182,3 +194,205 @@ def mean_metric(values: Sequence[float], *, seed: int = 0, confidence: float = 0
     data = np.asarray(values, dtype=np.float64)
     low, high = bootstrap_ci(data, seed=seed, confidence=confidence)
     return {"value": float(data.mean()) if data.size else math.nan, "ci_low": low, "ci_high": high, "n": int(data.size), "ci": "bootstrap"}
+
+
+# ------------------------------------------------------------------ multiple testing and power
+
+
+def holm_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order (family = all of ``pvalues``).
+
+    ``p_(i)`` sorted ascending becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``; rejecting
+    where the adjusted p is below alpha controls the family-wise error rate at alpha.
+    """
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: float(pvalues[i]))
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[index])))
+        adjusted[index] = running
+    return adjusted
+
+
+def _z_power(alpha: float, power: float, two_sided: bool) -> tuple[float, float]:
+    if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
+        raise ReptuneError(f"alpha and power must be in (0, 1), got {alpha}, {power}")
+    dist = NormalDist()
+    return dist.inv_cdf(1.0 - alpha / 2.0 if two_sided else 1.0 - alpha), dist.inv_cdf(power)
+
+
+def mcnemar_mde(n: int, discordant: int, *, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Smallest accuracy difference (share of all ``n`` items) McNemar detects with ``power``.
+
+    Connor's (1987) approximation with the observed discordance rate ``psi = discordant / n``
+    (at least one discordant item is assumed): the ``delta`` solving
+    ``delta sqrt(n) = z_{1-alpha/2} sqrt(psi) + z_power sqrt(psi - delta^2)``. ``None`` when ``n < 1``.
+    """
+    if n < 1:
+        return None
+    z_a, z_b = _z_power(alpha, power, True)
+    psi = max(int(discordant), 1) / n
+    low, high = 0.0, math.sqrt(psi)
+    if z_a * math.sqrt(psi) >= high * math.sqrt(n):  # no difference this discordance allows is detectable
+        return float(z_a * math.sqrt(psi / n))
+    for _ in range(100):
+        mid = (low + high) / 2.0
+        if mid * math.sqrt(n) < z_a * math.sqrt(psi) + z_b * math.sqrt(max(psi - mid * mid, 0.0)):
+            low = mid
+        else:
+            high = mid
+    return float(high)
+
+
+def mean_mde(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8, two_sided: bool = True) -> float | None:
+    """Smallest mean (in the units of the per-item values) detectable: ``(z_a + z_power) sd / sqrt(n)``."""
+    if n < 1 or not math.isfinite(sd):
+        return None
+    z_a, z_b = _z_power(alpha, power, two_sided)
+    return float((z_a + z_b) * sd / math.sqrt(n))
+
+
+def noninferiority_mde(n: int, discordant: int, *, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Smallest margin a paired non-inferiority test can establish with ``power`` when nothing changed.
+
+    One-sided at ``alpha``: ``(z_{1-alpha} + z_power) sqrt(psi / n)``, ``psi`` the observed
+    discordance rate (at least one discordant item assumed).
+    """
+    if n < 1:
+        return None
+    z_a, z_b = _z_power(alpha, power, False)
+    return float((z_a + z_b) * math.sqrt(max(int(discordant), 1) / n) / math.sqrt(n))
+
+
+# ------------------------------------------------------------------ paired proportions
+
+
+def _check_table(a: int, b: int, c: int, d: int) -> int:
+    if min(a, b, c, d) < 0:
+        raise ReptuneError(f"paired counts must be non-negative, got {a}, {b}, {c}, {d}")
+    n = a + b + c + d
+    if n == 0:
+        raise ReptuneError("paired proportions need at least one item")
+    return n
+
+
+def tango_score(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's (1998) score statistic for H0 ``p1 - p2 = delta`` on paired items.
+
+    ``b`` items only the first got right, ``c`` only the second, ``n`` items in all:
+    ``T = (b - c - n delta) / sqrt(n (2 q + delta (1 - delta)))`` with ``q`` the constrained
+    maximum-likelihood estimate of P(only the second right). ``T(0)`` is McNemar's z,
+    ``(b - c) / sqrt(b + c)``. Decreasing in ``delta``.
+    """
+    if b + c == 0 and delta == 0.0:
+        return 0.0
+    big_a = 2.0 * n
+    big_b = -b - c + (2.0 * n - b + c) * delta
+    big_c = -c * delta * (1.0 - delta)
+    q = (math.sqrt(max(big_b * big_b - 4.0 * big_a * big_c, 0.0)) - big_b) / (2.0 * big_a)
+    var = n * (2.0 * q + delta * (1.0 - delta))
+    diff = b - c - n * delta
+    if var <= 0.0:
+        return math.copysign(math.inf, diff) if diff else 0.0
+    return diff / math.sqrt(var)
+
+
+def _tango_bound(b: int, c: int, n: int, z: float, upper: bool) -> float:
+    """The ``delta`` where ``T(delta) = -z`` (upper) or ``+z`` (lower), by bisection."""
+    theta = (b - c) / n
+    low, high = (theta, 1.0) if upper else (-1.0, theta)
+    target = -z if upper else z
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if tango_score(b, c, n, mid) > target:  # T decreases in delta: mid lies below the bound
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2.0
+
+
+def paired_proportion_diff_ci(a: int, b: int, c: int, d: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``p1 - p2`` on the same items with Tango's asymptotic score interval.
+
+    Counts over ``n`` items: ``a`` both right, ``b`` only the first right, ``c`` only the
+    second right, ``d`` neither; ``p1 = (a + b) / n``, ``p2 = (a + c) / n``. The interval is
+    ``{delta: |T(delta)| <= z}`` (:func:`tango_score`), recommended for paired proportions by
+    Fagerland, Lydersen and Laake (2014); it has width even when no item is discordant
+    (then ``[-z^2 / (n + z^2), z^2 / (n + z^2)]``). Returns ``(diff, low, high)``.
+    """
+    n = _check_table(a, b, c, d)
+    z = _z(confidence)
+    return ((b - c) / n, _tango_bound(b, c, n, z, upper=False), _tango_bound(b, c, n, z, upper=True))
+
+
+def paired_noninferiority(a: int, b: int, c: int, d: int, margin: float, *, alpha: float = 0.05) -> dict[str, float | int]:
+    """Non-inferiority of a second score to a first on the same items: is the drop below ``margin``?
+
+    The drop is ``p1 - p2`` (first minus second; counts as :func:`paired_proportion_diff_ci`).
+    ``upper`` is the one-sided ``1 - alpha`` upper confidence bound of the drop (Tango score);
+    ``pvalue = Phi(T(margin))`` is the one-sided score-test p of H0 ``drop >= margin``, so
+    ``pvalue <= alpha`` exactly when ``upper <= margin``.
+    """
+    n = _check_table(a, b, c, d)
+    _z(1.0 - 2.0 * alpha)
+    z = NormalDist().inv_cdf(1.0 - alpha)
+    upper = _tango_bound(b, c, n, z, upper=True)
+    pvalue = NormalDist().cdf(tango_score(b, c, n, float(margin))) if margin < 1.0 else 0.0
+    return {"drop": (b - c) / n, "upper": upper, "margin": float(margin), "pvalue": float(pvalue), "n": n, "discordant": b + c, "alpha": alpha}
+
+
+def paired_ratio_noninferiority(
+    nll_first: Sequence[float], nll_second: Sequence[float], tokens: Sequence[float], margin: float, *,
+    alpha: float = 0.05, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+) -> dict[str, float | int]:
+    """Is ``ppl_second / ppl_first`` below ``margin``? Paired bootstrap over the same windows.
+
+    ``nll_*`` are per-window summed NLLs (nats) of the two models on the same windows,
+    ``tokens`` the per-window target-token counts. The ratio is
+    ``exp(sum(nll_second) / sum(tokens) - sum(nll_first) / sum(tokens))``; windows are resampled
+    whole and together for both models. ``upper`` is the ``1 - alpha`` percentile of the
+    bootstrap ratios (one-sided bound), ``pvalue`` the share of resamples at or above ``margin``
+    (at least ``1 / (n_resamples + 1)``), ``se_log`` the bootstrap SD of the log ratio.
+    """
+    first = np.asarray(nll_first, dtype=np.float64).reshape(-1)
+    second = np.asarray(nll_second, dtype=np.float64).reshape(-1)
+    count = np.asarray(tokens, dtype=np.float64).reshape(-1)
+    if not first.shape == second.shape == count.shape:
+        raise ReptuneError("perplexity ratio needs the same windows for both models")
+    if margin <= 0 or not 0.0 < alpha < 0.5:
+        raise ReptuneError(f"ratio margin must be positive and alpha in (0, 0.5), got {margin}, {alpha}")
+    if first.size < 2 or count.sum() <= 0:
+        return {"ratio": math.nan, "upper": math.nan, "margin": float(margin), "pvalue": math.nan, "n": int(first.size), "se_log": math.nan}
+    log_ratio = (second.sum() - first.sum()) / count.sum()
+    idx = _resample_indices(first.size, n_resamples, seed)
+    samples = (second[idx].sum(axis=1) - first[idx].sum(axis=1)) / count[idx].sum(axis=1)
+    upper = float(np.percentile(samples, 100.0 * (1.0 - alpha)))
+    pvalue = max(float(np.mean(samples >= math.log(margin))), 1.0 / (n_resamples + 1))
+    return {"ratio": float(math.exp(log_ratio)), "upper": math.exp(upper), "margin": float(margin), "pvalue": pvalue,
+            "n": int(first.size), "se_log": float(samples.std(ddof=1))}
+
+
+EXACT_FLIPS_UP_TO = 16
+
+
+def sign_flip_test(differences: Sequence[float], *, n_resamples: int = 10000, seed: int = 0) -> float:
+    """Two-sided paired randomisation test of ``mean(differences) == 0``.
+
+    Under H0 each item's difference is as likely negated; p is the share of sign assignments
+    whose |mean| reaches the observed one. Exact (all ``2^k`` flips of the ``k`` non-zero
+    items) for ``k <= 16``, else ``(1 + hits) / (1 + n_resamples)`` over seeded random flips.
+    Returns 1.0 when every difference is zero.
+    """
+    values = np.asarray(differences, dtype=np.float64).reshape(-1)
+    values = values[values != 0.0]
+    if values.size == 0:
+        return 1.0
+    observed = abs(values.sum()) - 1e-9 * max(1.0, float(np.abs(values).sum()))
+    if values.size <= EXACT_FLIPS_UP_TO:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=int(values.size))))
+        return float(np.mean(np.abs(signs @ values) >= observed))
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([1.0, -1.0]), size=(n_resamples, values.size))
+    hits = int(np.sum(np.abs(signs @ values) >= observed))
+    return (1 + hits) / (1 + n_resamples)

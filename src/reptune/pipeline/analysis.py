@@ -5,30 +5,27 @@ the value is the mean over seeds, ``per_seed`` lists them, and the interval span
 to the highest per-seed CI bound (a conservative envelope, not a CI of the mean).
 
 Paired tests: McNemar on per-item correctness, item by item, for each seed (conditions that do
-not depend on the seed, untuned and steered, are paired with every seed's tuned model).
+not depend on the seed, untuned and steered, are paired with every seed's tuned model). A tuned
+condition whose seed is missing is never replaced by another seed's file: that row is
+``status: not tested`` with the reason. Every tested row carries ``p_holm``, its Holm-Bonferroni
+adjusted p over the whole table (an exploratory family, separate from the claims' family).
 
-Claims (the Representation Tuning paper's), each judged from this run's numbers at ``alpha``:
-``supported`` when the difference goes the claimed way with p < alpha, ``not supported`` when it
-does not go that way, ``inconclusive`` when it does but p >= alpha, ``not tested`` when a
-needed condition or task was not run. With several seeds every seed must agree.
+Claims: :mod:`reptune.pipeline.claims` (paired tests on per-item records, Holm-adjusted across
+claims, degenerate conditions and missing seeds never support a claim, minimum detectable effects).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from reptune.evaluation.robustness import same_letter_rate
 from reptune.evaluation.runner import EvalResults, compare_results, load_results
+from reptune.evaluation.statistics import holm_adjust
+from reptune.pipeline.claims import CLAIMS, HEADLINE_TASK, SEED_FREE_KINDS, Runs, judge
 
-HEADLINE_TASK = "facts-ab"
-
-CLAIMS = {
-    "tuning-beats-steering": "Representation tuning moves behaviour more than online steering with the same vector (honesty-tuned vs steered +v on held-out facts).",
-    "generalises-to-truthfulqa": "Representation-tuned models generalise better than token-only tuning to TruthfulQA (honesty vs truth on tqa-ab).",
-    "resists-counter-steering": "Representation-tuned models resist steering in the opposite direction better than token-only tuned ones (honesty vs truth, both counter-steered, on held-out facts).",
-    "small-capability-cost": "Representation tuning costs little general capability (perplexity and MMLU of the honesty-tuned model vs untuned).",
-}
+__all__ = ["CLAIMS", "HEADLINE_TASK", "aggregate_scores", "build_results", "findings", "judge_claims", "paired_tests", "seed_free_conditions"]
 
 
 def _load(run_dir: Any, evals: dict[str, dict[str, Any]]) -> dict[str, dict[str, EvalResults]]:
@@ -66,8 +63,8 @@ def aggregate_scores(loaded: dict[str, dict[str, EvalResults]]) -> dict[str, dic
 
 COMPARISON_PAIRS = [
     ("untuned", "steer+"), ("untuned", "steer-"),
-    ("steer+", "honesty"), ("steer+", "truth"), ("truth", "honesty"),
-    ("steer-", "dishonesty"), ("steer-", "lie"), ("lie", "dishonesty"),
+    ("steer+", "honesty"), ("steer+", "truth"), ("steer+", "pos"), ("truth", "honesty"),
+    ("steer-", "dishonesty"), ("steer-", "lie"), ("steer-", "neg"), ("lie", "dishonesty"),
     ("untuned", "truth"), ("untuned", "lie"), ("untuned", "honesty"), ("untuned", "dishonesty"), ("untuned", "tune-out"),
     ("honesty", "honesty@counter"), ("truth", "truth@counter"), ("tune-out", "tune-out@counter"),
     ("lie", "lie@counter"), ("dishonesty", "dishonesty@counter"),
@@ -76,13 +73,46 @@ COMPARISON_PAIRS = [
 ]
 
 
-def paired_tests(loaded: dict[str, dict[str, EvalResults]], seeds: list[int]) -> list[dict[str, Any]]:
+def seed_free_conditions(conditions: Sequence[dict[str, Any]] | None) -> set[str] | None:
+    """Ids of the conditions evaluated once for every seed (kinds untuned and steered); ``None``: the default set."""
+    if not conditions:
+        return None
+    return {c["id"] for c in conditions if c.get("kind") in SEED_FREE_KINDS}
+
+
+def _missing_rows(runs: Runs, a: str, b: str, seed: int) -> list[dict[str, Any]]:
+    """``not tested`` rows, one per task the present side has (a seed's file is missing)."""
+    reasons = [why for cond in (a, b) for why in [_missing_seed(runs, cond, seed)] if why]
+    tasks: list[str] = []
+    for cond in (a, b):
+        for result in runs.loaded.get(cond, {}).values():
+            tasks += [t for t in result.tasks if t not in tasks]
+    return [{"task": task, "a": a, "b": b, "seed": seed, "n": None, "metric": None, "a_value": None, "b_value": None, "p_value": None,
+             "method": None, "status": "not tested", "reason": "; ".join(reasons)} for task in tasks]
+
+
+def _missing_seed(runs: Runs, cond: str, seed: int) -> str | None:
+    if cond in runs.seed_free or str(seed) in runs.loaded.get(cond, {}):
+        return None
+    return f"seed {seed} of {cond} is missing (another seed's results are never reused)"
+
+
+def paired_tests(loaded: dict[str, dict[str, EvalResults]], seeds: list[int], seed_free: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """McNemar rows for every pair in ``COMPARISON_PAIRS`` and seed, with Holm-adjusted p over the table.
+
+    ``seed_free``: conditions evaluated once for all seeds (default untuned, steer+, steer-); any
+    other condition must have this very seed, else the row is ``not tested``.
+    """
+    runs = Runs(loaded, seeds, seed_free)
     rows = []
     for a, b in COMPARISON_PAIRS:
         if a not in loaded or b not in loaded:
             continue
         for seed in seeds:
-            ra = loaded[a].get(str(seed)) or next(iter(loaded[a].values()))
+            if _missing_seed(runs, a, seed) or _missing_seed(runs, b, seed):
+                rows.extend(_missing_rows(runs, a, b, seed))
+                continue
+            ra = loaded[a].get(str(seed)) or next(iter(loaded[a].values()))  # only seed-free conditions get here without the seed
             rb = loaded[b].get(str(seed)) or next(iter(loaded[b].values()))
             for row in compare_results(ra, rb, seed=seed):
                 if "mcnemar" not in row:
@@ -90,7 +120,11 @@ def paired_tests(loaded: dict[str, dict[str, EvalResults]], seeds: list[int]) ->
                 rows.append({
                     "task": row["task"], "a": a, "b": b, "seed": seed, "n": row["n"], "metric": row["metric"],
                     "a_value": row["a"], "b_value": row["b"], "p_value": row["mcnemar"]["pvalue"], "method": row["mcnemar"]["method"],
+                    "status": "tested",
                 })
+    tested = [row for row in rows if row["p_value"] is not None]
+    for row, adjusted in zip(tested, holm_adjust([row["p_value"] for row in tested])):
+        row["p_holm"] = adjusted
     return rows
 
 
@@ -102,90 +136,32 @@ def _value(scores: dict[str, Any], cond: str, task: str, metric: str | None = No
     return entry["metrics"].get(metric, {}).get("value")
 
 
-def _tests(comparisons: list[dict[str, Any]], a: str, b: str, task: str) -> list[dict[str, Any]]:
-    return [row for row in comparisons if row["a"] == a and row["b"] == b and row["task"] == task]
-
-
-def _directional(tests: list[dict[str, Any]], alpha: float) -> str:
-    """Verdict for 'b is better than a' from per-seed paired tests."""
-    if not tests:
-        return "not tested"
-    if all(t["b_value"] > t["a_value"] and t["p_value"] < alpha for t in tests):
-        return "supported"
-    if any(t["b_value"] <= t["a_value"] for t in tests):
-        return "not supported"
-    return "inconclusive"
-
-
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
 def _p(tests: list[dict[str, Any]]) -> str:
-    return ", ".join(f"p={t['p_value']:.3g}" for t in tests) or "no test"
+    return ", ".join(f"p={t['p_value']:.3g}" for t in tests if t.get("p_value") is not None) or "no test"
 
 
-def judge_claims(scores: dict[str, Any], comparisons: list[dict[str, Any]], thresholds: Any) -> list[dict[str, Any]]:
-    alpha = thresholds.alpha
-    claims = []
+def judge_claims(scores: dict[str, Any], comparisons: list[dict[str, Any]], thresholds: Any, *,
+                 loaded: dict[str, dict[str, EvalResults]] | None = None, seeds: Sequence[int] | None = None,
+                 conditions: Sequence[dict[str, Any]] | None = None, gate: dict[str, Any] | None = None,
+                 headline_task: str = HEADLINE_TASK) -> list[dict[str, Any]]:
+    """The paper's claims, decided by :func:`reptune.pipeline.claims.judge` on per-item results.
 
-    tests = _tests(comparisons, "steer+", "honesty", HEADLINE_TASK)
-    verdict = _directional(tests, alpha)
-    side = _tests(comparisons, "steer-", "dishonesty", HEADLINE_TASK)
-    evidence = (
-        f"{HEADLINE_TASK} accuracy: honesty-tuned {_fmt(_value(scores, 'honesty', HEADLINE_TASK))} vs steered +v "
-        f"{_fmt(_value(scores, 'steer+', HEADLINE_TASK))} (McNemar {_p(tests)}); lie rate: dishonesty-tuned "
-        f"{_fmt(_value(scores, 'dishonesty', HEADLINE_TASK, 'lie_rate'))} vs steered -v {_fmt(_value(scores, 'steer-', HEADLINE_TASK, 'lie_rate'))}"
-        + (f" (accuracy McNemar {_p(side)})" if side else "")
-        + f"; untuned {_fmt(_value(scores, 'untuned', HEADLINE_TASK))}."
-    )
-    claims.append({"id": "tuning-beats-steering", "claim": CLAIMS["tuning-beats-steering"], "verdict": verdict, "evidence": evidence})
-
-    tests = _tests(comparisons, "truth", "honesty", "tqa-ab")
-    verdict = _directional(tests, alpha)
-    extra = "; ".join(
-        f"{task} honesty {_fmt(_value(scores, 'honesty', task))} vs truth {_fmt(_value(scores, 'truth', task))}"
-        for task in ("tqa-mc1", "tqa-mc2") if _value(scores, "honesty", task) is not None
-    )
-    evidence = (
-        f"tqa-ab accuracy: honesty {_fmt(_value(scores, 'honesty', 'tqa-ab'))} vs truth {_fmt(_value(scores, 'truth', 'tqa-ab'))} "
-        f"(McNemar {_p(tests)}); untuned {_fmt(_value(scores, 'untuned', 'tqa-ab'))}" + (f"; {extra}" if extra else "") + "."
-        if tests else "TruthfulQA (tqa-ab) was not evaluated, or the honesty/truth variants were not trained."
-    )
-    claims.append({"id": "generalises-to-truthfulqa", "claim": CLAIMS["generalises-to-truthfulqa"], "verdict": verdict, "evidence": evidence})
-
-    tests = _tests(comparisons, "truth@counter", "honesty@counter", HEADLINE_TASK)
-    verdict = _directional(tests, alpha)
-    drops = []
-    for cond in ("honesty", "truth"):
-        before, after = _value(scores, cond, HEADLINE_TASK), _value(scores, f"{cond}@counter", HEADLINE_TASK)
-        if before is not None and after is not None:
-            drops.append(f"{cond} {_fmt(before)} -> {_fmt(after)}")
-    evidence = (
-        f"{HEADLINE_TASK} accuracy under counter-steering: honesty {_fmt(_value(scores, 'honesty@counter', HEADLINE_TASK))} vs truth "
-        f"{_fmt(_value(scores, 'truth@counter', HEADLINE_TASK))} (McNemar {_p(tests)}); untuned steered -v {_fmt(_value(scores, 'steer-', HEADLINE_TASK))}; "
-        f"without -> with counter-steering: {'; '.join(drops) or '-'}."
-        if tests else "The honesty and truth variants were not both evaluated under counter-steering."
-    )
-    claims.append({"id": "resists-counter-steering", "claim": CLAIMS["resists-counter-steering"], "verdict": verdict, "evidence": evidence})
-
-    parts, checks = [], []
-    ppl_base, ppl_tuned = _value(scores, "untuned", "perplexity"), _value(scores, "honesty", "perplexity")
-    if ppl_base and ppl_tuned:
-        ratio = ppl_tuned / ppl_base
-        checks.append(ratio <= thresholds.max_perplexity_ratio)
-        parts.append(f"WikiText-2 perplexity {_fmt(ppl_base)} -> {_fmt(ppl_tuned)} (ratio {ratio:.3f}, limit {thresholds.max_perplexity_ratio:.2f})")
-    mmlu_base, mmlu_tuned = _value(scores, "untuned", "mmlu"), _value(scores, "honesty", "mmlu")
-    if mmlu_base is not None and mmlu_tuned is not None:
-        checks.append(mmlu_base - mmlu_tuned <= thresholds.max_mmlu_drop)
-        parts.append(f"MMLU accuracy {_fmt(mmlu_base)} -> {_fmt(mmlu_tuned)} (drop limit {thresholds.max_mmlu_drop:.3f})")
-    kl = _value(scores, "honesty", "kl")
-    if kl is not None:
-        parts.append(f"KL to the base {_fmt(kl)} nats/token")
-    verdict = "not tested" if not checks else ("supported" if all(checks) else "not supported")
-    evidence = "; ".join(parts) + "." if parts else "Neither perplexity nor MMLU was evaluated (their data was not found)."
-    claims.append({"id": "small-capability-cost", "claim": CLAIMS["small-capability-cost"], "verdict": verdict, "evidence": evidence})
-    return claims
+    ``comparisons`` is kept for the old signature (the claims need the per-item ``loaded`` results;
+    without them every claim is ``not tested``). ``gate``: the learnability gate
+    ``{passed, reason, truth_move, lie_move}``; when given and not passed every claim is
+    ``not tested`` with its reason. ``headline_task``: e.g. ``facts-twin``.
+    """
+    if gate is not None and not gate.get("passed"):
+        return judge({}, scores, thresholds, gate=gate)
+    if loaded is None:
+        reason = "the per-item evaluation results were not given to the claims judge"
+        return [{"id": cid, "claim": text, "verdict": "not tested", "evidence": reason + ".", "reason": reason, "p_value": None,
+                 "p_holm": None, "method": None, "mde": None, "tests": [], "degenerate": []} for cid, text in CLAIMS.items()]
+    return judge(loaded, scores, thresholds, seeds=seeds, seed_free=seed_free_conditions(conditions), gate=gate, headline_task=headline_task)
 
 
 def _letter_share(result: EvalResults | None, task: str) -> float | None:
@@ -196,10 +172,11 @@ def _letter_share(result: EvalResults | None, task: str) -> float | None:
 
 
 def findings(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any], comparisons: list[dict[str, Any]],
-             representation: list[dict[str, Any]], sweep: dict[str, Any], conditions: list[dict[str, Any]], alpha: float) -> list[str]:
+             representation: list[dict[str, Any]], sweep: dict[str, Any], conditions: list[dict[str, Any]], alpha: float,
+             *, headline_task: str = HEADLINE_TASK) -> list[str]:
     """Plain statements of what moved and what did not: behaviour beside representation."""
     out: list[str] = []
-    task = HEADLINE_TASK
+    task = headline_task
     first = {cond: next(iter(by_seed.values())) for cond, by_seed in loaded.items()}
     share = _letter_share(first.get("untuned"), task)
     base = _value(scores, "untuned", task)
@@ -224,7 +201,7 @@ def findings(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any], 
         if cid == "untuned" or _value(scores, cid, task) is None:
             continue
         reference = cond["variant"] if cond["kind"] == "counter" else "untuned"
-        tests = [t for t in comparisons if t["a"] == reference and t["b"] == cid and t["task"] == task]
+        tests = [t for t in comparisons if t["a"] == reference and t["b"] == cid and t["task"] == task and t.get("p_value") is not None]
         value, ref_value = _value(scores, cid, task), _value(scores, reference, task)
         moved = bool(tests) and all(t["p_value"] < alpha for t in tests)
         letter = _letter_share(first.get(cid), task)
@@ -238,21 +215,46 @@ def findings(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any], 
     return out
 
 
+CLAIMS_RULE = (
+    "Each claim is decided by a paired test on the same items and seed: McNemar (tuning-beats-steering, generalises-to-truthfulqa), "
+    "a sign-flip test on the per-item difference in differences (resists-counter-steering), and non-inferiority (small-capability-cost: "
+    "the one-sided upper bound of the MMLU drop within its margin and of the perplexity ratio within its limit). supported: the estimate "
+    "goes the claimed way on every seed and every Holm-Bonferroni adjusted p (family: the tested claims x seeds) is below {alpha:g}; "
+    "not supported: it goes the other way; inconclusive: otherwise; not tested: a condition, task or seed is missing, a compared "
+    "condition is degenerate (the same letter, option text or twin on more than 90% of items), or the learnability gate failed. "
+    "The minimum detectable effect is given at each claim's n, alpha and power 0.8."
+)
+
+
+def _headline_metric(scores: dict[str, Any], task: str) -> str:
+    for by_task in scores.values():
+        entry = by_task.get(task)
+        if entry:
+            return "accuracy" if "accuracy" in entry["metrics"] else str(entry["primary"])
+    return "accuracy"
+
+
 def build_results(exp: Any, *, data: dict[str, Any], vector_info: dict[str, Any], sweep: dict[str, Any], conditions: list[dict[str, Any]],
                   evals: dict[str, dict[str, Any]], training: dict[str, Any], robustness: dict[str, Any], projection: dict[str, Any],
-                  representation: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
-    """Assemble ``results.json`` (schema ``reptune-experiment/1``, see reporting.experiment)."""
+                  representation: list[dict[str, Any]], tasks: list[str], headline_task: str = HEADLINE_TASK,
+                  gate: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble ``results.json`` (schema ``reptune-experiment/1``, see reporting.experiment).
+
+    ``headline_task``: the task of the headline table and claims (``facts-ab``, or e.g.
+    ``facts-twin``); ``gate``: the learnability gate (recorded; not passed -> no claim tested).
+    """
     from reptune import __version__
 
     config = exp.config
     loaded = _load(exp.run_dir, evals)
     scores = aggregate_scores(loaded)
-    comparisons = paired_tests(loaded, config.seeds)
+    seed_free = seed_free_conditions(conditions)
+    comparisons = paired_tests(loaded, config.seeds, seed_free)
     # the representation rows gain the facts-ab margin of their condition
     for row in representation:
-        row["accuracy"] = _value(scores, row["condition"], HEADLINE_TASK, "accuracy")
-        row["lie_rate"] = _value(scores, row["condition"], HEADLINE_TASK, "lie_rate")
-        row["mean_margin"] = _value(scores, row["condition"], HEADLINE_TASK, "mean_margin")
+        row["accuracy"] = _value(scores, row["condition"], headline_task, "accuracy")
+        row["lie_rate"] = _value(scores, row["condition"], headline_task, "lie_rate")
+        row["mean_margin"] = _value(scores, row["condition"], headline_task, "mean_margin")
     model = {"model_id": config.model or "embedded SmolLM2-135M-Instruct", "revision": config.revision, "precision": config.precision}
     try:
         import json
@@ -263,9 +265,9 @@ def build_results(exp: Any, *, data: dict[str, Any], vector_info: dict[str, Any]
         pass
     headline_rows = []
     for cond in conditions:
-        entry = scores.get(cond["id"], {}).get(HEADLINE_TASK)
+        entry = scores.get(cond["id"], {}).get(headline_task)
         if entry:
-            metric = entry["metrics"]["accuracy"]
+            metric = entry["metrics"].get("accuracy") or entry["metrics"][entry["primary"]]
             headline_rows.append({"condition": cond["id"], "label": cond["label"], "value": metric["value"], "ci_low": metric["ci_low"], "ci_high": metric["ci_high"], "n": metric["n"]})
     seed_note = config.seed_note
     if seed_note is None and len(config.seeds) == 1:
@@ -294,7 +296,10 @@ def build_results(exp: Any, *, data: dict[str, Any], vector_info: dict[str, Any]
         "robustness": robustness,
         "projection": {"layer_note": "cosine between each token's residual stream and the vector's direction at that layer", "by_condition": projection} if projection else {},
         "representation": representation,
-        "claims": judge_claims(scores, comparisons, config.claims),
-        "findings": findings(loaded, scores, comparisons, representation, sweep, conditions, config.claims.alpha),
-        "headline": {"task": HEADLINE_TASK, "metric": "accuracy", "rows": headline_rows},
+        "claims": judge_claims(scores, comparisons, config.claims, loaded=loaded, seeds=config.seeds, conditions=conditions, gate=gate,
+                               headline_task=headline_task),
+        "claims_rule": CLAIMS_RULE.format(alpha=config.claims.alpha),
+        **({"gate": gate} if gate is not None else {}),
+        "findings": findings(loaded, scores, comparisons, representation, sweep, conditions, config.claims.alpha, headline_task=headline_task),
+        "headline": {"task": headline_task, "metric": _headline_metric(scores, headline_task), "rows": headline_rows},
     }

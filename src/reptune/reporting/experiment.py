@@ -297,13 +297,31 @@ def _section_headline(plan: _Plan, results: dict[str, Any]) -> None:
     )
 
 
+def _claim_stats(claim: dict[str, Any]) -> list[Span]:
+    """``p = raw (Holm-adjusted q)``, the test and the minimum detectable effect of one claim."""
+    spans: list[Span] = []
+    if claim.get("p_value") is not None:
+        text = f" p = {fmt_p(claim['p_value'])}"
+        if claim.get("p_holm") is not None:
+            text += f" (Holm-adjusted {fmt_p(claim['p_holm'])})"
+        spans.append(("", text + (f", {claim['method']}." if claim.get("method") else ".")))
+    mde = claim.get("mde") or {}
+    if mde.get("text"):
+        spans.append(("", " " + str(mde["text"])))
+    return spans
+
+
 def _section_claims(plan: _Plan, results: dict[str, Any]) -> None:
     plan.add(_Heading(2, "Claims"))
     claims = results.get("claims") or []
     if not claims:
         plan.para("Not run.")
         return
+    gate = results.get("gate") or {}
+    if gate and not gate.get("passed", True):
+        plan.para(("b", "Learnability gate not passed:"), " " + str(gate.get("reason") or "no reason given"))
     items = []
+    context: list[dict[str, Any]] = []
     for claim in claims:
         spans: list[Span] = [("b", str(claim.get("verdict") or "not tested")), ("", " — ")]
         if claim.get("id"):
@@ -311,8 +329,20 @@ def _section_claims(plan: _Plan, results: dict[str, Any]) -> None:
         spans.append(("", str(claim.get("claim") or "")))
         if claim.get("evidence"):
             spans += [("", " "), ("i", "Evidence:"), ("", " " + str(claim["evidence"]))]
+        spans += _claim_stats(claim)
         items.append(spans)
+        context += [dict(row, claim=claim.get("id")) for row in claim.get("context") or []]
     plan.add(_List(items))
+    if results.get("claims_rule"):
+        plan.para(("b", "Decision rule:"), " " + str(results["claims_rule"]))
+    if context:
+        plan.para("Context for ", ("c", "tuning-beats-steering"), " (not part of the decision): where the gain over steering comes from.")
+        plan.add(_Table(
+            ["a", "b", "what", "task", "seed", "n", "a_value", "b_value", "difference", "p", "MDE", "degenerate"],
+            [[str(r.get("a")), str(r.get("b")), str(r.get("what") or "-"), str(r.get("task") or "-"), fmt(r.get("seed")), fmt(r.get("n")),
+              fmt(r.get("a_value")), fmt(r.get("b_value")), fmt(r.get("effect")), fmt_p(r.get("p_value")), fmt(r.get("mde")),
+              str(r.get("degenerate") or "-")] for r in context],
+        ))
 
 
 def _section_findings(plan: _Plan, results: dict[str, Any]) -> None:
@@ -501,14 +531,18 @@ def _section_paired(plan: _Plan, results: dict[str, Any]) -> None:
     if not rows:
         plan.para("Not run.")
         return
-    plan.para("McNemar tests on per-item outcomes of two conditions (same items, same seed).")
-    header = ["task", "a", "b", "seed", "n", "metric", "a_value", "b_value", "p", "method"]
+    plan.para(
+        "McNemar tests on per-item outcomes of two conditions (same items, same seed); Holm = Holm-Bonferroni adjusted p over this "
+        "table (exploratory; the claims have their own family). A row whose seed is missing is not tested (no other seed stands in)."
+    )
+    header = ["task", "a", "b", "seed", "n", "metric", "a_value", "b_value", "p", "Holm", "method"]
     plan.add(
         _Table(
             header,
             [
                 [str(r.get("task")), str(r.get("a")), str(r.get("b")), fmt(r.get("seed")), fmt(r.get("n")), str(r.get("metric") or "-"),
-                 fmt(r.get("a_value")), fmt(r.get("b_value")), fmt_p(r.get("p_value")), str(r.get("method") or "-")]
+                 fmt(r.get("a_value")), fmt(r.get("b_value")), fmt_p(r.get("p_value")), fmt_p(r.get("p_holm")),
+                 str(r.get("method") or ("not tested: " + str(r["reason"]) if r.get("reason") else "-"))]
                 for r in rows
             ],
         )
