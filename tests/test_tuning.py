@@ -232,6 +232,39 @@ def test_output_loads_with_transformers_and_reptune(tmp_path):
         assert torch.equal(param, dict(handle.model.named_parameters())[name])
 
 
+# --------------------------------------------------------------------- where each loss term acts
+
+
+def test_representation_loss_reaches_every_trained_tensor_at_every_trained_layer():
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    config = TuneConfig.from_preset("honesty", layers="1-3", **FAST)
+    tuner = Tuner(handle, config, items, _vector(handle, layers=(1, 2, 3)))
+    assert list(tuner.rep_vectors) == [1, 2, 3]  # the loss at every trained layer, each with its own direction
+    grads = tuner.term_gradients(items[:8])
+    assert set(grads) == {"tok", "rep"} and len(grads["rep"]) == len(tuner.named_params) > 0
+    assert all(norm > 0 for norm in grads["rep"].values()), [name for name, norm in grads["rep"].items() if norm == 0]
+    assert all(param.grad is None for _, param in tuner.named_params)  # the probe leaves no gradient behind
+
+
+def test_trained_blocks_beyond_every_representation_layer_are_refused_unless_allowed():
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    with pytest.raises(ReptuneError, match=r"trained block\(s\) \[3\] lie beyond every representation layer"):
+        Tuner(handle, TuneConfig.from_preset("honesty", layers="1-3", rep_layers="2", **FAST), items, _vector(handle, layers=(1, 2, 3)))
+    with pytest.raises(ReptuneError, match="beyond every representation layer"):  # the vector lacks layer 3
+        Tuner(handle, TuneConfig.from_preset("pos", layers="1-3", **FAST), items, _vector(handle, layers=(2,)))
+    config = TuneConfig.from_preset("honesty", layers="1-3", rep_layers="2", allow_blocks_beyond_rep=True, **FAST)
+    grads = Tuner(handle, config, items, _vector(handle, layers=(2,))).term_gradients(items[:8])
+    block3 = [name for name in grads["rep"] if ".layers.3." in name]
+    assert block3 and all(grads["rep"][name] == 0 for name in block3)  # the confound the check prevents
+    assert all(grads["tok"][name] > 0 for name in block3)
+
+
 # --------------------------------------------------------------------- bad input
 
 

@@ -225,6 +225,9 @@ def tune(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch")] = False,
+    allow_blocks_beyond_rep: Annotated[
+        bool, typer.Option("--allow-blocks-beyond-rep", help="Allow trained blocks deeper than every --rep-layers layer (they get only the token loss).")
+    ] = False,
     precision: PrecisionOpt = "bf16",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
@@ -242,7 +245,7 @@ def tune(
         "lr": lr, "batch_size": batch_size, "retain": retain, "retain_data": retain_data, "w_tok": w_tok, "w_rep": w_rep,
         "w_retain": w_retain, "eval_every": eval_every, "patience": patience, "checkpoint_every": checkpoint_every,
         "limit": limit, "seed": seed, "autocast": "bf16" if precision == "bf16" else "none",
-        "train_modules": train_modules, "param_groups": _parse_param_groups(param_group or []) or None,
+        "train_modules": train_modules, "allow_blocks_beyond_rep": allow_blocks_beyond_rep or None, "param_groups": _parse_param_groups(param_group or []) or None,
     }
     config = TuneConfig.from_preset(preset, **overrides)
     if print_config:

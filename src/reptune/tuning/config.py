@@ -46,8 +46,11 @@ class TuneConfig:
     Attributes:
         preset: the preset this config started from (informational).
         layers: trained decoder blocks (layer spec, see :mod:`reptune.sites`).
-        rep_layers: layers whose output the representation loss reads; ``None`` = the trained
-            layers the vector has.
+        rep_layers: layers whose output the representation loss reads, each with the vector's
+            direction for that layer; ``None`` = every trained layer the vector has. The loss is
+            averaged over layers x selected positions x batch.
+        allow_blocks_beyond_rep: allow trained blocks deeper than every representation layer
+            (they get no representation-loss gradient, only the token loss: refused by default).
         rep_mode: ``in`` (pull toward ``rep_sign * v``), ``out`` (remove ``v``), ``none``.
         rep_sign: +1 or -1 (tune in ``+v`` or ``-v``).
         rep_positions: ``last`` (last prompt token), ``last:N``, ``all`` (prompt tokens),
@@ -66,6 +69,7 @@ class TuneConfig:
     preset: str = "custom"
     layers: str = "middle"
     rep_layers: str | None = None
+    allow_blocks_beyond_rep: bool = False
     rep_mode: str = "in"
     rep_sign: int = 1
     rep_positions: str = "last"

@@ -63,6 +63,35 @@ class _Batch:
     correct: torch.Tensor | None
 
 
+def resolve_rep_layers(config: TuneConfig, trained: Sequence[int], vector: SteeringVector, num_layers: int) -> list[int]:
+    """The layers the representation loss reads (each with its own direction), checked.
+
+    ``config.rep_layers`` when set, else every trained layer the vector has. Refused: a
+    representation layer before every trained block (nothing trained can move it) and, unless
+    ``config.allow_blocks_beyond_rep``, trained blocks deeper than every representation layer
+    (they would get only the token-loss gradient, so the variant would be part token-only).
+
+    Raises:
+        VectorError: the vector lacks the layers; ReptuneError: the layers do not fit the blocks.
+    """
+    if config.rep_layers is not None:
+        rep_layers = parse_layers(config.rep_layers, num_layers)
+    else:
+        rep_layers = [layer for layer in trained if layer in vector.directions]
+        if not rep_layers:
+            raise VectorError(f"the vector has none of the trained layers {list(trained)}; it has {vector.layers} (set rep_layers)")
+    too_early = [layer for layer in rep_layers if layer < min(trained)]
+    if too_early:
+        raise ReptuneError(f"representation loss at layer(s) {too_early} cannot be moved by training layers {list(trained)}")
+    beyond = [layer for layer in trained if layer > max(rep_layers)]
+    if beyond and not config.allow_blocks_beyond_rep:
+        raise ReptuneError(
+            f"trained block(s) {beyond} lie beyond every representation layer ({sorted(rep_layers)}): they would get only the token loss; "
+            "read the loss at every trained layer (a vector with those layers, rep_layers unset) or set allow_blocks_beyond_rep"
+        )
+    return sorted(rep_layers)
+
+
 class Tuner:
     """Holds the model, the trainable parameters and the loss set-up for one run."""
 
@@ -86,16 +115,8 @@ class Tuner:
             if vector is None:
                 raise VectorError(f"preset {config.preset!r} needs a vector (--vector)")
             vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
-            if config.rep_layers is not None:
-                rep_layers = parse_layers(config.rep_layers, handle.num_layers)
-            else:
-                rep_layers = [layer for layer in self.layers if layer in vector.directions]
-                if not rep_layers:
-                    raise VectorError(f"the vector has none of the trained layers {self.layers}; it has {vector.layers} (set rep_layers)")
+            rep_layers = resolve_rep_layers(config, self.layers, vector, handle.num_layers)
             self.rep_vectors = vector.select(rep_layers)
-            too_early = [layer for layer in rep_layers if layer < min(self.layers)]
-            if too_early:
-                raise ReptuneError(f"representation loss at layer(s) {too_early} cannot be moved by training layers {self.layers}")
         self.rep_positions = config.rep_positions
         Positions.parse(self.rep_positions)
         self.letter_ids: tuple[int, int] | None = None
@@ -142,6 +163,8 @@ class Tuner:
         if not named:
             raise ReptuneError(f"no trainable parameters: train_modules {config.train_modules!r} matched nothing in layers {self.layers}")
         self.named_params = named
+        # which trainable tensors each loss term updates (see backward)
+        self.term_params: dict[str, list[tuple[str, torch.nn.Parameter]]] = {"tok": named, "rep": named, "retain": named}
         groups: dict[float, list[torch.nn.Parameter]] = {}
         for name, param in named:
             lr = next((group.lr for group in config.param_groups if re.search(group.pattern, name)), config.lr)
@@ -256,6 +279,52 @@ class Tuner:
         if mode in {"act", "both"}:
             total = total + torch.stack([(hidden[layer].float() - reference["act"][layer]).pow(2).mean(-1)[real].mean() for layer in capture]).mean()
         return total
+
+    def active_terms(self) -> list[str]:
+        """The loss terms that contribute to training (non-zero weight and in use)."""
+        config = self.config
+        active = {"tok": config.uses_tokens, "rep": config.uses_vector, "retain": bool(self.retain_batches) and config.w_retain > 0}
+        return [name for name, on in active.items() if on]
+
+    def _weighted(self, terms: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        weight = {"tok": self.config.w_tok, "rep": self.config.w_rep, "retain": self.config.w_retain}[name]
+        return weight * terms[name]
+
+    def backward(self, terms: dict[str, torch.Tensor], names: Sequence[str] | None = None) -> None:
+        """Accumulate the gradients of the weighted terms ``names`` (default: the active ones).
+
+        Each term is differentiated only with respect to the tensors it may update
+        (``term_params``), so the others receive exactly zero from it (``routing='paper'``).
+        When every term updates every trainable tensor this is ``terms["loss"].backward()``.
+        """
+        active = self.active_terms()
+        names = active if names is None else list(names)
+        if names == active and all(self.term_params[name] is self.named_params for name in names):
+            terms["loss"].backward()
+            return
+        for index, name in enumerate(names):
+            params = [param for _, param in self.term_params[name]]
+            grads = torch.autograd.grad(self._weighted(terms, name), params, retain_graph=index < len(names) - 1, allow_unused=True)
+            for param, grad in zip(params, grads):
+                if grad is not None:
+                    param.grad = grad if param.grad is None else param.grad + grad
+
+    def term_gradients(self, items: Sequence[TrainItem]) -> dict[str, dict[str, float]]:
+        """Per loss term, the gradient norm it alone sends to every trainable tensor.
+
+        Runs the training backward (:meth:`backward`) for one term at a time on one batch of
+        ``items`` (and the first retain batch); the weights are not updated and the gradients are
+        cleared afterwards. Returns ``{term: {parameter name: L2 norm}}`` for the active terms; a
+        tensor the term does not update has norm exactly 0.
+        """
+        out: dict[str, dict[str, float]] = {}
+        batch = self._tokenize(items)
+        for name in self.active_terms():
+            self.optimizer.zero_grad(set_to_none=True)
+            self.backward(self.losses(batch, retain_index=0 if self.retain_batches else None), [name])
+            out[name] = {pname: 0.0 if param.grad is None else float(param.grad.norm()) for pname, param in self.named_params}
+        self.optimizer.zero_grad(set_to_none=True)
+        return out
 
     @torch.no_grad()
     def evaluate(self, items: Sequence[TrainItem]) -> dict[str, float]:
@@ -393,7 +462,7 @@ def tune(
                 latest = _checkpoint_dir(output) / "latest.json"
                 kept = f"last good checkpoint kept in {_checkpoint_dir(output)}" if latest.is_file() else "no checkpoint was written yet"
                 raise TrainingDiverged(f"loss became {float(terms['loss'].detach())} at step {step + 1}; {kept}; lower the learning rate")
-            terms["loss"].backward()
+            tuner.backward(terms)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_([param for _, param in tuner.named_params], config.max_grad_norm)
             tuner.optimizer.step()
