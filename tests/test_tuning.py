@@ -207,7 +207,7 @@ def test_lora_trains_adapter_only_and_saves_merged_and_adapter(tmp_path):
     items, vector = _items(handle), _vector(handle)
     before = {name: param.detach().clone() for name, param in handle.model.named_parameters()}
     before_cos = _mean_cos(handle, items, vector)
-    config = TuneConfig.from_preset("pos", layers="1-2", steps=25, lr=1e-2, lora=True, retain="act", **FAST)
+    config = TuneConfig.from_preset("pos", layers="1-2", steps=25, lr=1e-2, lora=True, retain="act", w_retain=1.0, **FAST)
     tune(handle, config, items, tmp_path / "run", vector=vector, progress=False)
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     reloaded = load_model(str(tmp_path / "run"))
@@ -323,7 +323,7 @@ from safetensors.torch import save_file
 handle = build_model("llama", chat=True)
 stm = [Statement(f"Two plus {{i}} is {{i + 2}}.", 1) for i in range(12)] + [Statement(f"Two plus {{i}} is {{i + 5}}.", 0) for i in range(12)]
 items = [TrainItem(prompt=a.prompt, correct=a.correct, label=a.meta["label"]) for a in statements_to_ab(stm, handle.tokenizer)]
-config = TuneConfig.from_preset("lie", layers="1-2", steps=12, lr=2e-3, autocast=None, eval_every=3, checkpoint_every=3, batch_size=8, retain="kl")
+config = TuneConfig.from_preset("lie", layers="1-2", steps=12, lr=2e-3, autocast=None, eval_every=3, checkpoint_every=3, batch_size=8, retain="kl", w_retain=1.0)
 slow = sys.argv[2] == "slow"
 if slow:
     import reptune.tuning.trainer as trainer, time
@@ -388,6 +388,65 @@ def test_retain_texts_from_raw_text_and_datasets(tmp_path):
     empty.write_text("short\n")
     with pytest.raises(DataError, match="no usable text"):
         load_retain_texts(str(empty))
+
+
+def test_default_retain_corpus_is_unrelated_to_training_and_never_test_data(tmp_path, monkeypatch):
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    prompts = [item.prompt for item in items]
+    monkeypatch.delenv("REPTUNE_DATA_DIR", raising=False)
+    tuner = Tuner(handle, TuneConfig.from_preset("truth", layers="1", retain="kl", w_retain=1.0, **FAST), items, None)
+    assert tuner.retain_info["corpus"].endswith("neutral_text.txt") and tuner.retain_info["texts"] == 100
+    retain_ids = [row[mask.bool()].tolist() for batch in tuner.retain_batches for row, mask in zip(batch.input_ids, batch.attention_mask)]
+    prompt_ids = [handle.tokenizer(prompt)["input_ids"] for prompt in prompts]
+    assert not any(ids in prompt_ids for ids in retain_ids)
+    # WikiText-2 train when the data folder has it; its test split (the perplexity evaluation) never
+    (tmp_path / "wikitext2").mkdir()
+    (tmp_path / "wikitext2" / "wiki.test.raw").write_text("A test-split paragraph that must not be trained on at all.\n")
+    monkeypatch.setenv("REPTUNE_DATA_DIR", str(tmp_path))
+    assert Tuner(handle, TuneConfig.from_preset("truth", layers="1", retain="kl", w_retain=1.0, **FAST), items, None).retain_info["corpus"].endswith("neutral_text.txt")
+    (tmp_path / "wikitext2" / "wiki.train.raw").write_text(" = Title = \n" + "A train-split paragraph about an old bridge over a river. " * 3 + "\n")
+    info = Tuner(handle, TuneConfig.from_preset("truth", layers="1", retain="kl", w_retain=1.0, **FAST), items, None).retain_info
+    assert info["corpus"].endswith("wiki.train.raw") and info["texts"] == 1
+    # the training prompts themselves (or texts inside them) are dropped; nothing left is an error
+    mixed = Tuner(handle, TuneConfig.from_preset("truth", layers="1", retain="kl", w_retain=1.0, **FAST), items, None,
+                  retain_texts=[*prompts[:3], "Two plus 1 is 3.", "The kettle clicked off, and the kitchen went quiet again."])
+    assert mixed.retain_info["texts"] == 1 and mixed.retain_info["dropped_overlapping_training"] == 4
+    with pytest.raises(DataError, match="holds only training prompts"):
+        Tuner(handle, TuneConfig.from_preset("truth", layers="1", retain="kl", w_retain=1.0, **FAST), items, None, retain_texts=prompts)
+
+
+def test_retain_mask_never_covers_the_answer_position():
+    from reptune.tuning.trainer import retain_mask
+
+    attention = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    assert retain_mask(attention).tolist() == [[True, True, True, False], [True, False, False, False]]
+
+
+def test_retain_weight_is_explicit():
+    with pytest.raises(ReptuneError, match="retain 'kl' needs a positive w_retain"):
+        TuneConfig.from_preset("honesty", retain="kl")  # was silently set to 1
+    with pytest.raises(ReptuneError, match="retain is 'none'"):
+        TuneConfig.from_preset("honesty", w_retain=1.0)
+    assert TuneConfig.from_preset("honesty", retain="both", w_retain=2.0).w_retain == 2.0
+
+
+@pytest.mark.parametrize(("autocast", "expected"), [("bf16", torch.bfloat16), (None, None), ("none", None)])
+def test_config_autocast_drives_the_training_forward(autocast, expected):
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)  # loaded without autocast
+    items = _items(handle)
+    tuner = Tuner(handle, TuneConfig.from_preset("truth", layers="1", **{**FAST, "autocast": autocast}), items, None)
+    seen = []
+    hook = handle.layers[1].register_forward_pre_hook(lambda *_: seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    try:
+        tuner.losses(tuner._tokenize(items[:4]), retain_index=None)
+    finally:
+        hook.remove()
+    assert seen == [expected] and tuner.config.autocast == (None if expected is None else "bf16")
 
 
 def test_default_config_has_a_plain_preset_name():

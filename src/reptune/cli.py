@@ -212,8 +212,10 @@ def tune(
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b")] = None,
-    retain: Annotated[str | None, typer.Option("--retain", help="none, kl, act or both.")] = None,
-    retain_data: Annotated[str | None, typer.Option("--retain-data", help="Retain corpus (dataset argument; default: the training prompts).")] = None,
+    retain: Annotated[str | None, typer.Option("--retain", help="none, kl, act or both (with --w-retain).")] = None,
+    retain_data: Annotated[
+        str | None, typer.Option("--retain-data", help="Retain corpus (text file or dataset argument; default: WikiText-2 train if in $REPTUNE_DATA_DIR, else shipped neutral text).")
+    ] = None,
     w_tok: Annotated[float | None, typer.Option("--w-tok", help="Token loss weight.")] = None,
     w_rep: Annotated[float | None, typer.Option("--w-rep", help="Representation loss weight.")] = None,
     w_retain: Annotated[float | None, typer.Option("--w-retain", help="Retain loss weight.")] = None,
@@ -237,7 +239,6 @@ def tune(
 
     from reptune.tuning import TuneConfig, load_tune_items
     from reptune.tuning import tune as run_tune
-    from reptune.tuning.data import load_retain_texts
     from reptune.vectors import load_vector
 
     overrides = {
@@ -259,10 +260,9 @@ def tune(
     if loaded is not None:
         loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
     items, origin = load_tune_items(data, handle.tokenizer, limit=config.limit)
-    retain_texts = load_retain_texts(config.retain_data) if config.retain_data else None
     result = run_tune(
         handle, config, items, output, vector=loaded, vector_path=str(vector) if vector else None, data_origin=origin,
-        retain_texts=retain_texts, resume=resume, allow_model_mismatch=allow_model_mismatch,
+        resume=resume, allow_model_mismatch=allow_model_mismatch,
     )
     table = Table(title=f"tuned ({preset}) -> {output}", show_header=False)
     for key, value in result.metrics.items():

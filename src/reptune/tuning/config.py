@@ -29,6 +29,7 @@ from reptune.errors import ReptuneError
 REP_MODES = ("in", "out", "none")
 TOKEN_TARGETS = ("truth", "lie", "soft", "sft", "none")
 RETAIN_MODES = ("none", "kl", "act", "both")
+AUTOCAST_MODES = (None, "bf16", "fp16")
 
 
 @dataclass
@@ -61,6 +62,13 @@ class TuneConfig:
             corpus), ``act`` (L2 to frozen activations at the trained layers), ``both``.
         param_groups: per-pattern learning rates inside the trained blocks; first match wins,
             other parameters of the trained blocks use ``lr``.
+        retain_data: retain corpus (dataset argument or text file); ``None`` = WikiText-2 *train*
+            when ``$REPTUNE_DATA_DIR`` holds ``wikitext2/wiki.train.raw``, else reptune's shipped
+            neutral text. Never the training prompts (texts inside a training prompt are dropped);
+            the retain loss never covers a text's last position (the answer position of a prompt).
+        w_retain: weight of the retain term; must be positive exactly when ``retain`` is not ``none``.
+        autocast: mixed precision of every training forward pass: ``bf16``/``fp16`` autocast over
+            the fp32 weights (LM head in fp32), or ``None`` (fp32), whatever the model was loaded with.
         train_modules: regex; only parameters of the trained blocks whose name matches train.
         lora: train LoRA adapters (peft) instead of the weights; ``lora_targets`` is a regex
             over module names inside the trained blocks.
@@ -96,10 +104,12 @@ class TuneConfig:
     checkpoint_every: int = 20
     max_grad_norm: float = 1.0
     seed: int = 0
-    autocast: str | None = "bf16"
+    autocast: str | None = None
     limit: int | None = None
 
     def __post_init__(self) -> None:
+        if self.autocast in ("none", "fp32"):
+            self.autocast = None
         self.param_groups = [group if isinstance(group, ParamGroup) else ParamGroup(**group) for group in self.param_groups]
         self.validate()
 
@@ -120,12 +130,15 @@ class TuneConfig:
             (self.w_tok > 0 or self.w_rep > 0, "at least one of w_tok and w_rep must be positive"),
             (self.lora_rank >= 1, "lora_rank must be at least 1"),
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
+            (self.autocast in AUTOCAST_MODES, f"autocast must be one of {AUTOCAST_MODES} (None = fp32)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ReptuneError(message)
         if self.retain != "none" and self.w_retain == 0:
-            self.w_retain = 1.0
+            raise ReptuneError(f"retain {self.retain!r} needs a positive w_retain (--w-retain), e.g. 1.0")
+        if self.retain == "none" and self.w_retain > 0:
+            raise ReptuneError(f"w_retain is {self.w_retain:g} but retain is 'none': set retain (kl, act or both) or w_retain 0")
 
     @property
     def uses_vector(self) -> bool:

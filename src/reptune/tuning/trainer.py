@@ -8,6 +8,7 @@ Checkpoints and outputs are safetensors + JSON, written atomically; nothing is p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,10 +28,10 @@ from reptune.activations import _StopForward, capture_layers, tokenize_examples
 from reptune.data.ab import letter_token_ids
 from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError, VectorError
-from reptune.models import ModelHandle
+from reptune.models import ModelHandle, _autocast_with_fp32_head
 from reptune.sites import Positions, parse_layers
 from reptune.tuning.config import TuneConfig
-from reptune.tuning.data import BalancedBatches, TrainItem, split_items
+from reptune.tuning.data import BalancedBatches, TrainItem, default_retain_source, drop_training_overlap, load_retain_texts, split_items
 from reptune.tuning.losses import answer_loss, kl_base_to_tuned, representation_loss, sft_loss, topk_reference
 from reptune.vectors import SteeringVector
 
@@ -61,6 +62,18 @@ class _Batch:
     completion_mask: torch.Tensor
     last_prompt: torch.Tensor
     correct: torch.Tensor | None
+
+
+def retain_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions the retain loss compares: every real token but each row's last (``[batch, seq]`` bool).
+
+    The last position of a text predicts what follows it, which for a prompt-shaped text is
+    the answer: the retain loss never covers an answer position. Right padding.
+    """
+    mask = attention_mask.bool().clone()
+    last = attention_mask.long().sum(-1) - 1
+    mask[torch.arange(mask.shape[0], device=mask.device), last.clamp_min(0)] = False
+    return mask
 
 
 def resolve_rep_layers(config: TuneConfig, trained: Sequence[int], vector: SteeringVector, num_layers: int) -> list[int]:
@@ -133,8 +146,9 @@ class Tuner:
         self._setup_trainable()
         self.retain_batches: list[_Batch] = []
         self.retain_refs: list[dict[str, Any]] = []
+        self.retain_info: dict[str, Any] | None = None
         if config.retain != "none":
-            self._setup_retain(retain_texts or [item.prompt for item in self.train_items])
+            self._setup_retain(self._retain_corpus(retain_texts, [item.prompt for item in items]))
 
     # ------------------------------------------------------------------ set-up
     def _setup_trainable(self) -> None:
@@ -173,6 +187,19 @@ class Tuner:
             [{"params": params, "lr": lr} for lr, params in groups.items()], weight_decay=config.weight_decay, betas=(0.9, 0.999)
         )
         self.param_order = [param for group in self.optimizer.param_groups for param in group["params"]]
+
+    def _retain_corpus(self, given: Sequence[str] | None, prompts: Sequence[str]) -> list[str]:
+        """The retain texts: ``given``, else ``config.retain_data``, else the default corpus
+        (:func:`~reptune.tuning.data.default_retain_source`), minus any text that is (part of) a
+        training prompt: the retain loss must not pull the training items back to the base answers."""
+        origin = "in memory" if given is not None else (self.config.retain_data or default_retain_source())
+        texts = list(given) if given is not None else load_retain_texts(origin)
+        kept, dropped = drop_training_overlap(texts, prompts)
+        if not kept:
+            raise DataError(f"retain corpus {origin} holds only training prompts: use text unrelated to the training items")
+        kept = [text for text in kept if text.strip()][: 16 * self.config.batch_size]
+        self.retain_info = {"corpus": origin, "texts": len(kept), "dropped_overlapping_training": dropped}
+        return kept
 
     def _setup_retain(self, texts: Sequence[str]) -> None:
         texts = [text for text in texts if text.strip()][: 16 * self.config.batch_size]
@@ -218,11 +245,18 @@ class Tuner:
             correct = torch.tensor([item.correct for item in items], device=real.device)
         return _Batch(batch.input_ids, batch.attention_mask, batch.position_ids, rep_mask, completion, prompt.sum(-1) - 1, correct)
 
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """``config.autocast`` for the training forward passes (the handle's own setting is not used)."""
+        dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.config.autocast]
+        if dtype is None or dtype == self.handle.dtype:
+            return contextlib.nullcontext()
+        return _autocast_with_fp32_head(self.handle.model, self.handle.device.type, dtype)
+
     def _forward(self, batch: _Batch, capture: Sequence[int], need_logits: bool) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
         """One forward pass; stops after the deepest captured layer when logits are not needed."""
         stop = None if need_logits or not capture else max(capture)
         logits = None
-        with self.handle.autocast(), capture_layers(self.handle, capture, stop_after=stop) as captured:
+        with self._autocast(), capture_layers(self.handle, capture, stop_after=stop) as captured:
             try:
                 out = self.handle.model(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
@@ -262,7 +296,7 @@ class Tuner:
         mode = self.config.retain
         capture = self.layers if mode in {"act", "both"} else []
         logits, hidden = self._forward(batch, capture, need_logits=mode in {"kl", "both"})
-        real = batch.attention_mask.bool()
+        real = retain_mask(batch.attention_mask)
         if self.peft_model is not None:  # LoRA: the base is the model with its adapter switched off
             with torch.no_grad(), self.peft_model.disable_adapter():
                 base_logits, base_hidden = self._forward(batch, capture, need_logits=mode in {"kl", "both"})
@@ -496,6 +530,7 @@ def tune(
         "train_items": len(tuner.train_items),
         "val_items": len(tuner.val_items),
         "trainable_parameters": sum(param.numel() for _, param in tuner.named_params),
+        "retain_corpus": tuner.retain_info,
         "seconds": elapsed,
     }
     result = TuneResult(output, config, metrics, loop["history"], loop["val_history"])
