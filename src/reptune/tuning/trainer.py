@@ -30,8 +30,15 @@ from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError, VectorError
 from reptune.models import ModelHandle, _autocast_with_fp32_head
 from reptune.sites import Positions, parse_layers
-from reptune.tuning.config import TuneConfig
-from reptune.tuning.data import BalancedBatches, TrainItem, default_retain_source, drop_training_overlap, load_retain_texts, split_items
+from reptune.tuning.config import TuneConfig, rep_position
+from reptune.tuning.data import (
+    BalancedBatches,
+    TrainItem,
+    default_retain_source,
+    drop_training_overlap,
+    load_retain_texts,
+    split_items,
+)
 from reptune.tuning.losses import answer_loss, kl_base_to_tuned, representation_loss, sft_loss, topk_reference
 from reptune.vectors import SteeringVector
 
@@ -74,6 +81,77 @@ def retain_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     last = attention_mask.long().sum(-1) - 1
     mask[torch.arange(mask.shape[0], device=mask.device), last.clamp_min(0)] = False
     return mask
+
+
+def _compact(layers: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3,7"``."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and runs[-1][1] == layer - 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def tuning_plan(handle: ModelHandle, config: TuneConfig, items: Sequence[TrainItem], vector: SteeringVector | None = None, **kwargs: Any) -> dict[str, Any]:
+    """:meth:`Tuner.plan` without training (a dry run): which parameters get which loss term,
+    at which layers and positions, with which learning rates. ``kwargs`` go to :class:`Tuner`.
+
+    Leaves ``handle`` untrained, all parameters frozen (LoRA adapters removed again); with a
+    retain loss the base outputs are computed once (forward passes only).
+    """
+    tuner = Tuner(handle, config, items, vector, **kwargs)
+    try:
+        return tuner.plan()
+    finally:
+        if tuner.peft_model is not None:
+            handle.model = tuner.peft_model.unload()
+        handle.model.requires_grad_(False)
+
+
+def lr_factor(config: TuneConfig, step: int) -> float:
+    """Learning-rate multiplier at 0-based optimizer step ``step``.
+
+    ``linear`` is ``transformers.get_linear_schedule_with_warmup``: ``step / warmup`` during
+    warm-up (0 at the first step), then ``(steps - step) / (steps - warmup)``, never below 0.
+    """
+    if config.lr_schedule == "constant":
+        return 1.0
+    if step < config.warmup_steps:
+        return step / max(1, config.warmup_steps)
+    return max(0.0, (config.steps - step) / max(1, config.steps - config.warmup_steps))
+
+
+def single_position_mask(prompt: torch.Tensor, offset: int) -> torch.Tensor:
+    """The one prompt token ``offset`` (< 0) from the end of each row's prompt: ``[batch, seq]`` bool.
+
+    Raises:
+        DataError: a prompt shorter than ``-offset`` tokens.
+    """
+    from_end = prompt.flip(-1).long().cumsum(-1).flip(-1) - 1
+    mask = prompt.bool() & (from_end == -offset - 1)
+    if (mask.sum(-1) != 1).any():
+        raise DataError(f"rep_positions pos:{offset} needs prompts of at least {-offset} tokens; a prompt is shorter")
+    return mask
+
+
+def check_vector_position(vector: SteeringVector, rep_positions: str) -> None:
+    """Refuse a per-position direction used at another position (and ``pos:K`` without its own).
+
+    A per-position vector (``reptune extract --positions last:N --per-position``) records its
+    position in ``meta.positions`` as ``last:N@K``.
+    """
+    found = re.search(r"@(-\d+)$", vector.meta.positions or "")
+    vector_offset = int(found.group(1)) if found else None
+    offset = rep_position(rep_positions)
+    if offset is not None and vector_offset != offset:
+        raise VectorError(
+            f"rep_positions {rep_positions} needs that position's own direction, but the vector was read at {vector.meta.positions!r}: "
+            f"extract with --positions last:N --per-position (N >= {-offset}) and pass STEM.pos{offset}.safetensors"
+        )
+    if offset is None and vector_offset is not None and not (vector_offset == -1 and rep_positions == "last"):
+        raise VectorError(f"the vector is the direction of prompt position {vector_offset} ({vector.meta.positions}): set rep_positions pos:{vector_offset}")
 
 
 def resolve_rep_layers(config: TuneConfig, trained: Sequence[int], vector: SteeringVector, num_layers: int) -> list[int]:
@@ -131,7 +209,10 @@ class Tuner:
             rep_layers = resolve_rep_layers(config, self.layers, vector, handle.num_layers)
             self.rep_vectors = vector.select(rep_layers)
         self.rep_positions = config.rep_positions
-        Positions.parse(self.rep_positions)
+        if rep_position(self.rep_positions) is None:
+            Positions.parse(self.rep_positions)
+        if vector is not None and config.uses_vector:
+            check_vector_position(vector, self.rep_positions)
         self.letter_ids: tuple[int, int] | None = None
         if config.uses_tokens:
             if config.token_target in {"truth", "lie", "soft"}:
@@ -179,13 +260,19 @@ class Tuner:
         self.named_params = named
         # which trainable tensors each loss term updates (see backward)
         self.term_params: dict[str, list[tuple[str, torch.nn.Parameter]]] = {"tok": named, "rep": named, "retain": named}
+        if config.routing == "paper" and config.uses_vector:
+            routed = [(name, param) for name, param in named if re.search(config.rep_params, name)]
+            if not routed:
+                raise ReptuneError(f"routing 'paper': rep_params {config.rep_params!r} matches no trained parameter in layers {self.layers} (set rep_params)")
+            self.term_params["rep"] = routed
         groups: dict[float, list[torch.nn.Parameter]] = {}
         for name, param in named:
             lr = next((group.lr for group in config.param_groups if re.search(group.pattern, name)), config.lr)
             groups.setdefault(lr, []).append(param)
         self.optimizer = torch.optim.AdamW(
-            [{"params": params, "lr": lr} for lr, params in groups.items()], weight_decay=config.weight_decay, betas=(0.9, 0.999)
+            [{"params": params, "lr": lr} for lr, params in groups.items()], weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=config.adam_eps
         )
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.param_order = [param for group in self.optimizer.param_groups for param in group["params"]]
 
     def _retain_corpus(self, given: Sequence[str] | None, prompts: Sequence[str]) -> list[str]:
@@ -222,7 +309,9 @@ class Tuner:
     # ------------------------------------------------------------------ batches and forward
     def _tokenize(self, items: Sequence[TrainItem], rep_positions: str | None = None) -> _Batch:
         examples = [Example(item.prompt, item.completion) for item in items]
-        spec = Positions.parse(rep_positions or self.rep_positions)
+        spec_text = rep_positions or self.rep_positions
+        offset = rep_position(spec_text)
+        spec = Positions.parse("last" if offset is not None else spec_text)
         has_completion = any(item.completion for item in items)
         batch = tokenize_examples(
             self.handle.tokenizer, examples, padding_side="right", with_offsets=has_completion or spec.kind == "marker", device=self.handle.device
@@ -236,7 +325,9 @@ class Tuner:
         else:
             completion = torch.zeros_like(real)
         prompt = real & ~completion
-        if spec.kind == "generated":
+        if offset is not None:
+            rep_mask = single_position_mask(prompt, offset)
+        elif spec.kind == "generated":
             rep_mask = completion
         else:
             rep_mask = spec.mask(prompt.long().cpu(), batch.offsets, batch.texts).to(real.device)
@@ -314,6 +405,12 @@ class Tuner:
             total = total + torch.stack([(hidden[layer].float() - reference["act"][layer]).pow(2).mean(-1)[real].mean() for layer in capture]).mean()
         return total
 
+    def set_learning_rates(self, step: int) -> None:
+        """Learning rates for optimizer step ``step`` (0-based): the schedule is a pure function of the step."""
+        factor = lr_factor(self.config, step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
     def active_terms(self) -> list[str]:
         """The loss terms that contribute to training (non-zero weight and in use)."""
         config = self.config
@@ -359,6 +456,40 @@ class Tuner:
             out[name] = {pname: 0.0 if param.grad is None else float(param.grad.norm()) for pname, param in self.named_params}
         self.optimizer.zero_grad(set_to_none=True)
         return out
+
+    def plan(self) -> dict[str, Any]:
+        """:meth:`TuneConfig.describe`, resolved: actual layers, positions and parameter names.
+
+        Per term, ``updates`` maps each trained tensor name (inside a block) to the blocks whose
+        tensor of that name the term updates, e.g. ``{"self_attn.v_proj.weight": "11-17"}``.
+        """
+        config = self.config
+        plan = config.describe()
+        plan["trained_blocks"] = _compact(self.layers)
+        names = {"tok": "token", "rep": "representation", "retain": "retain"}
+        for key, title in names.items():
+            if title in plan["terms"]:
+                plan["terms"][title]["updates"] = self._by_block(self.term_params[key])
+        if "representation" in plan["terms"]:
+            plan["terms"]["representation"]["layers"] = _compact(list(self.rep_vectors))
+            plan["terms"]["representation"]["trained_blocks_without_rep_loss"] = _compact([layer for layer in self.layers if layer not in self.rep_vectors])
+        if "retain" in plan["terms"] and self.retain_info is not None:
+            plan["terms"]["retain"].update(self.retain_info)
+        by_id = {id(param): name for name, param in self.named_params}
+        plan["optimizer"]["groups"] = [
+            {"lr": base, "params": self._by_block([(by_id[id(param)], param) for param in group["params"]])}
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs)
+        ]
+        return plan
+
+    def _by_block(self, named: Sequence[tuple[str, torch.nn.Parameter]]) -> dict[str, str]:
+        found: dict[str, list[int]] = {}
+        pattern = re.compile(rf"{re.escape(self.handle.layers_path)}\.(\d+)\.(.+)$")
+        for name, _ in named:
+            match = pattern.search(name)
+            suffix, layer = (match.group(2), int(match.group(1))) if match else (name, -1)
+            found.setdefault(suffix, []).append(layer)
+        return {suffix: _compact(sorted(layers)) for suffix, layers in found.items()}
 
     @torch.no_grad()
     def evaluate(self, items: Sequence[TrainItem]) -> dict[str, float]:
@@ -497,6 +628,7 @@ def tune(
                 kept = f"last good checkpoint kept in {_checkpoint_dir(output)}" if latest.is_file() else "no checkpoint was written yet"
                 raise TrainingDiverged(f"loss became {float(terms['loss'].detach())} at step {step + 1}; {kept}; lower the learning rate")
             tuner.backward(terms)
+            tuner.set_learning_rates(step)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_([param for _, param in tuner.named_params], config.max_grad_norm)
             tuner.optimizer.step()
@@ -506,8 +638,9 @@ def tune(
             if tuner.val_items and (loop["step"] % config.eval_every == 0 or loop["step"] == config.steps):
                 val = tuner.evaluate(tuner.val_items)
                 loop["val_history"].append({"step": loop["step"], **val})
-                if loop["best_val"] is None or val["loss"] < loop["best_val"] - 1e-6:
-                    loop["best_val"], loop["best_step"], loop["bad_evals"] = val["loss"], loop["step"], 0
+                watched = val[config.early_stop_on]
+                if loop["best_val"] is None or watched < loop["best_val"] - 1e-6:
+                    loop["best_val"], loop["best_step"], loop["bad_evals"] = watched, loop["step"], 0
                     best = tuner.trainable_state()
                 else:
                     loop["bad_evals"] += 1
@@ -525,6 +658,7 @@ def tune(
         "stopped": loop["stopped"] or "completed",
         "best_step": loop["best_step"],
         "best_val_loss": loop["best_val"],
+        "early_stop_on": config.early_stop_on,
         "final_train": loop["history"][-1] if loop["history"] else None,
         "final_val": loop["val_history"][-1] if loop["val_history"] else None,
         "train_items": len(tuner.train_items),
@@ -542,7 +676,10 @@ def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | No
     from reptune._plots import plot_loss_curves
 
     output, handle = result.output_dir, tuner.handle
-    write_json_atomic(output / "tune_config.json", {**tuner.config.to_json(), "vector": vector_path, "data": data_origin, "base_model": handle.model_id})
+    write_json_atomic(
+        output / "tune_config.json",
+        {**tuner.config.to_json(), "vector": vector_path, "data": data_origin, "base_model": handle.model_id, "plan": tuner.plan()},
+    )
     write_json_atomic(output / "metrics.json", result.metrics)
     write_json_atomic(output / "loss_curves.json", {"train": result.history, "val": result.val_history})
     if result.history:
