@@ -129,6 +129,7 @@ def test_split_is_stratified_and_seeded():
 
 def test_presets_and_overrides():
     assert set(PRESETS) == {"truth", "lie", "honesty", "dishonesty", "tune-out", "pos", "neg"}
+    assert TuneConfig.from_preset("honesty", paper=True, lr=3e-6).lr == 3e-6  # overrides win over the paper settings
     honesty = TuneConfig.from_preset("honesty", lr=1e-4, layers="1-2")
     assert (honesty.rep_mode, honesty.rep_sign, honesty.token_target, honesty.w_tok) == ("in", 1, "truth", 0.01)
     assert TuneConfig.from_preset("dishonesty").rep_sign == -1 and TuneConfig.from_preset("lie").uses_vector is False
@@ -207,7 +208,7 @@ def test_lora_trains_adapter_only_and_saves_merged_and_adapter(tmp_path):
     items, vector = _items(handle), _vector(handle)
     before = {name: param.detach().clone() for name, param in handle.model.named_parameters()}
     before_cos = _mean_cos(handle, items, vector)
-    config = TuneConfig.from_preset("pos", layers="1-2", steps=25, lr=1e-2, lora=True, retain="act", **FAST)
+    config = TuneConfig.from_preset("pos", layers="1-2", steps=25, lr=1e-2, lora=True, retain="act", w_retain=1.0, **FAST)
     tune(handle, config, items, tmp_path / "run", vector=vector, progress=False)
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     reloaded = load_model(str(tmp_path / "run"))
@@ -230,6 +231,180 @@ def test_output_loads_with_transformers_and_reptune(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(run)
     for name, param in model.named_parameters():
         assert torch.equal(param, dict(handle.model.named_parameters())[name])
+
+
+# --------------------------------------------------------------------- where each loss term acts
+
+
+def test_representation_loss_reaches_every_trained_tensor_at_every_trained_layer():
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    config = TuneConfig.from_preset("honesty", layers="1-3", **FAST)
+    tuner = Tuner(handle, config, items, _vector(handle, layers=(1, 2, 3)))
+    assert list(tuner.rep_vectors) == [1, 2, 3]  # the loss at every trained layer, each with its own direction
+    grads = tuner.term_gradients(items[:8])
+    assert set(grads) == {"tok", "rep"} and len(grads["rep"]) == len(tuner.named_params) > 0
+    assert all(norm > 0 for norm in grads["rep"].values()), [name for name, norm in grads["rep"].items() if norm == 0]
+    assert all(param.grad is None for _, param in tuner.named_params)  # the probe leaves no gradient behind
+
+
+def test_trained_blocks_beyond_every_representation_layer_are_refused_unless_allowed():
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    with pytest.raises(ReptuneError, match=r"trained block\(s\) \[3\] lie beyond every representation layer"):
+        Tuner(handle, TuneConfig.from_preset("honesty", layers="1-3", rep_layers="2", **FAST), items, _vector(handle, layers=(1, 2, 3)))
+    with pytest.raises(ReptuneError, match="beyond every representation layer"):  # the vector lacks layer 3
+        Tuner(handle, TuneConfig.from_preset("pos", layers="1-3", **FAST), items, _vector(handle, layers=(2,)))
+    config = TuneConfig.from_preset("honesty", layers="1-3", rep_layers="2", allow_blocks_beyond_rep=True, **FAST)
+    grads = Tuner(handle, config, items, _vector(handle, layers=(2,))).term_gradients(items[:8])
+    block3 = [name for name in grads["rep"] if ".layers.3." in name]
+    assert block3 and all(grads["rep"][name] == 0 for name in block3)  # the confound the check prevents
+    assert all(grads["tok"][name] > 0 for name in block3)
+
+
+# --------------------------------------------------------------------- the paper's presets and optimisation
+
+
+def _paper(preset, **overrides):
+    return TuneConfig.from_preset(preset, paper=True, **{**FAST, "rep_positions": "last", **overrides})
+
+
+def test_presets_carry_the_papers_token_losses():
+    # custom_fine_tune.ipynb: TuneOut = |cos| + outputs.loss/100 on the truth labels; TuneInPos/Neg = +-v + soft 50/50 / 100
+    tune_out, pos, neg = (TuneConfig.from_preset(name) for name in ("tune-out", "pos", "neg"))
+    assert (tune_out.rep_mode, tune_out.token_target, tune_out.w_tok) == ("out", "truth", 0.01)
+    assert (pos.rep_sign, pos.token_target, pos.w_tok) == (1, "soft", 0.01)
+    assert (neg.rep_sign, neg.token_target, neg.w_tok) == (-1, "soft", 0.01)
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    for name in ("tune-out", "pos"):
+        grads = Tuner(handle, TuneConfig.from_preset(name, layers="1-2", **FAST), items, _vector(handle, layers=(1, 2))).term_gradients(items[:8])
+        assert set(grads) == {"tok", "rep"} and all(norm > 0 for norm in grads["tok"].values())
+
+
+def test_paper_settings_match_the_papers_optimizer():
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    config = _paper("honesty", layers="1-2")
+    assert (config.routing, config.adam_eps, config.weight_decay, config.max_grad_norm, config.lr_schedule, config.warmup_steps) == ("paper", 1e-4, 0.1, 0.0, "linear", 10)
+    assert TuneConfig.from_preset("honesty", paper=True).rep_positions == "pos:-8" and config.early_stop_on == "rep"
+    tuner = Tuner(handle, config, items, _vector(handle, layers=(1, 2)))
+    lrs = {name: group["lr"] for group in tuner.optimizer.param_groups for name, param in tuner.named_params if any(param is p for p in group["params"])}
+    assert all(lr == (1e-5 if ".v_proj." in name or ".o_proj." in name else 1e-6) for name, lr in lrs.items())
+    assert all(group["eps"] == 1e-4 and group["weight_decay"] == 0.1 for group in tuner.optimizer.param_groups)
+    # the token-only baselines: everything at 1e-6 (the paper has no projection parameters for Truth/Lie)
+    truth = Tuner(handle, _paper("truth", layers="1-2"), items, None)
+    assert {group["lr"] for group in truth.optimizer.param_groups} == {1e-6} and truth.config.early_stop_on == "tok"
+
+
+def test_paper_routing_sends_the_representation_loss_to_v_o_only():
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    tuner = Tuner(handle, _paper("honesty", layers="1-3"), items, _vector(handle, layers=(1, 2, 3)))
+    grads = tuner.term_gradients(items[:8])
+    routed = {name for name in grads["rep"] if ".self_attn.v_proj." in name or ".self_attn.o_proj." in name}
+    assert len(routed) == 6 and len(grads["rep"]) > 6
+    assert all(grads["rep"][name] > 0 for name in routed)
+    assert all(grads["rep"][name] == 0.0 for name in grads["rep"] if name not in routed)  # exactly zero
+    assert all(norm > 0 for norm in grads["tok"].values())  # the token loss updates every trained parameter
+    plan = tuner.plan()
+    assert plan["terms"]["representation"]["updates"] == {"self_attn.v_proj.weight": "1-3", "self_attn.o_proj.weight": "1-3"}
+    assert "mlp.down_proj.weight" in plan["terms"]["token"]["updates"] and plan["terms"]["representation"]["layers"] == "1-3"
+
+
+def test_paper_routing_training_moves_only_v_o_without_token_loss(tmp_path):
+    handle = build_model("llama", chat=True)
+    items, vector = _items(handle), _vector(handle, layers=(1, 2))
+    before = {name: param.detach().clone() for name, param in handle.model.named_parameters()}
+    config = _paper("pos", layers="1-2", token_target="none", w_tok=0.0, steps=4, warmup_steps=1, lr=1e-3, param_groups=[{"pattern": r"v_proj|o_proj", "lr": 1e-2}])
+    tune(handle, config, items, tmp_path / "run", vector=vector, progress=False, save_model=False)
+    changed = {name for name, param in handle.model.named_parameters() if not torch.equal(param, before[name])}
+    assert changed == {f"model.layers.{layer}.self_attn.{proj}.weight" for layer in (1, 2) for proj in ("v_proj", "o_proj")}
+
+
+def test_linear_schedule_equals_transformers():
+    from transformers import get_linear_schedule_with_warmup
+
+    from reptune.tuning.trainer import lr_factor
+
+    config = TuneConfig(steps=30, lr_schedule="linear", warmup_steps=10, rep_mode="none", w_rep=0.0)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=10, num_training_steps=30)
+    expected = []
+    for _ in range(30):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [lr_factor(config, step) for step in range(30)] == pytest.approx(expected)
+    assert lr_factor(TuneConfig(), 5) == 1.0
+
+
+def test_single_position_with_its_own_direction(tmp_path):
+    from reptune.tuning.trainer import Tuner, single_position_mask
+
+    prompt = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]).bool()
+    assert single_position_mask(prompt, -3).tolist() == [[False, True, False, False, False], [True, False, False, False, False]]
+    with pytest.raises(DataError, match="at least 4 tokens"):
+        single_position_mask(prompt, -4)
+    with pytest.raises(ReptuneError, match="negative integer"):
+        TuneConfig.from_preset("pos", rep_positions="pos:3")
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    vector = _vector(handle, layers=(1, 2))
+    with pytest.raises(VectorError, match="needs that position's own direction"):
+        Tuner(handle, TuneConfig.from_preset("pos", layers="1-2", rep_positions="pos:-8", **FAST), items, vector)
+    vector.meta.positions = "last:22@-8"  # as written by extract --positions last:22 --per-position (STEM.pos-8)
+    with pytest.raises(VectorError, match="set rep_positions pos:-8"):
+        Tuner(handle, TuneConfig.from_preset("pos", layers="1-2", **FAST), items, vector)
+    tuner = Tuner(handle, TuneConfig.from_preset("pos", layers="1-2", rep_positions="pos:-8", **FAST), items, vector)
+    batch = tuner._tokenize(items[:4])
+    assert batch.rep_mask.sum(-1).tolist() == [1, 1, 1, 1]
+    assert (batch.rep_mask.long().argmax(-1) == batch.last_prompt - 7).all()
+    assert "-8 from the end" in tuner.plan()["terms"]["representation"]["positions"]
+
+
+def test_early_stopping_watches_the_chosen_term(tmp_path):
+    handle = build_model("llama", chat=True)
+    items, vector = _items(handle), _vector(handle, layers=(1, 2))
+    config = TuneConfig.from_preset("honesty", layers="1-2", steps=6, lr=1e-3, early_stop_on="rep", **FAST)
+    result = tune(handle, config, items, tmp_path / "run", vector=vector, progress=False, save_model=False)
+    best = min(result.val_history, key=lambda row: row["rep"])
+    assert result.metrics["best_val_loss"] == pytest.approx(best["rep"]) and result.metrics["early_stop_on"] == "rep"
+    with pytest.raises(ReptuneError, match="does not use"):
+        TuneConfig.from_preset("truth", early_stop_on="rep")
+
+
+def test_cli_print_config_lists_what_each_term_updates(cli_run, tiny_dir, tmp_path):
+    result = cli_run("tune", "--preset", "tune-out", "--paper", "--layers", "1-2", "--print-config", "-o", tmp_path / "unused")
+    printed = json.loads(result.out)
+    assert result.code == 0 and printed["routing"] == "paper" and printed["adam_eps"] == 1e-4 and printed["token_target"] == "truth"
+    assert set(printed["plan"]["terms"]) == {"token", "representation"} and "at -8 from the end" in printed["plan"]["terms"]["representation"]["positions"]
+    handle = load_model(str(tiny_dir))
+    directions = {layer: torch.randn(handle.hidden_size) for layer in range(handle.num_layers)}
+    meta = VectorMeta(model_id=str(tiny_dir), hidden_size=handle.hidden_size, num_layers=handle.num_layers, positions="last:8@-8")
+    vector = SteeringVector(directions, meta).save(tmp_path / "v.pos-8.safetensors")
+    data = tmp_path / "statements.csv"
+    data.write_text("statement,label\n" + "".join(f"The sky is {'blue' if i % 2 else 'green'} {i}.,{i % 2}\n" for i in range(12)))
+    args = ("tune", "--preset", "honesty", "--paper", "--model", tiny_dir, "--vector", vector, "--data", data, "--layers", "1-2", "--precision", "fp32")
+    result = cli_run(*args, "--print-config", "-o", tmp_path / "unused")
+    assert result.code == 0, result.err
+    plan = json.loads(result.out)["plan"]
+    rep = plan["terms"]["representation"]
+    assert rep["updates"] == {"self_attn.v_proj.weight": "1-2", "self_attn.o_proj.weight": "1-2"} and rep["layers"] == "1-2"
+    assert "at -8 from the end" in rep["positions"] and rep["trained_blocks_without_rep_loss"] == ""
+    assert plan["terms"]["token"]["updates"]["mlp.up_proj.weight"] == "1-2"
+    assert sorted(group["lr"] for group in plan["optimizer"]["groups"]) == [1e-6, 1e-5]
+    assert not (tmp_path / "unused").exists()
 
 
 # --------------------------------------------------------------------- bad input
@@ -290,7 +465,7 @@ from safetensors.torch import save_file
 handle = build_model("llama", chat=True)
 stm = [Statement(f"Two plus {{i}} is {{i + 2}}.", 1) for i in range(12)] + [Statement(f"Two plus {{i}} is {{i + 5}}.", 0) for i in range(12)]
 items = [TrainItem(prompt=a.prompt, correct=a.correct, label=a.meta["label"]) for a in statements_to_ab(stm, handle.tokenizer)]
-config = TuneConfig.from_preset("lie", layers="1-2", steps=12, lr=2e-3, autocast=None, eval_every=3, checkpoint_every=3, batch_size=8, retain="kl")
+config = TuneConfig.from_preset("lie", layers="1-2", steps=12, lr=2e-3, autocast=None, eval_every=3, checkpoint_every=3, batch_size=8, retain="kl", w_retain=1.0)
 slow = sys.argv[2] == "slow"
 if slow:
     import reptune.tuning.trainer as trainer, time
@@ -355,6 +530,65 @@ def test_retain_texts_from_raw_text_and_datasets(tmp_path):
     empty.write_text("short\n")
     with pytest.raises(DataError, match="no usable text"):
         load_retain_texts(str(empty))
+
+
+def test_default_retain_corpus_is_unrelated_to_training_and_never_test_data(tmp_path, monkeypatch):
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    items = _items(handle)
+    prompts = [item.prompt for item in items]
+    monkeypatch.delenv("REPTUNE_DATA_DIR", raising=False)
+    tuner = Tuner(handle, TuneConfig.from_preset("truth", layers="1", retain="kl", w_retain=1.0, **FAST), items, None)
+    assert tuner.retain_info["corpus"].endswith("neutral_text.txt") and tuner.retain_info["texts"] == 100
+    retain_ids = [row[mask.bool()].tolist() for batch in tuner.retain_batches for row, mask in zip(batch.input_ids, batch.attention_mask)]
+    prompt_ids = [handle.tokenizer(prompt)["input_ids"] for prompt in prompts]
+    assert not any(ids in prompt_ids for ids in retain_ids)
+    # WikiText-2 train when the data folder has it; its test split (the perplexity evaluation) never
+    (tmp_path / "wikitext2").mkdir()
+    (tmp_path / "wikitext2" / "wiki.test.raw").write_text("A test-split paragraph that must not be trained on at all.\n")
+    monkeypatch.setenv("REPTUNE_DATA_DIR", str(tmp_path))
+    assert Tuner(handle, TuneConfig.from_preset("truth", layers="1", retain="kl", w_retain=1.0, **FAST), items, None).retain_info["corpus"].endswith("neutral_text.txt")
+    (tmp_path / "wikitext2" / "wiki.train.raw").write_text(" = Title = \n" + "A train-split paragraph about an old bridge over a river. " * 3 + "\n")
+    info = Tuner(handle, TuneConfig.from_preset("truth", layers="1", retain="kl", w_retain=1.0, **FAST), items, None).retain_info
+    assert info["corpus"].endswith("wiki.train.raw") and info["texts"] == 1
+    # the training prompts themselves (or texts inside them) are dropped; nothing left is an error
+    mixed = Tuner(handle, TuneConfig.from_preset("truth", layers="1", retain="kl", w_retain=1.0, **FAST), items, None,
+                  retain_texts=[*prompts[:3], "Two plus 1 is 3.", "The kettle clicked off, and the kitchen went quiet again."])
+    assert mixed.retain_info["texts"] == 1 and mixed.retain_info["dropped_overlapping_training"] == 4
+    with pytest.raises(DataError, match="holds only training prompts"):
+        Tuner(handle, TuneConfig.from_preset("truth", layers="1", retain="kl", w_retain=1.0, **FAST), items, None, retain_texts=prompts)
+
+
+def test_retain_mask_never_covers_the_answer_position():
+    from reptune.tuning.trainer import retain_mask
+
+    attention = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    assert retain_mask(attention).tolist() == [[True, True, True, False], [True, False, False, False]]
+
+
+def test_retain_weight_is_explicit():
+    with pytest.raises(ReptuneError, match="retain 'kl' needs a positive w_retain"):
+        TuneConfig.from_preset("honesty", retain="kl")  # was silently set to 1
+    with pytest.raises(ReptuneError, match="retain is 'none'"):
+        TuneConfig.from_preset("honesty", w_retain=1.0)
+    assert TuneConfig.from_preset("honesty", retain="both", w_retain=2.0).w_retain == 2.0
+
+
+@pytest.mark.parametrize(("autocast", "expected"), [("bf16", torch.bfloat16), (None, None), ("none", None)])
+def test_config_autocast_drives_the_training_forward(autocast, expected):
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)  # loaded without autocast
+    items = _items(handle)
+    tuner = Tuner(handle, TuneConfig.from_preset("truth", layers="1", **{**FAST, "autocast": autocast}), items, None)
+    seen = []
+    hook = handle.layers[1].register_forward_pre_hook(lambda *_: seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    try:
+        tuner.losses(tuner._tokenize(items[:4]), retain_index=None)
+    finally:
+        hook.remove()
+    assert seen == [expected] and tuner.config.autocast == (None if expected is None else "bf16")
 
 
 def test_default_config_has_a_plain_preset_name():

@@ -197,23 +197,38 @@ def export_gguf_cmd(
 @app.command()
 def tune(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: merged weights, config, metrics, curves, checkpoints.")],
-    preset: Annotated[str, typer.Option("--preset", help="truth, lie, honesty, dishonesty, tune-out, pos or neg.")] = "honesty",
+    preset: Annotated[str, typer.Option("--preset", help="truth, lie, honesty, dishonesty, tune-out, pos or neg (--paper: the paper's optimisation).")] = "honesty",
     vector: Annotated[Path | None, typer.Option("--vector", "-v", help="Vector file (needed by every preset but truth/lie).")] = None,
     data: Annotated[str, typer.Option("--data", "-d", help="Statements CSV / 'honesty' / 'facts' (A/B questions), CAA set, or pairs JSONL (SFT).")] = "honesty",
     model: ModelOpt = None,
     layers: Annotated[str | None, typer.Option("--layers", "-l", help="Trained blocks (layer spec), e.g. 10-17.")] = None,
     rep_layers: Annotated[str | None, typer.Option("--rep-layers", help="Layers the representation loss reads (default: trained layers the vector has).")] = None,
-    rep_positions: Annotated[str | None, typer.Option("--rep-positions", help="last, last:N, all (prompt tokens) or generated.")] = None,
+    rep_positions: Annotated[
+        str | None, typer.Option("--rep-positions", help="last, last:N, all (prompt tokens), generated, or pos:K (one token K from the end; needs STEM.posK vector).")
+    ] = None,
     train_modules: Annotated[str | None, typer.Option("--train-modules", help="Regex: which parameters of the trained blocks train (default all).")] = None,
     param_group: Annotated[
         list[str] | None, typer.Option("--param-group", help="PATTERN=LR: learning rate for matching parameters (repeatable), e.g. 'self_attn\\.(v_proj|o_proj)=1e-5'.")
     ] = None,
     lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (peft); the merged model and the adapter are saved.")] = False,
+    paper: Annotated[
+        bool, typer.Option("--paper", help="The paper's optimisation: rep loss on v/o only, v/o lr 1e-5 / rest 1e-6, AdamW eps 1e-4, wd 0.1, linear warm-up, position pos:-8.")
+    ] = False,
+    routing: Annotated[str | None, typer.Option("--routing", help="all (every term updates every trained parameter) or paper (rep loss only --rep-params).")] = None,
+    rep_params: Annotated[str | None, typer.Option("--rep-params", help="Regex: parameters the representation loss updates with --routing paper.")] = None,
+    adam_eps: Annotated[float | None, typer.Option("--adam-eps", help="AdamW eps.")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="AdamW weight decay.")] = None,
+    lr_schedule: Annotated[str | None, typer.Option("--lr-schedule", help="constant or linear (warm-up, then linear decay to 0).")] = None,
+    warmup_steps: Annotated[int | None, typer.Option("--warmup-steps")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option("--max-grad-norm", help="Gradient clipping norm (0 = none).")] = None,
+    early_stop_on: Annotated[str | None, typer.Option("--early-stop-on", help="Validation quantity for early stopping: loss, rep or tok.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b")] = None,
-    retain: Annotated[str | None, typer.Option("--retain", help="none, kl, act or both.")] = None,
-    retain_data: Annotated[str | None, typer.Option("--retain-data", help="Retain corpus (dataset argument; default: the training prompts).")] = None,
+    retain: Annotated[str | None, typer.Option("--retain", help="none, kl, act or both (with --w-retain).")] = None,
+    retain_data: Annotated[
+        str | None, typer.Option("--retain-data", help="Retain corpus (text file or dataset argument; default: WikiText-2 train if in $REPTUNE_DATA_DIR, else shipped neutral text).")
+    ] = None,
     w_tok: Annotated[float | None, typer.Option("--w-tok", help="Token loss weight.")] = None,
     w_rep: Annotated[float | None, typer.Option("--w-rep", help="Representation loss weight.")] = None,
     w_retain: Annotated[float | None, typer.Option("--w-retain", help="Retain loss weight.")] = None,
@@ -225,6 +240,9 @@ def tune(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch")] = False,
+    allow_blocks_beyond_rep: Annotated[
+        bool, typer.Option("--allow-blocks-beyond-rep", help="Allow trained blocks deeper than every --rep-layers layer (they get only the token loss).")
+    ] = False,
     precision: PrecisionOpt = "bf16",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
@@ -234,7 +252,6 @@ def tune(
 
     from reptune.tuning import TuneConfig, load_tune_items
     from reptune.tuning import tune as run_tune
-    from reptune.tuning.data import load_retain_texts
     from reptune.vectors import load_vector
 
     overrides = {
@@ -242,13 +259,23 @@ def tune(
         "lr": lr, "batch_size": batch_size, "retain": retain, "retain_data": retain_data, "w_tok": w_tok, "w_rep": w_rep,
         "w_retain": w_retain, "eval_every": eval_every, "patience": patience, "checkpoint_every": checkpoint_every,
         "limit": limit, "seed": seed, "autocast": "bf16" if precision == "bf16" else "none",
-        "train_modules": train_modules, "param_groups": _parse_param_groups(param_group or []) or None,
+        "train_modules": train_modules, "allow_blocks_beyond_rep": allow_blocks_beyond_rep or None,
+        "param_groups": _parse_param_groups(param_group or []) or None,
+        "routing": routing, "rep_params": rep_params, "adam_eps": adam_eps, "weight_decay": weight_decay, "lr_schedule": lr_schedule,
+        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "early_stop_on": early_stop_on,
     }
-    config = TuneConfig.from_preset(preset, **overrides)
-    if print_config:
-        console.print_json(json.dumps(config.to_json()))
-        return
+    config = TuneConfig.from_preset(preset, paper=paper, **overrides)
     loaded = load_vector(vector) if vector is not None else None
+    if print_config:  # the config and, per loss term, what it updates where (resolved on --model when given)
+        plan = config.describe()
+        if model is not None and (loaded is not None or not config.uses_vector):
+            from reptune.tuning.trainer import tuning_plan
+
+            handle = _load(model, precision, device, layers_path)
+            items, _ = load_tune_items(data, handle.tokenizer, limit=config.limit)
+            plan = tuning_plan(handle, config, items, loaded, allow_model_mismatch=allow_model_mismatch)
+        console.print_json(json.dumps({**config.to_json(), "plan": plan}))
+        return
     if config.uses_vector and loaded is None:
         raise ReptuneError(f"preset {preset!r} needs --vector")
     _check_output(output / "config.json")
@@ -256,10 +283,9 @@ def tune(
     if loaded is not None:
         loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
     items, origin = load_tune_items(data, handle.tokenizer, limit=config.limit)
-    retain_texts = load_retain_texts(config.retain_data) if config.retain_data else None
     result = run_tune(
         handle, config, items, output, vector=loaded, vector_path=str(vector) if vector else None, data_origin=origin,
-        retain_texts=retain_texts, resume=resume, allow_model_mismatch=allow_model_mismatch,
+        resume=resume, allow_model_mismatch=allow_model_mismatch,
     )
     table = Table(title=f"tuned ({preset}) -> {output}", show_header=False)
     for key, value in result.metrics.items():

@@ -427,6 +427,7 @@ class Experiment:
             "steps": variant.steps or t.steps, "lr": variant.lr or t.lr, "batch_size": variant.batch_size or t.batch_size,
             "eval_every": t.eval_every, "patience": t.patience, "checkpoint_every": t.checkpoint_every, "limit": t.limit,
             "lora": variant.lora, "retain": variant.retain, "seed": seed, "autocast": self.autocast,
+            "w_retain": 1.0 if variant.retain != "none" else None,  # explicit: TuneConfig no longer defaults it
             **variant.options,
         }
         return TuneConfig.from_preset(variant.preset, **overrides)

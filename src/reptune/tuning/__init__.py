@@ -6,12 +6,13 @@
 * :mod:`reptune.tuning.trainer` — the loop, checkpoints, resume and outputs.
 """
 
-from reptune.tuning.config import PAPER_PARAM_GROUPS, PRESETS, ParamGroup, TuneConfig
+from reptune.tuning.config import PAPER_PARAM_GROUPS, PAPER_SETTINGS, PRESETS, ParamGroup, TuneConfig, paper_settings
 from reptune.tuning.data import TrainItem, load_tune_items
-from reptune.tuning.trainer import TrainingDiverged, TuneResult, tune
+from reptune.tuning.trainer import TrainingDiverged, TuneResult, tune, tuning_plan
 
 __all__ = [
     "PAPER_PARAM_GROUPS",
+    "PAPER_SETTINGS",
     "PRESETS",
     "ParamGroup",
     "TrainItem",
@@ -19,5 +20,7 @@ __all__ = [
     "TuneConfig",
     "TuneResult",
     "load_tune_items",
+    "paper_settings",
     "tune",
+    "tuning_plan",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from reptune.data.ab import statements_to_ab
 from reptune.data.pairs import render_chat
-from reptune.data.sources import read_source
+from reptune.data.sources import data_dir, read_source
 from reptune.errors import DataError
 
 
@@ -120,12 +121,19 @@ class BalancedBatches:
         return [self.items[i] for i in chosen]
 
 
-def load_retain_texts(spec: str, *, min_chars: int = 40, limit: int = 512) -> list[str]:
+# retain corpora used when none is given: WikiText-2 *train* (never the test split, which the
+# perplexity evaluation reads) when $REPTUNE_DATA_DIR holds it, else reptune's shipped neutral text
+WIKITEXT_TRAIN = "wikitext2/wiki.train.raw"
+NEUTRAL_TEXT = "neutral_text.txt"
+
+
+def load_retain_texts(spec: str, *, min_chars: int = 40, max_chars: int = 600, limit: int = 512) -> list[str]:
     """Plain texts for the retain loss.
 
-    A text file (any suffix but .jsonl/.csv/.json, e.g. WikiText's ``wiki.test.raw``) gives its
-    non-empty lines of at least ``min_chars`` characters; any other dataset argument gives its
-    statements, or the positive side of its pairs, or its CAA questions.
+    A text file (any suffix but .jsonl/.csv/.json, e.g. WikiText's ``wiki.train.raw``) gives its
+    non-empty lines of at least ``min_chars`` characters, each cut to ``max_chars`` at a word
+    boundary; any other dataset argument gives its statements, or the positive side of its
+    pairs, or its CAA questions.
     """
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix not in {".jsonl", ".csv", ".json"}:
@@ -133,7 +141,7 @@ def load_retain_texts(spec: str, *, min_chars: int = 40, limit: int = 512) -> li
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError:
             raise DataError(f"{path}: not a UTF-8 text file") from None
-        texts = [line.strip() for line in lines if len(line.strip()) >= min_chars]
+        texts = [_cut(line.strip(), max_chars) for line in lines if len(line.strip()) >= min_chars]
     else:
         source = read_source(spec)
         if source.kind == "statements":
@@ -146,3 +154,31 @@ def load_retain_texts(spec: str, *, min_chars: int = 40, limit: int = 512) -> li
     if not texts:
         raise DataError(f"retain corpus {spec!r} holds no usable text")
     return texts
+
+
+def _cut(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    return head[: head.rfind(" ")] if " " in head else head
+
+
+def default_retain_source() -> str:
+    """Where the default retain corpus comes from: a path (WikiText-2 train, or the shipped neutral text).
+
+    The retain corpus must be unrelated to the training items (a retain loss on the training
+    prompts pulls the model back to the base model's answers) and must not be evaluation data.
+    """
+    root = data_dir()
+    if root is not None and (root / WIKITEXT_TRAIN).is_file():
+        return str(root / WIKITEXT_TRAIN)
+    return str(resources.files("reptune.data") / "resources" / NEUTRAL_TEXT)
+
+
+def drop_training_overlap(texts: Sequence[str], prompts: Sequence[str]) -> tuple[list[str], int]:
+    """Remove retain texts that are, or are contained in, a training prompt.
+
+    Returns ``(kept texts, number dropped)``.
+    """
+    kept = [text for text in texts if not any(text.strip() in prompt for prompt in prompts)]
+    return kept, len(texts) - len(kept)

@@ -8,6 +8,7 @@ Checkpoints and outputs are safetensors + JSON, written atomically; nothing is p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,10 +28,17 @@ from reptune.activations import _StopForward, capture_layers, tokenize_examples
 from reptune.data.ab import letter_token_ids
 from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError, VectorError
-from reptune.models import ModelHandle
+from reptune.models import ModelHandle, _autocast_with_fp32_head
 from reptune.sites import Positions, parse_layers
-from reptune.tuning.config import TuneConfig
-from reptune.tuning.data import BalancedBatches, TrainItem, split_items
+from reptune.tuning.config import TuneConfig, rep_position
+from reptune.tuning.data import (
+    BalancedBatches,
+    TrainItem,
+    default_retain_source,
+    drop_training_overlap,
+    load_retain_texts,
+    split_items,
+)
 from reptune.tuning.losses import answer_loss, kl_base_to_tuned, representation_loss, sft_loss, topk_reference
 from reptune.vectors import SteeringVector
 
@@ -63,6 +71,118 @@ class _Batch:
     correct: torch.Tensor | None
 
 
+def retain_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions the retain loss compares: every real token but each row's last (``[batch, seq]`` bool).
+
+    The last position of a text predicts what follows it, which for a prompt-shaped text is
+    the answer: the retain loss never covers an answer position. Right padding.
+    """
+    mask = attention_mask.bool().clone()
+    last = attention_mask.long().sum(-1) - 1
+    mask[torch.arange(mask.shape[0], device=mask.device), last.clamp_min(0)] = False
+    return mask
+
+
+def _compact(layers: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3,7"``."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and runs[-1][1] == layer - 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def tuning_plan(handle: ModelHandle, config: TuneConfig, items: Sequence[TrainItem], vector: SteeringVector | None = None, **kwargs: Any) -> dict[str, Any]:
+    """:meth:`Tuner.plan` without training (a dry run): which parameters get which loss term,
+    at which layers and positions, with which learning rates. ``kwargs`` go to :class:`Tuner`.
+
+    Leaves ``handle`` untrained, all parameters frozen (LoRA adapters removed again); with a
+    retain loss the base outputs are computed once (forward passes only).
+    """
+    tuner = Tuner(handle, config, items, vector, **kwargs)
+    try:
+        return tuner.plan()
+    finally:
+        if tuner.peft_model is not None:
+            handle.model = tuner.peft_model.unload()
+        handle.model.requires_grad_(False)
+
+
+def lr_factor(config: TuneConfig, step: int) -> float:
+    """Learning-rate multiplier at 0-based optimizer step ``step``.
+
+    ``linear`` is ``transformers.get_linear_schedule_with_warmup``: ``step / warmup`` during
+    warm-up (0 at the first step), then ``(steps - step) / (steps - warmup)``, never below 0.
+    """
+    if config.lr_schedule == "constant":
+        return 1.0
+    if step < config.warmup_steps:
+        return step / max(1, config.warmup_steps)
+    return max(0.0, (config.steps - step) / max(1, config.steps - config.warmup_steps))
+
+
+def single_position_mask(prompt: torch.Tensor, offset: int) -> torch.Tensor:
+    """The one prompt token ``offset`` (< 0) from the end of each row's prompt: ``[batch, seq]`` bool.
+
+    Raises:
+        DataError: a prompt shorter than ``-offset`` tokens.
+    """
+    from_end = prompt.flip(-1).long().cumsum(-1).flip(-1) - 1
+    mask = prompt.bool() & (from_end == -offset - 1)
+    if (mask.sum(-1) != 1).any():
+        raise DataError(f"rep_positions pos:{offset} needs prompts of at least {-offset} tokens; a prompt is shorter")
+    return mask
+
+
+def check_vector_position(vector: SteeringVector, rep_positions: str) -> None:
+    """Refuse a per-position direction used at another position (and ``pos:K`` without its own).
+
+    A per-position vector (``reptune extract --positions last:N --per-position``) records its
+    position in ``meta.positions`` as ``last:N@K``.
+    """
+    found = re.search(r"@(-\d+)$", vector.meta.positions or "")
+    vector_offset = int(found.group(1)) if found else None
+    offset = rep_position(rep_positions)
+    if offset is not None and vector_offset != offset:
+        raise VectorError(
+            f"rep_positions {rep_positions} needs that position's own direction, but the vector was read at {vector.meta.positions!r}: "
+            f"extract with --positions last:N --per-position (N >= {-offset}) and pass STEM.pos{offset}.safetensors"
+        )
+    if offset is None and vector_offset is not None and not (vector_offset == -1 and rep_positions == "last"):
+        raise VectorError(f"the vector is the direction of prompt position {vector_offset} ({vector.meta.positions}): set rep_positions pos:{vector_offset}")
+
+
+def resolve_rep_layers(config: TuneConfig, trained: Sequence[int], vector: SteeringVector, num_layers: int) -> list[int]:
+    """The layers the representation loss reads (each with its own direction), checked.
+
+    ``config.rep_layers`` when set, else every trained layer the vector has. Refused: a
+    representation layer before every trained block (nothing trained can move it) and, unless
+    ``config.allow_blocks_beyond_rep``, trained blocks deeper than every representation layer
+    (they would get only the token-loss gradient, so the variant would be part token-only).
+
+    Raises:
+        VectorError: the vector lacks the layers; ReptuneError: the layers do not fit the blocks.
+    """
+    if config.rep_layers is not None:
+        rep_layers = parse_layers(config.rep_layers, num_layers)
+    else:
+        rep_layers = [layer for layer in trained if layer in vector.directions]
+        if not rep_layers:
+            raise VectorError(f"the vector has none of the trained layers {list(trained)}; it has {vector.layers} (set rep_layers)")
+    too_early = [layer for layer in rep_layers if layer < min(trained)]
+    if too_early:
+        raise ReptuneError(f"representation loss at layer(s) {too_early} cannot be moved by training layers {list(trained)}")
+    beyond = [layer for layer in trained if layer > max(rep_layers)]
+    if beyond and not config.allow_blocks_beyond_rep:
+        raise ReptuneError(
+            f"trained block(s) {beyond} lie beyond every representation layer ({sorted(rep_layers)}): they would get only the token loss; "
+            "read the loss at every trained layer (a vector with those layers, rep_layers unset) or set allow_blocks_beyond_rep"
+        )
+    return sorted(rep_layers)
+
+
 class Tuner:
     """Holds the model, the trainable parameters and the loss set-up for one run."""
 
@@ -86,18 +206,13 @@ class Tuner:
             if vector is None:
                 raise VectorError(f"preset {config.preset!r} needs a vector (--vector)")
             vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
-            if config.rep_layers is not None:
-                rep_layers = parse_layers(config.rep_layers, handle.num_layers)
-            else:
-                rep_layers = [layer for layer in self.layers if layer in vector.directions]
-                if not rep_layers:
-                    raise VectorError(f"the vector has none of the trained layers {self.layers}; it has {vector.layers} (set rep_layers)")
+            rep_layers = resolve_rep_layers(config, self.layers, vector, handle.num_layers)
             self.rep_vectors = vector.select(rep_layers)
-            too_early = [layer for layer in rep_layers if layer < min(self.layers)]
-            if too_early:
-                raise ReptuneError(f"representation loss at layer(s) {too_early} cannot be moved by training layers {self.layers}")
         self.rep_positions = config.rep_positions
-        Positions.parse(self.rep_positions)
+        if rep_position(self.rep_positions) is None:
+            Positions.parse(self.rep_positions)
+        if vector is not None and config.uses_vector:
+            check_vector_position(vector, self.rep_positions)
         self.letter_ids: tuple[int, int] | None = None
         if config.uses_tokens:
             if config.token_target in {"truth", "lie", "soft"}:
@@ -112,8 +227,9 @@ class Tuner:
         self._setup_trainable()
         self.retain_batches: list[_Batch] = []
         self.retain_refs: list[dict[str, Any]] = []
+        self.retain_info: dict[str, Any] | None = None
         if config.retain != "none":
-            self._setup_retain(retain_texts or [item.prompt for item in self.train_items])
+            self._setup_retain(self._retain_corpus(retain_texts, [item.prompt for item in items]))
 
     # ------------------------------------------------------------------ set-up
     def _setup_trainable(self) -> None:
@@ -142,14 +258,35 @@ class Tuner:
         if not named:
             raise ReptuneError(f"no trainable parameters: train_modules {config.train_modules!r} matched nothing in layers {self.layers}")
         self.named_params = named
+        # which trainable tensors each loss term updates (see backward)
+        self.term_params: dict[str, list[tuple[str, torch.nn.Parameter]]] = {"tok": named, "rep": named, "retain": named}
+        if config.routing == "paper" and config.uses_vector:
+            routed = [(name, param) for name, param in named if re.search(config.rep_params, name)]
+            if not routed:
+                raise ReptuneError(f"routing 'paper': rep_params {config.rep_params!r} matches no trained parameter in layers {self.layers} (set rep_params)")
+            self.term_params["rep"] = routed
         groups: dict[float, list[torch.nn.Parameter]] = {}
         for name, param in named:
             lr = next((group.lr for group in config.param_groups if re.search(group.pattern, name)), config.lr)
             groups.setdefault(lr, []).append(param)
         self.optimizer = torch.optim.AdamW(
-            [{"params": params, "lr": lr} for lr, params in groups.items()], weight_decay=config.weight_decay, betas=(0.9, 0.999)
+            [{"params": params, "lr": lr} for lr, params in groups.items()], weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=config.adam_eps
         )
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.param_order = [param for group in self.optimizer.param_groups for param in group["params"]]
+
+    def _retain_corpus(self, given: Sequence[str] | None, prompts: Sequence[str]) -> list[str]:
+        """The retain texts: ``given``, else ``config.retain_data``, else the default corpus
+        (:func:`~reptune.tuning.data.default_retain_source`), minus any text that is (part of) a
+        training prompt: the retain loss must not pull the training items back to the base answers."""
+        origin = "in memory" if given is not None else (self.config.retain_data or default_retain_source())
+        texts = list(given) if given is not None else load_retain_texts(origin)
+        kept, dropped = drop_training_overlap(texts, prompts)
+        if not kept:
+            raise DataError(f"retain corpus {origin} holds only training prompts: use text unrelated to the training items")
+        kept = [text for text in kept if text.strip()][: 16 * self.config.batch_size]
+        self.retain_info = {"corpus": origin, "texts": len(kept), "dropped_overlapping_training": dropped}
+        return kept
 
     def _setup_retain(self, texts: Sequence[str]) -> None:
         texts = [text for text in texts if text.strip()][: 16 * self.config.batch_size]
@@ -172,7 +309,9 @@ class Tuner:
     # ------------------------------------------------------------------ batches and forward
     def _tokenize(self, items: Sequence[TrainItem], rep_positions: str | None = None) -> _Batch:
         examples = [Example(item.prompt, item.completion) for item in items]
-        spec = Positions.parse(rep_positions or self.rep_positions)
+        spec_text = rep_positions or self.rep_positions
+        offset = rep_position(spec_text)
+        spec = Positions.parse("last" if offset is not None else spec_text)
         has_completion = any(item.completion for item in items)
         batch = tokenize_examples(
             self.handle.tokenizer, examples, padding_side="right", with_offsets=has_completion or spec.kind == "marker", device=self.handle.device
@@ -186,7 +325,9 @@ class Tuner:
         else:
             completion = torch.zeros_like(real)
         prompt = real & ~completion
-        if spec.kind == "generated":
+        if offset is not None:
+            rep_mask = single_position_mask(prompt, offset)
+        elif spec.kind == "generated":
             rep_mask = completion
         else:
             rep_mask = spec.mask(prompt.long().cpu(), batch.offsets, batch.texts).to(real.device)
@@ -195,11 +336,18 @@ class Tuner:
             correct = torch.tensor([item.correct for item in items], device=real.device)
         return _Batch(batch.input_ids, batch.attention_mask, batch.position_ids, rep_mask, completion, prompt.sum(-1) - 1, correct)
 
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """``config.autocast`` for the training forward passes (the handle's own setting is not used)."""
+        dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.config.autocast]
+        if dtype is None or dtype == self.handle.dtype:
+            return contextlib.nullcontext()
+        return _autocast_with_fp32_head(self.handle.model, self.handle.device.type, dtype)
+
     def _forward(self, batch: _Batch, capture: Sequence[int], need_logits: bool) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
         """One forward pass; stops after the deepest captured layer when logits are not needed."""
         stop = None if need_logits or not capture else max(capture)
         logits = None
-        with self.handle.autocast(), capture_layers(self.handle, capture, stop_after=stop) as captured:
+        with self._autocast(), capture_layers(self.handle, capture, stop_after=stop) as captured:
             try:
                 out = self.handle.model(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
@@ -239,7 +387,7 @@ class Tuner:
         mode = self.config.retain
         capture = self.layers if mode in {"act", "both"} else []
         logits, hidden = self._forward(batch, capture, need_logits=mode in {"kl", "both"})
-        real = batch.attention_mask.bool()
+        real = retain_mask(batch.attention_mask)
         if self.peft_model is not None:  # LoRA: the base is the model with its adapter switched off
             with torch.no_grad(), self.peft_model.disable_adapter():
                 base_logits, base_hidden = self._forward(batch, capture, need_logits=mode in {"kl", "both"})
@@ -256,6 +404,92 @@ class Tuner:
         if mode in {"act", "both"}:
             total = total + torch.stack([(hidden[layer].float() - reference["act"][layer]).pow(2).mean(-1)[real].mean() for layer in capture]).mean()
         return total
+
+    def set_learning_rates(self, step: int) -> None:
+        """Learning rates for optimizer step ``step`` (0-based): the schedule is a pure function of the step."""
+        factor = lr_factor(self.config, step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def active_terms(self) -> list[str]:
+        """The loss terms that contribute to training (non-zero weight and in use)."""
+        config = self.config
+        active = {"tok": config.uses_tokens, "rep": config.uses_vector, "retain": bool(self.retain_batches) and config.w_retain > 0}
+        return [name for name, on in active.items() if on]
+
+    def _weighted(self, terms: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        weight = {"tok": self.config.w_tok, "rep": self.config.w_rep, "retain": self.config.w_retain}[name]
+        return weight * terms[name]
+
+    def backward(self, terms: dict[str, torch.Tensor], names: Sequence[str] | None = None) -> None:
+        """Accumulate the gradients of the weighted terms ``names`` (default: the active ones).
+
+        Each term is differentiated only with respect to the tensors it may update
+        (``term_params``), so the others receive exactly zero from it (``routing='paper'``).
+        When every term updates every trainable tensor this is ``terms["loss"].backward()``.
+        """
+        active = self.active_terms()
+        names = active if names is None else list(names)
+        if names == active and all(self.term_params[name] is self.named_params for name in names):
+            terms["loss"].backward()
+            return
+        for index, name in enumerate(names):
+            params = [param for _, param in self.term_params[name]]
+            grads = torch.autograd.grad(self._weighted(terms, name), params, retain_graph=index < len(names) - 1, allow_unused=True)
+            for param, grad in zip(params, grads):
+                if grad is not None:
+                    param.grad = grad if param.grad is None else param.grad + grad
+
+    def term_gradients(self, items: Sequence[TrainItem]) -> dict[str, dict[str, float]]:
+        """Per loss term, the gradient norm it alone sends to every trainable tensor.
+
+        Runs the training backward (:meth:`backward`) for one term at a time on one batch of
+        ``items`` (and the first retain batch); the weights are not updated and the gradients are
+        cleared afterwards. Returns ``{term: {parameter name: L2 norm}}`` for the active terms; a
+        tensor the term does not update has norm exactly 0.
+        """
+        out: dict[str, dict[str, float]] = {}
+        batch = self._tokenize(items)
+        for name in self.active_terms():
+            self.optimizer.zero_grad(set_to_none=True)
+            self.backward(self.losses(batch, retain_index=0 if self.retain_batches else None), [name])
+            out[name] = {pname: 0.0 if param.grad is None else float(param.grad.norm()) for pname, param in self.named_params}
+        self.optimizer.zero_grad(set_to_none=True)
+        return out
+
+    def plan(self) -> dict[str, Any]:
+        """:meth:`TuneConfig.describe`, resolved: actual layers, positions and parameter names.
+
+        Per term, ``updates`` maps each trained tensor name (inside a block) to the blocks whose
+        tensor of that name the term updates, e.g. ``{"self_attn.v_proj.weight": "11-17"}``.
+        """
+        config = self.config
+        plan = config.describe()
+        plan["trained_blocks"] = _compact(self.layers)
+        names = {"tok": "token", "rep": "representation", "retain": "retain"}
+        for key, title in names.items():
+            if title in plan["terms"]:
+                plan["terms"][title]["updates"] = self._by_block(self.term_params[key])
+        if "representation" in plan["terms"]:
+            plan["terms"]["representation"]["layers"] = _compact(list(self.rep_vectors))
+            plan["terms"]["representation"]["trained_blocks_without_rep_loss"] = _compact([layer for layer in self.layers if layer not in self.rep_vectors])
+        if "retain" in plan["terms"] and self.retain_info is not None:
+            plan["terms"]["retain"].update(self.retain_info)
+        by_id = {id(param): name for name, param in self.named_params}
+        plan["optimizer"]["groups"] = [
+            {"lr": base, "params": self._by_block([(by_id[id(param)], param) for param in group["params"]])}
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs)
+        ]
+        return plan
+
+    def _by_block(self, named: Sequence[tuple[str, torch.nn.Parameter]]) -> dict[str, str]:
+        found: dict[str, list[int]] = {}
+        pattern = re.compile(rf"{re.escape(self.handle.layers_path)}\.(\d+)\.(.+)$")
+        for name, _ in named:
+            match = pattern.search(name)
+            suffix, layer = (match.group(2), int(match.group(1))) if match else (name, -1)
+            found.setdefault(suffix, []).append(layer)
+        return {suffix: _compact(sorted(layers)) for suffix, layers in found.items()}
 
     @torch.no_grad()
     def evaluate(self, items: Sequence[TrainItem]) -> dict[str, float]:
@@ -393,7 +627,8 @@ def tune(
                 latest = _checkpoint_dir(output) / "latest.json"
                 kept = f"last good checkpoint kept in {_checkpoint_dir(output)}" if latest.is_file() else "no checkpoint was written yet"
                 raise TrainingDiverged(f"loss became {float(terms['loss'].detach())} at step {step + 1}; {kept}; lower the learning rate")
-            terms["loss"].backward()
+            tuner.backward(terms)
+            tuner.set_learning_rates(step)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_([param for _, param in tuner.named_params], config.max_grad_norm)
             tuner.optimizer.step()
@@ -403,8 +638,9 @@ def tune(
             if tuner.val_items and (loop["step"] % config.eval_every == 0 or loop["step"] == config.steps):
                 val = tuner.evaluate(tuner.val_items)
                 loop["val_history"].append({"step": loop["step"], **val})
-                if loop["best_val"] is None or val["loss"] < loop["best_val"] - 1e-6:
-                    loop["best_val"], loop["best_step"], loop["bad_evals"] = val["loss"], loop["step"], 0
+                watched = val[config.early_stop_on]
+                if loop["best_val"] is None or watched < loop["best_val"] - 1e-6:
+                    loop["best_val"], loop["best_step"], loop["bad_evals"] = watched, loop["step"], 0
                     best = tuner.trainable_state()
                 else:
                     loop["bad_evals"] += 1
@@ -422,11 +658,13 @@ def tune(
         "stopped": loop["stopped"] or "completed",
         "best_step": loop["best_step"],
         "best_val_loss": loop["best_val"],
+        "early_stop_on": config.early_stop_on,
         "final_train": loop["history"][-1] if loop["history"] else None,
         "final_val": loop["val_history"][-1] if loop["val_history"] else None,
         "train_items": len(tuner.train_items),
         "val_items": len(tuner.val_items),
         "trainable_parameters": sum(param.numel() for _, param in tuner.named_params),
+        "retain_corpus": tuner.retain_info,
         "seconds": elapsed,
     }
     result = TuneResult(output, config, metrics, loop["history"], loop["val_history"])
@@ -438,7 +676,10 @@ def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | No
     from reptune._plots import plot_loss_curves
 
     output, handle = result.output_dir, tuner.handle
-    write_json_atomic(output / "tune_config.json", {**tuner.config.to_json(), "vector": vector_path, "data": data_origin, "base_model": handle.model_id})
+    write_json_atomic(
+        output / "tune_config.json",
+        {**tuner.config.to_json(), "vector": vector_path, "data": data_origin, "base_model": handle.model_id, "plan": tuner.plan()},
+    )
     write_json_atomic(output / "metrics.json", result.metrics)
     write_json_atomic(output / "loss_curves.json", {"train": result.history, "val": result.val_history})
     if result.history:
