@@ -187,7 +187,7 @@ def test_export_gguf_layer_zero_refused(run, tiny_vector, tmp_path):
         (["--positions", "last:x"], ["last:N needs an integer N"]),
         (["--positions", "marker:NOT-IN-TEXT"], ["marker 'NOT-IN-TEXT' not found"]),
         (["--limit", "0"], ["limit must be at least 1"]),
-        (["--precision", "fp8"], ["--precision must be fp32 or bf16"]),
+        (["--precision", "fp8"], ["precision must be one of auto, bf16, fp32"]),
     ],
 )
 def test_extract_bad_options(run, tiny_dir, pairs_file, tmp_path, extra, fragments):

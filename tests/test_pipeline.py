@@ -25,10 +25,11 @@ def _config(tiny_dir: Path, tmp_path: Path, **changes) -> dict:
         "precision": "fp32",
         "data": {"limit": 80},
         "vector": {"pairs_limit": 24},
-        "sweep": {"multipliers": [-4, 0, 4], "limit": 12},
-        "train": {"layers": "1-2", "steps": 3, "eval_every": 3, "batch_size": 4},
+        "sweep": {"multipliers": [-4, 0, 4], "limit": 12, "layers": "vector"},
         "variants": [{"name": "truth", "preset": "truth"}, {"name": "honesty", "preset": "honesty"}],
+        "train": {"layers": "1-2", "steps": 3, "eval_every": 3, "batch_size": 4, "items": "ab"},
         "evaluation": {
+            "headline": "facts-ab",
             "tasks": ["facts-ab", "perplexity", "kl", "tqa-ab"],
             "limit": 12,
             "limits": {"perplexity": 3, "kl": 4},

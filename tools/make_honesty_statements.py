@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate reptune's shipped true/false statement set (``honesty_statements.csv``).
 
-Every fact is written twice: once as a true statement (label 1) and once as a plausible
+Every fact is written twice (the two rows share a ``pair`` id): once as a true statement (label 1) and once as a plausible
 false twin made by a minimal edit (label 0), e.g. a wrong capital from the same continent,
 an off-by-a-little number, or two swapped names.  Labels are therefore balanced exactly,
 overall and inside each topic.  The rows are shuffled with a fixed seed, so rerunning the
@@ -910,32 +910,35 @@ def hand_facts() -> list[Fact]:
 # --------------------------------------------------------------------------------------
 
 
-def check(rows: list[tuple[str, int, str]]) -> None:
-    statements = [s for s, _, _ in rows]
+def check(rows: list[tuple[str, int, str, int]]) -> None:
+    statements = [s for s, _, _, _ in rows]
     dupes = [s for s, n in Counter(statements).items() if n > 1]
     assert not dupes, f"duplicate statements: {dupes[:5]}"
     assert len(rows) >= 600, len(rows)
-    topics = Counter(t for _, _, t in rows)
+    topics = Counter(t for _, _, t, _ in rows)
     assert len(topics) >= 6, topics
     for topic, n in topics.items():
         assert n <= 0.35 * len(rows), f"topic {topic} has {n} of {len(rows)} rows"
-        trues = sum(1 for _, label, t in rows if t == topic and label == 1)
+        trues = sum(1 for _, label, t, _ in rows if t == topic and label == 1)
         assert abs(trues / n - 0.5) <= 0.05, (topic, trues, n)
-    assert sum(label for _, label, _ in rows) * 2 == len(rows)
+    assert sum(label for _, label, _, _ in rows) * 2 == len(rows)
+    twins = Counter(pair for _, _, _, pair in rows)
+    assert set(twins.values()) == {2}, "every pair id names one true and one false twin"
     for s in statements:
         assert s.isascii() and s.endswith(".") and len(s) < 120, s
         assert s[0].isupper() or s[0].isdigit(), s
         assert ". " not in s and "," not in s and '"' not in s, s
 
 
-def build() -> list[tuple[str, int, str]]:
+def build() -> list[tuple[str, int, str, int]]:
+    """Rows ``(statement, label, topic, pair)``; ``pair`` is the fact's index, shared by its two twins."""
     rng = random.Random(SEED)
     facts = geography_facts(rng) + arithmetic_facts(rng) + hand_facts()
     rows = []
-    for true, false, topic in facts:
+    for pair, (true, false, topic) in enumerate(facts):
         assert true != false, true
-        rows.append((true, 1, topic))
-        rows.append((false, 0, topic))
+        rows.append((true, 1, topic, pair))
+        rows.append((false, 0, topic, pair))
     rng.shuffle(rows)
     check(rows)
     return rows
@@ -949,9 +952,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["statement", "label", "topic"])
+        writer.writerow(["statement", "label", "topic", "pair"])
         writer.writerows(rows)
-    counts = Counter(t for _, _, t in rows)
+    counts = Counter(t for _, _, t, _ in rows)
     print(f"wrote {len(rows)} rows to {args.out}")
     for topic, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         print(f"  {topic:11s} {n}")

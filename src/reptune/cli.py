@@ -36,7 +36,7 @@ LayersPathOpt = Annotated[
     str | None, typer.Option("--layers-path", help="Attribute path of the decoder blocks for unknown layouts, e.g. model.decoder.layers.")
 ]
 PrecisionOpt = Annotated[
-    str, typer.Option("--precision", help="fp32, or bf16 (bf16 autocast over fp32 weights; ~3x faster on CPUs with AVX512-BF16).")
+    str, typer.Option("--precision", help="auto (bf16 only where it is faster here), fp32, or bf16 (bf16 autocast over fp32 weights).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
 
@@ -58,13 +58,19 @@ def _check_output(path: Path) -> None:
         raise ReptuneError(f"cannot write {path}: {parent} is not a writable directory")
 
 
+def _resolved_precision(precision: str, device: str) -> str:
+    from reptune.precision import resolve_precision
+
+    return resolve_precision(precision, device)[0]
+
+
 def _load(model: str | None, precision: str, device: str = "auto", layers_path: str | None = None):
     from reptune.models import load_model
+    from reptune.precision import resolve_precision
 
-    if precision not in {"fp32", "bf16"}:
-        raise ReptuneError(f"--precision must be fp32 or bf16, got {precision!r}")
+    resolved, _why = resolve_precision(precision, device)
     with err_console.status(f"loading {model or 'embedded SmolLM2-135M-Instruct'} ..."):
-        return load_model(model, device=device, autocast="bf16" if precision == "bf16" else None, layers_path=layers_path)
+        return load_model(model, device=device, autocast="bf16" if resolved == "bf16" else None, layers_path=layers_path)
 
 
 @app.command()
@@ -98,7 +104,7 @@ def extract(
     per_position: Annotated[
         bool, typer.Option("--per-position", help="With --positions last:N: one vector per position, written as STEM.pos-K.safetensors.")
     ] = False,
-    precision: PrecisionOpt = "bf16",
+    precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
 ) -> None:
@@ -142,7 +148,7 @@ def steer(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 40,
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the chat template to prompts.")] = True,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Use a vector made for another model id.")] = False,
-    precision: PrecisionOpt = "bf16",
+    precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
 ) -> None:
@@ -243,7 +249,7 @@ def tune(
     allow_blocks_beyond_rep: Annotated[
         bool, typer.Option("--allow-blocks-beyond-rep", help="Allow trained blocks deeper than every --rep-layers layer (they get only the token loss).")
     ] = False,
-    precision: PrecisionOpt = "bf16",
+    precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
 ) -> None:
@@ -258,7 +264,7 @@ def tune(
         "layers": layers, "rep_layers": rep_layers, "rep_positions": rep_positions, "lora": lora or None, "steps": steps,
         "lr": lr, "batch_size": batch_size, "retain": retain, "retain_data": retain_data, "w_tok": w_tok, "w_rep": w_rep,
         "w_retain": w_retain, "eval_every": eval_every, "patience": patience, "checkpoint_every": checkpoint_every,
-        "limit": limit, "seed": seed, "autocast": "bf16" if precision == "bf16" else "none",
+        "limit": limit, "seed": seed, "autocast": "bf16" if _resolved_precision(precision, device) == "bf16" else "none",
         "train_modules": train_modules, "allow_blocks_beyond_rep": allow_blocks_beyond_rep or None,
         "param_groups": _parse_param_groups(param_group or []) or None,
         "routing": routing, "rep_params": rep_params, "adam_eps": adam_eps, "weight_decay": weight_decay, "lr_schedule": lr_schedule,
@@ -440,7 +446,7 @@ def discover_cmd(
     judge_url: Annotated[str | None, typer.Option("--judge-url", help="Judge each vector's completions against the unsteered ones for honesty (OpenAI-compatible base URL).")] = None,
     judge_model: Annotated[str | None, typer.Option("--judge-model", help="The judge model name at --judge-url.")] = None,
     judge_local: Annotated[str | None, typer.Option("--judge-local", help="A local Hugging Face model as the judge instead of --judge-url.")] = None,
-    precision: PrecisionOpt = "bf16",
+    precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
 ) -> None:
@@ -556,7 +562,7 @@ def eval_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap CIs (recorded in the results).")] = 0,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse items finished by an interrupted run with the same settings.")] = True,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Use a vector made for another model id.")] = False,
-    precision: PrecisionOpt = "bf16",
+    precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
 ) -> None:

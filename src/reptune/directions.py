@@ -39,6 +39,7 @@ import torch
 from reptune.activations import read_pair_activations
 from reptune.data.pairs import pairs_hash
 from reptune.errors import DataError, ReptuneError
+from reptune.precision import machine_info
 from reptune.sites import Positions
 from reptune.vectors import SteeringVector, VectorMeta
 
@@ -321,7 +322,10 @@ def _vector_from_activations(
         dataset=dataset,
         dataset_hash=pairs_hash(pairs),
         num_pairs=len(pairs),
-        extra={"best_layers": layer_scan.best_layers(min(3, len(directions))) if layer_scan else None, "seed": seed},
+        extra={
+            "best_layers": layer_scan.best_layers(min(3, len(directions))) if layer_scan else None, "seed": seed,
+            "precision": handle.describe()["precision"], "machine": machine_info(),
+        },
     )
     return SteeringVector(directions, meta), layer_scan
 

@@ -165,6 +165,7 @@ class ModelHandle:
             "layers_path": self.layers_path,
             "dtype": str(self.dtype).removeprefix("torch."),
             "autocast": None if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch."),
+            "precision": "fp32" if self.autocast_dtype is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.autocast_dtype, str(self.autocast_dtype)),
             "device": str(self.device),
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
         }
@@ -358,7 +359,8 @@ def load_model(
         dtype: weight dtype (``float32``, ``bfloat16``, ``float16``, or a ``torch.dtype``).
             Keep ``float32`` for training; use ``autocast`` for speed.
         device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
-        autocast: ``bfloat16``/``bf16`` runs forwards under bf16 autocast with the weights
+        autocast: ``auto`` picks bf16 autocast only where it is faster on this device
+            (:func:`reptune.precision.resolve_precision`); ``bfloat16``/``bf16`` runs forwards under bf16 autocast with the weights
             in ``dtype`` (about 3x faster than fp32 on AVX-512-BF16 CPUs); ``None`` disables.
         revision: hub revision (branch, tag or commit).
         layers_path: attribute path of the decoder-block list, for layouts reptune does
@@ -373,6 +375,11 @@ def load_model(
 
     hf_logging.disable_progress_bar()  # reptune shows its own progress; per-tensor bars are noise
     torch_dtype = _parse_dtype(dtype)
+    target_device = _parse_device(device)
+    if isinstance(autocast, str) and autocast.lower() == "auto":
+        from reptune.precision import resolve_precision
+
+        autocast = resolve_precision("auto", target_device)[0]
     autocast_dtype = None if autocast in (None, "none", "fp32", "float32") else _parse_dtype(autocast)
     load_from, model_id, source_revision, source = _resolve_source(name_or_path)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
@@ -403,7 +410,6 @@ def load_model(
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"cannot load model {name_or_path!r}: {first_line}") from exc
-    target_device = _parse_device(device)
     model.to(target_device)
     model.eval()
     model.requires_grad_(False)

@@ -146,11 +146,16 @@ def save_pairs_jsonl(pairs: Iterable[ContrastPair], path: str | os.PathLike[str]
 
 @dataclass(frozen=True)
 class Statement:
-    """A declarative statement with its truth value (1 true, 0 false)."""
+    """A declarative statement with its truth value (1 true, 0 false).
+
+    ``pair`` names its twin: two statements with the same ``pair`` are the true and the false
+    version of one fact (minimal edits of each other), as in reptune's shipped statements.
+    """
 
     text: str
     label: int
     topic: str | None = None
+    pair: str | None = None
 
 
 def _parse_label(value: Any, where: str) -> int:
@@ -163,7 +168,7 @@ def _parse_label(value: Any, where: str) -> int:
 
 
 def load_statements_csv(path: str | os.PathLike[str]) -> list[Statement]:
-    """Read a ``statement,label[,topic]`` CSV (header required).
+    """Read a ``statement,label[,topic][,pair]`` CSV (header required).
 
     Raises:
         DataError: missing columns, an empty statement or a bad label (names file and line),
@@ -185,7 +190,8 @@ def load_statements_csv(path: str | os.PathLike[str]) -> list[Statement]:
                 text = (row.get("statement") or "").strip()
                 if not text:
                     raise DataError(f"{where}: empty statement")
-                statements.append(Statement(text, _parse_label(row.get("label"), where), row.get("topic") or None))
+                pair = (row.get("pair") or "").strip() or None
+                statements.append(Statement(text, _parse_label(row.get("label"), where), row.get("topic") or None, pair))
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     if not statements:

@@ -27,6 +27,7 @@ from reptune.errors import ReptuneError
 from reptune.evaluation.registry import RunContext, Task, TaskResult, get_task
 from reptune.evaluation.statistics import paired_bootstrap_diff, paired_mcnemar
 from reptune.models import ModelHandle
+from reptune.precision import machine_info
 
 FORMAT = "reptune-eval/1"
 
@@ -192,7 +193,8 @@ def evaluate(
             steering_info["not_applied_to"] = needs_vector
             every_layer = vector.directions if hasattr(vector, "directions") else vector
             steering_info["vector_hash_all_layers"] = sha256_json({str(layer): every_layer[layer].tolist() for layer in sorted(every_layer)})
-    model_info = {key: value for key, value in handle.describe().items() if key in {"model_id", "revision", "source", "architecture", "dtype", "autocast"}}
+    model_info = {key: value for key, value in handle.describe().items() if key in {"model_id", "revision", "source", "architecture", "dtype", "autocast", "precision"}}
+    model_info["machine"] = machine_info()
     output_path = Path(output) if output is not None else None
     # load every task's data first: a missing data set fails before any model time is spent
     prepared = [task.load_items(handle, limit) for task in task_objs]

@@ -244,18 +244,20 @@ def build_results(exp: Any, *, data: dict[str, Any], vector_info: dict[str, Any]
     ``facts-twin``); ``gate``: the learnability gate (recorded; not passed -> no claim tested).
     """
     from reptune import __version__
+    from reptune.precision import machine_info
 
     config = exp.config
     loaded = _load(exp.run_dir, evals)
     scores = aggregate_scores(loaded)
     seed_free = seed_free_conditions(conditions)
     comparisons = paired_tests(loaded, config.seeds, seed_free)
-    # the representation rows gain the facts-ab margin of their condition
+    # the representation rows gain the headline behaviour of their condition
     for row in representation:
         row["accuracy"] = _value(scores, row["condition"], headline_task, "accuracy")
         row["lie_rate"] = _value(scores, row["condition"], headline_task, "lie_rate")
         row["mean_margin"] = _value(scores, row["condition"], headline_task, "mean_margin")
-    model = {"model_id": config.model or "embedded SmolLM2-135M-Instruct", "revision": config.revision, "precision": config.precision}
+    model = {"model_id": config.model or "embedded SmolLM2-135M-Instruct", "revision": config.revision,
+             "precision": getattr(exp, "precision", config.precision), "precision_reason": getattr(exp, "precision_reason", None), "machine": machine_info()}
     try:
         import json
 

@@ -26,13 +26,18 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Statements split once into train / validation / test (seeded, stratified by label)."""
+    """Statements split once into train / validation / test (seeded, stratified by label).
+
+    Statements that name their twin (a ``pair`` column, as reptune's own) are split by pair,
+    stratified by topic, so both twins of a fact land in the same split (``by_pair: auto``).
+    """
 
     statements: str = "honesty"
     limit: int | None = Field(None, ge=8)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.25, gt=0, lt=0.5)
     split_seed: int = 0
+    by_pair: bool | Literal["auto"] = "auto"
 
 
 class VectorConfig(_Strict):
@@ -50,12 +55,20 @@ class VectorConfig(_Strict):
 
 
 class SweepConfig(_Strict):
-    """Steering multipliers tried on the validation split, at the vector's layer."""
+    """Steering layers x multipliers tried on the validation split (see ``pipeline.selection``).
 
-    task: str = "facts-ab"
+    ``task: auto`` is the headline task; ``layers: auto`` is the scan's best layer plus layers
+    spread over the middle of the model; ``[]`` or the single scan layer gives today's 1-D sweep.
+    A cell is degenerate when the mean NLL per token rises more than ``max_nll_rise`` nats or
+    one answer covers more than ``degenerate_threshold`` of the items.
+    """
+
+    task: str = "auto"
+    layers: list[int] | Literal["auto", "vector"] = "auto"
     multipliers: list[float] = [-8.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0]
     limit: int | None = Field(128, ge=1)
     degenerate_threshold: float = Field(0.9, gt=0.5, le=1.0)
+    max_nll_rise: float = Field(1.0, gt=0)
 
     @field_validator("multipliers")
     @classmethod
@@ -68,7 +81,10 @@ class SweepConfig(_Strict):
 class TrainConfig(_Strict):
     """Defaults shared by every variant (each variant may override them)."""
 
-    layers: str = "10-17"
+    layers: str = "auto"  # auto: the `span` blocks ending at the steering layer
+    span: int = Field(8, ge=1)
+    items: Literal["auto", "ab", "twin"] = "auto"  # auto: twins when the headline task is facts-twin
+    keep_checkpoints: bool = False  # optimiser checkpoints are deleted once a variant finished
     steps: int = Field(100, ge=1)
     lr: float = Field(5e-5, gt=0)
     batch_size: int = Field(8, ge=1)
@@ -76,7 +92,7 @@ class TrainConfig(_Strict):
     patience: int = Field(5, ge=1)
     checkpoint_every: int = Field(20, ge=1)
     limit: int | None = Field(None, ge=1)
-    rep_positions: str = "last"
+    rep_positions: str = "auto"  # auto: the statement tokens for twins, the last prompt token for A/B items
 
 
 class VariantConfig(_Strict):
@@ -117,11 +133,13 @@ class EvaluationConfig(_Strict):
     ``facts-ab`` always uses the run's *test* split of the statements.
     """
 
-    tasks: list[str] = ["facts-ab", "tqa-ab", "tqa-mc1", "tqa-mc2", "mmlu", "perplexity", "kl"]
+    headline: str = "auto"  # the behaviour the claims are judged on; auto: facts-twin when the data has twins, else facts-ab
+    tasks: list[str] = ["facts-twin", "facts-word", "facts-ab", "tqa-ab", "tqa-mc1", "tqa-mc2", "mmlu", "perplexity", "kl"]
+    base_only_tasks: list[str] = []  # evaluated on the untuned model only (e.g. a format it cannot follow)
     limit: int | None = Field(200, ge=1)
     limits: dict[str, int] = {}  # per-task limit, e.g. {mmlu: 114}
     options: dict[str, dict[str, Any]] = {}  # per-task options, e.g. {perplexity: {window: 256}}
-    counter_tasks: list[str] = ["facts-ab", "tqa-ab"]
+    counter_tasks: list[str] = ["auto"]  # auto: the headline task
     batch_size: int = Field(16, ge=1)
     skip_missing_data: bool = True
     representation_items: int = Field(64, ge=1)  # test prompts for cosine / projection evidence
@@ -132,8 +150,8 @@ class RobustnessConfig(_Strict):
 
     enabled: bool = True
     conditions: list[str] = ["untuned", "honesty", "truth"]
-    task: str = "facts-ab"
-    layers: list[int] | None = None  # None: the vector layer and its two neighbours 2 apart
+    task: str = "auto"  # auto: the headline task
+    layers: list[int] | None = None  # None: the steering layer and its two neighbours 2 apart
     multipliers: list[float] = [-8.0, -4.0, -2.0, 0.0]
     limit: int = Field(64, ge=1)
 
@@ -163,6 +181,13 @@ class JudgeConfig(_Strict):
         return bool(self.url or self.local or os.environ.get("REPTUNE_JUDGE_URL"))
 
 
+class LearnabilityConfig(_Strict):
+    """Can token-only truth / lie tuning move the headline behaviour at all (validation split)?"""
+
+    enabled: bool = True
+    min_move: float = Field(0.10, ge=0, le=1)
+
+
 class ClaimThresholds(_Strict):
     """How the claims section decides (written into the report)."""
 
@@ -177,7 +202,7 @@ class ExperimentConfig(_Strict):
     name: str = "experiment"
     model: str | None = None  # hub id, directory, .gguf; None = the embedded SmolLM2
     revision: str | None = None
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 only where it is faster here
     trust_remote_code: bool = False
     seeds: list[int] = [0]
     seed_note: str | None = None  # shown in the report (e.g. why only one seed)
@@ -190,6 +215,7 @@ class ExperimentConfig(_Strict):
     robustness: RobustnessConfig = RobustnessConfig()
     projection: ProjectionConfig = ProjectionConfig()
     judge: JudgeConfig = JudgeConfig()
+    learnability: LearnabilityConfig = LearnabilityConfig()
     claims: ClaimThresholds = ClaimThresholds()
 
     @field_validator("seeds")

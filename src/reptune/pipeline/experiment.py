@@ -30,6 +30,7 @@ import json
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +40,16 @@ import torch
 
 from reptune._io import json_safe, safe_filename, sha256_json, write_json_atomic, write_text_atomic
 from reptune._progress import progress_display
+from reptune.data.twins import has_pairs, split_by_pair, statements_to_twins
 from reptune.errors import DataError, ReptuneError
 from reptune.models import ModelHandle, load_model
 from reptune.pipeline.config import ExperimentConfig
+from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stages import StageError, StageStore
 
 RESULTS_FORMAT = "reptune-experiment/1"
+# tasks that read the run's own statement splits (test for evaluation, val for sweep and checks)
+SPLIT_TASKS = ("facts-ab", "facts-twin", "facts-word")
 VECTOR_FILE = "honesty.safetensors"
 
 # rough seconds per unit on the embedded model (2 CPU cores), only for the progress estimate
@@ -63,19 +68,37 @@ class ExperimentRun:
 
 
 class _Overall:
-    """The top row of the single progress display: weighted stage progress with an ETA."""
+    """Overall progress: the top row of the live display, or one log line per stage without a terminal."""
 
     def __init__(self, progress: Any, total: float) -> None:
+        from reptune._progress import interactive
+
         self.progress = progress
-        self.task = progress.add_task("experiment", total=max(total, 1.0)) if progress is not None else None
+        self.total, self.done = max(total, 1.0), 0.0
+        self.started = time.perf_counter()
+        self.log = not interactive()
+        self.name, self.stage_started = "", self.started
+        self.task = progress.add_task("experiment", total=self.total) if progress is not None and not self.log else None
 
     def stage(self, name: str) -> None:
+        self.name, self.stage_started = name, time.perf_counter()
         if self.task is not None:
             self.progress.update(self.task, description=f"experiment [bold]{name}[/]")
 
-    def advance(self, cost: float) -> None:
+    def advance(self, cost: float, reused: bool = False) -> None:
+        from reptune._progress import format_seconds, log_line
+
+        self.done = min(self.total, self.done + cost)
         if self.task is not None:
             self.progress.update(self.task, advance=cost)
+        elif self.log:
+            now = time.perf_counter()
+            elapsed = now - self.started
+            # the ETA scales the time so far by the estimated cost still to come
+            eta = elapsed / self.done * (self.total - self.done) if self.done and not reused else None
+            took = "reused" if reused else f"done in {now - self.stage_started:.1f} s"
+            log_line(f"{self.name}: {took} · {format_seconds(elapsed)} elapsed" + (f" · ETA {format_seconds(eta)}" if eta is not None else "")
+                     + f" · {100 * self.done / self.total:.0f}%")
 
 
 def _split_statements(statements: list[Any], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Any]]:
@@ -108,9 +131,10 @@ def _split_statements(statements: list[Any], val_fraction: float, test_fraction:
 def _write_statements(path: Path, statements: list[Any]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["statement", "label", "topic"])
+    with_pairs = all(s.pair is not None for s in statements)
+    writer.writerow(["statement", "label", "topic"] + (["pair"] if with_pairs else []))
     for s in statements:
-        writer.writerow([s.text, s.label, s.topic or ""])
+        writer.writerow([s.text, s.label, s.topic or ""] + ([s.pair] if with_pairs else []))
     write_text_atomic(path, buffer.getvalue())
 
 
@@ -134,7 +158,11 @@ class Experiment:
         self.skipped: list[dict[str, str]] = []
         self._base: ModelHandle | None = None
         self._overall: _Overall | None = None
-        self.autocast = "bf16" if config.precision == "bf16" else None
+        from reptune.precision import resolve_precision
+
+        # resolved once per run: `auto` becomes bf16 only where bf16 is faster on this machine
+        self.precision, self.precision_reason = resolve_precision(config.precision)
+        self.autocast = "bf16" if self.precision == "bf16" else None
 
     # -- models ---------------------------------------------------------------------------
     def base(self) -> ModelHandle:
@@ -151,7 +179,7 @@ class Experiment:
 
     @property
     def model_key(self) -> dict[str, Any]:
-        return {"model": self.config.model, "revision": self.config.revision, "precision": self.config.precision}
+        return {"model": self.config.model, "revision": self.config.revision, "precision": self.precision}
 
     # -- running ---------------------------------------------------------------------------
     def _stage(self, name: str, inputs: Any, work: Callable[[Path], dict[str, Any]], cost: float) -> dict[str, Any]:
@@ -159,18 +187,21 @@ class Experiment:
             self._overall.stage(name)
         outputs = self.store.run(name, inputs, work)
         if self._overall is not None:
-            self._overall.advance(cost)
+            self._overall.advance(cost, reused=name in self.store.skipped)
         return outputs
 
     def _estimate(self) -> float:
+        """Rough cost of the whole run in the units of ``_COST`` (only for the ETA)."""
         c = self.config
         n_variants, n_seeds = len(c.variants), len(c.seeds)
         n_tasks = len(c.evaluation.tasks)
-        total = _COST["data"] + _COST["vector"] + _COST["sweep_point"] * len(c.sweep.multipliers)
+        n_layers = len(c.sweep.layers) if isinstance(c.sweep.layers, list) else (1 if c.sweep.layers == "vector" else 4)
+        total = _COST["data"] + _COST["vector"] + _COST["sweep_point"] * n_layers * len(c.sweep.multipliers)
         total += sum((v.steps or c.train.steps) for v in c.variants) * n_seeds * _COST["train_step"]
-        total += 3 * n_tasks * _COST["eval_task"] + n_variants * n_seeds * (n_tasks + len(c.evaluation.counter_tasks)) * _COST["eval_task"]
+        n_counter = sum(v.counter != "none" for v in c.variants)
+        total += 3 * n_tasks * _COST["eval_task"] + n_seeds * (n_variants * n_tasks + n_counter * len(c.evaluation.counter_tasks)) * _COST["eval_task"]
         if c.robustness.enabled:
-            total += len(c.robustness.conditions) * 3 * len(c.robustness.multipliers) * _COST["robust_cell"]
+            total += len(c.robustness.conditions) * len(c.robustness.layers or [0, 1, 2]) * len(c.robustness.multipliers) * _COST["robust_cell"]
         if c.projection.enabled:
             total += len(c.projection.conditions) * _COST["projection"]
         return total
@@ -180,7 +211,7 @@ class Experiment:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.run_dir / "config.yaml", self.config.to_yaml())
         with progress_display(self.progress) as display:
-            self._overall = _Overall(display, self._estimate())
+            self._overall = _Overall(display if self.progress else None, self._estimate()) if self.progress else None
             results = self._run_stages()
         wall = time.perf_counter() - started
         reused = sum(self.store.elapsed[name] for name in self.store.skipped)
@@ -198,28 +229,25 @@ class Experiment:
 
         c = self.config
         data = self._stage("data", {"data": c.data.model_dump()}, self._data_stage, _COST["data"])
-        vector_info = self._stage("vector", {"model": self.model_key, "data": self.store.keys["data"], "vector": c.vector.model_dump()}, self._vector_stage, _COST["vector"])
-        layer = int(vector_info["layer"])
-        self.vector_path = self.run_dir / vector_info["file"]
-        self.layer = layer
-        self.num_layers = int(vector_info["num_layers"])
         self.data = data
+        vector_info = self._stage("vector", {"model": self.model_key, "data": self.store.keys["data"], "vector": c.vector.model_dump()}, self._vector_stage, _COST["vector"])
+        self.vector_path = self.run_dir / vector_info["file"]
+        self.layer = int(vector_info["layer"])
+        self.num_layers = int(vector_info["num_layers"])
         tasks = self._available_tasks()
+        layers = self.sweep_layers(self.layer)
         sweep = self._stage(
-            "sweep", {"vector": self.store.keys["vector"], "data": self.store.keys["data"], "sweep": c.sweep.model_dump(), "layer": layer},
-            self._sweep_stage, _COST["sweep_point"] * len(c.sweep.multipliers),
+            "sweep", {"vector": self.store.keys["vector"], "data": self.store.keys["data"], "sweep": c.sweep.model_dump(), "layers": layers,
+                      "headline": self.headline},
+            lambda folder: self._sweep_stage(folder, layers), _COST["sweep_point"] * len(layers) * len(c.sweep.multipliers),
         )
+        self.layer = int(sweep["selected"]["layer"])  # steering, loss and trained blocks follow the sweep's choice
         m_plus, m_minus = float(sweep["selected"]["positive"]), float(sweep["selected"]["negative"])
-        for variant in c.variants:  # a bad tuning option fails now, not after an hour of evaluation
-            try:
-                self._tune_config(variant, c.seeds[0])
-            except (ReptuneError, TypeError) as exc:
-                raise StageError(f"stage 'check-config' failed: variant {variant.name!r}: {exc}") from exc
+        self._check_variants()
         conditions = self._conditions(m_plus, m_minus)
         evals: dict[str, dict[str, Any]] = {}
         representation: list[dict[str, Any]] = []
-        base_conditions = [cond for cond in conditions if cond["kind"] in ("untuned", "steered")]
-        for cond in base_conditions:
+        for cond in (cond for cond in conditions if cond["kind"] in ("untuned", "steered")):
             out = self._eval_condition(cond, None, tasks, lambda: self.base())
             evals.setdefault(cond["id"], {})[str(c.seeds[0])] = out
             representation.append({"condition": cond["id"], **out["representation"]})
@@ -227,13 +255,37 @@ class Experiment:
         projection: dict[str, Any] = {}
         self._extras("untuned", None, lambda: self.base(), robustness, projection)
         self.release_base()
+        training, checks = self._train_and_evaluate(conditions, tasks, evals, representation, robustness, projection)
+        gate = self._learnability(sweep, checks)
+        results = analysis.build_results(
+            self, data=data, vector_info=vector_info, sweep=sweep, conditions=conditions, evals=evals,
+            training=training, robustness=robustness, projection=projection, representation=representation, tasks=tasks, gate=gate,
+            headline_task=self.headline,
+        )
+        results["learnability"] = gate
+        results["knowledge"] = self._knowledge(evals)
+        results["data"]["twins"] = data.get("twins", False)
+        results["data"]["pairs"] = data.get("pairs")
+        return results
 
+    def _check_variants(self) -> None:
+        """A bad tuning option fails now, not after an hour of evaluation."""
+        for variant in self.config.variants:
+            try:
+                self._tune_config(variant, self.config.seeds[0])
+            except (ReptuneError, TypeError) as exc:
+                raise StageError(f"stage 'check-config' failed: variant {variant.name!r}: {exc}") from exc
+
+    def _train_and_evaluate(self, conditions: list[dict[str, Any]], tasks: list[str], evals: dict[str, dict[str, Any]], representation: list[dict[str, Any]],
+                            robustness: dict[str, Any], projection: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+        """Every variant x seed: train, the learnability check (truth / lie), its conditions, the extras."""
+        c = self.config
         training: dict[str, dict[str, Any]] = {}
+        checks: dict[str, dict[str, float]] = {}
         for variant in c.variants:
             for seed in c.seeds:
                 trained: dict[str, Any] = {}
-                train_out = self._train_stage(variant, seed, trained)
-                training.setdefault(variant.name, {})[str(seed)] = train_out
+                training.setdefault(variant.name, {})[str(seed)] = self._train_stage(variant, seed, trained)
                 train_key = self.store.keys[f"train:{variant.name}:s{seed}"]
 
                 def loader(v=variant, s=seed, t=trained) -> ModelHandle:
@@ -241,6 +293,8 @@ class Experiment:
                         t["handle"] = load_model(str(self.run_dir / training[v.name][str(s)]["dir"]), autocast=self.autocast)
                     return t["handle"]
 
+                if variant.preset in ("truth", "lie") and c.learnability.enabled:
+                    checks.setdefault(variant.preset, {})[str(seed)] = self._check_stage(variant.name, seed, train_key, loader)
                 for cond in conditions:
                     if cond.get("variant") != variant.name:
                         continue
@@ -251,10 +305,42 @@ class Experiment:
                 if seed == c.seeds[0]:
                     self._extras(variant.name, (seed, train_key), loader, robustness, projection)
                 _release(trained.get("handle"))
-        return analysis.build_results(
-            self, data=data, vector_info=vector_info, sweep=sweep, conditions=conditions, evals=evals,
-            training=training, robustness=robustness, projection=projection, representation=representation, tasks=tasks,
-        )
+        return training, checks
+
+    def _check_stage(self, variant: str, seed: int, train_key: str, loader: Callable[[], ModelHandle]) -> float:
+        """The headline behaviour of a tuned model on the validation split (the learnability check)."""
+        from reptune.evaluation import evaluate
+
+        limit = self.config.sweep.limit
+        inputs = {"model": train_key, "data": self.store.keys["data"], "task": self.headline, "limit": limit}
+
+        def work(folder: Path) -> dict[str, Any]:
+            task = self._task(self.headline, split="val", tuned=True)
+            result = evaluate(loader(), [task], limit=limit, batch_size=self.config.evaluation.batch_size, seed=seed,
+                              output=folder / "results.json", progress=self.progress)[task.full_name]
+            return {"value": result.metrics[result.primary]["value"], "n": result.metrics[result.primary].get("n")}
+
+        return float(self._stage(f"check:{variant}:s{seed}", inputs, work, _COST["eval_task"] / 2)["value"])
+
+    def _learnability(self, sweep: dict[str, Any], checks: dict[str, dict[str, float]]) -> dict[str, Any] | None:
+        if not self.config.learnability.enabled:
+            return None
+        untuned = next((row["value"] for row in sweep["rows"] if row["multiplier"] == 0), None)
+        gate = learnability_gate(untuned, list(checks.get("truth", {}).values()), list(checks.get("lie", {}).values()),
+                                 min_move=self.config.learnability.min_move)
+        return {**gate, "task": self.headline, "split": "val", "untuned": untuned, "truth": checks.get("truth", {}), "lie": checks.get("lie", {})}
+
+    def _knowledge(self, evals: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """What the untuned model knows: its per-item headline records on the test split."""
+        from reptune.evaluation import load_results
+
+        out = evals.get("untuned", {}).get(str(self.config.seeds[0]))
+        if out is None:
+            return None
+        loaded = load_results(self.run_dir / out["results"]).tasks.get(self.headline)
+        if loaded is None:
+            return None
+        return {"task": self.headline, "split": "test", **knowledge_summary(loaded.records)}
 
     # -- stages ----------------------------------------------------------------------------
     def _data_stage(self, folder: Path) -> dict[str, Any]:
@@ -267,16 +353,26 @@ class Experiment:
         statements = list(source.records)
         if c.limit is not None:
             statements = statements[: c.limit]
-        splits = _split_statements(statements, c.val_fraction, c.test_fraction, c.split_seed)
+        by_pair = has_pairs(statements) if c.by_pair == "auto" else c.by_pair
+        if by_pair and c.limit is not None:  # a limit can cut a pair in two: keep whole pairs only
+            counts = Counter(s.pair for s in statements)
+            statements = [s for s in statements if counts[s.pair] == 2]
+        if by_pair:
+            statements_to_twins(statements, source.origin)  # every pair one true and one false twin, or a one-line error
+            splits = split_by_pair(statements, {"test": c.test_fraction, "val": c.val_fraction}, c.split_seed)
+        else:
+            splits = _split_statements(statements, c.val_fraction, c.test_fraction, c.split_seed)
         for name, part in splits.items():
             if len(part) < 4:
                 raise DataError(f"the {name} split has only {len(part)} statements; use more data or other fractions")
             _write_statements(folder / f"{name}.csv", part)
         return {
             "origin": source.origin,
-            "hash": sha256_json([(s.text, s.label) for s in statements]),
+            "hash": sha256_json([(s.text, s.label, s.pair) for s in statements]),
             "files": {name: f"stages/data/{name}.csv" for name in splits},
             "splits": {name: len(part) for name, part in splits.items()},
+            "twins": bool(by_pair),
+            "pairs": {name: len(part) // 2 for name, part in splits.items()} if by_pair else None,
         }
 
     def _vector_stage(self, folder: Path) -> dict[str, Any]:
@@ -336,7 +432,7 @@ class Experiment:
         from reptune.evaluation import get_task
 
         options = dict(self.config.evaluation.options.get(name, {}))
-        if name == "facts-ab":
+        if name in SPLIT_TASKS:
             options["data"] = str(self.run_dir / "stages" / "data" / f"{split}.csv")
         if name in ("kl", "openended") and tuned and not options.get("reference"):
             # a tuned model is compared with the base weights, not with itself
@@ -353,6 +449,8 @@ class Experiment:
         """Tasks whose data can be found; the others are skipped (listed in the report)."""
         c = self.config.evaluation
         names = list(c.tasks)
+        if self.headline not in names:
+            names.insert(0, self.headline)
         if self.config.judge.configured and "openended" not in names:
             names.append("openended")
         elif not self.config.judge.configured:
@@ -364,38 +462,70 @@ class Experiment:
             try:
                 self._task(name).load_items(handle, 1)
             except (DataError, ReptuneError, ImportError) as exc:
-                if not c.skip_missing_data or name == "facts-ab":
+                if not c.skip_missing_data or name in (self.headline, "facts-ab"):
                     raise StageError(f"stage 'check-data' failed: task {name}: {exc}") from exc
                 self.skipped.append({"what": name, "reason": str(exc).splitlines()[0]})
                 continue
             available.append(name)
         return available
 
-    def _sweep_stage(self, folder: Path) -> dict[str, Any]:
+    @property
+    def headline(self) -> str:
+        """The task the claims are judged on (``evaluation.headline``; auto: twins when the data has them)."""
+        named = self.config.evaluation.headline
+        if named != "auto":
+            return named
+        return "facts-twin" if self.data.get("twins") else "facts-ab"
+
+    def sweep_layers(self, scan_layer: int) -> list[int]:
+        """The layers the sweep tries: the scan's layer plus a spread over the model's middle."""
+        c = self.config.sweep
+        if c.layers == "vector":
+            return [scan_layer]
+        if c.layers != "auto":
+            bad = [layer for layer in c.layers if not -self.num_layers <= layer < self.num_layers]
+            if bad:
+                raise ReptuneError(f"sweep.layers {bad} out of range for a {self.num_layers}-layer model")
+            return sorted({layer % self.num_layers for layer in c.layers})
+        n = self.num_layers
+        spread = {round(n * share) for share in (0.3, 0.45, 0.6)}
+        return sorted({min(n - 1, max(0, layer)) for layer in spread | {scan_layer}})
+
+    def _sweep_stage(self, folder: Path, layers: list[int]) -> dict[str, Any]:
+        c = self.config.sweep
+        handle = self.base()
+        vector = self.vector(handle)
+        task_name = self.headline if c.task == "auto" else c.task
+        rows = [self._sweep_cell(handle, vector, task_name, None, 0.0, folder)]
+        for layer in layers:
+            for multiplier in c.multipliers:
+                if multiplier != 0:
+                    rows.append(self._sweep_cell(handle, vector, task_name, layer, multiplier, folder))
+        selected, rule = select_steering(rows, max_nll_rise=c.max_nll_rise, same_threshold=c.degenerate_threshold)
+        return {"task": task_name, "split": "val", "layers": layers, "layer": selected["layer"], "metric": rows[0]["metric"],
+                "rows": rows, "rule": rule, "selected": selected}
+
+    def _sweep_cell(self, handle: ModelHandle, vector: Any, task_name: str, layer: int | None, multiplier: float, folder: Path) -> dict[str, Any]:
+        """One (layer, multiplier) cell of the sweep on the validation split (``layer=None``: unsteered)."""
         from reptune.evaluation import evaluate
         from reptune.evaluation.robustness import same_letter_rate
 
         c = self.config.sweep
-        handle = self.base()
-        vector = self.vector(handle)
-        rows = []
-        for multiplier in c.multipliers:
-            task = self._task(c.task, split="val")
-            result = evaluate(
-                handle, [task], vector=vector if multiplier != 0 else None, multiplier=multiplier, layers=[self.layer],
-                limit=c.limit, batch_size=self.config.evaluation.batch_size, seed=self.config.seeds[0],
-                output=folder / f"x{multiplier:g}.json", progress=self.progress, allow_model_mismatch=True,
-            )[task.full_name]
-            primary = result.metrics[result.primary]
-            same = same_letter_rate(result.records)
-            rows.append({
-                "multiplier": float(multiplier), "value": primary["value"], "ci_low": primary.get("ci_low"), "ci_high": primary.get("ci_high"),
-                "n": primary.get("n"), "same_letter_rate": same, "degenerate": same is not None and same > c.degenerate_threshold,
-                "lie_rate": result.metrics.get("lie_rate", {}).get("value"), "mean_margin": result.metrics.get("mean_margin", {}).get("value"),
-                "metric": result.primary,
-            })
-        selected, rule = select_multipliers(rows, c.degenerate_threshold)
-        return {"task": c.task, "split": "val", "layer": self.layer, "metric": rows[0]["metric"], "rows": rows, "rule": rule, "selected": selected}
+        task = self._task(task_name, split="val")
+        name = "x0" if layer is None else f"L{layer}-x{multiplier:g}"
+        result = evaluate(
+            handle, [task], vector=vector if layer is not None else None, multiplier=multiplier, layers=[layer] if layer is not None else None,
+            limit=c.limit, batch_size=self.config.evaluation.batch_size, seed=self.config.seeds[0],
+            output=folder / f"{name}.json", progress=self.progress, allow_model_mismatch=True,
+        )[task.full_name]
+        primary = result.metrics[result.primary]
+        same = same_letter_rate(result.records)
+        metric = lambda key: result.metrics.get(key, {}).get("value")
+        return {
+            "layer": layer, "multiplier": float(multiplier), "value": primary["value"], "ci_low": primary.get("ci_low"), "ci_high": primary.get("ci_high"),
+            "n": primary.get("n"), "same_answer_rate": same, "same_letter_rate": same, "mean_nll": metric("mean_nll"),
+            "lie_rate": metric("lie_rate"), "mean_margin": metric("mean_margin"), "metric": result.primary,
+        }
 
     def _conditions(self, m_plus: float, m_minus: float) -> list[dict[str, Any]]:
         conditions: list[dict[str, Any]] = [
@@ -415,15 +545,26 @@ class Experiment:
             })
         return conditions
 
+    @property
+    def item_kind(self) -> str:
+        """Training items: twins when the headline behaviour is twin preference, else A/B questions."""
+        kind = self.config.train.items
+        if kind == "auto":
+            return "twin" if self.headline == "facts-twin" else "ab"
+        return kind
+
     def _tune_config(self, variant: Any, seed: int) -> Any:
         from reptune.tuning import TuneConfig
 
         t = self.config.train
         layers = variant.layers or t.layers
         if layers == "auto":
-            layers = f"{max(0, self.layer - 7)}-{self.layer}"
+            layers = f"{max(0, self.layer - t.span + 1)}-{self.layer}"
+        twins = self.item_kind == "twin"
+        rep_positions = t.rep_positions if t.rep_positions != "auto" else ("generated" if twins else "last")
         overrides = {
-            "layers": layers, "rep_layers": str(self.layer), "rep_positions": t.rep_positions,
+            # the representation loss at every trained layer, each with its own direction (as the paper)
+            "layers": layers, "rep_layers": layers, "rep_positions": rep_positions,
             "steps": variant.steps or t.steps, "lr": variant.lr or t.lr, "batch_size": variant.batch_size or t.batch_size,
             "eval_every": t.eval_every, "patience": t.patience, "checkpoint_every": t.checkpoint_every, "limit": t.limit,
             "lora": variant.lora, "retain": variant.retain, "seed": seed, "autocast": self.autocast,
@@ -435,7 +576,8 @@ class Experiment:
     def _train_stage(self, variant: Any, seed: int, trained: dict[str, Any]) -> dict[str, Any]:
         name = f"train:{variant.name}:s{seed}"
         config = self._tune_config(variant, seed)
-        inputs = {"model": self.model_key, "data": self.store.keys["data"], "vector": self.store.keys["vector"] if config.uses_vector else None, "tune": config.to_json()}
+        inputs = {"model": self.model_key, "data": self.store.keys["data"], "vector": self.store.keys["vector"] if config.uses_vector else None,
+                  "tune": config.to_json(), "items": self.item_kind}
 
         def work(folder: Path) -> dict[str, Any]:
             from reptune.tuning import tune
@@ -443,12 +585,14 @@ class Experiment:
 
             handle = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, trust_remote_code=self.config.trust_remote_code)
             train_csv = self.run_dir / "stages" / "data" / "train.csv"
-            items, origin = load_tune_items(str(train_csv), handle.tokenizer)
+            items, origin = load_tune_items(str(train_csv), handle.tokenizer, kind=self.item_kind)
             vector = self.vector(handle) if config.uses_vector else None
             retain = load_retain_texts(config.retain_data) if config.retain != "none" and config.retain_data else None
             result = tune(handle, config, items, folder, vector=vector, vector_path=str(self.vector_path) if vector else None,
                           data_origin=origin, retain_texts=retain, resume=True, progress=self.progress)
             trained["handle"] = handle
+            if not self.config.train.keep_checkpoints:  # ~4 bytes x 3 per trained parameter: gone once the stage succeeded
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
             curves = json.loads((folder / "loss_curves.json").read_text(encoding="utf-8"))
             return {
                 "dir": f"stages/{folder.name}", "preset": variant.preset, "steps": result.metrics["steps_run"],
@@ -462,7 +606,8 @@ class Experiment:
 
     def _eval_condition(self, cond: dict[str, Any], trained: tuple[int, str] | None, tasks: list[str], loader: Callable[[], ModelHandle]) -> dict[str, Any]:
         c = self.config.evaluation
-        task_names = [t for t in tasks if cond["kind"] != "counter" or t in c.counter_tasks]
+        counter_tasks = [self.headline if t == "auto" else t for t in c.counter_tasks]
+        task_names = [t for t in tasks if (cond["kind"] != "counter" or t in counter_tasks) and (cond["kind"] == "untuned" or t not in c.base_only_tasks)]
         seed = trained[0] if trained else self.config.seeds[0]
         name = f"eval:{cond['id']}" + (f":s{seed}" if trained else "")
         inputs = {
@@ -533,7 +678,7 @@ class Experiment:
                 from reptune.evaluation.robustness import run_robustness
 
                 handle = loader()
-                result = run_robustness(handle, self.vector(handle), self._task(c.robustness.task), layers, c.robustness.multipliers,
+                result = run_robustness(handle, self.vector(handle), self._task(self.headline if c.robustness.task == "auto" else c.robustness.task), layers, c.robustness.multipliers,
                                         limit=c.robustness.limit, batch_size=c.evaluation.batch_size, seed=c.seeds[0], progress=self.progress)
                 return result.to_json()
 

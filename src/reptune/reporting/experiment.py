@@ -401,33 +401,42 @@ def _section_tasks(plan: _Plan, results: dict[str, Any], conds: dict[str, dict[s
         plan.add(_List([[("c", str(s.get("what", "?"))), ("", ": " + str(s.get("reason", "no reason given")))] for s in skipped]))
 
 
+def _sweep_selected(sweep: dict[str, Any]) -> tuple[Any, set[float]]:
+    selected = sweep.get("selected") or {}
+    chosen = {float(selected[k]) for k in ("positive", "negative") if isinstance(selected.get(k), (int, float))}
+    return selected.get("layer", sweep.get("layer")), chosen
+
+
 def _section_sweep(plan: _Plan, results: dict[str, Any]) -> None:
     plan.add(_Heading(2, "Steering sweep"))
     sweep = results.get("sweep") or {}
-    rows = sorted(sweep.get("rows") or [], key=lambda r: _num(r.get("multiplier")))
+    rows = sorted(sweep.get("rows") or [], key=lambda r: (_num(r.get("layer")) if r.get("layer") is not None else -1, _num(r.get("multiplier"))))
     if not rows:
         plan.para("Not run.")
         return
     selected = sweep.get("selected") or {}
+    layer, chosen = _sweep_selected(sweep)
     plan.para(
         f"{sweep.get('metric', 'value')} on ",
         ("c", str(sweep.get("task", "?"))),
-        f" ({sweep.get('split', '?')} split) against the multiplier at layer {fmt(sweep.get('layer'))}; "
-        "band = 95% CI, crosses = degenerate cells (one answer letter nearly always), vertical lines = selected multipliers.",
+        f" ({sweep.get('split', '?')} split) against the steering multiplier, one line per layer; "
+        "crosses = degenerate cells, stars = the selected layer's multipliers.",
     )
     plan.figure("sweep", "steering sweep", lambda path: _plot_sweep(sweep, rows, path))
     if sweep.get("rule"):
         plan.para(("b", "Selection rule:"), " " + str(sweep["rule"]))
     if selected:
-        plan.para(("b", "Selected:"), " " + ", ".join(f"{k} x{fmt(v)}" for k, v in selected.items()) + ".")
-    chosen = {v for v in selected.values() if v is not None}
-    extra = [k for k in ("same_letter_rate", "degenerate", "mean_margin") if any(k in r for r in rows)]
+        plan.para(("b", "Selected:"), f" layer {fmt(layer)}, m+ x{fmt(selected.get('positive'))} (effect {fmt(selected.get('effect_positive'))}), "
+                  f"m- x{fmt(selected.get('negative'))} (effect {fmt(selected.get('effect_negative'))})"
+                  + ("." if selected.get("moved", True) else "; steering did not move the behaviour on the validation split."))
+    extra = [k for k in ("mean_nll", "same_answer_rate", "effect") if any(r.get(k) is not None for r in rows)]
     table = _Table(
-        ["multiplier", str(sweep.get("metric", "value")), "95% CI", "n", *extra, "selected"],
+        ["layer", "multiplier", str(sweep.get("metric", "value")), "95% CI", "n", *extra, "degenerate", "selected"],
         [
-            [fmt(r.get("multiplier")), fmt(r.get("value")), fmt_ci(r.get("ci_low"), r.get("ci_high")), fmt(r.get("n"))]
+            [fmt(r.get("layer")) if r.get("layer") is not None else "-", fmt(r.get("multiplier")), fmt(r.get("value")), fmt_ci(r.get("ci_low"), r.get("ci_high")), fmt(r.get("n"))]
             + [fmt(r.get(k)) for k in extra]
-            + ["yes" if r.get("multiplier") in chosen else ""]
+            + [str(r.get("degenerate_reason") or ("yes" if r.get("degenerate") else "")),
+               "yes" if r.get("layer") == layer and _num(r.get("multiplier")) in chosen else ""]
             for r in rows
         ],
     )
@@ -671,25 +680,26 @@ def _plot_sweep(sweep: dict[str, Any], rows: list[dict[str, Any]], path: Path) -
     from reptune.reporting import save_figure
 
     plt = _pyplot()
-    mult = [_num(r.get("multiplier")) for r in rows]
-    val = [_num(r.get("value")) for r in rows]
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
-    ax.fill_between(mult, [_num(r.get("ci_low")) for r in rows], [_num(r.get("ci_high")) for r in rows], alpha=0.25, color="tab:blue", label="95% CI")
-    ax.plot(mult, val, "o-", color="tab:blue", label=_mpl(sweep.get("metric", "value")))
-    bad = [(m, v) for m, v, r in zip(mult, val, rows) if r.get("degenerate")]
-    if bad:
-        ax.scatter([b[0] for b in bad], [b[1] for b in bad], marker="x", s=80, color="tab:red", zorder=4, label="degenerate")
-    if any(r.get("same_letter_rate") is not None for r in rows):
-        twin = ax.twinx()
-        twin.plot(mult, [_num(r.get("same_letter_rate")) for r in rows], ":", color="gray")
-        twin.set_ylabel("same-letter rate", color="gray")
-        twin.set_ylim(0.0, 1.05)
-    for (side, value), color in zip((sweep.get("selected") or {}).items(), ("tab:green", "tab:purple", "tab:olive", "tab:brown")):
-        if value is not None:
-            ax.axvline(float(value), color=color, ls="--", lw=1.2, label=_mpl(f"selected {side} x{fmt(value)}"))
-    ax.set_xlabel(f"multiplier (layer {fmt(sweep.get('layer'))})")
+    base = next((r for r in rows if _num(r.get("multiplier")) == 0), None)
+    layers = sorted({r.get("layer") for r in rows if r.get("layer") is not None})
+    chosen_layer, chosen = _sweep_selected(sweep)
+    for index, layer in enumerate(layers):
+        cells = sorted([r for r in rows if r.get("layer") == layer] + ([base] if base else []), key=lambda r: _num(r.get("multiplier")))
+        mult, val = [_num(r.get("multiplier")) for r in cells], [_num(r.get("value")) for r in cells]
+        color = f"C{index % 10}"
+        ax.plot(mult, val, "o-" if layer == chosen_layer else "o--", color=color, lw=2.0 if layer == chosen_layer else 1.0, label=_mpl(f"layer {layer}"))
+        if layer == chosen_layer:
+            ax.fill_between(mult, [_num(r.get("ci_low")) for r in cells], [_num(r.get("ci_high")) for r in cells], alpha=0.2, color=color)
+            picked = [(m, v) for m, v in zip(mult, val) if m in chosen]
+            ax.scatter([p[0] for p in picked], [p[1] for p in picked], marker="*", s=220, color=color, edgecolor="black", zorder=5, label="selected")
+        bad = [(m, v) for m, v, r in zip(mult, val, cells) if r.get("degenerate")]
+        if bad:
+            ax.scatter([b[0] for b in bad], [b[1] for b in bad], marker="x", s=70, color="tab:red", zorder=4)
+    ax.axhline(_num(base.get("value")) if base else float("nan"), color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("steering multiplier (x the vector)")
     ax.set_ylabel(_mpl(sweep.get("metric", "value")))
-    ax.set_title(_mpl(f"steering sweep: {sweep.get('task', '?')} ({sweep.get('split', '?')})"))
+    ax.set_title(_mpl(f"steering sweep: {sweep.get('task', '?')} ({sweep.get('split', '?')}); red x = degenerate"))
     ax.legend(fontsize=8, loc="best")
     return save_figure(fig, path)
 

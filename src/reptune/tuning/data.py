@@ -3,6 +3,10 @@
 A :class:`TrainItem` is a prompt (the model input; chat template already applied), an optional
 completion (for SFT and ``generated`` positions), the index of the correct answer letter for
 A/B items, and a label used to balance batches (e.g. the statement's truth).
+
+A *twin* item (``rejected`` set) is one fact as a reply to a neutral prompt: ``completion`` is
+the true twin and ``rejected`` the false one. Its token loss is the pairwise sequence loss
+``-log softmax([logp(true), logp(false)])[target]``: the behaviour ``facts-twin`` measures.
 """
 
 from __future__ import annotations
@@ -27,17 +31,36 @@ class TrainItem:
     completion: str = ""
     correct: int | None = None
     label: int | None = None
+    rejected: str = ""
 
 
-def load_tune_items(spec: str, tokenizer: Any, *, limit: int | None = None) -> tuple[list[TrainItem], str]:
+ITEM_KINDS = ("ab", "twin")
+
+
+def twin_items(statements: Sequence[Any], tokenizer: Any, origin: str = "statements") -> list[TrainItem]:
+    """One twin :class:`TrainItem` per fact (see :func:`reptune.data.twins.statements_to_twins`)."""
+    from reptune.data.twins import TWIN_PROMPT, statements_to_twins
+
+    prompt = render_chat(tokenizer, TWIN_PROMPT)
+    return [TrainItem(prompt=prompt, completion=twin.true, rejected=twin.false, label=1) for twin in statements_to_twins(statements, origin)]
+
+
+def load_tune_items(spec: str, tokenizer: Any, *, limit: int | None = None, kind: str = "ab") -> tuple[list[TrainItem], str]:
     """Resolve a dataset argument into training items.
 
-    * statement CSVs (and ``honesty``/``facts``) -> true/false A/B questions (correct letter known);
+    * statement CSVs (and ``honesty``/``facts``) -> true/false A/B questions (correct letter known),
+      or with ``kind="twin"`` (CSVs with a ``pair`` column) one twin item per fact;
     * CAA A/B sets -> their questions, correct letter = the behaviour-matching answer;
     * contrast-pair JSONL -> the positive side as prompt (+ completion, for SFT).
     """
+    if kind not in ITEM_KINDS:
+        raise DataError(f"training item kind must be one of {', '.join(ITEM_KINDS)}, got {kind!r}")
     source = read_source(spec)
-    if source.kind == "statements":
+    if kind == "twin":
+        if source.kind != "statements":
+            raise DataError(f"twin items need true/false statements with a 'pair' column, but {source.origin} holds {source.kind}")
+        items = twin_items(source.records, tokenizer, source.origin)
+    elif source.kind == "statements":
         items = [
             TrainItem(prompt=item.prompt, correct=item.correct, label=item.meta["label"])
             for item in statements_to_ab(source.records, tokenizer)

@@ -49,6 +49,26 @@ def answer_loss(logits_last: torch.Tensor, letter_ids: tuple[int, int], correct:
     return -letter_logprobs.gather(1, chosen.view(-1, 1)).mean()
 
 
+def completion_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Summed log-prob of each row's completion tokens (token t predicted at t-1): ``[batch]`` float32."""
+    targets = input_ids[:, 1:]
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (logp * completion_mask[:, 1:].float()).sum(-1)
+
+
+def pair_sequence_loss(logp_true: torch.Tensor, logp_false: torch.Tensor, target: str) -> torch.Tensor:
+    """Pairwise loss on twins: ``-log softmax([logp_true, logp_false])[target]``, mean over pairs.
+
+    Args:
+        logp_true, logp_false: ``[pairs]`` summed completion log-probs of each twin.
+        target: ``truth`` (prefer the true twin), ``lie`` (the false one) or ``soft`` (50/50).
+    """
+    both = F.log_softmax(torch.stack([logp_true, logp_false], dim=-1), dim=-1)  # [pairs, 2]
+    if target == "soft":
+        return -(0.5 * both).sum(-1).mean()
+    return -both[:, 0 if target == "truth" else 1].mean()
+
+
 def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy on completion tokens (token t predicted from position t-1)."""
     targets = input_ids[:, 1:]

@@ -39,7 +39,15 @@ from reptune.tuning.data import (
     load_retain_texts,
     split_items,
 )
-from reptune.tuning.losses import answer_loss, kl_base_to_tuned, representation_loss, sft_loss, topk_reference
+from reptune.tuning.losses import (
+    answer_loss,
+    completion_logprobs,
+    kl_base_to_tuned,
+    pair_sequence_loss,
+    representation_loss,
+    sft_loss,
+    topk_reference,
+)
 from reptune.vectors import SteeringVector
 
 LOSS_KEYS = ("loss", "tok", "rep", "retain", "cos")
@@ -214,7 +222,8 @@ class Tuner:
         if vector is not None and config.uses_vector:
             check_vector_position(vector, self.rep_positions)
         self.letter_ids: tuple[int, int] | None = None
-        if config.uses_tokens:
+        self.twins = bool(items) and all(item.rejected for item in items)
+        if config.uses_tokens and not self.twins:
             if config.token_target in {"truth", "lie", "soft"}:
                 if any(item.correct is None for item in items):
                     raise DataError(f"token target {config.token_target!r} needs A/B items with a correct answer (e.g. a statement CSV or CAA set)")
@@ -308,6 +317,9 @@ class Tuner:
 
     # ------------------------------------------------------------------ batches and forward
     def _tokenize(self, items: Sequence[TrainItem], rep_positions: str | None = None) -> _Batch:
+        if items and all(item.rejected for item in items):
+            # twins: the true replies first, then the false ones (rows i and i + n are one fact)
+            items = [TrainItem(item.prompt, item.completion) for item in items] + [TrainItem(item.prompt, item.rejected) for item in items]
         examples = [Example(item.prompt, item.completion) for item in items]
         spec_text = rep_positions or self.rep_positions
         offset = rep_position(spec_text)
@@ -371,7 +383,11 @@ class Tuner:
             terms["cos"] = torch.stack([cos for _, cos in rep_terms]).mean()
         if need_logits:
             assert logits is not None
-            if config.token_target == "sft":
+            if self.twins and config.token_target in {"truth", "lie", "soft"}:
+                logp = completion_logprobs(logits, batch.input_ids, batch.completion_mask)
+                half = logp.shape[0] // 2
+                terms["tok"] = pair_sequence_loss(logp[:half], logp[half:], config.token_target)
+            elif config.token_target == "sft":
                 terms["tok"] = sft_loss(logits, batch.input_ids, batch.completion_mask)
             else:
                 assert self.letter_ids is not None and batch.correct is not None

@@ -1,0 +1,134 @@
+"""Twins: pair ids in the shipped data, pair-aware splits, the facts-twin / facts-word tasks, twin tuning."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_model
+
+from reptune.data import Statement
+from reptune.data.sources import read_source
+from reptune.data.twins import split_by_pair, statements_to_twins
+from reptune.errors import DataError
+from reptune.evaluation import evaluate, get_task
+from reptune.evaluation.scoring import continuation_logprobs
+from reptune.tuning import TuneConfig, tune
+from reptune.tuning.data import load_tune_items, twin_items
+from reptune.tuning.losses import pair_sequence_loss
+
+FAST = {"eval_every": 1000, "checkpoint_every": 1000, "val_fraction": 0.0}
+
+
+def _twins_csv(path: Path, n: int = 8) -> Path:
+    rows = []
+    for i in range(n):
+        rows += [(f"The sky is blue {i}.", 1, "t" + str(i % 2), str(i)), (f"The grass is blue {i}.", 0, "t" + str(i % 2), str(i))]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["statement", "label", "topic", "pair"])
+        writer.writerows(rows)
+    return path
+
+
+def test_shipped_statements_are_twins_one_true_one_false_per_pair():
+    statements = list(read_source("honesty").records)
+    twins = statements_to_twins(statements)
+    assert len(twins) * 2 == len(statements) == 1264
+    assert all(t.true != t.false for t in twins)
+    assert Counter(s.pair for s in statements).most_common(1)[0][1] == 2
+
+
+def test_broken_pairs_are_one_line_errors():
+    with pytest.raises(DataError, match="no 'pair' id"):
+        statements_to_twins([Statement("A.", 1)])
+    with pytest.raises(DataError, match="one true"):
+        statements_to_twins([Statement("A.", 1, pair="p"), Statement("B.", 1, pair="p")])
+
+
+def test_pair_split_keeps_twins_together_and_is_seeded_and_stratified():
+    statements = list(read_source("honesty").records)
+    parts = split_by_pair(statements, {"test": 0.5, "val": 0.15}, seed=0)
+    assert parts == split_by_pair(statements, {"test": 0.5, "val": 0.15}, seed=0)
+    assert parts != split_by_pair(statements, {"test": 0.5, "val": 0.15}, seed=1)
+    pairs = {name: {s.pair for s in part} for name, part in parts.items()}
+    assert not (pairs["test"] & pairs["val"]) and not (pairs["test"] & pairs["train"]) and not (pairs["val"] & pairs["train"])
+    assert sum(len(p) for p in parts.values()) == len(statements)
+    assert len(pairs["test"]) >= 300  # the demo's test split: at least 300 twins
+    for part in parts.values():  # every pair whole, so labels balance exactly
+        assert sum(s.label for s in part) * 2 == len(part)
+    topics = Counter(s.topic for s in statements)
+    test_topics = Counter(s.topic for s in parts["test"])
+    for topic, n in topics.items():  # each topic's share of the test split is about half of it
+        assert abs(test_topics[topic] / n - 0.5) < 0.1, topic
+
+
+def test_facts_twin_records_equal_continuation_logprobs(tmp_path):
+    handle = build_model("llama", chat=True)
+    data = _twins_csv(tmp_path / "twins.csv")
+    result = evaluate(handle, [get_task("facts-twin", data=str(data))], progress=False).tasks["facts-twin"]
+    records = result.records
+    assert len(records) == 8 and all("answer" not in r for r in records)  # always-true is not "degenerate"
+    prompt = get_task("facts-twin", data=str(data)).load_items(handle, None)[0][0]["prompt"]
+    scores = continuation_logprobs(handle, [(prompt, records[0]["true"]), (prompt, records[0]["false"])], share_prefix=False)
+    assert records[0]["margin"] == pytest.approx(scores[0].logprob - scores[1].logprob, abs=1e-4)
+    assert result.metrics["accuracy"]["value"] == pytest.approx(sum(r["margin"] > 0 for r in records) / 8)
+    assert result.metrics["mean_nll"]["value"] > 0
+
+
+def test_facts_word_records_the_word_so_always_true_is_flagged(tmp_path):
+    from reptune.evaluation.robustness import same_letter_rate
+
+    handle = build_model("llama", chat=True)
+    data = _twins_csv(tmp_path / "twins.csv")
+    records = evaluate(handle, [get_task("facts-word", data=str(data))], progress=False).tasks["facts-word"].records
+    assert {r["answer"] for r in records} <= {"True", "False"}
+    assert same_letter_rate(records) is not None
+
+
+def test_facts_twin_without_pairs_is_a_one_line_error(tmp_path):
+    path = tmp_path / "plain.csv"
+    path.write_text("statement,label\nA cat.,1\nA dog.,0\n", encoding="utf-8")
+    with pytest.raises(DataError, match="pair"):
+        get_task("facts-twin", data=str(path)).load_items(build_model("llama"), None)
+
+
+def test_pair_sequence_loss_targets():
+    lp_true, lp_false = torch.tensor([-1.0, -5.0]), torch.tensor([-3.0, -2.0])
+    truth = pair_sequence_loss(lp_true, lp_false, "truth")
+    expected = -torch.log_softmax(torch.stack([lp_true, lp_false], -1), -1)[:, 0].mean()
+    assert truth == pytest.approx(float(expected))
+    assert pair_sequence_loss(lp_true, lp_false, "lie") == pytest.approx(float(-torch.log_softmax(torch.stack([lp_true, lp_false], -1), -1)[:, 1].mean()))
+    assert pair_sequence_loss(torch.zeros(3), torch.zeros(3), "soft") == pytest.approx(float(torch.log(torch.tensor(2.0))))
+
+
+@pytest.mark.parametrize(("preset", "direction"), [("truth", 1), ("lie", -1)])
+def test_twin_tuning_moves_twin_preference(tmp_path, preset, direction):
+    handle = build_model("llama", chat=True)
+    data = _twins_csv(tmp_path / "twins.csv")
+    items, _ = load_tune_items(str(data), handle.tokenizer, kind="twin")
+    assert len(items) == 8 and all(item.rejected for item in items)
+    task = get_task("facts-twin", data=str(data))
+
+    def margin() -> float:
+        return evaluate(handle, [task], progress=False).tasks["facts-twin"].metrics["mean_margin"]["value"]
+
+    before = margin()
+    tune(handle, TuneConfig.from_preset(preset, layers="0-3", steps=30, lr=1e-2, batch_size=4, **FAST), items, tmp_path / "run",
+         progress=False, save_model=False)
+    assert direction * (margin() - before) > 1.0
+
+
+def test_twin_items_put_both_twins_in_one_batch_with_the_statement_as_completion(tmp_path):
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    statements = [Statement("The sky is blue.", 1, pair="a"), Statement("The sky is red.", 0, pair="a")] * 1
+    items = twin_items(statements + [Statement("Cats bark.", 0, pair="b"), Statement("Cats purr.", 1, pair="b")], handle.tokenizer)
+    tuner = Tuner(handle, TuneConfig.from_preset("truth", layers="0-3", steps=1, **FAST), items, None)
+    batch = tuner._tokenize(items, rep_positions="generated")
+    assert batch.input_ids.shape[0] == 4  # 2 facts x (true, false)
+    assert bool((batch.rep_mask == batch.completion_mask).all()) and int(batch.completion_mask.sum()) > 0
