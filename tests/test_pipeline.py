@@ -359,3 +359,42 @@ def test_lora_and_retain_variants(tiny_dir, tmp_path):
     assert (run.run_dir / info["dir"] / "adapter").is_dir() and (run.run_dir / info["dir"] / "config.json").is_file()
     assert "retain" in info["loss_curves"] and any(value > 0 for value in info["loss_curves"]["retain"])
     assert {c["id"] for c in run.results["conditions"]} >= {"honesty-lora", "honesty-lora@counter"}
+
+
+def test_twin_study_by_default_sweeps_layers_gates_claims_and_records_knowledge(tiny_dir, tmp_path):
+    """With twin data the headline is facts-twin, training uses twin items, the sweep is a grid."""
+    config = parse_config({
+        "name": "twins", "model": str(tiny_dir), "precision": "auto", "seeds": [0, 1],
+        "data": {"limit": 80}, "vector": {"pairs_limit": 16},
+        "sweep": {"multipliers": [-4, 0, 4], "limit": 6},
+        "train": {"steps": 2, "eval_every": 2, "batch_size": 2, "span": 2},
+        "variants": [{"name": "truth", "preset": "truth"}, {"name": "lie", "preset": "lie"}, {"name": "honesty", "preset": "honesty"}],
+        "evaluation": {"tasks": ["facts-twin"], "limit": 8, "representation_items": 4},
+        "robustness": {"enabled": False}, "projection": {"enabled": False},
+    })
+    run = run_experiment(config, tmp_path / "run", progress=False)
+    results = run.results
+    assert results["headline"]["task"] == "facts-twin" and results["data"]["twins"]
+    pairs = {name: {r["pair"] for r in csv_rows(tmp_path / "run" / "stages" / "data" / f"{name}.csv")} for name in ("train", "val", "test")}
+    assert not (pairs["train"] & pairs["test"]) and not (pairs["val"] & pairs["test"])
+    sweep = results["sweep"]
+    assert len(sweep["layers"]) > 1 and {r["layer"] for r in sweep["rows"] if r["multiplier"] != 0} == set(sweep["layers"])
+    layer = sweep["selected"]["layer"]
+    truth = results["training"]["truth"]["0"]
+    assert truth["layers"] == f"{max(0, layer - 1)}-{layer}"  # the `span` blocks ending at the chosen layer
+    assert truth["metrics"]["train_items"] + truth["metrics"]["val_items"] == len(pairs["train"])  # one item per twin
+    gate = results["learnability"]
+    assert set(gate["truth"]) == set(gate["lie"]) == {"0", "1"} and gate["untuned"] == next(r["value"] for r in sweep["rows"] if r["multiplier"] == 0)
+    if not gate["passed"]:  # two steps on a random model cannot pass it: no claim may be tested
+        assert all(claim["verdict"] == "not tested" for claim in results["claims"])
+    knowledge = results["knowledge"]
+    assert knowledge["n"] == 8 and 0 <= knowledge["known"] <= 8 and knowledge["by_topic"]
+    assert results["model"]["precision"] in {"fp32", "bf16"} and "cpu_capability" in results["model"]["machine"]
+    assert not (tmp_path / "run" / "stages" / "train-truth-s0" / "checkpoints").exists()  # deleted once the variant finished
+
+
+def csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

@@ -30,7 +30,6 @@ import json
 import random
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,12 +350,13 @@ class Experiment:
         if source.kind != "statements":
             raise DataError(f"data.statements must be true/false statements (statement,label CSV), but {source.origin} holds {source.kind}")
         statements = list(source.records)
-        if c.limit is not None:
-            statements = statements[: c.limit]
         by_pair = has_pairs(statements) if c.by_pair == "auto" else c.by_pair
-        if by_pair and c.limit is not None:  # a limit can cut a pair in two: keep whole pairs only
-            counts = Counter(s.pair for s in statements)
-            statements = [s for s in statements if counts[s.pair] == 2]
+        if c.limit is not None and by_pair:  # whole pairs: the first limit/2 facts, both twins of each
+            keep = list(dict.fromkeys(s.pair for s in statements))[: c.limit // 2]
+            wanted = set(keep)
+            statements = [s for s in statements if s.pair in wanted]
+        elif c.limit is not None:
+            statements = statements[: c.limit]
         if by_pair:
             statements_to_twins(statements, source.origin)  # every pair one true and one false twin, or a one-line error
             splits = split_by_pair(statements, {"test": c.test_fraction, "val": c.val_fraction}, c.split_seed)
