@@ -408,6 +408,10 @@ class KL(Task):
 
     def load_items(self, handle: ModelHandle, limit: int | None) -> tuple[list[dict[str, Any]], str, str]:
         spec = self.options["data"]
+        if spec == "neutral":  # reptune's shipped neutral sentences: KL without any downloaded data
+            from importlib import resources
+
+            spec = str(resources.files("reptune.data") / "resources" / "neutral_text.txt")
         try:
             source = read_source(spec)
         except DataError:

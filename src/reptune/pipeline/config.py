@@ -35,9 +35,15 @@ class DataConfig(_Strict):
     statements: str = "honesty"
     limit: int | None = Field(None, ge=8)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(0.25, gt=0, lt=0.5)
+    test_fraction: float = Field(0.25, gt=0, lt=0.8)
     split_seed: int = 0
     by_pair: bool | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction > 0.9:
+            raise ValueError(f"val_fraction + test_fraction must leave at least 10% for training (got {self.val_fraction} + {self.test_fraction})")
+        return self
 
 
 class VectorConfig(_Strict):
@@ -108,6 +114,7 @@ class VariantConfig(_Strict):
     lr: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, ge=1)
     options: dict[str, Any] = {}  # any other TuneConfig field (e.g. w_rep, w_retain, lora_rank)
+    seeds: list[int] | None = None  # a subset of the experiment's seeds (None: all of them)
 
     @field_validator("name")
     @classmethod
@@ -151,7 +158,7 @@ class RobustnessConfig(_Strict):
     enabled: bool = True
     conditions: list[str] = ["untuned", "honesty", "truth"]
     task: str = "auto"  # auto: the headline task
-    layers: list[int] | None = None  # None: the steering layer and its two neighbours 2 apart
+    layers: list[int] | None = None  # None: the steering layer and its two neighbours 2 apart; []: the steering layer only
     multipliers: list[float] = [-8.0, -4.0, -2.0, 0.0]
     limit: int = Field(64, ge=1)
 
@@ -230,7 +237,15 @@ class ExperimentConfig(_Strict):
         names = [variant.name for variant in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names repeat: {names}")
+        for variant in self.variants:
+            extra = sorted(set(variant.seeds or []) - set(self.seeds))
+            if extra or (variant.seeds is not None and not variant.seeds):
+                raise ValueError(f"variant {variant.name!r}: seeds must be a non-empty subset of the experiment's seeds {self.seeds} (got {variant.seeds})")
         return self
+
+    def variant_seeds(self, variant: VariantConfig) -> list[int]:
+        """The seeds a variant is trained with (its own subset, else every seed)."""
+        return [seed for seed in self.seeds if variant.seeds is None or seed in variant.seeds]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -196,7 +196,7 @@ class Experiment:
         n_tasks = len(c.evaluation.tasks)
         n_layers = len(c.sweep.layers) if isinstance(c.sweep.layers, list) else (1 if c.sweep.layers == "vector" else 4)
         total = _COST["data"] + _COST["vector"] + _COST["sweep_point"] * n_layers * len(c.sweep.multipliers)
-        total += sum((v.steps or c.train.steps) for v in c.variants) * n_seeds * _COST["train_step"]
+        total += sum((v.steps or c.train.steps) * len(c.variant_seeds(v)) for v in c.variants) * _COST["train_step"]
         n_counter = sum(v.counter != "none" for v in c.variants)
         total += 3 * n_tasks * _COST["eval_task"] + n_seeds * (n_variants * n_tasks + n_counter * len(c.evaluation.counter_tasks)) * _COST["eval_task"]
         if c.robustness.enabled:
@@ -282,7 +282,7 @@ class Experiment:
         training: dict[str, dict[str, Any]] = {}
         checks: dict[str, dict[str, float]] = {}
         for variant in c.variants:
-            for seed in c.seeds:
+            for seed in c.variant_seeds(variant):
                 trained: dict[str, Any] = {}
                 training.setdefault(variant.name, {})[str(seed)] = self._train_stage(variant, seed, trained)
                 train_key = self.store.keys[f"train:{variant.name}:s{seed}"]
@@ -671,7 +671,10 @@ class Experiment:
         c = self.config
         model_key = trained[1] if trained else self.model_key
         if c.robustness.enabled and cond_id in c.robustness.conditions:
-            layers = c.robustness.layers or sorted({max(0, self.layer - 2), self.layer, min(self.num_layers - 1, self.layer + 2)})
+            if c.robustness.layers is None:  # the steering layer and its neighbours 2 apart
+                layers = sorted({max(0, self.layer - 2), self.layer, min(self.num_layers - 1, self.layer + 2)})
+            else:  # [] = the steering layer only
+                layers = list(c.robustness.layers) or [self.layer]
             inputs = {"condition": cond_id, "model": model_key, "vector": self.store.keys["vector"], "data": self.store.keys["data"], "robustness": c.robustness.model_dump(), "layers": layers}
 
             def work(folder: Path) -> dict[str, Any]:

@@ -218,6 +218,7 @@ def _plan(results: dict[str, Any]) -> _Plan:
     plan = _Plan()
     conds = _conditions(results)
     _section_summary(plan, results, conds)
+    _section_answer(plan, results, conds)
     _section_headline(plan, results)
     _section_claims(plan, results)
     _section_findings(plan, results)
@@ -229,6 +230,7 @@ def _plan(results: dict[str, Any]) -> _Plan:
     _section_representation(plan, results, conds)
     _section_paired(plan, results)
     _section_scan(plan, results)
+    _section_timing(plan, results)
     _section_config(plan, results)
     _section_footer(plan, results)
     return plan
@@ -278,6 +280,60 @@ def _section_summary(plan: _Plan, results: dict[str, Any], conds: dict[str, dict
     else:
         spans.append("Nothing was skipped.")
     plan.para(*spans)
+
+
+def _section_answer(plan: _Plan, results: dict[str, Any], conds: dict[str, dict[str, Any]]) -> None:
+    """The first screen: the headline behaviour per condition (figure, CIs), what the model knows,
+    whether it can learn the behaviour at all, and the verdicts."""
+    plan.add(_Heading(2, "The answer"))
+    head = results.get("headline") or {}
+    task = str(head.get("task") or "")
+    entries = {cid: (results.get("scores") or {}).get(cid, {}).get(task) for cid in conds}
+    ids = [cid for cid, entry in entries.items() if entry]
+    if ids:
+        metric = str(head.get("metric") or "accuracy")
+        plan.figure("answer", f"{task}: {metric} per condition (95% CI; dots = seeds)",
+                    lambda path: _plot_task(task, metric, ids, {cid: entries[cid] for cid in ids}, conds, path))
+    knowledge = results.get("knowledge") or {}
+    if knowledge.get("n"):
+        topics = knowledge.get("by_topic") or {}
+        weakest = sorted(topics.items(), key=lambda kv: kv[1].get("share", 0))[:2]
+        plan.para(("b", "What the untuned model knows:"), f" it gets {fmt(knowledge.get('known'))} of {fmt(knowledge.get('n'))} test items right on ",
+                  ("c", str(knowledge.get("task"))), f" ({fmt(knowledge.get('share'))})"
+                  + (", weakest on " + ", ".join(f"{t} ({fmt(v.get('share'))} of {fmt(v.get('n'))})" for t, v in weakest) if weakest else "") + ".")
+    gate = results.get("learnability") or results.get("gate") or {}
+    if gate:
+        plan.para(("b", "Learnability check " + ("passed:" if gate.get("passed") else "not passed:")), " " + str(gate.get("reason") or ""))
+    claims = results.get("claims") or []
+    if claims:
+        plan.add(_List([[("b", str(c.get("verdict") or "not tested")), ("", " — "), ("c", str(c.get("id") or "?"))]
+                        + ([("", f" (p = {fmt_p(c['p_value'])}" + (f", Holm {fmt_p(c['p_holm'])}" if c.get("p_holm") is not None else "") + ")")]
+                           if c.get("p_value") is not None else []) for c in claims]))
+        plan.para("Each verdict's evidence, test and minimum detectable effect are under ", ("i", "Claims"), " below.")
+
+
+def _section_timing(plan: _Plan, results: dict[str, Any]) -> None:
+    """Where the time went: seconds per kind of stage, with the items scored and the steps trained."""
+    stages = (results.get("timings") or {}).get("stages") or {}
+    if not stages:
+        return
+    plan.add(_Heading(2, "Where the time went"))
+    reused = set((results.get("stages") or {}).get("reused") or [])
+    groups: dict[str, list[str]] = {}
+    for name in stages:
+        groups.setdefault(name.split(":", 1)[0], []).append(name)
+    steps = {f"train:{v}:s{seed}": (info or {}).get("steps") for v, by_seed in (results.get("training") or {}).items() for seed, info in (by_seed or {}).items()}
+    rows = []
+    for kind, names in groups.items():
+        seconds = sum(float(stages[n]) for n in names)
+        trained = sum(int(steps.get(n) or 0) for n in names)
+        rows.append([kind, fmt(len(names)), f"{seconds:.1f}", f"{seconds / len(names):.1f}", fmt(trained) if trained else "-",
+                     fmt(sum(n in reused for n in names))])
+    total = (results.get("timings") or {}).get("total_s")
+    machine = (results.get("model") or {}).get("machine") or {}
+    plan.para(f"Total {fmt(total)} s on {machine.get('cpu', 'this machine')} ({fmt(machine.get('cores'))} cores, torch {machine.get('cpu_capability', '?')} kernels, "
+              f"precision {(results.get('model') or {}).get('precision', '?')}); reused stages count the time they took when they ran.")
+    plan.add(_Table(["stage", "runs", "seconds", "per run", "steps trained", "reused"], rows))
 
 
 def _section_headline(plan: _Plan, results: dict[str, Any]) -> None:
