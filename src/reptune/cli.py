@@ -306,11 +306,19 @@ def _print_run(result) -> None:
         err_console.print(f"{name}: {path}")
 
 
+def _check_run_dir(output: Path) -> None:
+    """An experiment writes only into a new or empty folder, or one holding a reptune run."""
+    from reptune._io import check_output_dir
+
+    check_output_dir(output, "experiment", flag="")
+    _check_output(output / "results.json")
+
+
 def _run_config(config, output: Path, command: str) -> None:
     from reptune.pipeline import run_experiment
 
+    _check_run_dir(output)
     output.mkdir(parents=True, exist_ok=True)
-    _check_output(output / "results.json")
     _print_run(run_experiment(config, output, progress=True, command=command))
 
 
@@ -342,6 +350,7 @@ def run_cmd(
         typer.echo(config.to_yaml())
         return
     output = output or Path("runs") / config.name
+    _check_run_dir(output)  # before anything is deleted: a folder of the user's is refused, not cleaned
     if fresh:
         from reptune.pipeline.experiment import clean_run
 

@@ -37,7 +37,18 @@ from typing import Any
 
 import torch
 
-from reptune._io import json_safe, safe_filename, sha256_json, write_json_atomic, write_text_atomic
+from reptune._io import (
+    RUN_MARKER,
+    check_output_dir,
+    is_reptune_output,
+    json_safe,
+    remove_stale_temps,
+    safe_filename,
+    sha256_json,
+    write_json_atomic,
+    write_run_marker,
+    write_text_atomic,
+)
 from reptune._progress import progress_display
 from reptune.errors import DataError, ReptuneError
 from reptune.models import ModelHandle, load_model
@@ -46,6 +57,8 @@ from reptune.pipeline.stages import StageError, StageStore
 
 RESULTS_FORMAT = "reptune-experiment/1"
 VECTOR_FILE = "honesty.safetensors"
+# everything a run writes at the top of its folder: all that `--fresh` ever deletes
+RUN_ENTRIES = (RUN_MARKER, "config.yaml", "results.json", "report.md", "report.html", "figures", "stages")
 
 # rough seconds per unit on the embedded model (2 CPU cores), only for the progress estimate
 _COST = {"data": 1.0, "vector": 30.0, "sweep_point": 4.0, "train_step": 1.3, "eval_task": 12.0, "robust_cell": 2.0, "projection": 3.0}
@@ -177,7 +190,10 @@ class Experiment:
 
     def run(self) -> ExperimentRun:
         started = time.perf_counter()
+        check_output_dir(self.run_dir, "experiment", flag="")  # never write into a folder of the user's
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_marker(self.run_dir, "experiment")
+        remove_stale_temps(self.run_dir)
         write_text_atomic(self.run_dir / "config.yaml", self.config.to_yaml())
         with progress_display(self.progress) as display:
             self._overall = _Overall(display, self._estimate())
@@ -614,5 +630,25 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, progress: b
 
 
 def clean_run(run_dir: str | Path) -> None:
-    """Remove a run folder (``reptune run --fresh``)."""
-    shutil.rmtree(run_dir, ignore_errors=True)
+    """Delete what a run wrote in ``run_dir`` (``reptune run --fresh``); other files stay.
+
+    Raises:
+        ReptuneError: ``run_dir`` is a file, a symbolic link, or a non-empty folder without a
+            reptune run marker (nothing is deleted then).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink():
+        raise ReptuneError(f"refusing to delete {run_dir}: it is a symbolic link")
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ReptuneError(f"refusing to delete {run_dir}: it is a file, not a run directory")
+    if any(run_dir.iterdir()) and not is_reptune_output(run_dir, "experiment"):
+        raise ReptuneError(f"refusing to delete {run_dir}: it holds no reptune run (no {RUN_MARKER} marker); remove it yourself or choose another -o")
+    for name in RUN_ENTRIES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    remove_stale_temps(run_dir)

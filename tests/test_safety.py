@@ -1,0 +1,99 @@
+"""Reliability and security: reptune never destroys a user's files nor runs code they did not allow.
+
+One test (or a few) per defect of issue #15, each failing on the code before its fix. The CLI
+contract for a refused input: exit code 2, one ``error:`` line, no traceback, nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import CliRun
+
+from reptune._io import RUN_MARKER
+from reptune.errors import ReptuneError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.setenv("REPTUNE_DEBUG", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("REPTUNE_DATA_DIR", raising=False)
+
+
+def assert_user_error(result: CliRun, *fragments: str) -> str:
+    assert result.code == 2, (result.code, result.err[-2000:])
+    assert "Traceback" not in result.err and "Traceback" not in result.out
+    lines = result.error_lines()
+    assert len(lines) == 1, result.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} if path.exists() else {}
+
+
+def write_experiment(path: Path, tiny_dir: Path, **changes) -> Path:
+    config = {"name": "tiny", "model": str(tiny_dir), "precision": "fp32", **changes}
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def user_folder(root: Path) -> Path:
+    victim = root / "victim"
+    (victim / "important").mkdir(parents=True)
+    (victim / "important" / "thesis.txt").write_text("x\n", encoding="utf-8")
+    return victim
+
+
+# ----------------------------------------------------------------------------- 1. --fresh
+def test_fresh_refuses_a_folder_without_run_marker(cli_run, tiny_dir, tmp_path):
+    victim = user_folder(tmp_path)
+    before = tree(victim)
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_dir)
+    assert_user_error(cli_run("run", exp, "--fresh", "-o", victim), str(victim), "reptune")
+    assert tree(victim) == before
+
+
+def test_fresh_with_a_bad_config_deletes_nothing(cli_run, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / RUN_MARKER).write_text(json.dumps({"format": "reptune-output/1", "kind": "experiment"}), encoding="utf-8")
+    (run_dir / "results.json").write_text("{}", encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {stepz: 3}\n", encoding="utf-8")
+    before = tree(run_dir)
+    assert_user_error(cli_run("run", bad, "--fresh", "-o", run_dir), "train.stepz")
+    assert tree(run_dir) == before
+
+
+def test_clean_run_deletes_only_what_a_run_wrote(tmp_path):
+    from reptune.pipeline.experiment import clean_run
+
+    run_dir = tmp_path / "run"
+    (run_dir / "stages" / "data").mkdir(parents=True)
+    (run_dir / "stages" / "data" / "stage.json").write_text("{}", encoding="utf-8")
+    (run_dir / "config.yaml").write_text("name: x\n", encoding="utf-8")
+    (run_dir / "results.json").write_text("{}", encoding="utf-8")
+    (run_dir / ".results.json.abc.tmp").write_text("half", encoding="utf-8")
+    (run_dir / "notes.txt").write_text("mine\n", encoding="utf-8")  # the user's, beside a legacy run
+    clean_run(run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
+    with pytest.raises(ReptuneError, match="refusing to delete"):
+        clean_run(user_folder(tmp_path))
+    assert (tmp_path / "victim" / "important" / "thesis.txt").is_file()
+
+
+def test_run_refuses_to_write_into_a_users_folder(tiny_dir, tmp_path):
+    from reptune.pipeline import parse_config, run_experiment
+
+    victim = user_folder(tmp_path)
+    before = tree(victim)
+    with pytest.raises(ReptuneError, match="not empty and holds no reptune experiment"):
+        run_experiment(parse_config({"model": str(tiny_dir)}), victim, progress=False)
+    assert tree(victim) == before
