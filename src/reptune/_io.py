@@ -8,10 +8,10 @@ mistyped ``-o`` never costs a user's own files.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import hashlib
 import json
 import math
-import datetime as _dt
 import os
 import re
 import shutil
