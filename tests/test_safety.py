@@ -97,3 +97,19 @@ def test_run_refuses_to_write_into_a_users_folder(tiny_dir, tmp_path):
     with pytest.raises(ReptuneError, match="not empty and holds no reptune experiment"):
         run_experiment(parse_config({"model": str(tiny_dir)}), victim, progress=False)
     assert tree(victim) == before
+
+
+# ----------------------------------------------------------------------------- 2. experiment name
+@pytest.mark.parametrize("name", ["../../escape_run", "/tmp/abs", "..", ".hidden", "a/b", "white space", ""])
+def test_experiment_name_must_be_a_safe_slug(cli_run, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"name": name}), encoding="utf-8")
+    assert_user_error(cli_run("run", exp, "--fresh"), "name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
+
+
+def test_experiment_name_slug_accepted():
+    from reptune.pipeline import parse_config
+
+    assert parse_config({"name": "qwen-honesty_v2.1"}).name == "qwen-honesty_v2.1"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reptune._io import safe_filename
 from reptune.errors import ReptuneError
 
 PRESET_NAMES = ("truth", "lie", "honesty", "dishonesty", "tune-out", "pos", "neg")
@@ -191,6 +192,17 @@ class ExperimentConfig(_Strict):
     projection: ProjectionConfig = ProjectionConfig()
     judge: JudgeConfig = JudgeConfig()
     claims: ClaimThresholds = ClaimThresholds()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # the run goes to runs/<name> without -o: a name must never leave runs/
+        if not value or value != safe_filename(value) or value.startswith(".") or len(value) > 100:
+            raise ValueError(
+                f"name {value!r} must be a safe folder name: letters, digits, '.', '_' or '-', not starting with '.', "
+                "at most 100 characters (it becomes runs/<name>)"
+            )
+        return value
 
     @field_validator("seeds")
     @classmethod
