@@ -113,3 +113,37 @@ def test_experiment_name_slug_accepted():
     from reptune.pipeline import parse_config
 
     assert parse_config({"name": "qwen-honesty_v2.1"}).name == "qwen-honesty_v2.1"
+
+
+# ----------------------------------------------------------------------------- 3. tune -o
+@pytest.fixture()
+def statements_file(tmp_path) -> Path:
+    path = tmp_path / "statements.csv"
+    rows = ["statement,label"] + [f"The sky is {'blue' if i % 2 else 'green'} {i}.,{i % 2}" for i in range(24)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def tune_args(tiny_dir, data, output, *extra):
+    return ["tune", "--preset", "truth", "--model", tiny_dir, "--data", data, "--layers", "1-2", "--steps", "2",
+            "--batch-size", "4", "--eval-every", "2", "--precision", "fp32", "-o", output, *extra]
+
+
+def test_tune_refuses_a_users_nonempty_folder(cli_run, tiny_dir, statements_file, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("my notes\n", encoding="utf-8")
+    (out / "config.json").write_text('{"mine": true}\n', encoding="utf-8")
+    before = tree(out)
+    assert_user_error(cli_run(*tune_args(tiny_dir, statements_file, out)), str(out), "--overwrite")
+    assert tree(out) == before
+    result = cli_run(*tune_args(tiny_dir, statements_file, out, "--overwrite"))
+    assert result.code == 0, result.err
+    assert (out / "model.safetensors").is_file() and (out / RUN_MARKER).is_file()
+
+
+def test_tune_reruns_into_its_own_folder(cli_run, tiny_dir, statements_file, tmp_path):
+    out = tmp_path / "run"
+    assert cli_run(*tune_args(tiny_dir, statements_file, out)).code == 0
+    result = cli_run(*tune_args(tiny_dir, statements_file, out, "--resume"))
+    assert result.code == 0, result.err

@@ -223,6 +223,7 @@ def tune(
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most N training items.")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --output that is not a reptune tuning run (its files may be replaced).")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch")] = False,
     precision: PrecisionOpt = "bf16",
@@ -251,6 +252,9 @@ def tune(
     loaded = load_vector(vector) if vector is not None else None
     if config.uses_vector and loaded is None:
         raise ReptuneError(f"preset {preset!r} needs --vector")
+    from reptune._io import check_output_dir
+
+    check_output_dir(output, "tune", overwrite=overwrite)  # e.g. a folder with the user's own README.md
     _check_output(output / "config.json")
     handle = _load(model, precision, device, layers_path)
     if loaded is not None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from reptune._io import write_json_atomic, write_text_atomic
+from reptune._io import remove_stale_temps, write_json_atomic, write_run_marker, write_text_atomic
 from reptune._progress import progress_bar
 from reptune.activations import _StopForward, capture_layers, tokenize_examples
 from reptune.data.ab import letter_token_ids
@@ -376,6 +376,7 @@ def tune(
         raise ReptuneError(f"output {output} is a file, not a directory")
     tuner = Tuner(handle, config, items, vector, retain_texts=retain_texts, allow_model_mismatch=allow_model_mismatch)
     output.mkdir(parents=True, exist_ok=True)
+    write_run_marker(output, "tune")
     loop: dict[str, Any] = {"step": 0, "history": [], "val_history": [], "best_val": None, "best_step": None, "bad_evals": 0, "stopped": None}
     best: dict[str, torch.Tensor] | None = None
     if resume:
