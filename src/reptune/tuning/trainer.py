@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from reptune._io import remove_stale_temps, write_json_atomic, write_run_marker, write_text_atomic
+from reptune._io import write_json_atomic, write_run_marker, write_text_atomic
 from reptune._progress import progress_bar
 from reptune.activations import _StopForward, capture_layers, tokenize_examples
 from reptune.data.ab import letter_token_ids
