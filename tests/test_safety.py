@@ -147,3 +147,66 @@ def test_tune_reruns_into_its_own_folder(cli_run, tiny_dir, statements_file, tmp
     assert cli_run(*tune_args(tiny_dir, statements_file, out)).code == 0
     result = cli_run(*tune_args(tiny_dir, statements_file, out, "--resume"))
     assert result.code == 0, result.err
+
+
+# ----------------------------------------------------------------------------- 4. trust_remote_code
+@pytest.fixture()
+def remote_code_dir(tiny_dir, tmp_path) -> tuple[Path, Path]:
+    """A copy of the tiny model whose config points at custom code that leaves a marker file when run."""
+    import shutil
+
+    model_dir = tmp_path / "evil-model"
+    shutil.copytree(tiny_dir, model_dir)
+    marker = tmp_path / "code-ran.txt"
+    (model_dir / "evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "class EvilConfig(LlamaConfig):\n    model_type = 'llama'\n"
+        "class EvilModel(LlamaForCausalLM):\n    config_class = EvilConfig\n",
+        encoding="utf-8",
+    )
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (model_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return model_dir, marker
+
+
+@pytest.mark.parametrize("how", ["file", "set"])
+def test_experiment_file_cannot_turn_on_remote_code(cli_run, remote_code_dir, tmp_path, how):
+    model_dir, marker = remote_code_dir
+    if how == "file":
+        exp = write_experiment(tmp_path / "exp.yaml", model_dir, trust_remote_code=True)
+        args = ["run", exp, "-o", tmp_path / "run"]
+    else:
+        exp = write_experiment(tmp_path / "exp.yaml", model_dir)
+        args = ["run", exp, "-o", tmp_path / "run", "--set", "trust_remote_code=true"]
+    assert_user_error(cli_run(*args), "trust_remote_code", "--trust-remote-code")
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def test_remote_code_needs_the_flag(cli_run, remote_code_dir, monkeypatch):
+    model_dir, marker = remote_code_dir
+    result = cli_run("info", "--model", model_dir)  # transformers falls back to its own Llama code
+    assert result.code == 0, result.err
+    assert not marker.exists()
+    from reptune import models
+
+    seen = {}
+
+    def fake_load(name, **kwargs):
+        seen.update(kwargs)
+        raise ReptuneError("stop here")
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    assert_user_error(cli_run("info", "--model", model_dir, "--trust-remote-code"), "stop here")
+    assert seen["trust_remote_code"] is True
+
+
+def test_resolved_config_with_remote_code_off_still_loads(tmp_path):
+    from reptune.pipeline import parse_config
+    from reptune.pipeline.experiment import Experiment
+
+    config = parse_config({"trust_remote_code": False})  # config.yaml of an older run says so
+    assert "trust_remote_code" not in config.model_dump()
+    assert Experiment(config, tmp_path / "r", trust_remote_code=True).load_options["trust_remote_code"] is True
+    assert Experiment(config, tmp_path / "r").load_options["trust_remote_code"] is False

@@ -39,6 +39,10 @@ PrecisionOpt = Annotated[
     str, typer.Option("--precision", help="fp32, or bf16 (bf16 autocast over fp32 weights; ~3x faster on CPUs with AVX512-BF16).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+TrustOpt = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Let transformers run Python code shipped with the model (off by default; a config file cannot turn it on)."),
+]
 
 
 @app.callback()
@@ -58,21 +62,23 @@ def _check_output(path: Path) -> None:
         raise ReptuneError(f"cannot write {path}: {parent} is not a writable directory")
 
 
-def _load(model: str | None, precision: str, device: str = "auto", layers_path: str | None = None):
+def _load(model: str | None, precision: str, device: str = "auto", layers_path: str | None = None, trust_remote_code: bool = False):
     from reptune.models import load_model
 
     if precision not in {"fp32", "bf16"}:
         raise ReptuneError(f"--precision must be fp32 or bf16, got {precision!r}")
     with err_console.status(f"loading {model or 'embedded SmolLM2-135M-Instruct'} ..."):
-        return load_model(model, device=device, autocast="bf16" if precision == "bf16" else None, layers_path=layers_path)
+        return load_model(
+            model, device=device, autocast="bf16" if precision == "bf16" else None, layers_path=layers_path, trust_remote_code=trust_remote_code,
+        )
 
 
 @app.command()
-def info(model: ModelOpt = None, layers_path: LayersPathOpt = None, device: DeviceOpt = "auto") -> None:
+def info(model: ModelOpt = None, layers_path: LayersPathOpt = None, device: DeviceOpt = "auto", trust_remote_code: TrustOpt = False) -> None:
     """Show a model's layers, hidden size and the hook sites reptune uses."""
     from reptune.sites import SITE_CONVENTION_DOC
 
-    handle = _load(model, "fp32", device, layers_path)
+    handle = _load(model, "fp32", device, layers_path, trust_remote_code)
     table = Table(title=f"{handle.model_id}", show_header=False)
     for key, value in handle.describe().items():
         table.add_row(key, str(value))
@@ -101,6 +107,7 @@ def extract(
     precision: PrecisionOpt = "bf16",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Extract a behaviour vector from contrast pairs (and scan layers)."""
     from reptune.data import load_contrast_pairs
@@ -110,7 +117,7 @@ def extract(
     if output.suffix != ".safetensors":
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
     _check_output(output)
-    handle = _load(model, precision, device, layers_path)
+    handle = _load(model, precision, device, layers_path, trust_remote_code)
     pairs, origin = load_contrast_pairs(data, handle.tokenizer, variant=variant, limit=limit, seed=seed)
     result, scan_result = extract_vector(
         handle, pairs, layers, method=method, positions=positions, normalize=normalize, batch_size=batch_size,
@@ -145,13 +152,14 @@ def steer(
     precision: PrecisionOpt = "bf16",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Greedy completions side by side, one column per multiplier."""
     from reptune.steering import steered_generate
     from reptune.vectors import load_vector
 
     loaded = load_vector(vector)  # validate the file before loading the model
-    handle = _load(model, precision, device, layers_path)
+    handle = _load(model, precision, device, layers_path, trust_remote_code)
     loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
     chosen = layers if layers is not None else default_steer_layers(loaded)
     results = steered_generate(
@@ -229,6 +237,7 @@ def tune(
     precision: PrecisionOpt = "bf16",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Fine-tune a direction into (or out of) the weights, or run a token-only baseline."""
     import json
@@ -256,7 +265,7 @@ def tune(
 
     check_output_dir(output, "tune", overwrite=overwrite)  # e.g. a folder with the user's own README.md
     _check_output(output / "config.json")
-    handle = _load(model, precision, device, layers_path)
+    handle = _load(model, precision, device, layers_path, trust_remote_code)
     if loaded is not None:
         loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
     items, origin = load_tune_items(data, handle.tokenizer, limit=config.limit)
@@ -318,12 +327,12 @@ def _check_run_dir(output: Path) -> None:
     _check_output(output / "results.json")
 
 
-def _run_config(config, output: Path, command: str) -> None:
+def _run_config(config, output: Path, command: str, trust_remote_code: bool = False) -> None:
     from reptune.pipeline import run_experiment
 
     _check_run_dir(output)
     output.mkdir(parents=True, exist_ok=True)
-    _print_run(run_experiment(config, output, progress=True, command=command))
+    _print_run(run_experiment(config, output, progress=True, command=command, trust_remote_code=trust_remote_code))
 
 
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a config key: --set train.steps=200 --set seeds=[0,1,2].")]
@@ -335,7 +344,8 @@ def run_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<name>).")] = None,
     settings: SetOpt = [],  # noqa: B006 (typer reads the default)
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the run directory first (no reuse of finished stages).")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete what an earlier run wrote in the run directory first (no reuse of finished stages).")] = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Run (or resume) a whole experiment: vector, sweep, tuning, evaluation, report."""
     from reptune.pipeline import builtin_config, load_config
@@ -359,7 +369,8 @@ def run_cmd(
         from reptune.pipeline.experiment import clean_run
 
         clean_run(output)
-    _run_config(config, output, command=" ".join(["reptune", "run", experiment, "-o", str(output), *[f"--set {s}" for s in settings]]))
+    command = " ".join(["reptune", "run", experiment, "-o", str(output), *[f"--set {s}" for s in settings]])
+    _run_config(config, output, command=command, trust_remote_code=trust_remote_code)
 
 
 @app.command()
@@ -367,6 +378,7 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory.")] = Path("runs/demo"),
     model: ModelOpt = None,
     settings: SetOpt = [],  # noqa: B006
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """The main job: the honesty study on the embedded model, ending in report.md / report.html."""
     from reptune.pipeline import builtin_config, load_config
@@ -378,7 +390,7 @@ def demo(
             raise ReptuneError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value
     config = load_config(builtin_config("demo"), overrides)
-    _run_config(config, output, command=" ".join(["reptune", "demo", "-o", str(output)]))
+    _run_config(config, output, command=" ".join(["reptune", "demo", "-o", str(output)]), trust_remote_code=trust_remote_code)
 
 
 @app.command("report")
@@ -429,6 +441,7 @@ def discover_cmd(
     precision: PrecisionOpt = "bf16",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Discover steering vectors without labels (MELBO, random search or DCT), score and rank them."""
     from reptune.discovery import DiscoveryError, load_prompts
@@ -469,7 +482,7 @@ def discover_cmd(
         options = {"judge_url": judge_url or "", "judge_model": judge_model or "", "judge_local": judge_local or ""}
         judge = PairwiseScorer(get_task("openended", **options).build_judge())
     _check_output(output)
-    handle = _load(model, precision, device, layers_path)
+    handle = _load(model, precision, device, layers_path, trust_remote_code)
     start_rows = None
     if start is not None:
         start.check_compatible(handle, allow_model_mismatch=True)
@@ -543,6 +556,7 @@ def eval_cmd(
     precision: PrecisionOpt = "bf16",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Evaluate a model (optionally steered) on tasks; write metrics and per-item records."""
     from reptune.evaluation import evaluate, get_task
@@ -571,7 +585,7 @@ def eval_cmd(
             preflight()
     if vector is not None and not vector.is_file():
         raise ReptuneError(f"vector file not found: {vector}")
-    handle = _load(model, precision, device, layers_path)
+    handle = _load(model, precision, device, layers_path, trust_remote_code)
     steering_vector = None
     if vector is not None:
         from reptune.vectors import load_vector

@@ -179,7 +179,6 @@ class ExperimentConfig(_Strict):
     model: str | None = None  # hub id, directory, .gguf; None = the embedded SmolLM2
     revision: str | None = None
     precision: Literal["bf16", "fp32"] = "bf16"
-    trust_remote_code: bool = False
     seeds: list[int] = [0]
     seed_note: str | None = None  # shown in the report (e.g. why only one seed)
     data: DataConfig = DataConfig()
@@ -235,6 +234,13 @@ def parse_config(data: dict[str, Any] | None, origin: str = "config") -> Experim
     """Validate a config dict (``None`` = all defaults); errors name the offending key."""
     if data is not None and not isinstance(data, dict):
         raise ReptuneError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    if data and "trust_remote_code" in data:
+        if data["trust_remote_code"] not in (False, None):  # a file may not run code: only the user may allow it
+            raise ReptuneError(
+                f"{origin}: trust_remote_code cannot be turned on in an experiment file (it runs Python shipped with the model); "
+                "pass --trust-remote-code to reptune run, or trust_remote_code=True to run_experiment"
+            )
+        data = {key: value for key, value in data.items() if key != "trust_remote_code"}
     try:
         return ExperimentConfig.model_validate(data or {})
     except ValidationError as error:

@@ -138,8 +138,12 @@ def _release(handle: ModelHandle | None) -> None:
 class Experiment:
     """One run of an :class:`ExperimentConfig` into ``run_dir`` (use :func:`run_experiment`)."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None) -> None:
+    def __init__(
+        self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None, trust_remote_code: bool = False,
+    ) -> None:
         self.config = config
+        # how every model of the run loads; never from the config file (see ExperimentConfig)
+        self.load_options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.command = command
@@ -153,7 +157,7 @@ class Experiment:
     def base(self) -> ModelHandle:
         if self._base is None:
             try:
-                self._base = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, trust_remote_code=self.config.trust_remote_code)
+                self._base = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, **self.load_options)
             except ReptuneError as exc:
                 raise StageError(f"stage 'load-model' failed: {exc}") from exc
         return self._base
@@ -254,7 +258,7 @@ class Experiment:
 
                 def loader(v=variant, s=seed, t=trained) -> ModelHandle:
                     if "handle" not in t:
-                        t["handle"] = load_model(str(self.run_dir / training[v.name][str(s)]["dir"]), autocast=self.autocast)
+                        t["handle"] = load_model(str(self.run_dir / training[v.name][str(s)]["dir"]), autocast=self.autocast, **self.load_options)
                     return t["handle"]
 
                 for cond in conditions:
@@ -456,7 +460,7 @@ class Experiment:
             from reptune.tuning import tune
             from reptune.tuning.data import load_retain_texts, load_tune_items
 
-            handle = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, trust_remote_code=self.config.trust_remote_code)
+            handle = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, **self.load_options)
             train_csv = self.run_dir / "stages" / "data" / "train.csv"
             items, origin = load_tune_items(str(train_csv), handle.tokenizer)
             vector = self.vector(handle) if config.uses_vector else None
@@ -620,13 +624,17 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None) -> ExperimentRun:
+def run_experiment(
+    config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None, trust_remote_code: bool = False,
+) -> ExperimentRun:
     """Run (or resume) an experiment into ``run_dir``; returns results and report paths.
 
     Re-running with the same config reuses every finished stage; a changed section re-runs the
     stages that depend on it. Errors are :class:`~reptune.errors.ReptuneError` naming the stage.
+    ``trust_remote_code`` lets transformers run Python shipped with the model (a config file
+    cannot turn it on).
     """
-    return Experiment(config, run_dir, progress=progress, command=command).run()
+    return Experiment(config, run_dir, progress=progress, command=command, trust_remote_code=trust_remote_code).run()
 
 
 def clean_run(run_dir: str | Path) -> None:
