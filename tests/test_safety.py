@@ -210,3 +210,37 @@ def test_resolved_config_with_remote_code_off_still_loads(tmp_path):
     assert "trust_remote_code" not in config.model_dump()
     assert Experiment(config, tmp_path / "r", trust_remote_code=True).load_options["trust_remote_code"] is True
     assert Experiment(config, tmp_path / "r").load_options["trust_remote_code"] is False
+
+
+# ----------------------------------------------------------------------------- 5. Ctrl-C
+def _interrupt(*_args, **_kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("command, fragment", [("tune", "--resume"), ("eval", ".partial"), ("info", "nothing was saved")])
+def test_ctrl_c_exits_130_and_says_what_was_kept(cli_run, tiny_dir, statements_file, tmp_path, monkeypatch, command, fragment):
+    from reptune import models
+
+    monkeypatch.setattr(models, "load_model", _interrupt)
+    args = {
+        "tune": tune_args(tiny_dir, statements_file, tmp_path / "run"),
+        "eval": ["eval", "--model", tiny_dir, "--tasks", "facts-ab", "-o", tmp_path / "r.json"],
+        "info": ["info", "--model", tiny_dir],
+    }[command]
+    result = cli_run(*args)
+    assert result.code == 130, result.err
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: ") and fragment in lines[0], result.err
+    assert "Traceback" not in result.err
+
+
+def test_explicit_exit_code_is_kept(cli_run, monkeypatch):
+    import typer
+
+    from reptune import cli
+
+    def exit_three(*_args, **_kwargs):
+        raise typer.Exit(3)
+
+    monkeypatch.setattr(cli, "_load", exit_three)
+    assert cli_run("info").code == 3

@@ -45,6 +45,15 @@ TrustOpt = Annotated[
 ]
 
 
+# what a Ctrl-C leaves behind, set by each command once it knows its outputs (see main())
+_INTERRUPTED = {"note": "nothing was saved; run the command again"}
+
+
+def _on_interrupt(note: str) -> None:
+    """Say what an interruption from now on keeps and how to resume (printed as ``interrupted: NOTE``)."""
+    _INTERRUPTED["note"] = note
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
@@ -265,6 +274,10 @@ def tune(
 
     check_output_dir(output, "tune", overwrite=overwrite)  # e.g. a folder with the user's own README.md
     _check_output(output / "config.json")
+    _on_interrupt(
+        f"checkpoints (every {config.checkpoint_every} steps) are kept in {output / 'checkpoints'}; "
+        "run the same command with --resume to continue"
+    )
     handle = _load(model, precision, device, layers_path, trust_remote_code)
     if loaded is not None:
         loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
@@ -332,6 +345,7 @@ def _run_config(config, output: Path, command: str, trust_remote_code: bool = Fa
 
     _check_run_dir(output)
     output.mkdir(parents=True, exist_ok=True)
+    _on_interrupt(f"finished stages are kept in {output / 'stages'}; run the same command (without --fresh) to resume")
     _print_run(run_experiment(config, output, progress=True, command=command, trust_remote_code=trust_remote_code))
 
 
@@ -585,6 +599,10 @@ def eval_cmd(
             preflight()
     if vector is not None and not vector.is_file():
         raise ReptuneError(f"vector file not found: {vector}")
+    _on_interrupt(
+        f"finished items are kept in {output}.partial/; run the same command to resume" if resume
+        else f"--no-resume: finished items are kept in {output}.partial/ but the next --no-resume run starts over"
+    )
     handle = _load(model, precision, device, layers_path, trust_remote_code)
     steering_vector = None
     if vector is not None:
@@ -653,39 +671,50 @@ def compare_cmd(
         err_console.print(f"wrote {output}")
 
 
-def main() -> None:
-    """Console entry point: one-line errors with exit code 2 (tracebacks with --debug)."""
-    debug = "--debug" in sys.argv[1:] or os.environ.get("REPTUNE_DEBUG") == "1"
+def _invoke(debug: bool) -> int:
+    """Run the app; return its exit code, printing one ``error:`` line for a user error."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer turns Ctrl-C into a returned 130, typer.Exit(n) into n
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code if isinstance(code, int) else 0)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
     except ReptuneError as exc:
         if debug:
             raise
         err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
-        sys.exit(2)
+        return 2
     except OSError as exc:  # unwritable output, full disk: the user's environment, not a bug
         if debug:
             raise
         where = f": {exc.filename}" if exc.filename else ""
         err_console.print(Text("error: ", style="red") + Text(f"{exc.strerror or exc}{where}"), soft_wrap=True)
-        sys.exit(2)
+        return 2
     except Exception as exc:
         # click usage errors (typer vendors its own click, so match by shape, not class)
         format_message = getattr(exc, "format_message", None)
         exit_code = getattr(exc, "exit_code", None)
         if callable(format_message) and isinstance(exit_code, int) and not debug:
             err_console.print(Text("error: ", style="red") + Text(format_message()), soft_wrap=True)
-            sys.exit(exit_code)
+            return exit_code
         raise
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    """Console entry point: one-line errors with exit code 2 (tracebacks with --debug).
+
+    Ctrl-C exits with 130 and one line ``interrupted: ...`` saying what was kept and how to resume.
+    """
+    debug = "--debug" in sys.argv[1:] or os.environ.get("REPTUNE_DEBUG") == "1"
+    _on_interrupt("nothing was saved; run the command again")
+    try:
+        code = _invoke(debug)
+    except KeyboardInterrupt:  # a second Ctrl-C while an error was being handled
+        code = 130
+    if code == 130:
+        err_console.print(Text("interrupted: ", style="yellow") + Text(_INTERRUPTED["note"]), soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
