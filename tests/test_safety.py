@@ -244,3 +244,32 @@ def test_explicit_exit_code_is_kept(cli_run, monkeypatch):
 
     monkeypatch.setattr(cli, "_load", exit_three)
     assert cli_run("info").code == 3
+
+
+# ----------------------------------------------------------------------------- 6. tune --resume
+def test_resume_refuses_other_data_or_vector(tmp_path):
+    from conftest import build_model
+
+    from reptune.tuning import TuneConfig, tune
+    from reptune.tuning.data import TrainItem
+    from reptune.vectors import SteeringVector, VectorMeta
+
+    def items(word: str) -> list[TrainItem]:
+        return [TrainItem(prompt=f"Is {word} {i} true? Answer:", correct=i % 2, label=i % 2) for i in range(12)]
+
+    def vector(seed: int) -> SteeringVector:
+        import torch
+
+        torch.manual_seed(seed)
+        return SteeringVector({2: torch.randn(32)}, VectorMeta("tiny-llama", 32, 4))
+
+    config = TuneConfig.from_preset("honesty", layers="1-2", steps=4, batch_size=4, checkpoint_every=2, eval_every=2, autocast=None)
+    out = tmp_path / "run"
+    tune(build_model(), config, items("sky"), out, vector=vector(0), progress=False, save_model=False)
+    longer = TuneConfig.from_preset("honesty", layers="1-2", steps=6, batch_size=4, checkpoint_every=2, eval_every=2, autocast=None)
+    with pytest.raises(ReptuneError, match="different training data"):
+        tune(build_model(), longer, items("grass"), out, vector=vector(0), resume=True, progress=False, save_model=False)
+    with pytest.raises(ReptuneError, match="different vector"):
+        tune(build_model(), longer, items("sky"), out, vector=vector(1), resume=True, progress=False, save_model=False)
+    result = tune(build_model(), longer, items("sky"), out, vector=vector(0), resume=True, progress=False, save_model=False)
+    assert result.metrics["steps_run"] == 6

@@ -8,6 +8,7 @@ Checkpoints and outputs are safetensors + JSON, written atomically; nothing is p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from reptune._io import write_json_atomic, write_run_marker, write_text_atomic
+from reptune._io import sha256_json, write_json_atomic, write_run_marker, write_text_atomic
 from reptune._progress import progress_bar
 from reptune.activations import _StopForward, capture_layers, tokenize_examples
 from reptune.data.ab import letter_token_ids
@@ -298,6 +299,23 @@ def _checkpoint_dir(output: Path) -> Path:
     return output / "checkpoints"
 
 
+def run_fingerprint(tuner: Tuner) -> dict[str, str | None]:
+    """SHA-256 of what a run learns from: its items (train + validation) and the vector's used layers.
+
+    Saved with every checkpoint; ``--resume`` refuses a checkpoint made from other data or
+    another vector (the settings are compared separately).
+    """
+    items = [[item.prompt, item.completion, item.correct, item.label] for item in (*tuner.train_items, *tuner.val_items)]
+    vector = None
+    if tuner.rep_vectors:
+        digest = hashlib.sha256()
+        for layer, tensor in sorted(tuner.rep_vectors.items()):
+            digest.update(f"layer.{layer}:".encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        vector = digest.hexdigest()
+    return {"items": sha256_json(items), "vector": vector}
+
+
 def _save_checkpoint(tuner: Tuner, output: Path, loop: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
     root = _checkpoint_dir(output)
     root.mkdir(parents=True, exist_ok=True)
@@ -308,7 +326,8 @@ def _save_checkpoint(tuner: Tuner, output: Path, loop: dict[str, Any], best: dic
     save_file(tuner.optimizer_tensors() or {"empty": torch.zeros(1)}, str(staging / "optimizer.safetensors"))
     if best is not None:
         save_file(best, str(staging / "best.safetensors"))
-    (staging / "state.json").write_text(json.dumps({**loop, "config": tuner.config.to_json()}), encoding="utf-8")
+    state = {**loop, "config": tuner.config.to_json(), "fingerprint": run_fingerprint(tuner)}
+    (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
     final = root / f"step-{loop['step']}"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
@@ -330,6 +349,15 @@ def _load_checkpoint(tuner: Tuner, output: Path) -> tuple[dict[str, Any], dict[s
     differing = sorted(key for key in current if key not in {"steps", "patience"} and saved.get(key) != current[key])
     if differing:
         raise ReptuneError(f"cannot resume: the checkpoint in {folder} was made with different settings ({', '.join(differing)})")
+    saved_print, current_print = loop.pop("fingerprint", None), run_fingerprint(tuner)
+    if isinstance(saved_print, dict):  # checkpoints of older versions have none
+        what = {"items": "training data", "vector": "vector"}
+        changed = [what[key] for key in what if saved_print.get(key) != current_print[key]]
+        if changed:
+            raise ReptuneError(
+                f"cannot resume: the checkpoint in {folder} was made with a different {' and '.join(changed)}; "
+                "use the same --data/--limit/--vector, or another --output"
+            )
     tuner.load_trainable(load_file(str(folder / "trainable.safetensors")))
     optimizer = load_file(str(folder / "optimizer.safetensors"))
     optimizer.pop("empty", None)
