@@ -273,3 +273,19 @@ def test_resume_refuses_other_data_or_vector(tmp_path):
         tune(build_model(), longer, items("sky"), out, vector=vector(1), resume=True, progress=False, save_model=False)
     result = tune(build_model(), longer, items("sky"), out, vector=vector(0), resume=True, progress=False, save_model=False)
     assert result.metrics["steps_run"] == 6
+
+
+# ----------------------------------------------------------------------------- 7. unknown tasks
+@pytest.mark.parametrize("changes, fragment", [
+    ({"evaluation": {"tasks": ["facts-ab", "tqa-abc"]}}, "unknown task 'tqa-abc'"),
+    ({"evaluation": {"counter_tasks": ["fact-ab"]}}, "unknown task 'fact-ab'"),
+    ({"evaluation": {"options": {"perplexity": {"windw": 3}}}}, "no option 'windw'"),
+    ({"sweep": {"task": "facts"}}, "unknown task 'facts'"),
+    ({"robustness": {"task": "mmlux"}}, "unknown task 'mmlux'"),
+])
+def test_unknown_tasks_fail_config_validation(cli_run, tiny_dir, tmp_path, changes, fragment):
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_dir, **changes)
+    line = assert_user_error(cli_run("run", exp, "-o", tmp_path / "run"), fragment)
+    if "unknown task" in fragment:
+        assert "facts-ab" in line and "tqa-mc1" in line  # the known ones are listed
+    assert not (tmp_path / "run").exists()

@@ -26,6 +26,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def check_task(name: str, options: dict[str, Any] | None = None) -> str:
+    """``name`` if it is a registered task (and ``options`` are its options), else ValueError listing the known ones."""
+    from reptune.evaluation import get_task
+
+    try:
+        get_task(name, **(options or {}))
+    except ReptuneError as exc:
+        raise ValueError(str(exc)) from None
+    return name
+
+
 class DataConfig(_Strict):
     """Statements split once into train / validation / test (seeded, stratified by label)."""
 
@@ -57,6 +68,11 @@ class SweepConfig(_Strict):
     multipliers: list[float] = [-8.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0]
     limit: int | None = Field(128, ge=1)
     degenerate_threshold: float = Field(0.9, gt=0.5, le=1.0)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        return check_task(value)
 
     @field_validator("multipliers")
     @classmethod
@@ -127,6 +143,19 @@ class EvaluationConfig(_Strict):
     skip_missing_data: bool = True
     representation_items: int = Field(64, ge=1)  # test prompts for cosine / projection evidence
 
+    @field_validator("tasks", "counter_tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        return [check_task(name) for name in value]  # a typo fails here, not after the vector stage
+
+    @model_validator(mode="after")
+    def _known_options(self) -> EvaluationConfig:
+        for name in self.limits:
+            check_task(name)
+        for name, options in self.options.items():
+            check_task(name, options if isinstance(options, dict) else {})
+        return self
+
 
 class RobustnessConfig(_Strict):
     """Counter-steering grid (layers x multipliers) on the listed conditions."""
@@ -137,6 +166,11 @@ class RobustnessConfig(_Strict):
     layers: list[int] | None = None  # None: the vector layer and its two neighbours 2 apart
     multipliers: list[float] = [-8.0, -4.0, -2.0, 0.0]
     limit: int = Field(64, ge=1)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        return check_task(value)
 
 
 class ProjectionConfig(_Strict):
