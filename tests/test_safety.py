@@ -289,3 +289,81 @@ def test_unknown_tasks_fail_config_validation(cli_run, tiny_dir, tmp_path, chang
     if "unknown task" in fragment:
         assert "facts-ab" in line and "tqa-mc1" in line  # the known ones are listed
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- 8. one-line errors
+def _vector_with_meta(path: Path, **changes) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    meta = {"model_id": "x", "hidden_size": 32, "num_layers": 4, "site": "block_output", **changes}
+    save_file({"layer.1": torch.ones(32)}, str(path), metadata={"reptune": json.dumps(meta)})
+    return path
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path) -> dict[str, Path]:
+    big = tmp_path / "big.csv"
+    big.write_text("statement,label\n" + "x" * 140_000 + ",1\n", encoding="utf-8")
+    deep = "[" * 100_000 + "]" * 100_000 + "\n"
+    (tmp_path / "deep.jsonl").write_text(deep, encoding="utf-8")
+    (tmp_path / "deep.json").write_text(deep, encoding="utf-8")
+    return {"big": big, "deep_jsonl": tmp_path / "deep.jsonl", "deep_json": tmp_path / "deep.json"}
+
+
+@pytest.mark.parametrize("case", ["extract-big-csv", "eval-big-csv", "extract-deep-jsonl", "extract-deep-json", "discover-deep-json"])
+def test_bad_data_files_are_one_line_errors(cli_run, tiny_dir, tmp_path, bad_inputs, case):
+    command, kind = case.split("-", 1)
+    data = {"big-csv": bad_inputs["big"], "deep-jsonl": bad_inputs["deep_jsonl"], "deep-json": bad_inputs["deep_json"]}[kind]
+    out = tmp_path / "out"
+    args = {
+        "extract": ["extract", "--model", tiny_dir, "--data", data, "-o", out / "v.safetensors"],
+        "eval": ["eval", "--model", tiny_dir, "--tasks", "facts-ab", "--data", data, "-o", out / "r.json"],
+        "discover": ["discover", "--model", tiny_dir, "--prompts", data, "-o", out / "d.safetensors"],
+    }[command]
+    assert_user_error(cli_run(*args), str(data))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"num_layers": "4"}, "'num_layers' must be an integer"),
+    ({"hidden_size": "32"}, "'hidden_size' must be an integer"),
+    ({"hidden_size": True}, "'hidden_size' must be an integer"),
+    ({"extra": "best"}, "'extra' must be an object"),
+    ({"model_id": 7}, "'model_id' must be a string"),
+    ({"extra": {"best_layers": "12"}}, "extra.best_layers"),
+    ({"num_layers": 0}, "at least 1"),
+])
+def test_wrong_typed_vector_metadata(cli_run, tiny_dir, tmp_path, changes, fragment):
+    vector = _vector_with_meta(tmp_path / "v.safetensors", **changes)
+    assert_user_error(cli_run("steer", "--model", tiny_dir, "--vector", vector, "--prompt", "hi"), fragment)
+    assert_user_error(cli_run("export-gguf", vector, "-o", tmp_path / "v.gguf"), fragment)
+    assert not (tmp_path / "v.gguf").exists()
+
+
+def test_deeply_nested_vector_metadata(cli_run, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "v.safetensors"
+    save_file({"layer.1": torch.ones(32)}, str(path), metadata={"reptune": "[" * 50_000 + "]" * 50_000})
+    assert_user_error(cli_run("export-gguf", path, "-o", tmp_path / "v.gguf"), "metadata")
+
+
+def _results_file(run_dir: Path, **entries) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps({"format": "reptune-experiment/1", "name": "x", **entries}), encoding="utf-8")
+    return run_dir
+
+
+@pytest.mark.parametrize("entries", [
+    {"claims": "all supported"},
+    {"claims": ["supported"]},
+    {"headline": {"rows": "many"}},
+    {"scores": {"untuned": "high"}},
+    {"seeds": 3},
+])
+def test_report_on_hand_edited_results(cli_run, tmp_path, entries):
+    run_dir = _results_file(tmp_path / "run", **entries)
+    assert_user_error(cli_run("report", run_dir), "results.json")
+    assert not (run_dir / "report.md").exists() and not (run_dir / "report.html").exists()

@@ -6,6 +6,7 @@ the traceback instead.
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 from pathlib import Path
@@ -689,6 +690,12 @@ def _invoke(debug: bool) -> int:
             raise
         where = f": {exc.filename}" if exc.filename else ""
         err_console.print(Text("error: ", style="red") + Text(f"{exc.strerror or exc}{where}"), soft_wrap=True)
+        return 2
+    except (RecursionError, csv.Error) as exc:  # a reader that missed them: input nested too deeply, a huge CSV field
+        if debug:
+            raise
+        what = "an input file is nested too deeply to read" if isinstance(exc, RecursionError) else f"an input file is not readable CSV ({exc})"
+        err_console.print(Text("error: ", style="red") + Text(what + " (--debug shows where)"), soft_wrap=True)
         return 2
     except Exception as exc:
         # click usage errors (typer vendors its own click, so match by shape, not class)
