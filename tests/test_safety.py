@@ -367,3 +367,50 @@ def test_report_on_hand_edited_results(cli_run, tmp_path, entries):
     run_dir = _results_file(tmp_path / "run", **entries)
     assert_user_error(cli_run("report", run_dir), "results.json")
     assert not (run_dir / "report.md").exists() and not (run_dir / "report.html").exists()
+
+
+# ----------------------------------------------------------------------------- 9. outputs checked first
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Make any model load fail loudly: the checks under test must come before it."""
+    from reptune import models
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the output paths were checked")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+@pytest.mark.parametrize("case", ["extract-main", "extract-json", "extract-scan", "eval-main", "eval-figure", "eval-partial", "discover-report", "tune-file"])
+def test_output_paths_checked_before_the_model_loads(cli_run, tiny_dir, statements_file, tmp_path, no_model_load, case):
+    vec, res = tmp_path / "v.safetensors", tmp_path / "r.json"
+    blocker = {
+        "extract-main": vec, "extract-json": tmp_path / "v.json", "extract-scan": tmp_path / "v.scan.md",
+        "eval-main": res, "eval-figure": tmp_path / "r.robustness.png", "eval-partial": tmp_path / "r.json.partial",
+        "discover-report": tmp_path / "d.discovery.md", "tune-file": tmp_path / "run",
+    }[case]
+    if case == "eval-partial":
+        blocker.mkdir()
+        (blocker / "thesis.txt").write_text("mine", encoding="utf-8")
+    elif case == "tune-file":
+        blocker.write_text("a file", encoding="utf-8")
+    else:
+        blocker.mkdir()
+    command = case.split("-")[0]
+    args = {
+        "extract": ["extract", "--model", tiny_dir, "-o", vec],
+        "eval": ["eval", "--model", tiny_dir, "--tasks", "facts-ab", "-o", res],
+        "discover": ["discover", "--model", tiny_dir, "--prompt", "hi", "-o", tmp_path / "d.safetensors"],
+        "tune": tune_args(tiny_dir, statements_file, tmp_path / "run"),
+    }[command]
+    line = assert_user_error(cli_run(*args), str(blocker))
+    assert ".tmp" not in line
+
+
+def test_atomic_write_onto_a_directory_names_it(tmp_path):
+    from reptune._io import write_text_atomic
+
+    (tmp_path / "x.json").mkdir()
+    with pytest.raises(ReptuneError, match=r"x\.json: it is a directory"):
+        write_text_atomic(tmp_path / "x.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

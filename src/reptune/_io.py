@@ -55,6 +55,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     plain ``open()`` would give it (``0o666 & ~umask``), not ``mkstemp``'s private ``0o600``.
     """
     target = Path(path)
+    if target.is_dir():
+        raise ReptuneError(f"cannot write {target}: it is a directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)

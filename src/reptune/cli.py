@@ -64,12 +64,26 @@ def _root(
 
 
 def _check_output(path: Path) -> None:
-    """Fail before any work when ``path`` cannot be written (parent is a file, or not writable)."""
+    """Fail before any work when ``path`` cannot be written (a directory, parent a file, or not writable)."""
+    if path.is_dir():
+        raise ReptuneError(f"cannot write {path}: it is a directory")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise ReptuneError(f"cannot write {path}: {parent} is not a writable directory")
+
+
+def _check_outputs(*paths: Path) -> None:
+    """:func:`_check_output` for every file a command will write, before the model loads."""
+    for path in paths:
+        _check_output(path)
+
+
+def _sidecars(vector_path: Path) -> list[Path]:
+    """A vector file and what is written beside it: VEC.json and the layer scan VEC.scan.{json,md,png}."""
+    stem = vector_path.with_suffix("")
+    return [vector_path, vector_path.with_suffix(".json"), *(stem.with_name(f"{stem.name}.scan.{ext}") for ext in ("json", "md", "png"))]
 
 
 def _load(model: str | None, precision: str, device: str = "auto", layers_path: str | None = None, trust_remote_code: bool = False):
@@ -126,7 +140,7 @@ def extract(
 
     if output.suffix != ".safetensors":
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
-    _check_output(output)
+    _check_outputs(*_sidecars(output))
     handle = _load(model, precision, device, layers_path, trust_remote_code)
     pairs, origin = load_contrast_pairs(data, handle.tokenizer, variant=variant, limit=limit, seed=seed)
     result, scan_result = extract_vector(
@@ -274,7 +288,7 @@ def tune(
     from reptune._io import check_output_dir
 
     check_output_dir(output, "tune", overwrite=overwrite)  # e.g. a folder with the user's own README.md
-    _check_output(output / "config.json")
+    _check_outputs(*(output / name for name in ("config.json", "model.safetensors", "tune_config.json", "metrics.json", "loss_curves.json", "loss_curves.png", "README.md")))
     _on_interrupt(
         f"checkpoints (every {config.checkpoint_every} steps) are kept in {output / 'checkpoints'}; "
         "run the same command with --resume to continue"
@@ -338,7 +352,7 @@ def _check_run_dir(output: Path) -> None:
     from reptune._io import check_output_dir
 
     check_output_dir(output, "experiment", flag="")
-    _check_output(output / "results.json")
+    _check_outputs(output / "results.json", output / "report.md", output / "report.html", output / "config.yaml")
 
 
 def _run_config(config, output: Path, command: str, trust_remote_code: bool = False) -> None:
@@ -496,7 +510,8 @@ def discover_cmd(
 
         options = {"judge_url": judge_url or "", "judge_model": judge_model or "", "judge_local": judge_local or ""}
         judge = PairwiseScorer(get_task("openended", **options).build_judge())
-    _check_output(output)
+    stem = output.with_suffix("")
+    _check_outputs(output, output.with_suffix(".json"), *(stem.with_name(f"{stem.name}.discovery.{ext}") for ext in ("json", "md")))
     handle = _load(model, precision, device, layers_path, trust_remote_code)
     start_rows = None
     if start is not None:
@@ -582,7 +597,11 @@ def eval_cmd(
         raise ReptuneError(f"--batch-size must be at least 1, got {batch_size}")
     if output.suffix != ".json":
         raise ReptuneError(f"--output must end in .json, got {output.name}")
-    _check_output(output)
+    partial = output.with_name(output.name + ".partial")
+    figures = [output.with_name(f"{output.stem}.{name}.png") for name in ("robustness", "projection")]
+    _check_outputs(output, *figures)
+    if partial.exists() and (not partial.is_dir() or any(p.suffix != ".jsonl" for p in partial.iterdir())):
+        raise ReptuneError(f"{partial} (the resume cache) exists but is not one reptune wrote; move it away or choose another --output")
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     if not names:
         raise ReptuneError("--tasks is empty")
