@@ -414,3 +414,31 @@ def test_atomic_write_onto_a_directory_names_it(tmp_path):
     with pytest.raises(ReptuneError, match=r"x\.json: it is a directory"):
         write_text_atomic(tmp_path / "x.json", "{}")
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+# ----------------------------------------------------------------------------- 10. completion record last
+def test_kill_during_weight_save_leaves_no_completion_record(tmp_path):
+    from conftest import build_model
+
+    from reptune.tuning import TuneConfig, tune
+    from reptune.tuning.data import TrainItem
+
+    items = [TrainItem(prompt=f"Is sky {i} true? Answer:", correct=i % 2, label=i % 2) for i in range(12)]
+    config = TuneConfig.from_preset("truth", layers="1-2", steps=2, batch_size=4, eval_every=2, autocast=None)
+    out = tmp_path / "run"
+    handle = build_model()
+
+    def killed_save(directory, *args, **kwargs):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "model.safetensors").write_bytes(b"half a model")
+        raise KeyboardInterrupt
+
+    handle.model.save_pretrained = killed_save
+    with pytest.raises(KeyboardInterrupt):
+        tune(handle, config, items, out, progress=False)
+    assert not (out / "metrics.json").exists() and (out / ".model.tmp").is_dir()
+    (out / "checkpoints" / ".step-9.tmp").mkdir()
+    result = tune(build_model(), config, items, out, resume=True, progress=False)
+    assert json.loads((out / "metrics.json").read_text())["stopped"] == result.metrics["stopped"]
+    assert not (out / ".model.tmp").exists() and not (out / "checkpoints" / ".step-9.tmp").exists()
+    assert (out / "model.safetensors").stat().st_size > 1000

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from reptune._io import sha256_json, write_json_atomic, write_run_marker, write_text_atomic
+from reptune._io import remove_stale_temps, sha256_json, write_json_atomic, write_run_marker, write_text_atomic
 from reptune._progress import progress_bar
 from reptune.activations import _StopForward, capture_layers, tokenize_examples
 from reptune.data.ab import letter_token_ids
@@ -405,6 +405,7 @@ def tune(
     tuner = Tuner(handle, config, items, vector, retain_texts=retain_texts, allow_model_mismatch=allow_model_mismatch)
     output.mkdir(parents=True, exist_ok=True)
     write_run_marker(output, "tune")
+    _forget_finished(output)
     loop: dict[str, Any] = {"step": 0, "history": [], "val_history": [], "best_val": None, "best_step": None, "bad_evals": 0, "stopped": None}
     best: dict[str, torch.Tensor] | None = None
     if resume:
@@ -463,12 +464,23 @@ def tune(
     return result
 
 
+def _forget_finished(output: Path) -> None:
+    """Before (re)training into ``output``: drop what a killed write left and the old completion record.
+
+    ``metrics.json`` is written last, so its presence means the weights beside it are complete;
+    a run that starts again removes it until it has finished again.
+    """
+    remove_stale_temps(output)
+    remove_stale_temps(_checkpoint_dir(output))
+    (output / "metrics.json").unlink(missing_ok=True)
+
+
 def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | None, vector_path: str | None, data_origin: str | None, save_model: bool) -> None:
+    """Write the run's files; ``metrics.json`` (the completion record) goes last, after the weights."""
     from reptune._plots import plot_loss_curves
 
     output, handle = result.output_dir, tuner.handle
     write_json_atomic(output / "tune_config.json", {**tuner.config.to_json(), "vector": vector_path, "data": data_origin, "base_model": handle.model_id})
-    write_json_atomic(output / "metrics.json", result.metrics)
     write_json_atomic(output / "loss_curves.json", {"train": result.history, "val": result.val_history})
     if result.history:
         plot_loss_curves(result.history, result.val_history, output / "loss_curves.png", title=f"{tuner.config.preset} on {handle.model_id}")
@@ -489,6 +501,7 @@ def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | No
             os.replace(path, output / path.name)
         staging.rmdir()
     write_text_atomic(output / "README.md", _model_card(tuner, result, vector, vector_path, data_origin))
+    write_json_atomic(output / "metrics.json", result.metrics)  # last: "completed" only once everything is there
 
 
 def _model_card(tuner: Tuner, result: TuneResult, vector: SteeringVector | None, vector_path: str | None, data_origin: str | None) -> str:
