@@ -442,3 +442,44 @@ def test_kill_during_weight_save_leaves_no_completion_record(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["stopped"] == result.metrics["stopped"]
     assert not (out / ".model.tmp").exists() and not (out / "checkpoints" / ".step-9.tmp").exists()
     assert (out / "model.safetensors").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- 11. numeric options
+@pytest.mark.parametrize("extra, fragment", [
+    (["--w-rep", "nan"], "w_rep must be a finite number"),
+    (["--lr", "inf"], "lr must be a finite number"),
+    (["--lr", "5"], "learning rates must be in (0, 1]"),
+    (["--w-tok", "-inf"], "w_tok must be a finite number"),
+    (["--param-group", "mlp=nan"], "param_groups[0].lr must be a finite number"),
+])
+def test_tune_numbers_finite_and_in_range(cli_run, tiny_dir, statements_file, tmp_path, no_model_load, extra, fragment):
+    assert_user_error(cli_run(*tune_args(tiny_dir, statements_file, tmp_path / "run", *extra)), fragment)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command, extra, fragment", [
+    ("eval", ["--multiplier", "nan"], "--multiplier must be a finite number"),
+    ("steer", ["-x", "inf"], "--multiplier must be a finite number"),
+    ("steer", ["-x", "1", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    ("extract", ["--limit", "0"], "--limit must be at least 1"),
+    ("discover", ["--lr", "nan"], "--lr must be a finite number > 0"),
+    ("discover", ["--q", "0"], "--q must be a finite number > 0"),
+    ("discover", ["--num", "0"], "--num must be at least 1"),
+])
+def test_cli_numbers_finite_and_in_range(cli_run, tiny_dir, tmp_path, no_model_load, command, extra, fragment):
+    vector = _vector_with_meta(tmp_path / "v.safetensors", num_layers=4, hidden_size=32, model_id=str(tiny_dir))
+    args = {
+        "eval": ["eval", "--model", tiny_dir, "--tasks", "facts-ab", "-o", tmp_path / "out" / "r.json"],
+        "steer": ["steer", "--model", tiny_dir, "--vector", vector, "--prompt", "hi"],
+        "extract": ["extract", "--model", tiny_dir, "-o", tmp_path / "out" / "v.safetensors"],
+        "discover": ["discover", "--model", tiny_dir, "--prompt", "hi", "-o", tmp_path / "out" / "d.safetensors"],
+    }[command]
+    assert_user_error(cli_run(*args, *extra), fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key, value", [("train.lr", ".inf"), ("sweep.multipliers", "[-2, .nan, 2]"), ("claims.alpha", ".nan")])
+def test_experiment_numbers_finite(cli_run, tiny_dir, tmp_path, key, value):
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_dir)
+    assert_user_error(cli_run("run", exp, "-o", tmp_path / "run", "--set", f"{key}={value}"), key.split(".")[0])
+    assert not (tmp_path / "run").exists()

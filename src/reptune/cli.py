@@ -7,6 +7,7 @@ the traceback instead.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 from pathlib import Path
@@ -72,6 +73,19 @@ def _check_output(path: Path) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise ReptuneError(f"cannot write {path}: {parent} is not a writable directory")
+
+
+def _in_range(flag: str, value: float | None, low: float | None = None, *, above: bool = False, high: float | None = None) -> None:
+    """Refuse a NaN/inf or out-of-range number option: ``low <= value`` (``low < value`` with ``above``), ``value <= high``."""
+    if value is None:
+        return
+    bound = "" if low is None else f" {'>' if above else '>='} {low:g}"
+    bound += "" if high is None else (" and" if bound else "") + f" <= {high:g}"
+    bad = not math.isfinite(value) or (low is not None and (value <= low if above else value < low)) or (high is not None and value > high)
+    if bad:
+        if isinstance(value, float):
+            raise ReptuneError(f"{flag} must be a finite number{bound}, got {value:g}")
+        raise ReptuneError(f"{flag} must be at least {low:g}, got {value}" if not above and high is None else f"{flag} must be{bound}, got {value}")
 
 
 def _check_outputs(*paths: Path) -> None:
@@ -140,6 +154,8 @@ def extract(
 
     if output.suffix != ".safetensors":
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
+    _in_range("--limit", limit, 1)
+    _in_range("--batch-size", batch_size, 1)
     _check_outputs(*_sidecars(output))
     handle = _load(model, precision, device, layers_path, trust_remote_code)
     pairs, origin = load_contrast_pairs(data, handle.tokenizer, variant=variant, limit=limit, seed=seed)
@@ -182,6 +198,9 @@ def steer(
     from reptune.steering import steered_generate
     from reptune.vectors import load_vector
 
+    for value in multiplier:
+        _in_range("--multiplier", value)
+    _in_range("--max-new-tokens", max_new_tokens, 1)
     loaded = load_vector(vector)  # validate the file before loading the model
     handle = _load(model, precision, device, layers_path, trust_remote_code)
     loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
@@ -483,6 +502,12 @@ def discover_cmd(
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
     if method not in METHODS:
         raise DiscoveryError(f"unknown --method {method!r}: use melbo, random or dct")
+    for flag, value, low, above in (
+        ("--lr", lr, 0, True), ("--p", power_p, 0, True), ("--q", power_q, 0, True), ("--num", num, 1, False), ("--steps", steps, 0, False),
+        ("--dct-iters", dct_iters, 1, False), ("--refine-steps", refine_steps, 0, False), ("--candidates", candidates, 1, False),
+        ("--max-new-tokens", max_new_tokens, 1, False), ("--diverge-within", diverge_within, 1, False),
+    ):
+        _in_range(flag, value, low, above=above)
     radius_value: float | str = "auto"
     if radius != "auto":
         try:
@@ -595,6 +620,7 @@ def eval_cmd(
         raise ReptuneError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise ReptuneError(f"--batch-size must be at least 1, got {batch_size}")
+    _in_range("--multiplier", multiplier)
     if output.suffix != ".json":
         raise ReptuneError(f"--output must end in .json, got {output.name}")
     partial = output.with_name(output.name + ".partial")

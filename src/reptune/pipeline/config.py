@@ -23,7 +23,7 @@ PRESET_DIRECTION = {"truth": 1, "honesty": 1, "pos": 1, "lie": -1, "dishonesty":
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # no NaN/inf anywhere
 
 
 def check_task(name: str, options: dict[str, Any] | None = None) -> str:
