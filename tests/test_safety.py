@@ -483,3 +483,33 @@ def test_experiment_numbers_finite(cli_run, tiny_dir, tmp_path, key, value):
     exp = write_experiment(tmp_path / "exp.yaml", tiny_dir)
     assert_user_error(cli_run("run", exp, "-o", tmp_path / "run", "--set", f"{key}={value}"), key.split(".")[0])
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- 12. umask
+@pytest.fixture()
+def umask_027():
+    import os
+
+    from reptune import _io
+
+    old = os.umask(0o027)
+    _io._UMASK = None
+    yield
+    os.umask(old)
+    _io._UMASK = None
+
+
+def test_written_files_respect_the_umask(cli_run, tiny_dir, tmp_path, umask_027):
+    import stat
+
+    from reptune._io import write_json_atomic
+
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"positive": f"The sky is blue {i}.", "negative": f"The sky is green {i}."}) + "\n" for i in range(8)))
+    vec = tmp_path / "out" / "v.safetensors"
+    result = cli_run("extract", "--model", tiny_dir, "--precision", "fp32", "--data", pairs, "-o", vec)
+    assert result.code == 0, result.err
+    for path in (vec, vec.with_suffix(".json"), tmp_path / "out" / "v.scan.md"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reptune._io import write_json_atomic
+from reptune._io import dir_mode, write_json_atomic
 from reptune.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -297,6 +297,7 @@ def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
     plain.tie_weights()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    os.chmod(staging, dir_mode())  # mkdtemp's 0700 -> what mkdir would give
     try:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
