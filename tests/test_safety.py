@@ -513,3 +513,46 @@ def test_written_files_respect_the_umask(cli_run, tiny_dir, tmp_path, umask_027)
     assert result.code == 0, result.err
     for path in (vec, vec.with_suffix(".json"), tmp_path / "out" / "v.scan.md"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+# ----------------------------------------------------------------------------- 13. pickled weights
+@pytest.fixture()
+def pickled_model_dir(tiny_dir, tmp_path) -> Path:
+    """The tiny model with its weights as a pickled pytorch_model.bin instead of safetensors."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    model_dir = tmp_path / "pickled-model"
+    shutil.copytree(tiny_dir, model_dir)
+    state = load_file(str(model_dir / "model.safetensors"))
+    (model_dir / "model.safetensors").unlink()
+    torch.save(state, model_dir / "pytorch_model.bin")
+    return model_dir
+
+
+def test_pickled_weights_are_refused_unless_allowed(cli_run, pickled_model_dir, monkeypatch):
+    import torch
+
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a) or real_load(*a, **k))
+    assert_user_error(cli_run("info", "--model", pickled_model_dir), "pickled weights", "--allow-pickle")
+    assert not calls  # torch.load never ran
+    result = cli_run("info", "--model", pickled_model_dir, "--allow-pickle")
+    assert result.code == 0, result.err
+
+
+def test_safetensors_preferred_over_a_pickle_beside_them(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    from reptune.models import load_model
+
+    model_dir = tmp_path / "both"
+    shutil.copytree(tiny_dir, model_dir)
+    (model_dir / "pytorch_model.bin").write_bytes(b"not even a pickle")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    assert load_model(str(model_dir)).num_layers == 4

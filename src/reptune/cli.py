@@ -41,6 +41,9 @@ PrecisionOpt = Annotated[
     str, typer.Option("--precision", help="fp32, or bf16 (bf16 autocast over fp32 weights; ~3x faster on CPUs with AVX512-BF16).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+PickleOpt = Annotated[
+    bool, typer.Option("--allow-pickle", help="Also load pickled .bin weights (torch.load can run code); by default only safetensors load."),
+]
 TrustOpt = Annotated[
     bool,
     typer.Option("--trust-remote-code", help="Let transformers run Python code shipped with the model (off by default; a config file cannot turn it on)."),
@@ -100,7 +103,9 @@ def _sidecars(vector_path: Path) -> list[Path]:
     return [vector_path, vector_path.with_suffix(".json"), *(stem.with_name(f"{stem.name}.scan.{ext}") for ext in ("json", "md", "png"))]
 
 
-def _load(model: str | None, precision: str, device: str = "auto", layers_path: str | None = None, trust_remote_code: bool = False):
+def _load(
+    model: str | None, precision: str, device: str = "auto", layers_path: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
+):
     from reptune.models import load_model
 
     if precision not in {"fp32", "bf16"}:
@@ -108,15 +113,17 @@ def _load(model: str | None, precision: str, device: str = "auto", layers_path: 
     with err_console.status(f"loading {model or 'embedded SmolLM2-135M-Instruct'} ..."):
         return load_model(
             model, device=device, autocast="bf16" if precision == "bf16" else None, layers_path=layers_path, trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
         )
 
 
 @app.command()
-def info(model: ModelOpt = None, layers_path: LayersPathOpt = None, device: DeviceOpt = "auto", trust_remote_code: TrustOpt = False) -> None:
+def info(model: ModelOpt = None, layers_path: LayersPathOpt = None, device: DeviceOpt = "auto", trust_remote_code: TrustOpt = False,
+         allow_pickle: PickleOpt = False) -> None:
     """Show a model's layers, hidden size and the hook sites reptune uses."""
     from reptune.sites import SITE_CONVENTION_DOC
 
-    handle = _load(model, "fp32", device, layers_path, trust_remote_code)
+    handle = _load(model, "fp32", device, layers_path, trust_remote_code, allow_pickle)
     table = Table(title=f"{handle.model_id}", show_header=False)
     for key, value in handle.describe().items():
         table.add_row(key, str(value))
@@ -146,6 +153,7 @@ def extract(
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
     trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Extract a behaviour vector from contrast pairs (and scan layers)."""
     from reptune.data import load_contrast_pairs
@@ -157,7 +165,7 @@ def extract(
     _in_range("--limit", limit, 1)
     _in_range("--batch-size", batch_size, 1)
     _check_outputs(*_sidecars(output))
-    handle = _load(model, precision, device, layers_path, trust_remote_code)
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     pairs, origin = load_contrast_pairs(data, handle.tokenizer, variant=variant, limit=limit, seed=seed)
     result, scan_result = extract_vector(
         handle, pairs, layers, method=method, positions=positions, normalize=normalize, batch_size=batch_size,
@@ -193,6 +201,7 @@ def steer(
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
     trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Greedy completions side by side, one column per multiplier."""
     from reptune.steering import steered_generate
@@ -202,7 +211,7 @@ def steer(
         _in_range("--multiplier", value)
     _in_range("--max-new-tokens", max_new_tokens, 1)
     loaded = load_vector(vector)  # validate the file before loading the model
-    handle = _load(model, precision, device, layers_path, trust_remote_code)
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
     chosen = layers if layers is not None else default_steer_layers(loaded)
     results = steered_generate(
@@ -281,6 +290,7 @@ def tune(
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
     trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Fine-tune a direction into (or out of) the weights, or run a token-only baseline."""
     import json
@@ -312,7 +322,7 @@ def tune(
         f"checkpoints (every {config.checkpoint_every} steps) are kept in {output / 'checkpoints'}; "
         "run the same command with --resume to continue"
     )
-    handle = _load(model, precision, device, layers_path, trust_remote_code)
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     if loaded is not None:
         loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
     items, origin = load_tune_items(data, handle.tokenizer, limit=config.limit)
@@ -374,13 +384,13 @@ def _check_run_dir(output: Path) -> None:
     _check_outputs(output / "results.json", output / "report.md", output / "report.html", output / "config.yaml")
 
 
-def _run_config(config, output: Path, command: str, trust_remote_code: bool = False) -> None:
+def _run_config(config, output: Path, command: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
     from reptune.pipeline import run_experiment
 
     _check_run_dir(output)
     output.mkdir(parents=True, exist_ok=True)
     _on_interrupt(f"finished stages are kept in {output / 'stages'}; run the same command (without --fresh) to resume")
-    _print_run(run_experiment(config, output, progress=True, command=command, trust_remote_code=trust_remote_code))
+    _print_run(run_experiment(config, output, progress=True, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle))
 
 
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a config key: --set train.steps=200 --set seeds=[0,1,2].")]
@@ -394,6 +404,7 @@ def run_cmd(
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete what an earlier run wrote in the run directory first (no reuse of finished stages).")] = False,
     trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Run (or resume) a whole experiment: vector, sweep, tuning, evaluation, report."""
     from reptune.pipeline import builtin_config, load_config
@@ -418,7 +429,7 @@ def run_cmd(
 
         clean_run(output)
     command = " ".join(["reptune", "run", experiment, "-o", str(output), *[f"--set {s}" for s in settings]])
-    _run_config(config, output, command=command, trust_remote_code=trust_remote_code)
+    _run_config(config, output, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
 @app.command()
@@ -427,6 +438,7 @@ def demo(
     model: ModelOpt = None,
     settings: SetOpt = [],  # noqa: B006
     trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """The main job: the honesty study on the embedded model, ending in report.md / report.html."""
     from reptune.pipeline import builtin_config, load_config
@@ -438,7 +450,7 @@ def demo(
             raise ReptuneError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value
     config = load_config(builtin_config("demo"), overrides)
-    _run_config(config, output, command=" ".join(["reptune", "demo", "-o", str(output)]), trust_remote_code=trust_remote_code)
+    _run_config(config, output, command=" ".join(["reptune", "demo", "-o", str(output)]), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
 @app.command("report")
@@ -490,6 +502,7 @@ def discover_cmd(
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
     trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Discover steering vectors without labels (MELBO, random search or DCT), score and rank them."""
     from reptune.discovery import DiscoveryError, load_prompts
@@ -537,7 +550,7 @@ def discover_cmd(
         judge = PairwiseScorer(get_task("openended", **options).build_judge())
     stem = output.with_suffix("")
     _check_outputs(output, output.with_suffix(".json"), *(stem.with_name(f"{stem.name}.discovery.{ext}") for ext in ("json", "md")))
-    handle = _load(model, precision, device, layers_path, trust_remote_code)
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     start_rows = None
     if start is not None:
         start.check_compatible(handle, allow_model_mismatch=True)
@@ -612,6 +625,7 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
     trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Evaluate a model (optionally steered) on tasks; write metrics and per-item records."""
     from reptune.evaluation import evaluate, get_task
@@ -649,7 +663,7 @@ def eval_cmd(
         f"finished items are kept in {output}.partial/; run the same command to resume" if resume
         else f"--no-resume: finished items are kept in {output}.partial/ but the next --no-resume run starts over"
     )
-    handle = _load(model, precision, device, layers_path, trust_remote_code)
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     steering_vector = None
     if vector is not None:
         from reptune.vectors import load_vector

@@ -140,10 +140,11 @@ class Experiment:
 
     def __init__(
         self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None, trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ) -> None:
         self.config = config
         # how every model of the run loads; never from the config file (see ExperimentConfig)
-        self.load_options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        self.load_options: dict[str, Any] = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.command = command
@@ -626,15 +627,16 @@ def _now() -> str:
 
 def run_experiment(
     config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None, trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> ExperimentRun:
     """Run (or resume) an experiment into ``run_dir``; returns results and report paths.
 
     Re-running with the same config reuses every finished stage; a changed section re-runs the
     stages that depend on it. Errors are :class:`~reptune.errors.ReptuneError` naming the stage.
     ``trust_remote_code`` lets transformers run Python shipped with the model (a config file
-    cannot turn it on).
+    cannot turn it on); ``allow_pickle`` also loads pickled ``.bin`` weights.
     """
-    return Experiment(config, run_dir, progress=progress, command=command, trust_remote_code=trust_remote_code).run()
+    return Experiment(config, run_dir, progress=progress, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle).run()
 
 
 def clean_run(run_dir: str | Path) -> None:
