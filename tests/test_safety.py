@@ -556,3 +556,30 @@ def test_safetensors_preferred_over_a_pickle_beside_them(tiny_dir, tmp_path, mon
     (model_dir / "pytorch_model.bin").write_bytes(b"not even a pickle")
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
     assert load_model(str(model_dir)).num_layers == 4
+
+
+# ----------------------------------------------------------------------------- 14. data before model
+@pytest.fixture()
+def broken_csv(tmp_path) -> Path:
+    path = tmp_path / "broken.csv"
+    path.write_text("statement,label\nThe sky is blue.,maybe\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("command", ["extract", "tune", "tune-retain", "eval", "eval-tqa", "eval-robustness"])
+def test_data_errors_come_before_the_model_loads(cli_run, tiny_dir, statements_file, broken_csv, tmp_path, no_model_load, command):
+    out = tmp_path / "out"
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text('{"positive": "a"}\n', encoding="utf-8")
+    tqa = tmp_path / "TruthfulQA.csv"
+    tqa.write_text("Question,Best\nq,a\n", encoding="utf-8")
+    args, fragment = {
+        "extract": (["extract", "--model", tiny_dir, "--data", broken_csv, "-o", out / "v.safetensors"], "label must be"),
+        "tune": (tune_args(tiny_dir, broken_csv, out), "label must be"),
+        "tune-retain": (tune_args(tiny_dir, statements_file, out, "--retain", "kl", "--retain-data", bad_jsonl), "negative"),
+        "eval": (["eval", "--model", tiny_dir, "--tasks", "facts-ab", "--data", broken_csv, "-o", out / "r.json"], "label must be"),
+        "eval-tqa": (["eval", "--model", tiny_dir, "--tasks", "tqa-ab", "--data", tqa, "-o", out / "r.json"], "TruthfulQA columns"),
+        "eval-robustness": (["eval", "--model", tiny_dir, "--tasks", "robustness", "--data", broken_csv, "-o", out / "r.json"], "label must be"),
+    }[command]
+    assert_user_error(cli_run(*args), fragment)
+    assert not out.exists()

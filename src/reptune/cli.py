@@ -91,6 +91,31 @@ def _in_range(flag: str, value: float | None, low: float | None = None, *, above
         raise ReptuneError(f"{flag} must be at least {low:g}, got {value}" if not above and high is None else f"{flag} must be{bound}, got {value}")
 
 
+def _precheck_data(spec: str | None, task: str | None = None) -> None:
+    """Read a local data file (or folder) before the model loads, so a broken one fails in a second.
+
+    ``task`` picks the reader of an evaluation task's data; ``None`` is a contrast/statement set.
+    Hub ids and names that are not local paths are left to the command itself.
+    """
+    if not spec or not Path(str(spec)).expanduser().exists():
+        return
+    from reptune.data.sources import read_source
+
+    if task is None or task in {"facts-ab", "caa"}:
+        if Path(str(spec)).expanduser().is_file():
+            read_source(spec)
+        return
+    from reptune.evaluation import data as evaldata
+
+    readers = {
+        "tqa-ab": evaldata.load_truthfulqa_ab, "tqa-mc1": evaldata.load_truthfulqa_mc, "tqa-mc2": evaldata.load_truthfulqa_mc,
+        "mmlu": lambda value: evaldata.load_mmlu(value, None), "perplexity": evaldata.load_text,
+        "kl": lambda value: read_source(value) if Path(value).suffix in {".csv", ".jsonl", ".json"} else evaldata.load_text(value),
+    }
+    if task in readers:
+        readers[task](str(spec))
+
+
 def _check_outputs(*paths: Path) -> None:
     """:func:`_check_output` for every file a command will write, before the model loads."""
     for path in paths:
@@ -165,6 +190,7 @@ def extract(
     _in_range("--limit", limit, 1)
     _in_range("--batch-size", batch_size, 1)
     _check_outputs(*_sidecars(output))
+    _precheck_data(data)
     handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     pairs, origin = load_contrast_pairs(data, handle.tokenizer, variant=variant, limit=limit, seed=seed)
     result, scan_result = extract_vector(
@@ -316,6 +342,8 @@ def tune(
         raise ReptuneError(f"preset {preset!r} needs --vector")
     from reptune._io import check_output_dir
 
+    _precheck_data(data)  # data files fail before the model loads
+    retain_texts = load_retain_texts(config.retain_data) if config.retain_data else None
     check_output_dir(output, "tune", overwrite=overwrite)  # e.g. a folder with the user's own README.md
     _check_outputs(*(output / name for name in ("config.json", "model.safetensors", "tune_config.json", "metrics.json", "loss_curves.json", "loss_curves.png", "README.md")))
     _on_interrupt(
@@ -326,7 +354,6 @@ def tune(
     if loaded is not None:
         loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
     items, origin = load_tune_items(data, handle.tokenizer, limit=config.limit)
-    retain_texts = load_retain_texts(config.retain_data) if config.retain_data else None
     result = run_tune(
         handle, config, items, output, vector=loaded, vector_path=str(vector) if vector else None, data_origin=origin,
         retain_texts=retain_texts, resume=resume, allow_model_mismatch=allow_model_mismatch,
@@ -653,6 +680,9 @@ def eval_cmd(
                 raise ReptuneError(f"--{key.replace('_', '-')} is for the openended task, which is not in --tasks")
             options["openended"][key] = value
     task_objs = [get_task(name, **options[name]) for name in names]  # unknown task/option: fail before loading
+    for task in task_objs:  # a broken data file fails before the model is loaded
+        inner = task.options.get("task") if task.name == "robustness" else task.name
+        _precheck_data(task.options.get("data"), inner)
     for task in task_objs:  # e.g. an unreachable judge: fail before the model is loaded
         preflight = getattr(task, "preflight", None)
         if callable(preflight):
