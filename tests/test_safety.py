@@ -583,3 +583,13 @@ def test_data_errors_come_before_the_model_loads(cli_run, tiny_dir, statements_f
     }[command]
     assert_user_error(cli_run(*args), fragment)
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- 15. --resume with nothing to resume
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_resume_without_a_checkpoint_is_refused(cli_run, tiny_dir, statements_file, tmp_path, no_model_load, state):
+    out = tmp_path / "run"
+    if state == "empty":
+        out.mkdir()
+    assert_user_error(cli_run(*tune_args(tiny_dir, statements_file, out, "--resume")), "--resume", "nothing to continue")
+    assert (out.exists() and not any(out.iterdir())) if state == "empty" else not out.exists()

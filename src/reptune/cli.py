@@ -342,6 +342,9 @@ def tune(
         raise ReptuneError(f"preset {preset!r} needs --vector")
     from reptune._io import check_output_dir
 
+    if resume and not (output / "checkpoints" / "latest.json").is_file():
+        where = "does not exist" if not output.exists() else "holds no checkpoint"
+        raise ReptuneError(f"--resume: {output} {where}, so there is nothing to continue; run without --resume to start a new run")
     _precheck_data(data)  # data files fail before the model loads
     retain_texts = load_retain_texts(config.retain_data) if config.retain_data else None
     check_output_dir(output, "tune", overwrite=overwrite)  # e.g. a folder with the user's own README.md
