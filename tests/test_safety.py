@@ -593,3 +593,49 @@ def test_resume_without_a_checkpoint_is_refused(cli_run, tiny_dir, statements_fi
         out.mkdir()
     assert_user_error(cli_run(*tune_args(tiny_dir, statements_file, out, "--resume")), "--resume", "nothing to continue")
     assert (out.exists() and not any(out.iterdir())) if state == "empty" else not out.exists()
+
+
+# ----------------------------------------------------------------------------- 16. third-party warnings
+def test_eval_prints_no_library_warnings(tiny_dir, tmp_path):
+    """The real console, in a fresh process: transformers' deprecation lines must not reach stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "REPTUNE_DEBUG": "0", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    args = [sys.executable, "-m", "reptune.cli", "eval", "--model", str(tiny_dir), "--precision", "fp32", "--tasks", "facts-ab",
+            "--limit", "4", "-o", str(tmp_path / "r.json")]
+    result = subprocess.run(args, check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "deprecated" not in result.stderr and "Warning" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [f"wrote {tmp_path / 'r.json'}"]
+
+
+def test_library_warnings_silenced_unless_debug(cli_run, monkeypatch):
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from reptune import models
+
+    seen = {}
+
+    def warn_then_fail(*_args, **_kwargs):
+        seen["verbosity"] = hf_logging.get_verbosity()
+        warnings.warn_explicit("`past_key_values` is deprecated", FutureWarning, "module.py", 1, module="torch.nn.modules.module")
+        warnings.warn_explicit("a tip", UserWarning, "x.py", 1, module="transformers.generation")
+        raise ReptuneError("cannot load model 'x': broken")
+
+    monkeypatch.setattr(models, "load_model", warn_then_fail)
+    for debug, expected in ((False, 0), (True, 2)):
+        monkeypatch.setenv("REPTUNE_DEBUG", "1" if debug else "0")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if debug:
+                with pytest.raises(ReptuneError):
+                    cli_run("info", "--model", "x")
+            else:
+                assert_user_error(cli_run("info", "--model", "x"), "broken")
+        assert len(caught) == expected, [str(w.message) for w in caught]
+        assert (seen["verbosity"] == hf_logging.ERROR) is not debug

@@ -6,10 +6,13 @@ the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -800,6 +803,32 @@ def _invoke(debug: bool) -> int:
     return code if isinstance(code, int) else 0
 
 
+# libraries whose warnings (deprecations, tips) are noise to a reptune user; --debug shows them
+QUIET_MODULES = r"(transformers|torch|peft|accelerate|huggingface_hub|datasets|tokenizers|safetensors|lm_eval|matplotlib|typer|click)(\..*)?"
+
+
+@contextlib.contextmanager
+def _quiet_libraries(debug: bool) -> Iterator[None]:
+    """Silence known third-party warnings and transformers' log lines, so a command prints only its own lines."""
+    if debug:
+        yield
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    level = hf_logging.get_verbosity() if hf_logging is not None else None
+    if hf_logging is not None:
+        hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=QUIET_MODULES)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        if hf_logging is not None and level is not None:
+            hf_logging.set_verbosity(level)
+
+
 def main() -> None:
     """Console entry point: one-line errors with exit code 2 (tracebacks with --debug).
 
@@ -808,7 +837,8 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:] or os.environ.get("REPTUNE_DEBUG") == "1"
     _on_interrupt("nothing was saved; run the command again")
     try:
-        code = _invoke(debug)
+        with _quiet_libraries(debug):
+            code = _invoke(debug)
     except KeyboardInterrupt:  # a second Ctrl-C while an error was being handled
         code = 130
     if code == 130:
