@@ -693,18 +693,18 @@ def eval_cmd(
         preflight = getattr(task, "preflight", None)
         if callable(preflight):
             preflight()
-    if vector is not None and not vector.is_file():
-        raise ReptuneError(f"vector file not found: {vector}")
+    steering_vector = None
+    if vector is not None:  # the file is read before the model loads; compatibility is checked after
+        from reptune.vectors import load_vector
+
+        steering_vector = load_vector(vector)
     _on_interrupt(
         f"finished items are kept in {output}.partial/; run the same command to resume" if resume
         else f"--no-resume: finished items are kept in {output}.partial/ but the next --no-resume run starts over"
     )
     handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
-    steering_vector = None
-    if vector is not None:
-        from reptune.vectors import load_vector
-
-        steering_vector = load_vector(vector, handle, allow_model_mismatch=allow_model_mismatch)
+    if steering_vector is not None:
+        steering_vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
         layers = layers or default_steer_layers(steering_vector)
     results = evaluate(
         handle, task_objs, vector=steering_vector, multiplier=multiplier, layers=layers, limit=limit, batch_size=batch_size,
