@@ -6,8 +6,13 @@ the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import math
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +44,22 @@ PrecisionOpt = Annotated[
     str, typer.Option("--precision", help="auto (bf16 only where it is faster here), fp32, or bf16 (bf16 autocast over fp32 weights).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+PickleOpt = Annotated[
+    bool, typer.Option("--allow-pickle", help="Also load pickled .bin weights (torch.load can run code); by default only safetensors load."),
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Let transformers run Python code shipped with the model (off by default; a config file cannot turn it on)."),
+]
+
+
+# what a Ctrl-C leaves behind, set by each command once it knows its outputs (see main())
+_INTERRUPTED = {"note": "nothing was saved; run the command again"}
+
+
+def _on_interrupt(note: str) -> None:
+    """Say what an interruption from now on keeps and how to resume (printed as ``interrupted: NOTE``)."""
+    _INTERRUPTED["note"] = note
 
 
 @app.callback()
@@ -50,7 +71,9 @@ def _root(
 
 
 def _check_output(path: Path) -> None:
-    """Fail before any work when ``path`` cannot be written (parent is a file, or not writable)."""
+    """Fail before any work when ``path`` cannot be written (a directory, parent a file, or not writable)."""
+    if path.is_dir():
+        raise ReptuneError(f"cannot write {path}: it is a directory")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -64,21 +87,77 @@ def _resolved_precision(precision: str, device: str) -> str:
     return resolve_precision(precision, device)[0]
 
 
-def _load(model: str | None, precision: str, device: str = "auto", layers_path: str | None = None):
+def _in_range(flag: str, value: float | None, low: float | None = None, *, above: bool = False, high: float | None = None) -> None:
+    """Refuse a NaN/inf or out-of-range number option: ``low <= value`` (``low < value`` with ``above``), ``value <= high``."""
+    if value is None:
+        return
+    bound = "" if low is None else f" {'>' if above else '>='} {low:g}"
+    bound += "" if high is None else (" and" if bound else "") + f" <= {high:g}"
+    bad = not math.isfinite(value) or (low is not None and (value <= low if above else value < low)) or (high is not None and value > high)
+    if bad:
+        if isinstance(value, float):
+            raise ReptuneError(f"{flag} must be a finite number{bound}, got {value:g}")
+        raise ReptuneError(f"{flag} must be at least {low:g}, got {value}" if not above and high is None else f"{flag} must be{bound}, got {value}")
+
+
+def _precheck_data(spec: str | None, task: str | None = None) -> None:
+    """Read a local data file (or folder) before the model loads, so a broken one fails in a second.
+
+    ``task`` picks the reader of an evaluation task's data; ``None`` is a contrast/statement set.
+    Hub ids and names that are not local paths are left to the command itself.
+    """
+    if not spec or not Path(str(spec)).expanduser().exists():
+        return
+    from reptune.data.sources import read_source
+
+    if task is None or task in {"facts-ab", "caa"}:
+        if Path(str(spec)).expanduser().is_file():
+            read_source(spec)
+        return
+    from reptune.evaluation import data as evaldata
+
+    readers = {
+        "tqa-ab": evaldata.load_truthfulqa_ab, "tqa-mc1": evaldata.load_truthfulqa_mc, "tqa-mc2": evaldata.load_truthfulqa_mc,
+        "mmlu": lambda value: evaldata.load_mmlu(value, None), "perplexity": evaldata.load_text,
+        "kl": lambda value: read_source(value) if Path(value).suffix in {".csv", ".jsonl", ".json"} else evaldata.load_text(value),
+    }
+    if task in readers:
+        readers[task](str(spec))
+
+
+def _check_outputs(*paths: Path) -> None:
+    """:func:`_check_output` for every file a command will write, before the model loads."""
+    for path in paths:
+        _check_output(path)
+
+
+def _sidecars(vector_path: Path) -> list[Path]:
+    """A vector file and what is written beside it: VEC.json and the layer scan VEC.scan.{json,md,png}."""
+    stem = vector_path.with_suffix("")
+    return [vector_path, vector_path.with_suffix(".json"), *(stem.with_name(f"{stem.name}.scan.{ext}") for ext in ("json", "md", "png"))]
+
+
+def _load(
+    model: str | None, precision: str, device: str = "auto", layers_path: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
+):
     from reptune.models import load_model
     from reptune.precision import resolve_precision
 
     resolved, _why = resolve_precision(precision, device)
     with err_console.status(f"loading {model or 'embedded SmolLM2-135M-Instruct'} ..."):
-        return load_model(model, device=device, autocast="bf16" if resolved == "bf16" else None, layers_path=layers_path)
+        return load_model(
+            model, device=device, autocast="bf16" if resolved == "bf16" else None, layers_path=layers_path, trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
 
 
 @app.command()
-def info(model: ModelOpt = None, layers_path: LayersPathOpt = None, device: DeviceOpt = "auto") -> None:
+def info(model: ModelOpt = None, layers_path: LayersPathOpt = None, device: DeviceOpt = "auto", trust_remote_code: TrustOpt = False,
+         allow_pickle: PickleOpt = False) -> None:
     """Show a model's layers, hidden size and the hook sites reptune uses."""
     from reptune.sites import SITE_CONVENTION_DOC
 
-    handle = _load(model, "fp32", device, layers_path)
+    handle = _load(model, "fp32", device, layers_path, trust_remote_code, allow_pickle)
     table = Table(title=f"{handle.model_id}", show_header=False)
     for key, value in handle.describe().items():
         table.add_row(key, str(value))
@@ -107,6 +186,8 @@ def extract(
     precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Extract a behaviour vector from contrast pairs (and scan layers)."""
     from reptune.data import load_contrast_pairs
@@ -115,8 +196,11 @@ def extract(
 
     if output.suffix != ".safetensors":
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
-    _check_output(output)
-    handle = _load(model, precision, device, layers_path)
+    _in_range("--limit", limit, 1)
+    _in_range("--batch-size", batch_size, 1)
+    _check_outputs(*_sidecars(output))
+    _precheck_data(data)
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     pairs, origin = load_contrast_pairs(data, handle.tokenizer, variant=variant, limit=limit, seed=seed)
     result, scan_result = extract_vector(
         handle, pairs, layers, method=method, positions=positions, normalize=normalize, batch_size=batch_size,
@@ -151,13 +235,18 @@ def steer(
     precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Greedy completions side by side, one column per multiplier."""
     from reptune.steering import steered_generate
     from reptune.vectors import load_vector
 
+    for value in multiplier:
+        _in_range("--multiplier", value)
+    _in_range("--max-new-tokens", max_new_tokens, 1)
     loaded = load_vector(vector)  # validate the file before loading the model
-    handle = _load(model, precision, device, layers_path)
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
     chosen = layers if layers is not None else default_steer_layers(loaded)
     results = steered_generate(
@@ -244,14 +333,20 @@ def tune(
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most N training items.")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --output that is not a reptune tuning run (its files may be replaced).")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch")] = False,
+    items_kind: Annotated[
+        str, typer.Option("--items", help="ab: statements as A/B questions (answer-letter loss); twin: true/false twins (pairwise sequence loss; needs a 'pair' column).")
+    ] = "ab",
     allow_blocks_beyond_rep: Annotated[
         bool, typer.Option("--allow-blocks-beyond-rep", help="Allow trained blocks deeper than every --rep-layers layer (they get only the token loss).")
     ] = False,
     precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Fine-tune a direction into (or out of) the weights, or run a token-only baseline."""
     import json
@@ -278,17 +373,32 @@ def tune(
             from reptune.tuning.trainer import tuning_plan
 
             handle = _load(model, precision, device, layers_path)
-            items, _ = load_tune_items(data, handle.tokenizer, limit=config.limit)
+            items, _ = load_tune_items(data, handle.tokenizer, limit=config.limit, kind=items_kind)
             plan = tuning_plan(handle, config, items, loaded, allow_model_mismatch=allow_model_mismatch)
         console.print_json(json.dumps({**config.to_json(), "plan": plan}))
         return
     if config.uses_vector and loaded is None:
         raise ReptuneError(f"preset {preset!r} needs --vector")
-    _check_output(output / "config.json")
-    handle = _load(model, precision, device, layers_path)
+    from reptune._io import check_output_dir
+
+    if resume and not (output / "checkpoints" / "latest.json").is_file():
+        where = "does not exist" if not output.exists() else "holds no checkpoint"
+        raise ReptuneError(f"--resume: {output} {where}, so there is nothing to continue; run without --resume to start a new run")
+    _precheck_data(data)  # data files fail before the model loads
+    if config.retain_data:  # a broken retain corpus fails now too (the trainer reads it again, recording its source)
+        from reptune.tuning.data import load_retain_texts
+
+        load_retain_texts(config.retain_data)
+    check_output_dir(output, "tune", overwrite=overwrite)  # e.g. a folder with the user's own README.md
+    _check_outputs(*(output / name for name in ("config.json", "model.safetensors", "tune_config.json", "metrics.json", "loss_curves.json", "loss_curves.png", "README.md")))
+    _on_interrupt(
+        f"checkpoints (every {config.checkpoint_every} steps) are kept in {output / 'checkpoints'}; "
+        "run the same command with --resume to continue"
+    )
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     if loaded is not None:
         loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
-    items, origin = load_tune_items(data, handle.tokenizer, limit=config.limit)
+    items, origin = load_tune_items(data, handle.tokenizer, limit=config.limit, kind=items_kind)
     result = run_tune(
         handle, config, items, output, vector=loaded, vector_path=str(vector) if vector else None, data_origin=origin,
         resume=resume, allow_model_mismatch=allow_model_mismatch,
@@ -338,12 +448,21 @@ def _print_run(result) -> None:
         err_console.print(f"{name}: {path}")
 
 
-def _run_config(config, output: Path, command: str) -> None:
+def _check_run_dir(output: Path) -> None:
+    """An experiment writes only into a new or empty folder, or one holding a reptune run."""
+    from reptune._io import check_output_dir
+
+    check_output_dir(output, "experiment", flag="")
+    _check_outputs(output / "results.json", output / "report.md", output / "report.html", output / "config.yaml")
+
+
+def _run_config(config, output: Path, command: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
     from reptune.pipeline import run_experiment
 
+    _check_run_dir(output)
     output.mkdir(parents=True, exist_ok=True)
-    _check_output(output / "results.json")
-    _print_run(run_experiment(config, output, progress=True, command=command))
+    _on_interrupt(f"finished stages are kept in {output / 'stages'}; run the same command (without --fresh) to resume")
+    _print_run(run_experiment(config, output, progress=True, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle))
 
 
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a config key: --set train.steps=200 --set seeds=[0,1,2].")]
@@ -355,7 +474,9 @@ def run_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<name>).")] = None,
     settings: SetOpt = [],  # noqa: B006 (typer reads the default)
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the run directory first (no reuse of finished stages).")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete what an earlier run wrote in the run directory first (no reuse of finished stages).")] = False,
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Run (or resume) a whole experiment: vector, sweep, tuning, evaluation, report."""
     from reptune.pipeline import builtin_config, load_config
@@ -374,11 +495,13 @@ def run_cmd(
         typer.echo(config.to_yaml())
         return
     output = output or Path("runs") / config.name
+    _check_run_dir(output)  # before anything is deleted: a folder of the user's is refused, not cleaned
     if fresh:
         from reptune.pipeline.experiment import clean_run
 
         clean_run(output)
-    _run_config(config, output, command=" ".join(["reptune", "run", experiment, "-o", str(output), *[f"--set {s}" for s in settings]]))
+    command = " ".join(["reptune", "run", experiment, "-o", str(output), *[f"--set {s}" for s in settings]])
+    _run_config(config, output, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
 @app.command()
@@ -386,6 +509,8 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory.")] = Path("runs/demo"),
     model: ModelOpt = None,
     settings: SetOpt = [],  # noqa: B006
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """The main job: the honesty study on the embedded model, ending in report.md / report.html."""
     from reptune.pipeline import builtin_config, load_config
@@ -397,7 +522,7 @@ def demo(
             raise ReptuneError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value
     config = load_config(builtin_config("demo"), overrides)
-    _run_config(config, output, command=" ".join(["reptune", "demo", "-o", str(output)]))
+    _run_config(config, output, command=" ".join(["reptune", "demo", "-o", str(output)]), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
 @app.command("report")
@@ -449,6 +574,8 @@ def discover_cmd(
     precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Discover steering vectors without labels (MELBO, random search or DCT), score and rank them."""
     from reptune.discovery import DiscoveryError, load_prompts
@@ -463,6 +590,12 @@ def discover_cmd(
         raise DiscoveryError(f"unknown --method {method!r}: use melbo, random or dct")
     if orthogonal_order not in ("sequential", "parallel"):
         raise DiscoveryError(f"--orthogonal-order must be sequential or parallel, got {orthogonal_order!r}")
+    for flag, value, low, above in (
+        ("--lr", lr, 0, True), ("--p", power_p, 0, True), ("--q", power_q, 0, True), ("--num", num, 1, False), ("--steps", steps, 0, False),
+        ("--dct-iters", dct_iters, 1, False), ("--refine-steps", refine_steps, 0, False), ("--candidates", candidates, 1, False),
+        ("--max-new-tokens", max_new_tokens, 1, False), ("--diverge-within", diverge_within, 1, False),
+    ):
+        _in_range(flag, value, low, above=above)
     radius_value: float | str = "auto"
     if radius != "auto":
         try:
@@ -490,8 +623,9 @@ def discover_cmd(
 
         options = {"judge_url": judge_url or "", "judge_model": judge_model or "", "judge_local": judge_local or ""}
         judge = PairwiseScorer(get_task("openended", **options).build_judge())
-    _check_output(output)
-    handle = _load(model, precision, device, layers_path)
+    stem = output.with_suffix("")
+    _check_outputs(output, output.with_suffix(".json"), *(stem.with_name(f"{stem.name}.discovery.{ext}") for ext in ("json", "md")))
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     start_rows = None
     if start is not None:
         start.check_compatible(handle, allow_model_mismatch=True)
@@ -565,6 +699,8 @@ def eval_cmd(
     precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Evaluate a model (optionally steered) on tasks; write metrics and per-item records."""
     from reptune.evaluation import evaluate, get_task
@@ -573,9 +709,14 @@ def eval_cmd(
         raise ReptuneError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise ReptuneError(f"--batch-size must be at least 1, got {batch_size}")
+    _in_range("--multiplier", multiplier)
     if output.suffix != ".json":
         raise ReptuneError(f"--output must end in .json, got {output.name}")
-    _check_output(output)
+    partial = output.with_name(output.name + ".partial")
+    figures = [output.with_name(f"{output.stem}.{name}.png") for name in ("robustness", "projection")]
+    _check_outputs(output, *figures)
+    if partial.exists() and (not partial.is_dir() or any(p.suffix != ".jsonl" for p in partial.iterdir())):
+        raise ReptuneError(f"{partial} (the resume cache) exists but is not one reptune wrote; move it away or choose another --output")
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     if not names:
         raise ReptuneError("--tasks is empty")
@@ -587,18 +728,25 @@ def eval_cmd(
                 raise ReptuneError(f"--{key.replace('_', '-')} is for the openended task, which is not in --tasks")
             options["openended"][key] = value
     task_objs = [get_task(name, **options[name]) for name in names]  # unknown task/option: fail before loading
+    for task in task_objs:  # a broken data file fails before the model is loaded
+        inner = task.options.get("task") if task.name == "robustness" else task.name
+        _precheck_data(task.options.get("data"), inner)
     for task in task_objs:  # e.g. an unreachable judge: fail before the model is loaded
         preflight = getattr(task, "preflight", None)
         if callable(preflight):
             preflight()
-    if vector is not None and not vector.is_file():
-        raise ReptuneError(f"vector file not found: {vector}")
-    handle = _load(model, precision, device, layers_path)
     steering_vector = None
-    if vector is not None:
+    if vector is not None:  # the file is read before the model loads; compatibility is checked after
         from reptune.vectors import load_vector
 
-        steering_vector = load_vector(vector, handle, allow_model_mismatch=allow_model_mismatch)
+        steering_vector = load_vector(vector)
+    _on_interrupt(
+        f"finished items are kept in {output}.partial/; run the same command to resume" if resume
+        else f"--no-resume: finished items are kept in {output}.partial/ but the next --no-resume run starts over"
+    )
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
+    if steering_vector is not None:
+        steering_vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
         layers = layers or default_steer_layers(steering_vector)
     results = evaluate(
         handle, task_objs, vector=steering_vector, multiplier=multiplier, layers=layers, limit=limit, batch_size=batch_size,
@@ -661,39 +809,83 @@ def compare_cmd(
         err_console.print(f"wrote {output}")
 
 
-def main() -> None:
-    """Console entry point: one-line errors with exit code 2 (tracebacks with --debug)."""
-    debug = "--debug" in sys.argv[1:] or os.environ.get("REPTUNE_DEBUG") == "1"
+def _invoke(debug: bool) -> int:
+    """Run the app; return its exit code, printing one ``error:`` line for a user error."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer turns Ctrl-C into a returned 130, typer.Exit(n) into n
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code if isinstance(code, int) else 0)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
     except ReptuneError as exc:
         if debug:
             raise
         err_console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
-        sys.exit(2)
+        return 2
     except OSError as exc:  # unwritable output, full disk: the user's environment, not a bug
         if debug:
             raise
         where = f": {exc.filename}" if exc.filename else ""
         err_console.print(Text("error: ", style="red") + Text(f"{exc.strerror or exc}{where}"), soft_wrap=True)
-        sys.exit(2)
+        return 2
+    except (RecursionError, csv.Error) as exc:  # a reader that missed them: input nested too deeply, a huge CSV field
+        if debug:
+            raise
+        what = "an input file is nested too deeply to read" if isinstance(exc, RecursionError) else f"an input file is not readable CSV ({exc})"
+        err_console.print(Text("error: ", style="red") + Text(what + " (--debug shows where)"), soft_wrap=True)
+        return 2
     except Exception as exc:
         # click usage errors (typer vendors its own click, so match by shape, not class)
         format_message = getattr(exc, "format_message", None)
         exit_code = getattr(exc, "exit_code", None)
         if callable(format_message) and isinstance(exit_code, int) and not debug:
             err_console.print(Text("error: ", style="red") + Text(format_message()), soft_wrap=True)
-            sys.exit(exit_code)
+            return exit_code
         raise
+    return code if isinstance(code, int) else 0
+
+
+# libraries whose warnings (deprecations, tips) are noise to a reptune user; --debug shows them
+QUIET_MODULES = r"(transformers|torch|peft|accelerate|huggingface_hub|datasets|tokenizers|safetensors|lm_eval|matplotlib|typer|click)(\..*)?"
+
+
+@contextlib.contextmanager
+def _quiet_libraries(debug: bool) -> Iterator[None]:
+    """Silence known third-party warnings and transformers' log lines, so a command prints only its own lines."""
+    if debug:
+        yield
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    level = hf_logging.get_verbosity() if hf_logging is not None else None
+    if hf_logging is not None:
+        hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=QUIET_MODULES)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        if hf_logging is not None and level is not None:
+            hf_logging.set_verbosity(level)
+
+
+def main() -> None:
+    """Console entry point: one-line errors with exit code 2 (tracebacks with --debug).
+
+    Ctrl-C exits with 130 and one line ``interrupted: ...`` saying what was kept and how to resume.
+    """
+    debug = "--debug" in sys.argv[1:] or os.environ.get("REPTUNE_DEBUG") == "1"
+    _on_interrupt("nothing was saved; run the command again")
+    try:
+        with _quiet_libraries(debug):
+            code = _invoke(debug)
+    except KeyboardInterrupt:  # a second Ctrl-C while an error was being handled
+        code = 130
+    if code == 130:
+        err_console.print(Text("interrupted: ", style="yellow") + Text(_INTERRUPTED["note"]), soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reptune._io import write_json_atomic
+from reptune._io import dir_mode, write_json_atomic
 from reptune.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -298,6 +298,7 @@ def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
     plain.tie_weights()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    os.chmod(staging, dir_mode())  # mkdtemp's 0700 -> what mkdir would give
     try:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -350,6 +351,7 @@ def load_model(
     revision: str | None = None,
     layers_path: str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> ModelHandle:
     """Load a causal LM and its tokenizer.
 
@@ -366,6 +368,8 @@ def load_model(
         layers_path: attribute path of the decoder-block list, for layouts reptune does
             not know (see :data:`KNOWN_LAYER_PATHS`).
         trust_remote_code: passed to transformers; off unless you ask for it.
+        allow_pickle: also load pickled weights (``pytorch_model.bin``, via ``torch.load``);
+            by default only safetensors weights load (pickles can run code).
 
     Raises:
         ModelError: unknown path, unreachable hub, unsupported layout (one-line message).
@@ -382,7 +386,10 @@ def load_model(
         autocast = resolve_precision("auto", target_device)[0]
     autocast_dtype = None if autocast in (None, "none", "fp32", "float32") else _parse_dtype(autocast)
     load_from, model_id, source_revision, source = _resolve_source(name_or_path)
+    if source == "local" and not allow_pickle:
+        _refuse_pickled_weights(Path(load_from))
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    weights = {"use_safetensors": None if allow_pickle else True}  # None: transformers' choice, .bin included
     if source == "hub":
         kwargs["local_files_only"] = True
     try:
@@ -393,7 +400,7 @@ def load_model(
                 tokenizer = PreTrainedTokenizerFast.from_pretrained(load_from)
             else:
                 tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs, **weights)
         except OSError:
             if source != "hub":
                 raise
@@ -404,12 +411,13 @@ def load_model(
                 ) from None
             kwargs["local_files_only"] = False
             tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs, **weights)
     except ModelError:
         raise
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"cannot load model {name_or_path!r}: {first_line}") from exc
+        hint = "; only safetensors weights are loaded: pass --allow-pickle (allow_pickle=True) for .bin weights" if not allow_pickle and "safetensors" in first_line else ""
+        raise ModelError(f"cannot load model {name_or_path!r}: {first_line}{hint}") from exc
     model.to(target_device)
     model.eval()
     model.requires_grad_(False)
@@ -424,6 +432,21 @@ def load_model(
         source=source,
     )
     return handle
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _refuse_pickled_weights(directory: Path) -> None:
+    """A local model directory must hold safetensors weights; pickled ones could run code when loaded."""
+    if any(directory.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise ModelError(
+            f"{directory} holds only pickled weights ({', '.join(pickled[:3])}), which torch.load could use to run code; "
+            "convert them to safetensors, or pass --allow-pickle (allow_pickle=True) if you trust the files"
+        )
 
 
 def wrap_model(

@@ -35,6 +35,29 @@ def _reptune_version() -> str:
     return __version__
 
 
+# the JSON type of every metadata field (None: may be null); a hand-edited header must keep them
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "model_id": (str,), "hidden_size": (int,), "num_layers": (int,), "method": (str,), "positions": (str,),
+    "normalization": (str,), "revision": (str, type(None)), "dataset": (str, type(None)), "dataset_hash": (str, type(None)),
+    "num_pairs": (int, type(None)), "site": (str,), "site_doc": (str,), "reptune_version": (str,), "format_version": (int,),
+    "extra": (dict,),
+}
+
+
+def _check_meta_type(key: str, value: Any, where: str) -> None:
+    """Raise VectorError unless metadata field ``key`` holds its JSON type (no bools for numbers)."""
+    types = _META_TYPES[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        names = " or ".join("null" if t is type(None) else {"str": "a string", "int": "an integer", "dict": "an object"}[t.__name__] for t in types)
+        raise VectorError(f"{where}: metadata field {key!r} must be {names}, got {json.dumps(value)[:60]}")
+    if key in {"hidden_size", "num_layers"} and value < 1:
+        raise VectorError(f"{where}: metadata field {key!r} must be at least 1, got {value}")
+    if key == "extra" and "best_layers" in value:
+        best = value["best_layers"]
+        if not isinstance(best, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in best):
+            raise VectorError(f"{where}: metadata field extra.best_layers must be a list of layer numbers, got {json.dumps(best)[:60]}")
+
+
 @dataclass
 class VectorMeta:
     """Where a steering vector came from; saved with it and checked when it is loaded."""
@@ -63,6 +86,9 @@ class VectorMeta:
         required = {"model_id", "hidden_size", "num_layers"}
         if missing := required - set(data):
             raise VectorError(f"{where}: metadata lacks {', '.join(sorted(missing))}")
+        for key, value in data.items():
+            if key in known:
+                _check_meta_type(key, value, where)
         meta = cls(**{key: value for key, value in data.items() if key in known})
         if meta.site != SITE_CONVENTION:
             raise VectorError(f"{where}: unknown site convention {meta.site!r} (expected {SITE_CONVENTION!r})")
@@ -188,6 +214,8 @@ def load_vector(path: str | os.PathLike[str], handle: Any | None = None, *, allo
         meta = VectorMeta.from_json(json.loads(header["reptune"]), str(path))
     except (json.JSONDecodeError, TypeError) as exc:
         raise VectorError(f"{path}: corrupt metadata ({exc})") from None
+    except RecursionError:
+        raise VectorError(f"{path}: corrupt metadata (JSON nested too deeply)") from None
     directions = {}
     for key, tensor in tensors.items():
         prefix, _, number = key.partition(".")

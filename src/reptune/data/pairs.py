@@ -132,6 +132,8 @@ def load_pairs_jsonl(path: str | os.PathLike[str]) -> list[ContrastPair]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DataError(f"{where}: JSON nested too deeply to read") from None
             pairs.append(parse_pair(record, where))
     if not pairs:
         raise DataError(f"{path}: no contrast pairs")
@@ -194,6 +196,8 @@ def load_statements_csv(path: str | os.PathLike[str]) -> list[Statement]:
                 statements.append(Statement(text, _parse_label(row.get("label"), where), row.get("topic") or None, pair))
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit() (131,072 characters)
+            raise DataError(f"{path}:{reader.line_num}: not a readable CSV row ({exc})") from None
     if not statements:
         raise DataError(f"{path}: no statements")
     return statements

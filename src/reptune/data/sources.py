@@ -116,6 +116,8 @@ def _read_file(path: Path) -> DataSource:
             records = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply to read") from None
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
         if not isinstance(records, list) or not records:

@@ -210,6 +210,8 @@ def load_prompts(path: str | Path) -> list[str]:
             prompts = [line.strip() for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as exc:
         raise DiscoveryError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise DiscoveryError(f"{path}: JSON nested too deeply to read") from None
     if not prompts:
         raise DiscoveryError(f"{path}: no prompts")
     return prompts

@@ -94,13 +94,18 @@ def load_truthfulqa_ab(spec: str) -> tuple[list[dict[str, Any]], str, str]:
     items = []
     with open(source, encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        needed = {"Question", "Best Answer", "Incorrect Answers"}
-        if not needed <= set(reader.fieldnames or []):
-            raise DataError(f"{source}: expected TruthfulQA columns {sorted(needed)}, got {reader.fieldnames}")
-        for row in reader:
-            incorrect = [part.strip() for part in (row["Incorrect Answers"] or "").split(";") if part.strip()]
-            if row["Question"].strip() and row["Best Answer"].strip() and incorrect:
-                items.append({"question": row["Question"].strip(), "best": row["Best Answer"].strip(), "incorrect": incorrect[0]})
+        try:
+            needed = {"Question", "Best Answer", "Incorrect Answers"}
+            if not needed <= set(reader.fieldnames or []):
+                raise DataError(f"{source}: expected TruthfulQA columns {sorted(needed)}, got {reader.fieldnames}")
+            for row in reader:
+                incorrect = [part.strip() for part in (row["Incorrect Answers"] or "").split(";") if part.strip()]
+                if (row["Question"] or "").strip() and (row["Best Answer"] or "").strip() and incorrect:
+                    items.append({"question": row["Question"].strip(), "best": row["Best Answer"].strip(), "incorrect": incorrect[0]})
+        except csv.Error as exc:
+            raise DataError(f"{source}:{reader.line_num}: not a readable CSV row ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{source}: not UTF-8 text ({exc.reason})") from None
     if not items:
         raise DataError(f"{source}: no TruthfulQA questions")
     return items, str(source), sha256_file(source)
@@ -121,8 +126,10 @@ def load_truthfulqa_mc(spec: str) -> tuple[list[dict[str, Any]], str, str]:
         source = source / "mc_task.json"
     try:
         records = json.loads(Path(source).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read TruthfulQA MC file {source}: {exc}") from None
+    except RecursionError:
+        raise DataError(f"{source}: JSON nested too deeply to read") from None
     items = []
     for index, record in enumerate(records if isinstance(records, list) else []):
         try:
@@ -156,10 +163,16 @@ def load_mmlu(spec: str, subjects: list[str] | None) -> tuple[dict[str, list[dic
                 continue
             rows = []
             with open(path, encoding="utf-8", newline="") as handle:
-                for line, row in enumerate(csv.reader(handle), start=1):
-                    if len(row) != 6 or row[5].strip() not in "ABCD" or not row[5].strip():
-                        raise DataError(f"{path}:{line}: expected question,A,B,C,D,answer")
-                    rows.append({"question": row[0], "choices": row[1:5], "answer": "ABCD".index(row[5].strip())})
+                reader = csv.reader(handle)
+                try:
+                    for row in reader:
+                        if len(row) != 6 or row[5].strip() not in "ABCD" or not row[5].strip():
+                            raise DataError(f"{path}:{reader.line_num}: expected question,A,B,C,D,answer")
+                        rows.append({"question": row[0], "choices": row[1:5], "answer": "ABCD".index(row[5].strip())})
+                except csv.Error as exc:
+                    raise DataError(f"{path}:{reader.line_num}: not a readable CSV row ({exc})") from None
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
             by_subject[subject] = rows
         origin, digest = str(source), None
     if subjects:

@@ -76,6 +76,8 @@ def load_results(path: str | os.PathLike[str]) -> EvalResults:
         raise ReptuneError(f"results file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReptuneError(f"cannot read results file {path}: {exc}") from None
+    except RecursionError:
+        raise ReptuneError(f"cannot read results file {path}: JSON nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("tasks"), dict):
         raise ReptuneError(f"{path} is not a reptune eval results file (format {FORMAT})")
     return EvalResults(

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reptune._io import safe_filename
 from reptune.errors import ReptuneError
 
 PRESET_NAMES = ("truth", "lie", "honesty", "dishonesty", "tune-out", "pos", "neg")
@@ -22,7 +23,18 @@ PRESET_DIRECTION = {"truth": 1, "honesty": 1, "pos": 1, "lie": -1, "dishonesty":
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # no NaN/inf anywhere
+
+
+def check_task(name: str, options: dict[str, Any] | None = None) -> str:
+    """``name`` if it is a registered task (and ``options`` are its options), else ValueError listing the known ones."""
+    from reptune.evaluation import get_task
+
+    try:
+        get_task(name, **(options or {}))
+    except ReptuneError as exc:
+        raise ValueError(str(exc)) from None
+    return name
 
 
 class DataConfig(_Strict):
@@ -75,6 +87,11 @@ class SweepConfig(_Strict):
     limit: int | None = Field(128, ge=1)
     degenerate_threshold: float = Field(0.9, gt=0.5, le=1.0)
     max_nll_rise: float = Field(1.0, gt=0)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        return check_task(value)
 
     @field_validator("multipliers")
     @classmethod
@@ -151,6 +168,19 @@ class EvaluationConfig(_Strict):
     skip_missing_data: bool = True
     representation_items: int = Field(64, ge=1)  # test prompts for cosine / projection evidence
 
+    @field_validator("tasks", "counter_tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        return [check_task(name) for name in value]  # a typo fails here, not after the vector stage
+
+    @model_validator(mode="after")
+    def _known_options(self) -> EvaluationConfig:
+        for name in self.limits:
+            check_task(name)
+        for name, options in self.options.items():
+            check_task(name, options if isinstance(options, dict) else {})
+        return self
+
 
 class RobustnessConfig(_Strict):
     """Counter-steering grid (layers x multipliers) on the listed conditions."""
@@ -161,6 +191,11 @@ class RobustnessConfig(_Strict):
     layers: list[int] | None = None  # None: the steering layer and its two neighbours 2 apart; []: the steering layer only
     multipliers: list[float] = [-8.0, -4.0, -2.0, 0.0]
     limit: int = Field(64, ge=1)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        return check_task(value)
 
 
 class ProjectionConfig(_Strict):
@@ -210,7 +245,6 @@ class ExperimentConfig(_Strict):
     model: str | None = None  # hub id, directory, .gguf; None = the embedded SmolLM2
     revision: str | None = None
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 only where it is faster here
-    trust_remote_code: bool = False
     seeds: list[int] = [0]
     seed_note: str | None = None  # shown in the report (e.g. why only one seed)
     data: DataConfig = DataConfig()
@@ -224,6 +258,17 @@ class ExperimentConfig(_Strict):
     judge: JudgeConfig = JudgeConfig()
     learnability: LearnabilityConfig = LearnabilityConfig()
     claims: ClaimThresholds = ClaimThresholds()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # the run goes to runs/<name> without -o: a name must never leave runs/
+        if not value or value != safe_filename(value) or value.startswith(".") or len(value) > 100:
+            raise ValueError(
+                f"name {value!r} must be a safe folder name: letters, digits, '.', '_' or '-', not starting with '.', "
+                "at most 100 characters (it becomes runs/<name>)"
+            )
+        return value
 
     @field_validator("seeds")
     @classmethod
@@ -264,6 +309,13 @@ def parse_config(data: dict[str, Any] | None, origin: str = "config") -> Experim
     """Validate a config dict (``None`` = all defaults); errors name the offending key."""
     if data is not None and not isinstance(data, dict):
         raise ReptuneError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    if data and "trust_remote_code" in data:
+        if data["trust_remote_code"] not in (False, None):  # a file may not run code: only the user may allow it
+            raise ReptuneError(
+                f"{origin}: trust_remote_code cannot be turned on in an experiment file (it runs Python shipped with the model); "
+                "pass --trust-remote-code to reptune run, or trust_remote_code=True to run_experiment"
+            )
+        data = {key: value for key, value in data.items() if key != "trust_remote_code"}
     try:
         return ExperimentConfig.model_validate(data or {})
     except ValidationError as error:

@@ -37,7 +37,18 @@ from typing import Any
 
 import torch
 
-from reptune._io import json_safe, safe_filename, sha256_json, write_json_atomic, write_text_atomic
+from reptune._io import (
+    RUN_MARKER,
+    check_output_dir,
+    is_reptune_output,
+    json_safe,
+    remove_stale_temps,
+    safe_filename,
+    sha256_json,
+    write_json_atomic,
+    write_run_marker,
+    write_text_atomic,
+)
 from reptune._progress import progress_display
 from reptune.data.twins import has_pairs, split_by_pair, statements_to_twins
 from reptune.errors import DataError, ReptuneError
@@ -50,6 +61,8 @@ RESULTS_FORMAT = "reptune-experiment/1"
 # tasks that read the run's own statement splits (test for evaluation, val for sweep and checks)
 SPLIT_TASKS = ("facts-ab", "facts-twin", "facts-word")
 VECTOR_FILE = "honesty.safetensors"
+# everything a run writes at the top of its folder: all that `--fresh` ever deletes
+RUN_ENTRIES = (RUN_MARKER, "config.yaml", "results.json", "report.md", "report.html", "figures", "stages")
 
 # rough seconds per unit on the embedded model (2 CPU cores), only for the progress estimate
 _COST = {"data": 1.0, "vector": 30.0, "sweep_point": 4.0, "train_step": 1.3, "eval_task": 12.0, "robust_cell": 2.0, "projection": 3.0}
@@ -148,8 +161,13 @@ def _release(handle: ModelHandle | None) -> None:
 class Experiment:
     """One run of an :class:`ExperimentConfig` into ``run_dir`` (use :func:`run_experiment`)."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None) -> None:
+    def __init__(
+        self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None, trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+    ) -> None:
         self.config = config
+        # how every model of the run loads; never from the config file (see ExperimentConfig)
+        self.load_options: dict[str, Any] = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.command = command
@@ -167,7 +185,7 @@ class Experiment:
     def base(self) -> ModelHandle:
         if self._base is None:
             try:
-                self._base = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, trust_remote_code=self.config.trust_remote_code)
+                self._base = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, **self.load_options)
             except ReptuneError as exc:
                 raise StageError(f"stage 'load-model' failed: {exc}") from exc
         return self._base
@@ -207,7 +225,10 @@ class Experiment:
 
     def run(self) -> ExperimentRun:
         started = time.perf_counter()
+        check_output_dir(self.run_dir, "experiment", flag="")  # never write into a folder of the user's
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_marker(self.run_dir, "experiment")
+        remove_stale_temps(self.run_dir)
         write_text_atomic(self.run_dir / "config.yaml", self.config.to_yaml())
         with progress_display(self.progress) as display:
             self._overall = _Overall(display if self.progress else None, self._estimate()) if self.progress else None
@@ -289,7 +310,7 @@ class Experiment:
 
                 def loader(v=variant, s=seed, t=trained) -> ModelHandle:
                     if "handle" not in t:
-                        t["handle"] = load_model(str(self.run_dir / training[v.name][str(s)]["dir"]), autocast=self.autocast)
+                        t["handle"] = load_model(str(self.run_dir / training[v.name][str(s)]["dir"]), autocast=self.autocast, **self.load_options)
                     return t["handle"]
 
                 if variant.preset in ("truth", "lie") and c.learnability.enabled:
@@ -583,7 +604,7 @@ class Experiment:
             from reptune.tuning import tune
             from reptune.tuning.data import load_retain_texts, load_tune_items
 
-            handle = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, trust_remote_code=self.config.trust_remote_code)
+            handle = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, **self.load_options)
             train_csv = self.run_dir / "stages" / "data" / "train.csv"
             items, origin = load_tune_items(str(train_csv), handle.tokenizer, kind=self.item_kind)
             vector = self.vector(handle) if config.uses_vector else None
@@ -753,15 +774,40 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None) -> ExperimentRun:
+def run_experiment(
+    config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None, trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> ExperimentRun:
     """Run (or resume) an experiment into ``run_dir``; returns results and report paths.
 
     Re-running with the same config reuses every finished stage; a changed section re-runs the
     stages that depend on it. Errors are :class:`~reptune.errors.ReptuneError` naming the stage.
+    ``trust_remote_code`` lets transformers run Python shipped with the model (a config file
+    cannot turn it on); ``allow_pickle`` also loads pickled ``.bin`` weights.
     """
-    return Experiment(config, run_dir, progress=progress, command=command).run()
+    return Experiment(config, run_dir, progress=progress, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle).run()
 
 
 def clean_run(run_dir: str | Path) -> None:
-    """Remove a run folder (``reptune run --fresh``)."""
-    shutil.rmtree(run_dir, ignore_errors=True)
+    """Delete what a run wrote in ``run_dir`` (``reptune run --fresh``); other files stay.
+
+    Raises:
+        ReptuneError: ``run_dir`` is a file, a symbolic link, or a non-empty folder without a
+            reptune run marker (nothing is deleted then).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink():
+        raise ReptuneError(f"refusing to delete {run_dir}: it is a symbolic link")
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ReptuneError(f"refusing to delete {run_dir}: it is a file, not a run directory")
+    if any(run_dir.iterdir()) and not is_reptune_output(run_dir, "experiment"):
+        raise ReptuneError(f"refusing to delete {run_dir}: it holds no reptune run (no {RUN_MARKER} marker); remove it yourself or choose another -o")
+    for name in RUN_ENTRIES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    remove_stale_temps(run_dir)

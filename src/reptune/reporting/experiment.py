@@ -1028,8 +1028,31 @@ def _to_html(blocks: list[Any], run_dir: Path, title: str, failed: dict[str, str
 # ----------------------------------------------------------------------------- entry point
 
 
+# the JSON type of the top-level entries the report reads (null is allowed for each)
+_RESULT_SHAPES: dict[str, type] = {
+    "model": dict, "config": dict, "seeds": list, "data": dict, "tasks": list, "skipped": list, "vector": dict,
+    "sweep": dict, "training": dict, "conditions": list, "scores": dict, "eval_files": dict, "comparisons": list,
+    "robustness": dict, "projection": dict, "representation": list, "claims": list, "findings": list,
+    "headline": dict, "timings": dict, "versions": dict,
+}
+_LIST_OF_OBJECTS = ("skipped", "conditions", "comparisons", "representation", "claims")
+
+
+def _check_shape(results: dict[str, Any], path: Path) -> None:
+    """One-line ReptuneError when a (hand-edited) results file has an entry of the wrong JSON type."""
+    names = {dict: "an object", list: "a list"}
+    for key, kind in _RESULT_SHAPES.items():
+        value = results.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise ReptuneError(f"{path}: {key!r} must be {names[kind]}, got {type(value).__name__}; rebuild the file with `reptune run`")
+    for key in _LIST_OF_OBJECTS:
+        bad = next((i for i, item in enumerate(results.get(key) or []) if not isinstance(item, dict)), None)
+        if bad is not None:
+            raise ReptuneError(f"{path}: {key}[{bad}] must be an object; rebuild the file with `reptune run`")
+
+
 def load_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check ``run_dir/results.json``."""
+    """Read and check ``run_dir/results.json`` (format and the type of every entry the report reads)."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise ReptuneError(f"{path}: not found (write it with `reptune run EXPERIMENT.yaml -o {run_dir}`)")
@@ -1037,9 +1060,12 @@ def load_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReptuneError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ReptuneError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(results, dict) or not str(results.get("format", "")).startswith(FORMAT_PREFIX):
         found = results.get("format") if isinstance(results, dict) else type(results).__name__
         raise ReptuneError(f"{path}: not a reptune experiment results file (format {found!r}, expected {FORMAT_PREFIX}N)")
+    _check_shape(results, path)
     return results
 
 
@@ -1051,7 +1077,11 @@ def write_report(run_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """
     run_dir = Path(run_dir)
     results = load_results(run_dir)
-    plan = _plan(results)
+    try:
+        plan = _plan(results)
+    except (AttributeError, TypeError, KeyError, ValueError, IndexError) as exc:  # a hand-edited entry deeper down
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
+        raise ReptuneError(f"{run_dir / 'results.json'}: unexpected content ({detail}); rebuild the file with `reptune run`") from exc
     (run_dir / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     failed: dict[str, str] = {}

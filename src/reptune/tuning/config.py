@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,7 +141,16 @@ class TuneConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ReptuneError on any inconsistent setting (before any model work)."""
+        """Raise ReptuneError on any inconsistent setting (before any model work).
+
+        Every number must be finite (a NaN or infinite learning rate or weight would only show up
+        as a diverged loss at step 1); learning rates lie in (0, 1].
+        """
+        numbers = {"lr": self.lr, "w_tok": self.w_tok, "w_rep": self.w_rep, "w_retain": self.w_retain, "weight_decay": self.weight_decay,
+                   "max_grad_norm": self.max_grad_norm, "val_fraction": self.val_fraction, **{f"param_groups[{i}].lr": g.lr for i, g in enumerate(self.param_groups)}}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ReptuneError(f"{name} must be a finite number, got {value!r}")
         checks = [
             (self.rep_mode in REP_MODES, f"rep_mode must be one of {REP_MODES}"),
             (self.rep_sign in (1, -1), "rep_sign must be 1 or -1"),
@@ -151,7 +161,8 @@ class TuneConfig:
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
             (self.eval_every >= 1 and self.checkpoint_every >= 1, "eval_every and checkpoint_every must be at least 1"),
             (self.patience >= 1, "patience must be at least 1"),
-            (self.lr > 0 and all(group.lr > 0 for group in self.param_groups), "learning rates must be positive"),
+            (0 < self.lr <= 1 and all(0 < group.lr <= 1 for group in self.param_groups), "learning rates must be in (0, 1]"),
+            (self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be non-negative"),
             (min(self.w_tok, self.w_rep, self.w_retain) >= 0, "loss weights must be non-negative"),
             (self.w_tok > 0 or self.w_rep > 0, "at least one of w_tok and w_rep must be positive"),
             (self.lora_rank >= 1, "lora_rank must be at least 1"),

@@ -9,6 +9,7 @@ Checkpoints and outputs are safetensors + JSON, written atomically; nothing is p
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from reptune._io import write_json_atomic, write_text_atomic
+from reptune._io import remove_stale_temps, sha256_json, write_json_atomic, write_run_marker, write_text_atomic
 from reptune._progress import progress_bar
 from reptune.activations import _StopForward, capture_layers, tokenize_examples
 from reptune.data.ab import letter_token_ids
@@ -548,6 +549,23 @@ def _checkpoint_dir(output: Path) -> Path:
     return output / "checkpoints"
 
 
+def run_fingerprint(tuner: Tuner) -> dict[str, str | None]:
+    """SHA-256 of what a run learns from: its items (train + validation) and the vector's used layers.
+
+    Saved with every checkpoint; ``--resume`` refuses a checkpoint made from other data or
+    another vector (the settings are compared separately).
+    """
+    items = [[item.prompt, item.completion, item.correct, item.label] for item in (*tuner.train_items, *tuner.val_items)]
+    vector = None
+    if tuner.rep_vectors:
+        digest = hashlib.sha256()
+        for layer, tensor in sorted(tuner.rep_vectors.items()):
+            digest.update(f"layer.{layer}:".encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        vector = digest.hexdigest()
+    return {"items": sha256_json(items), "vector": vector}
+
+
 def _save_checkpoint(tuner: Tuner, output: Path, loop: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
     root = _checkpoint_dir(output)
     root.mkdir(parents=True, exist_ok=True)
@@ -558,7 +576,8 @@ def _save_checkpoint(tuner: Tuner, output: Path, loop: dict[str, Any], best: dic
     save_file(tuner.optimizer_tensors() or {"empty": torch.zeros(1)}, str(staging / "optimizer.safetensors"))
     if best is not None:
         save_file(best, str(staging / "best.safetensors"))
-    (staging / "state.json").write_text(json.dumps({**loop, "config": tuner.config.to_json()}), encoding="utf-8")
+    state = {**loop, "config": tuner.config.to_json(), "fingerprint": run_fingerprint(tuner)}
+    (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
     final = root / f"step-{loop['step']}"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
@@ -580,6 +599,15 @@ def _load_checkpoint(tuner: Tuner, output: Path) -> tuple[dict[str, Any], dict[s
     differing = sorted(key for key in current if key not in {"steps", "patience"} and saved.get(key) != current[key])
     if differing:
         raise ReptuneError(f"cannot resume: the checkpoint in {folder} was made with different settings ({', '.join(differing)})")
+    saved_print, current_print = loop.pop("fingerprint", None), run_fingerprint(tuner)
+    if isinstance(saved_print, dict):  # checkpoints of older versions have none
+        what = {"items": "training data", "vector": "vector"}
+        changed = [what[key] for key in what if saved_print.get(key) != current_print[key]]
+        if changed:
+            raise ReptuneError(
+                f"cannot resume: the checkpoint in {folder} was made with a different {' and '.join(changed)}; "
+                "use the same --data/--limit/--vector, or another --output"
+            )
     tuner.load_trainable(load_file(str(folder / "trainable.safetensors")))
     optimizer = load_file(str(folder / "optimizer.safetensors"))
     optimizer.pop("empty", None)
@@ -626,6 +654,8 @@ def tune(
         raise ReptuneError(f"output {output} is a file, not a directory")
     tuner = Tuner(handle, config, items, vector, retain_texts=retain_texts, allow_model_mismatch=allow_model_mismatch)
     output.mkdir(parents=True, exist_ok=True)
+    write_run_marker(output, "tune")
+    _forget_finished(output)
     loop: dict[str, Any] = {"step": 0, "history": [], "val_history": [], "best_val": None, "best_step": None, "bad_evals": 0, "stopped": None}
     best: dict[str, torch.Tensor] | None = None
     if resume:
@@ -688,7 +718,19 @@ def tune(
     return result
 
 
+def _forget_finished(output: Path) -> None:
+    """Before (re)training into ``output``: drop what a killed write left and the old completion record.
+
+    ``metrics.json`` is written last, so its presence means the weights beside it are complete;
+    a run that starts again removes it until it has finished again.
+    """
+    remove_stale_temps(output)
+    remove_stale_temps(_checkpoint_dir(output))
+    (output / "metrics.json").unlink(missing_ok=True)
+
+
 def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | None, vector_path: str | None, data_origin: str | None, save_model: bool) -> None:
+    """Write the run's files; ``metrics.json`` (the completion record) goes last, after the weights."""
     from reptune._plots import plot_loss_curves
 
     output, handle = result.output_dir, tuner.handle
@@ -696,7 +738,6 @@ def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | No
         output / "tune_config.json",
         {**tuner.config.to_json(), "vector": vector_path, "data": data_origin, "base_model": handle.model_id, "plan": tuner.plan()},
     )
-    write_json_atomic(output / "metrics.json", result.metrics)
     write_json_atomic(output / "loss_curves.json", {"train": result.history, "val": result.val_history})
     if result.history:
         plot_loss_curves(result.history, result.val_history, output / "loss_curves.png", title=f"{tuner.config.preset} on {handle.model_id}")
@@ -717,6 +758,7 @@ def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | No
             os.replace(path, output / path.name)
         staging.rmdir()
     write_text_atomic(output / "README.md", _model_card(tuner, result, vector, vector_path, data_origin))
+    write_json_atomic(output / "metrics.json", result.metrics)  # last: "completed" only once everything is there
 
 
 def _model_card(tuner: Tuner, result: TuneResult, vector: SteeringVector | None, vector_path: str | None, data_origin: str | None) -> str:
