@@ -358,7 +358,7 @@ def tune(
     overrides = {
         "layers": layers, "rep_layers": rep_layers, "rep_positions": rep_positions, "lora": lora or None, "steps": steps,
         "lr": lr, "batch_size": batch_size, "retain": retain, "retain_data": retain_data, "w_tok": w_tok, "w_rep": w_rep,
-        "w_retain": w_retain, "eval_every": eval_every, "patience": patience, "checkpoint_every": checkpoint_every,
+        "w_retain": w_retain if w_retain is not None else (1.0 if retain not in (None, "none") else None), "eval_every": eval_every, "patience": patience, "checkpoint_every": checkpoint_every,
         "limit": limit, "seed": seed, "autocast": "bf16" if _resolved_precision(precision, device) == "bf16" else "none",
         "train_modules": train_modules, "allow_blocks_beyond_rep": allow_blocks_beyond_rep or None,
         "param_groups": _parse_param_groups(param_group or []) or None,
