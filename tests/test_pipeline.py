@@ -398,3 +398,25 @@ def csv_rows(path: Path) -> list[dict]:
 
     with path.open(encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_gpu_config_dry_run_lists_what_each_term_trains(tmp_path, cli_run):
+    """`reptune run gpu-llama2-13b --plan` on a tiny 20-layer Llama stand-in: the paper's routing, per variant."""
+    import json
+
+    from conftest import build_model
+
+    handle = build_model("llama", num_layers=20, chat=True)
+    handle.model.save_pretrained(tmp_path / "m")
+    handle.tokenizer.save_pretrained(tmp_path / "m")
+    result = cli_run("run", "gpu-llama2-13b", "--plan", "--set", f"model={tmp_path / 'm'}")
+    assert result.code == 0, result.err
+    plan = json.loads(result.out)
+    assert plan["layer"] == 15 and plan["items"] == "ab"
+    honesty = plan["variants"]["honesty"]["terms"]
+    assert honesty["representation"]["layers"] == "11-17"  # every trained layer, each with its own direction
+    assert set(honesty["representation"]["updates"]) == {"self_attn.v_proj.weight", "self_attn.o_proj.weight"}  # paper routing
+    assert len(honesty["token"]["updates"]) > 2 and honesty["token"]["weight"] == pytest.approx(0.01)
+    assert "representation" not in plan["variants"]["truth"]["terms"]
+    assert plan["variants"]["tune-out"]["terms"]["token"]["weight"] == pytest.approx(0.01)  # |cos| plus the truth token loss / 100
+    assert not any(tmp_path.glob("runs"))

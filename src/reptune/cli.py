@@ -474,6 +474,7 @@ def run_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<name>).")] = None,
     settings: SetOpt = [],  # noqa: B006 (typer reads the default)
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Dry run: load the model and print, per variant, which tensors each loss term updates, at which layers and positions; writes nothing.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete what an earlier run wrote in the run directory first (no reuse of finished stages).")] = False,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
@@ -493,6 +494,13 @@ def run_cmd(
     config = load_config(path, overrides)
     if print_config:
         typer.echo(config.to_yaml())
+        return
+    if plan:
+        import json
+
+        from reptune.pipeline.experiment import plan_experiment
+
+        console.print_json(json.dumps(plan_experiment(config, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)))
         return
     output = output or Path("runs") / config.name
     _check_run_dir(output)  # before anything is deleted: a folder of the user's is refused, not cleaned

@@ -27,8 +27,14 @@ class _Strict(BaseModel):
 
 
 def check_task(name: str, options: dict[str, Any] | None = None) -> str:
-    """``name`` if it is a registered task (and ``options`` are its options), else ValueError listing the known ones."""
+    """``name`` if it is a registered task (and ``options`` are its options), else ValueError listing the known ones.
+
+    ``auto`` (the headline task, resolved once the data is known) is accepted.
+    """
     from reptune.evaluation import get_task
+
+    if name == "auto":
+        return name
 
     try:
         get_task(name, **(options or {}))
@@ -115,6 +121,7 @@ class TrainConfig(_Strict):
     patience: int = Field(5, ge=1)
     checkpoint_every: int = Field(20, ge=1)
     limit: int | None = Field(None, ge=1)
+    paper: bool = False  # the paper's optimisation (TuneConfig.from_preset(paper=True)): its learning rates, AdamW eps/decay, warm-up, routing
     rep_positions: str = "auto"  # auto: the statement tokens for twins, the last prompt token for A/B items
 
 
@@ -168,10 +175,15 @@ class EvaluationConfig(_Strict):
     skip_missing_data: bool = True
     representation_items: int = Field(64, ge=1)  # test prompts for cosine / projection evidence
 
-    @field_validator("tasks", "counter_tasks")
+    @field_validator("tasks", "counter_tasks", "base_only_tasks")
     @classmethod
     def _known_tasks(cls, value: list[str]) -> list[str]:
         return [check_task(name) for name in value]  # a typo fails here, not after the vector stage
+
+    @field_validator("headline")
+    @classmethod
+    def _known_headline(cls, value: str) -> str:
+        return check_task(value)
 
     @model_validator(mode="after")
     def _known_options(self) -> EvaluationConfig:

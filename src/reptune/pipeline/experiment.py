@@ -586,13 +586,14 @@ class Experiment:
         overrides = {
             # the representation loss at every trained layer, each with its own direction (as the paper)
             "layers": layers, "rep_layers": layers, "rep_positions": rep_positions,
-            "steps": variant.steps or t.steps, "lr": variant.lr or t.lr, "batch_size": variant.batch_size or t.batch_size,
+            # with paper settings the paper's learning rates stand unless a variant names its own
+            "steps": variant.steps or t.steps, "lr": variant.lr or (None if t.paper else t.lr), "batch_size": variant.batch_size or t.batch_size,
             "eval_every": t.eval_every, "patience": t.patience, "checkpoint_every": t.checkpoint_every, "limit": t.limit,
             "lora": variant.lora, "retain": variant.retain, "seed": seed, "autocast": self.autocast,
             "w_retain": 1.0 if variant.retain != "none" else None,  # explicit: TuneConfig no longer defaults it
             **variant.options,
         }
-        return TuneConfig.from_preset(variant.preset, **overrides)
+        return TuneConfig.from_preset(variant.preset, paper=t.paper, **overrides)
 
     def _train_stage(self, variant: Any, seed: int, trained: dict[str, Any]) -> dict[str, Any]:
         name = f"train:{variant.name}:s{seed}"
@@ -620,6 +621,7 @@ class Experiment:
                 "best_step": result.metrics["best_step"], "elapsed_s": round(result.metrics["seconds"], 1),
                 "stopped": result.metrics["stopped"], "loss_curves": _curves(curves), "metrics": result.metrics,
                 "layers": config.layers, "lr": config.lr, "lora": config.lora, "retain": config.retain,
+                "plan": json.loads((folder / "tune_config.json").read_text(encoding="utf-8")).get("plan"),
             }
 
         steps = config.steps
@@ -757,6 +759,40 @@ def select_multipliers(rows: list[dict[str, Any]], threshold: float) -> tuple[di
             chosen[side] = min(cells, key=lambda r: abs(r["multiplier"]))["multiplier"]
             rule += f" Every {side} cell was degenerate, so the smallest {side} multiplier was used."
     return chosen, rule
+
+
+def plan_experiment(config: ExperimentConfig, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> dict[str, Any]:
+    """A dry run: per variant, which tensors each loss term updates, at which layers and positions.
+
+    Loads the model (no training, no evaluation, nothing written) and resolves every variant's
+    tuning config as the run would, at ``vector.layer`` (``auto``: the middle layer, since the
+    scan and the sweep that would choose it are not run). The vector is a stand-in with a
+    direction at every layer: the plan depends on where the vector has directions, not on them.
+    """
+    from reptune.tuning.data import load_tune_items
+    from reptune.tuning.trainer import tuning_plan
+    from reptune.vectors import SteeringVector, VectorMeta
+
+    exp = Experiment(config, Path("."), progress=False, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    handle = exp.base()
+    exp.num_layers = handle.num_layers
+    exp.layer = config.vector.layer if isinstance(config.vector.layer, int) else handle.num_layers // 2
+    exp.data = {"twins": has_pairs(list(_statement_records(config.data.statements)))}
+    items, _ = load_tune_items(config.data.statements, handle.tokenizer, kind=exp.item_kind, limit=16)
+    meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers, method="plan stand-in")
+    vector = SteeringVector({layer: torch.ones(handle.hidden_size) for layer in range(handle.num_layers)}, meta)
+    plans: dict[str, Any] = {"layer": exp.layer, "items": exp.item_kind, "variants": {}}
+    for variant in config.variants:
+        tune_config = exp._tune_config(variant, config.seeds[0])
+        plans["variants"][variant.name] = tuning_plan(handle, tune_config, items, vector if tune_config.uses_vector else None, allow_model_mismatch=True)
+    return plans
+
+
+def _statement_records(spec: str) -> list[Any]:
+    from reptune.data.sources import read_source
+
+    source = read_source(spec)
+    return list(source.records) if source.kind == "statements" else []
 
 
 def _curves(curves: dict[str, Any]) -> dict[str, list[float]]:

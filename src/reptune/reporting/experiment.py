@@ -645,6 +645,24 @@ def _section_config(plan: _Plan, results: dict[str, Any]) -> None:
         plan.add(_Code(str(text).rstrip("\n"), "yaml"))
     else:
         plan.para("Not recorded.")
+    _section_training_plan(plan, results)
+
+
+def _section_training_plan(plan: _Plan, results: dict[str, Any]) -> None:
+    """Per variant: which loss term updates which tensors, at which layers and positions (first seed)."""
+    rows = []
+    for variant, by_seed in (results.get("training") or {}).items():
+        info = next(iter((by_seed or {}).values()), None) or {}
+        for term, spec in ((info.get("plan") or {}).get("terms") or {}).items():
+            updates = spec.get("updates")
+            if isinstance(updates, dict):
+                updates = "; ".join(f"{name} ({blocks})" for name, blocks in updates.items())
+            rows.append([variant, term, fmt(spec.get("weight")), str(spec.get("loss") or "-"), str(spec.get("layers") or "-"),
+                         str(spec.get("position") or spec.get("positions") or "-"), _short(updates or "-", 160)])
+    if rows:
+        plan.add(_Heading(3, "What each loss term trains"))
+        plan.para("Resolved on the model (from each variant's tune_config.json): the loss terms, their weights, the layers and positions they read, and the tensors they update (blocks in brackets).")
+        plan.add(_Table(["variant", "term", "weight", "loss", "layers", "positions", "updates"], rows))
 
 
 def _section_footer(plan: _Plan, results: dict[str, Any]) -> None:

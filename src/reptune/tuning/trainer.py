@@ -492,6 +492,10 @@ class Tuner:
             plan["terms"]["representation"]["trained_blocks_without_rep_loss"] = _compact([layer for layer in self.layers if layer not in self.rep_vectors])
         if "retain" in plan["terms"] and self.retain_info is not None:
             plan["terms"]["retain"].update(self.retain_info)
+        if self.twins and "token" in plan["terms"] and config.token_target in {"truth", "lie", "soft"}:
+            target = {"truth": "the true twin", "lie": "the false twin", "soft": "50/50 over the twins"}[config.token_target]
+            plan["terms"]["token"]["loss"] = f"pairwise sequence loss -log softmax([logp(true), logp(false)]) toward {target}"
+            plan["terms"]["token"]["position"] = "every token of both twins (summed log-prob of each reply)"
         by_id = {id(param): name for name, param in self.named_params}
         plan["optimizer"]["groups"] = [
             {"lr": base, "params": self._by_block([(by_id[id(param)], param) for param in group["params"]])}
