@@ -222,3 +222,45 @@ def test_cli_eval_gcg(cli_run, items_file, tmp_path):
     bad = cli_run("eval", "--model", tmp_path / "absent-model", "--tasks", "gcg", "--set", "gcg.steps=0", "-o", tmp_path / "x.json")
     assert bad.code == 2 and len(bad.error_lines()) == 1 and "steps must be at least 1" in bad.error_lines()[0]
     assert math.isfinite(saved["metrics"]["mean_loss"]["value"])
+
+
+SMOL_LIKE = (  # SmolLM2's layout: its BOS text opens every turn, and its tokenizer adds no BOS itself
+    "{% for m in messages %}<bos>{{ m['role'] }}\n{{ m['content'] }}<eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}<bos>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_prompt_is_tokenised_as_lm_eval_with_role_markers_kept(adds_bos):
+    from tokenizers import processors
+
+    from reptune.evaluation.gcg import gcg_prompt
+    from reptune.evaluation.scoring import prompt_token_ids
+
+    tokenizer = build_model("llama", chat=True).tokenizer
+    tokenizer.chat_template = SMOL_LIKE
+    if adds_bos:  # Llama-2 style: the tokenizer adds BOS, the template starts with it once
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", tokenizer.bos_token_id)])
+        tokenizer.chat_template = "<bos>" + CHAT_TEMPLATE_TAIL
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Is the sky blue?" + SLOT}], tokenize=False, add_generation_prompt=True)
+    before, after = split_prompt(tokenizer, prompt)
+    text_before, text_after = prompt.split(SLOT)
+    assert before == prompt_token_ids(tokenizer, text_before)
+    assert after == tokenizer(text_after, add_special_tokens=False)["input_ids"]
+    assert (before + after).count(tokenizer.bos_token_id) == prompt.count("<bos>")
+    assert gcg_prompt(tokenizer, prompt).startswith("<bos>") != adds_bos
+
+
+CHAT_TEMPLATE_TAIL = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_nanogcg_reads_the_same_tokens_as_the_check(items_file):
+    handle = build_model("llama", chat=True)  # random: every token of the prompt moves the loss
+    handle.tokenizer.chat_template = SMOL_LIKE
+    result = evaluate(handle, [get_task("gcg", data=str(items_file), **{**BUDGET, "steps": 2, "early_stop": False})])["gcg"]
+    for record in result.records:  # nanogcg's own loss of the suffix it returns == the check's
+        assert record["gcg_loss"] == pytest.approx(record["loss"], abs=1e-5)
+    assert handle.tokenizer.chat_template == SMOL_LIKE

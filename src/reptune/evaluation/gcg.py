@@ -52,7 +52,6 @@ Advance = Callable[[int], None]
 SLOT = "{optim_str}"  # where nanogcg puts the suffix
 WORD_TEMPLATE = "Is the following statement true or false?\nStatement: {statement}\nAnswer with True or False."
 INSTALL_HINT = "pip install --no-deps nanogcg==0.3.0 (its pin transformers<=4.47.1 is too old for reptune; it runs on 5.x)"
-_IDENTITY_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 _BUDGET = ("steps", "search_width", "suffix_length", "topk")
 
 
@@ -94,17 +93,59 @@ def initial_suffix(tokenizer: Any, length: int) -> str:
     raise ReptuneError(f"gcg: cannot build an initial suffix of {length} tokens with this tokenizer")
 
 
-def split_prompt(tokenizer: Any, prompt: str) -> tuple[list[int], list[int]]:
-    """``(before ids, after ids)`` around the suffix slot, tokenised as nanogcg does.
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer's default encoding starts with its BOS token (Llama, Gemma; not GPT-2, SmolLM2, Qwen)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("x")["input_ids"]
+    return bos is not None and len(ids) > len(tokenizer("x", add_special_tokens=False)["input_ids"]) and ids[0] == bos
 
-    The text before the slot loses a leading BOS text and is tokenised with the tokenizer's
-    default special tokens; the text after it without any.
+
+def gcg_prompt(tokenizer: Any, prompt: str) -> str:
+    """The rendered prompt as handed to nanogcg: a leading BOS text dropped only where the tokenizer adds BOS itself.
+
+    nanogcg tokenises the text before the suffix with the default special tokens, so this
+    gives the ids of :func:`reptune.evaluation.scoring.prompt_token_ids` (lm-eval's rule). (Left
+    to itself, nanogcg deletes *every* BOS text of a prompt that starts with one: on SmolLM2,
+    whose BOS is ``<|im_start|>``, that erased the role markers of the chat template.)
     """
-    before, after = prompt.split(SLOT)
     bos = getattr(tokenizer, "bos_token", None)
-    if bos and before.startswith(bos):
-        before = before.replace(bos, "")
+    if bos and prompt.startswith(bos) and adds_bos(tokenizer):
+        return prompt[len(bos) :]
+    return prompt
+
+
+def split_prompt(tokenizer: Any, prompt: str) -> tuple[list[int], list[int]]:
+    """``(before ids, after ids)`` around the suffix slot of a rendered prompt, as nanogcg tokenises them.
+
+    The text before the slot (see :func:`gcg_prompt`) with the tokenizer's default special
+    tokens, the text after it without any.
+    """
+    before, after = gcg_prompt(tokenizer, prompt).split(SLOT)
     return list(tokenizer(before)["input_ids"]), list(tokenizer(after, add_special_tokens=False)["input_ids"])
+
+
+class _RenderedPromptTokenizer:
+    """The tokenizer as nanogcg sees it: the real one, but the prompt arrives already rendered.
+
+    Its "chat template" returns the message text as it is (reptune rendered it), and it has no
+    ``bos_token``, so nanogcg neither installs a template on the real tokenizer nor deletes BOS
+    texts from the prompt (:func:`gcg_prompt` did what is needed).
+    """
+
+    chat_template = "rendered by reptune"
+    bos_token = None
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]], **_kwargs: Any) -> str:
+        return "".join(message["content"] for message in messages)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
 
 
 def suffix_token_ids(tokenizer: Any, suffix: str) -> list[int]:
@@ -135,7 +176,7 @@ def target_scores(handle: ModelHandle, prompts: Sequence[Sequence[int]], target:
 
 # ------------------------------------------------------------------------------ nanogcg
 @contextlib.contextmanager
-def _quiet_nanogcg(tokenizer: Any) -> Iterator[None]:
+def _quiet_nanogcg() -> Iterator[None]:
     """Run nanogcg without its side effects, all restored on exit.
 
     nanogcg prints a progress bar and log lines, calls ``gc.collect()`` before and after
@@ -148,17 +189,16 @@ def _quiet_nanogcg(tokenizer: Any) -> Iterator[None]:
     from nanogcg import utils
 
     logger = logging.getLogger("nanogcg")
-    saved = (core.tqdm, core.gc, utils.gc, logger.level, tokenizer.chat_template)
+    saved = (core.tqdm, core.gc, utils.gc, logger.level)
     deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     quiet_gc = types.SimpleNamespace(collect=lambda *_a: 0)
     core.tqdm, core.gc, utils.gc = (lambda iterable, **_k: iterable), quiet_gc, quiet_gc
     logger.setLevel(logging.ERROR)
-    tokenizer.chat_template = _IDENTITY_TEMPLATE
     try:
         with torch.enable_grad():
             yield
     finally:
-        core.tqdm, core.gc, utils.gc, level, tokenizer.chat_template = saved
+        core.tqdm, core.gc, utils.gc, level = saved
         logger.setLevel(level)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
@@ -174,16 +214,21 @@ def gcg_config(options: dict[str, Any], init: str) -> Any:
     )
 
 
+def new_attack(handle: ModelHandle, config: Any) -> Any:
+    """A ``nanogcg.GCG`` on the handle's model (its list of forbidden tokens is computed here, once)."""
+    with _quiet_nanogcg():
+        return _nanogcg().GCG(handle.model, _RenderedPromptTokenizer(handle.tokenizer), config)
+
+
 def optimise_suffix(handle: ModelHandle, prompt: str, target: str, config: Any, attack: Any = None) -> tuple[str, float, int]:
     """Run GCG on one rendered prompt (holding :data:`SLOT`); ``(suffix, nanogcg's best loss, steps run)``.
 
-    ``attack``: a ``nanogcg.GCG`` to reuse (its forbidden-token list is computed once).
+    ``attack``: a :func:`new_attack` to reuse across items.
     """
-    nanogcg = _nanogcg()
-    with _quiet_nanogcg(handle.tokenizer), handle.autocast():
-        attack = attack or nanogcg.GCG(handle.model, handle.tokenizer, config)
+    attack = attack or new_attack(handle, config)
+    with _quiet_nanogcg(), handle.autocast():
         attack.config, attack.stop_flag = config, False  # stop_flag is never reset by nanogcg
-        result = attack.run([{"role": "user", "content": prompt}], target)
+        result = attack.run([{"role": "user", "content": gcg_prompt(handle.tokenizer, prompt)}], target)
     return result.best_string, float(result.best_loss), len(result.losses)
 
 
@@ -341,9 +386,7 @@ class GCGTask(Task):
                 suffix, record["transferred"] = item["suffix"], True
             else:
                 config = gcg_config(self.options, self._init)
-                if attack is None:
-                    with _quiet_nanogcg(handle.tokenizer):
-                        attack = _nanogcg().GCG(handle.model, handle.tokenizer, config)
+                attack = attack or new_attack(handle, config)
                 suffix, record["gcg_loss"], record["steps_run"] = optimise_suffix(handle, item["prompt"], item["target"], config, attack)
                 record["transferred"] = False
             before, after = split_prompt(handle.tokenizer, item["prompt"])
