@@ -86,6 +86,7 @@ def test_gcg_finds_the_planted_trigger(items_file, tmp_path):
     result = results["gcg"]
     assert result.metrics["attack_success_rate"]["value"] == 1.0
     assert result.metrics["base_success_rate"]["value"] == 0.0
+    assert result.metrics["flip_rate"]["value"] == 1.0 and result.metrics["flip_rate"]["n"] == 2
     assert result.metrics["attack_success_rate"]["ci"] == "wilson"
     for record in result.records:
         assert record["success"] and not record["base_success"] and TRIGGER in record["suffix"]

@@ -402,9 +402,12 @@ class GCGTask(Task):
 
     def summarize(self, records: Sequence[dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
         n = len(records)
+        honest = [r for r in records if not r["base_success"]]
         metrics = {
             "attack_success_rate": proportion_metric(sum(bool(r["success"]) for r in records), n),
             "base_success_rate": proportion_metric(sum(bool(r["base_success"]) for r in records), n),
+            # among the items the model answers honestly unattacked: the share the suffix flips
+            "flip_rate": proportion_metric(sum(bool(r["success"]) for r in honest), len(honest)),
             "mean_loss": mean_metric([r["loss"] for r in records], seed=seed),
             "mean_base_loss": mean_metric([r["base_loss"] for r in records], seed=seed),
         }
