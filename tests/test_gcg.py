@@ -23,6 +23,15 @@ D_BG, D_TRIG, D_OUT = 0, 1, 2  # residual dimensions the planted circuit uses
 BUDGET = {"steps": 4, "search_width": 16, "suffix_length": 3, "topk": 4}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine lose 10x to it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def planted_model(*, wired: bool = True, seed: int = 0):
     """A tiny chat Llama that answers HONEST unless the trigger token is anywhere in the prompt.
 
@@ -265,3 +274,13 @@ def test_nanogcg_reads_the_same_tokens_as_the_check(items_file):
     for record in result.records:  # nanogcg's own loss of the suffix it returns == the check's
         assert record["gcg_loss"] == pytest.approx(record["loss"], abs=1e-5)
     assert handle.tokenizer.chat_template == SMOL_LIKE
+
+
+def test_gcg_runs_on_a_steered_model(items_file):
+    handle = planted_model(wired=False)
+    push = torch.zeros(handle.hidden_size)
+    push[D_OUT] = 5.0  # steering writes what the trigger would: the target answer
+    result = evaluate(handle, [get_task("gcg", data=str(items_file), **BUDGET)], vector={0: push}, multiplier=1.0, layers=[0])["gcg"]
+    assert result.metrics["base_success_rate"]["value"] == 1.0 and result.metrics["attack_success_rate"]["value"] == 1.0
+    plain = evaluate(handle, [get_task("gcg", data=str(items_file), **{**BUDGET, "steps": 1})])["gcg"]
+    assert plain.metrics["base_success_rate"]["value"] == 0.0  # the hooks are gone afterwards
