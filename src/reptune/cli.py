@@ -688,7 +688,7 @@ def _task_options(names: list[str], data: list[str], settings: list[str]) -> dic
 
 @app.command("eval")
 def eval_cmd(
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks: facts-ab, tqa-ab, tqa-mc1, tqa-mc2, mmlu, perplexity, kl, caa:<behaviour>, openended, robustness, projection, lm-eval:<task>.")],
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks: facts-ab, tqa-ab, tqa-mc1, tqa-mc2, mmlu, perplexity, kl, caa:<behaviour>, openended, robustness, projection, gcg, lm-eval:<task>.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Results JSON (per-item records included); an interrupted run resumes from OUTPUT.partial/.")],
     model: ModelOpt = None,
     vector: Annotated[Path | None, typer.Option("--vector", "-v", help="Steer with this vector file while evaluating.")] = None,

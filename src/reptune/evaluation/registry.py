@@ -292,6 +292,7 @@ def get_task(name: str, **options: Any) -> Task:
 
 def _ensure_builtin() -> None:
     import reptune.evaluation.facts
+    import reptune.evaluation.gcg  # nanogcg itself is imported only when the task runs
     import reptune.evaluation.lmeval  # lm-eval itself is imported only when the task runs
     import reptune.evaluation.openended
     import reptune.evaluation.projection
