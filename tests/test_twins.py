@@ -132,3 +132,21 @@ def test_twin_items_put_both_twins_in_one_batch_with_the_statement_as_completion
     batch = tuner._tokenize(items, rep_positions="generated")
     assert batch.input_ids.shape[0] == 4  # 2 facts x (true, false)
     assert bool((batch.rep_mask == batch.completion_mask).all()) and int(batch.completion_mask.sum()) > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma", "gpt_neox", "phi"])
+def test_twin_scoring_with_shared_tokens_equals_scoring_whole_rows(arch):
+    """Each pair's common tokens run once; the log-probs equal the plain row scorer's."""
+    from reptune.data.pairs import render_chat
+    from reptune.evaluation.twin_scoring import twin_logprobs
+
+    handle = build_model(arch, chat=True)
+    twins = [("The sky is blue.", "The sky is green."), ("Water boils at 100 degrees.", "Water boils at 50 degrees."),
+             ("Cats are mammals.", "Dogs are mammals."), ("Paris is the capital of France.", "Paris is the capital of the world today.")]
+    prompt = render_chat(handle.tokenizer, "Make a statement.")
+    fast = twin_logprobs(handle, prompt, twins, batch_size=3)  # batches of 3 and 1 pairs: padding in both stages
+    whole = continuation_logprobs(handle, [(prompt, text) for twin in twins for text in twin], share_prefix=False)
+    for index, pair in enumerate(fast):
+        for side, score in enumerate(pair):
+            assert score.logprob == pytest.approx(whole[2 * index + side].logprob, abs=1e-4)
+            assert score.n_tokens == whole[2 * index + side].n_tokens and score.greedy == whole[2 * index + side].greedy

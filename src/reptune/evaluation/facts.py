@@ -26,6 +26,7 @@ from reptune.errors import DataError
 from reptune.evaluation.registry import RunContext, Task, register_task
 from reptune.evaluation.scoring import continuation_logprobs, next_token_logprobs
 from reptune.evaluation.statistics import mean_metric, proportion_metric
+from reptune.evaluation.twin_scoring import twin_logprobs
 from reptune.models import ModelHandle
 
 Advance = Callable[[int], None]
@@ -58,11 +59,14 @@ class FactsTwin(Task):
         return items, origin, digest
 
     def score(self, handle: ModelHandle, items: Sequence[dict[str, Any]], *, batch_size: int, context: RunContext, advance: Advance) -> list[dict[str, Any]]:
-        pairs = [(item["prompt"], item[side]) for item in items for side in ("true", "false")]
-        scores = continuation_logprobs(handle, pairs, batch_size=batch_size)
+        prompts = {item["prompt"] for item in items}
+        if len(prompts) == 1:  # each pair's shared tokens run once (equal to scoring the rows whole)
+            pairs = twin_logprobs(handle, next(iter(prompts)), [(item["true"], item["false"]) for item in items], batch_size=batch_size)
+        else:
+            scores = continuation_logprobs(handle, [(item["prompt"], item[side]) for item in items for side in ("true", "false")], batch_size=batch_size)
+            pairs = [(scores[2 * i], scores[2 * i + 1]) for i in range(len(items))]
         records = []
-        for index, item in enumerate(items):
-            true, false = scores[2 * index], scores[2 * index + 1]
+        for item, (true, false) in zip(items, pairs):
             margin = true.logprob - false.logprob
             records.append({
                 "pair": item["id"], "topic": item["topic"], "true": item["true"], "false": item["false"],
