@@ -384,7 +384,11 @@ def test_twin_study_by_default_sweeps_layers_gates_claims_and_records_knowledge(
     assert truth["layers"] == f"{max(0, layer - 1)}-{layer}"  # the `span` blocks ending at the chosen layer
     assert truth["metrics"]["train_items"] + truth["metrics"]["val_items"] == len(pairs["train"])  # one item per twin
     gate = results["learnability"]
-    assert set(gate["truth"]) == set(gate["lie"]) == {"0", "1"} and gate["untuned"] == next(r["value"] for r in sweep["rows"] if r["multiplier"] == 0)
+    assert set(gate["truth"]) == set(gate["lie"]) == {"0", "1"}
+    # the gate compares the tuned models with the untuned one on the same (whole) validation split
+    untuned_val = json.loads((tmp_path / "run" / "stages" / "check-untuned-s0" / "results.json").read_text(encoding="utf-8"))
+    assert gate["untuned"] == untuned_val["tasks"]["facts-twin"]["metrics"]["accuracy"]["value"]
+    assert untuned_val["tasks"]["facts-twin"]["metrics"]["accuracy"]["n"] == len(pairs["val"])
     if not gate["passed"]:  # two steps on a random model cannot pass it: no claim may be tested
         assert all(claim["verdict"] == "not tested" for claim in results["claims"])
     knowledge = results["knowledge"]

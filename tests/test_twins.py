@@ -150,3 +150,19 @@ def test_twin_scoring_with_shared_tokens_equals_scoring_whole_rows(arch):
         for side, score in enumerate(pair):
             assert score.logprob == pytest.approx(whole[2 * index + side].logprob, abs=1e-4)
             assert score.n_tokens == whole[2 * index + side].n_tokens and score.greedy == whole[2 * index + side].greedy
+
+
+def test_twin_token_loss_with_kept_logits_equals_full_logits():
+    """The LM head runs only from the position before the first reply token; the loss is unchanged."""
+    from reptune.tuning.trainer import Tuner
+
+    handle = build_model("llama", chat=True)
+    statements = [Statement("The sky is blue.", 1, pair="a"), Statement("The sky is red today.", 0, pair="a"),
+                  Statement("Cats purr.", 1, pair="b"), Statement("Cats bark.", 0, pair="b")]
+    items = twin_items(statements, handle.tokenizer)
+    tuner = Tuner(handle, TuneConfig.from_preset("truth", layers="0-3", steps=1, **FAST), items, None)
+    batch = tuner._tokenize(items)
+    kept = tuner.losses(batch, None)["tok"]
+    tuner._logits_to_keep_ok = False  # as a model class without logits_to_keep: every position, sliced
+    full = tuner.losses(batch, None)["tok"]
+    assert float(kept) == pytest.approx(float(full), abs=1e-6) and float(kept) > 0

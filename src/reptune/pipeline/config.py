@@ -240,6 +240,7 @@ class LearnabilityConfig(_Strict):
 
     enabled: bool = True
     min_move: float = Field(0.10, ge=0, le=1)
+    limit: int | None = Field(None, ge=1)  # validation items (None: the whole validation split)
 
 
 class ClaimThresholds(_Strict):

@@ -274,8 +274,11 @@ class Experiment:
         robustness: dict[str, Any] = {}
         projection: dict[str, Any] = {}
         self._extras("untuned", None, lambda: self.base(), robustness, projection)
+        untuned_check = self._check_stage("untuned", c.seeds[0], "untuned", lambda: self.base()) if c.learnability.enabled else None
         self.release_base()
         training, checks = self._train_and_evaluate(conditions, tasks, evals, representation, robustness, projection)
+        if untuned_check is not None:
+            checks["untuned"] = {str(c.seeds[0]): untuned_check}
         gate = self._learnability(sweep, checks)
         results = analysis.build_results(
             self, data=data, vector_info=vector_info, sweep=sweep, conditions=conditions, evals=evals,
@@ -331,11 +334,11 @@ class Experiment:
         """The headline behaviour of a tuned model on the validation split (the learnability check)."""
         from reptune.evaluation import evaluate
 
-        limit = self.config.sweep.limit
-        inputs = {"model": train_key, "data": self.store.keys["data"], "task": self.headline, "limit": limit}
+        limit = self.config.learnability.limit
+        inputs = {"model": self.model_key if train_key == "untuned" else train_key, "data": self.store.keys["data"], "task": self.headline, "limit": limit}
 
         def work(folder: Path) -> dict[str, Any]:
-            task = self._task(self.headline, split="val", tuned=True)
+            task = self._task(self.headline, split="val", tuned=train_key != "untuned")
             result = evaluate(loader(), [task], limit=limit, batch_size=self.config.evaluation.batch_size, seed=seed,
                               output=folder / "results.json", progress=self.progress)[task.full_name]
             return {"value": result.metrics[result.primary]["value"], "n": result.metrics[result.primary].get("n")}
@@ -345,7 +348,7 @@ class Experiment:
     def _learnability(self, sweep: dict[str, Any], checks: dict[str, dict[str, float]]) -> dict[str, Any] | None:
         if not self.config.learnability.enabled:
             return None
-        untuned = next((row["value"] for row in sweep["rows"] if row["multiplier"] == 0), None)
+        untuned = checks.get("untuned", {}).get(str(self.config.seeds[0]))
         gate = learnability_gate(untuned, list(checks.get("truth", {}).values()), list(checks.get("lie", {}).values()),
                                  min_move=self.config.learnability.min_move)
         return {**gate, "task": self.headline, "split": "val", "untuned": untuned, "truth": checks.get("truth", {}), "lie": checks.get("lie", {})}

@@ -356,26 +356,45 @@ class Tuner:
             return contextlib.nullcontext()
         return _autocast_with_fp32_head(self.handle.model, self.handle.device.type, dtype)
 
-    def _forward(self, batch: _Batch, capture: Sequence[int], need_logits: bool) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
-        """One forward pass; stops after the deepest captured layer when logits are not needed."""
+    def _forward(self, batch: _Batch, capture: Sequence[int], need_logits: bool, keep: int = 0) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+        """One forward pass; stops after the deepest captured layer when logits are not needed.
+
+        ``keep > 0`` asks for the logits of the last ``keep`` positions only (the LM head, a large
+        share of a small model's compute, then runs where a loss reads it); ``0`` = every position.
+        """
         stop = None if need_logits or not capture else max(capture)
         logits = None
+        kwargs = {"logits_to_keep": keep} if keep and self._takes_logits_to_keep() else {}
         with self._autocast(), capture_layers(self.handle, capture, stop_after=stop) as captured:
             try:
                 out = self.handle.model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False, **kwargs
                 )
                 logits = out.logits
+                if keep and logits.shape[1] != keep:  # a model class without logits_to_keep: every position came back
+                    logits = logits[:, -keep:]
             except _StopForward:
                 pass
             hidden = dict(captured)
         return logits, hidden
 
+    def _takes_logits_to_keep(self) -> bool:
+        import inspect
+
+        if not hasattr(self, "_logits_to_keep_ok"):
+            self._logits_to_keep_ok = "logits_to_keep" in inspect.signature(self.handle.model.forward).parameters
+        return self._logits_to_keep_ok
+
     def losses(self, batch: _Batch, retain_index: int | None) -> dict[str, torch.Tensor]:
         """All loss terms for one batch (and one retain batch); ``loss`` is the weighted total."""
         config = self.config
         need_logits = config.uses_tokens
-        logits, hidden = self._forward(batch, list(self.rep_vectors), need_logits)
+        # twins: the replies follow one shared prompt, so only the positions from the one before
+        # the first reply token on need logits
+        twin_tokens = need_logits and self.twins and config.token_target in {"truth", "lie", "soft"}
+        first = int(batch.completion_mask.float().argmax(-1).min()) if twin_tokens else 0
+        keep = batch.input_ids.shape[1] - first + 1 if twin_tokens and first > 0 else 0
+        logits, hidden = self._forward(batch, list(self.rep_vectors), need_logits, keep)
         zero = torch.zeros((), device=self.handle.device)
         terms: dict[str, torch.Tensor] = {"tok": zero, "rep": zero, "retain": zero, "cos": zero}
         if config.uses_vector:
@@ -384,8 +403,9 @@ class Tuner:
             terms["cos"] = torch.stack([cos for _, cos in rep_terms]).mean()
         if need_logits:
             assert logits is not None
-            if self.twins and config.token_target in {"truth", "lie", "soft"}:
-                logp = completion_logprobs(logits, batch.input_ids, batch.completion_mask)
+            if twin_tokens:
+                start = batch.input_ids.shape[1] - logits.shape[1]
+                logp = completion_logprobs(logits, batch.input_ids[:, start:], batch.completion_mask[:, start:])
                 half = logp.shape[0] // 2
                 terms["tok"] = pair_sequence_loss(logp[:half], logp[half:], config.token_target)
             elif config.token_target == "sft":
