@@ -189,7 +189,7 @@ def test_every_file_exists_and_pngs_are_valid(full_run):
     assert paths["md"].is_file() and paths["html"].is_file()
     figures = {k: p for k, p in paths.items() if k.startswith("figure:")}
     # 4 tasks + sweep + training + 2 robustness + 2 projections + scan
-    assert len(figures) == 11, sorted(figures)
+    assert len(figures) == 12, sorted(figures)
     for path in figures.values():
         data = path.read_bytes()
         assert path.parent == run_dir / "figures" and data.startswith(PNG_MAGIC) and data.rstrip().endswith(b"IEND\xaeB`\x82")
@@ -219,7 +219,7 @@ def test_html_is_self_contained(full_run):
     assert 'src="figures/' not in page
     assert not re.search(r"""(src|href)\s*=\s*(?!["']?data:image/png;base64,)""", page)
     assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
-    assert page.count('src="data:image/png;base64,') == 11
+    assert page.count('src="data:image/png;base64,') == 12
     assert "<style>" in page and page.startswith("<!DOCTYPE html>")
 
 
@@ -315,7 +315,7 @@ def test_fallback_heatmaps_and_failed_figure(tmp_path, monkeypatch):
     results["projection"]["by_condition"]["honesty"][0]["cosine"] = "not a matrix"
     with pytest.warns(UserWarning, match="figure failed"):
         paths = _write(tmp_path, results)
-    assert {k for k in paths if k.startswith("figure:")} == {"figure:task-facts-ab", "figure:robustness-untuned",
+    assert {k for k in paths if k.startswith("figure:")} == {"figure:answer", "figure:task-facts-ab", "figure:robustness-untuned",
                                                               "figure:robustness-honesty", "figure:projection-untuned"}
     md = paths["md"].read_text(encoding="utf-8")
     assert "`figures/projection-honesty.png` could not be drawn" in md

@@ -115,8 +115,14 @@ def twin_logprobs(
     # the shared prompt stops one token early: that token's logits predict each reply's first token
     prefix = rows[0][0][: min(starts) - 1]
     results: dict[int, RowScore] = {}
-    for start in range(0, len(twins), batch_size):
-        batch = [(2 * i, 2 * i + 1) for i in range(start, min(len(twins), start + batch_size))]
+    # pairs of similar shape share a batch, so little of either stage is padding
+    def shape(i: int) -> tuple[int, int]:
+        common = _common(rows[2 * i][0], rows[2 * i + 1][0])
+        return common, max(len(rows[2 * i][0]), len(rows[2 * i + 1][0])) - common
+
+    order = sorted(range(len(twins)), key=shape)
+    for start in range(0, len(order), batch_size):
+        batch = [(2 * i, 2 * i + 1) for i in order[start : start + batch_size]]
         results.update(_score_batch(handle, rows, batch, prefix))
         if advance:
             advance(len(batch))

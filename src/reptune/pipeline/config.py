@@ -171,6 +171,7 @@ class EvaluationConfig(_Strict):
     limits: dict[str, int] = {}  # per-task limit, e.g. {mmlu: 114}
     options: dict[str, dict[str, Any]] = {}  # per-task options, e.g. {perplexity: {window: 256}}
     counter_tasks: list[str] = ["auto"]  # auto: the headline task
+    counter_limit: int | None = Field(None, ge=1)  # items per counter-steered condition (None: as the task's own limit); paired tests use the shared items
     batch_size: int = Field(16, ge=1)
     skip_missing_data: bool = True
     representation_items: int = Field(64, ge=1)  # test prompts for cosine / projection evidence

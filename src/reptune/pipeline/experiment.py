@@ -638,7 +638,7 @@ class Experiment:
         name = f"eval:{cond['id']}" + (f":s{seed}" if trained else "")
         inputs = {
             "condition": cond, "model": trained[1] if trained else self.model_key, "vector": self.store.keys["vector"], "data": self.store.keys["data"],
-            "tasks": task_names, "limit": c.limit, "limits": c.limits, "options": c.options, "batch_size": c.batch_size, "seed": seed,
+            "tasks": task_names, "limit": c.limit, "limits": c.limits, "counter_limit": c.counter_limit if cond["kind"] == "counter" else None, "options": c.options, "batch_size": c.batch_size, "seed": seed,
             "judge": self.config.judge.model_dump() if "openended" in task_names else None, "representation_items": c.representation_items,
         }
 
@@ -658,7 +658,7 @@ class Experiment:
                 task = self._task(task_name, tuned=trained is not None)
                 result = evaluate(
                     handle, [task], vector=vector if steering else None, multiplier=steering["multiplier"] if steering else 1.0,
-                    layers=[steering["layer"]] if steering else None, limit=c.limits.get(task_name, c.limit), batch_size=c.batch_size,
+                    layers=[steering["layer"]] if steering else None, limit=(c.counter_limit if cond["kind"] == "counter" and c.counter_limit else c.limits.get(task_name, c.limit)), batch_size=c.batch_size,
                     seed=seed, output=out, progress=self.progress, allow_model_mismatch=True, vector_label=str(self.vector_path) if steering else None,
                 )
                 per_task.update(result.tasks)

@@ -265,7 +265,8 @@ def _section_summary(plan: _Plan, results: dict[str, Any], conds: dict[str, dict
     data = results.get("data") or {}
     if data:
         splits = data.get("splits") or {}
-        split_text = ", ".join(f"{k} {fmt(v)}" for k, v in splits.items())
+        pairs = data.get("pairs") or {}
+        split_text = ", ".join(f"{k} {fmt(v)}" + (f" ({fmt(pairs[k])} twins)" if k in pairs else "") for k, v in splits.items())
         spans += ["Statements ", ("c", str(data.get("statements") or "?"))]
         spans.append(f" ({split_text}). " if split_text else ". ")
     if conds:
