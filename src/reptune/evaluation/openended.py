@@ -41,6 +41,7 @@ from reptune.evaluation.judge import (
 from reptune.evaluation.registry import RunContext, Task, register_task
 from reptune.evaluation.statistics import mean_metric, proportion_metric
 from reptune.models import ModelHandle
+from reptune.steering import paused
 
 PROMPTS_FILE = "openended_prompts.jsonl"
 OUTCOMES = ("win", "loss", "tie", "invalid")
@@ -214,8 +215,6 @@ class OpenEnded(Task):
     def score(
         self, handle: ModelHandle, items: Sequence[dict[str, Any]], *, batch_size: int, context: RunContext, advance: Callable[[int], None]
     ) -> list[dict[str, Any]]:
-        from reptune.evaluation.tasks import _paused
-
         judge = self.build_judge()
         responses = self._generate(handle, items, batch_size, context.steering)
         reference = self._reference(handle)
@@ -223,13 +222,13 @@ class OpenEnded(Task):
             references = self._generate(reference, items, batch_size, None)
             ref_name = reference.model_id
         elif context.steering is not None:
-            with _paused(context.steering):
+            with paused(context.steering):
                 references = self._generate(handle, items, batch_size, None)
             ref_name = "unsteered"
         else:
             references = list(responses)  # the model against itself: every item a tie
             ref_name = "same model (no steering)"
-        with _paused(context.steering):  # a local judge may share the steered model
+        with paused(context.steering):  # a local judge may share the steered model
             pairs = judge_pairs(judge, [(judge_view(item), r, ref) for item, r, ref in zip(items, responses, references)])
         records = []
         for item, response, ref, pair in zip(items, responses, references, pairs):

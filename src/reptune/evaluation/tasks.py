@@ -38,6 +38,7 @@ from reptune.evaluation.scoring import (
 )
 from reptune.evaluation.statistics import bootstrap_ratio_ci, mean_metric, proportion_metric
 from reptune.models import ModelHandle
+from reptune.steering import paused
 
 Advance = Callable[[int], None]
 
@@ -458,7 +459,7 @@ class KL(Task):
             with handle.autocast():
                 logp = torch.log_softmax(handle.model(**kwargs).logits.float(), dim=-1)
             ref_handle = reference or handle
-            with _paused(context.steering if reference is None else None), ref_handle.autocast():
+            with paused(context.steering if reference is None else None), ref_handle.autocast():
                 ref_logp = torch.log_softmax(ref_handle.model(**kwargs).logits.float(), dim=-1)
             kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).double()  # [b, seq]
             real = mask.bool()
@@ -473,21 +474,6 @@ class KL(Task):
         counts = [r["n_tokens"] for r in records]
         low, high = bootstrap_ratio_ci(sums, counts, seed=seed)
         return {"kl": {"value": float(np.sum(sums) / np.sum(counts)), "ci_low": low, "ci_high": high, "n": len(records), "ci": "bootstrap", "tokens": int(np.sum(counts))}}
-
-
-class _paused:
-    """Temporarily remove a steering's hooks (for the unsteered reference of ``kl``)."""
-
-    def __init__(self, steering: Any) -> None:
-        self.steering = steering
-
-    def __enter__(self) -> None:
-        if self.steering is not None:
-            self.steering.__exit__(None, None, None)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.steering is not None:
-            self.steering.__enter__()
 
 
 # -------------------------------------------------------------------------------------- CAA

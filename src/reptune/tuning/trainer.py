@@ -25,10 +25,11 @@ from safetensors.torch import load_file, save_file
 
 from reptune._io import remove_stale_temps, sha256_json, write_json_atomic, write_run_marker, write_text_atomic
 from reptune._progress import progress_bar
-from reptune.activations import _StopForward, capture_layers, tokenize_examples
+from reptune.activations import capture_layers, tokenize_examples
 from reptune.data.ab import letter_token_ids
 from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError, VectorError
+from reptune.hooks import forward_until
 from reptune.models import ModelHandle, _autocast_with_fp32_head
 from reptune.sites import Positions, parse_layers
 from reptune.tuning.config import TuneConfig, rep_position
@@ -361,13 +362,11 @@ class Tuner:
         stop = None if need_logits or not capture else max(capture)
         logits = None
         with self._autocast(), capture_layers(self.handle, capture, stop_after=stop) as captured:
-            try:
-                out = self.handle.model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
-                )
+            out = forward_until(
+                self.handle.model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
+            )
+            if out is not None:
                 logits = out.logits
-            except _StopForward:
-                pass
             hidden = dict(captured)
         return logits, hidden
 
