@@ -35,7 +35,7 @@ from reptune.hooks import HookHandle, Intervention, install
 from reptune.hooks import ablate as hooks_ablate
 from reptune.hooks import add as hooks_add
 from reptune.models import ModelHandle
-from reptune.vectors import SteeringVector, VectorMeta
+from reptune.vectors import SteeringVector, as_vector
 
 OPERATORS = ("add", "ablate")
 
@@ -132,10 +132,7 @@ class Steering:
     ) -> None:
         if operator not in OPERATORS:
             raise ReptuneError(f"unknown operator {operator!r}: use add or ablate")
-        if not isinstance(vector, SteeringVector):  # a bare {layer: tensor}: validate it the same way
-            meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers, method="user")
-            vector = SteeringVector(dict(vector), meta)
-        vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
+        vector = as_vector(vector, handle, allow_model_mismatch=allow_model_mismatch)  # a bare {layer: tensor} validated as a file
         directions = vector.select(layers)
         if not directions:
             raise VectorError("nothing to steer with: no layers selected")

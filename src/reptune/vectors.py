@@ -193,6 +193,23 @@ class SteeringVector:
             )
 
 
+def as_vector(vector: SteeringVector | dict[int, Any], handle: Any, *, allow_model_mismatch: bool = False) -> SteeringVector:
+    """The one "SteeringVector or ``{layer: tensor}``" normalisation: a vector checked against ``handle``.
+
+    A bare ``{layer: tensor [hidden]}`` becomes a :class:`SteeringVector` made for ``handle``
+    (method ``user``), validated the same way as a file (layers in range, each layer once,
+    hidden size, no NaN/inf; stored float32 on the CPU, layers non-negative).
+
+    Raises:
+        VectorError: an invalid dict, or a vector for another model (see :meth:`SteeringVector.check_compatible`).
+    """
+    if not isinstance(vector, SteeringVector):
+        meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers, method="user")
+        vector = SteeringVector(dict(vector), meta)
+    vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
+    return vector
+
+
 def load_vector(path: str | os.PathLike[str], handle: Any | None = None, *, allow_model_mismatch: bool = False) -> SteeringVector:
     """Read a vector file written by :meth:`SteeringVector.save`; check it against ``handle``.
 

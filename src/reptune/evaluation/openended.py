@@ -17,7 +17,6 @@ when the items are loaded, i.e. before any generation, and judgements are cached
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -42,6 +41,7 @@ from reptune.evaluation.registry import RunContext, Task, register_task
 from reptune.evaluation.statistics import mean_metric, proportion_metric
 from reptune.models import ModelHandle
 from reptune.steering import paused
+from reptune.tokens import jsonl_records
 
 PROMPTS_FILE = "openended_prompts.jsonl"
 OUTCOMES = ("win", "loss", "tie", "invalid")
@@ -63,13 +63,7 @@ def load_openended_prompts(path: str | os.PathLike[str] | None = None) -> tuple[
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {where}: {exc}") from None
     items, seen = [], set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}:{number}: not valid JSON ({exc.msg})") from None
+    for number, record in jsonl_records(lines, str(where), bad_json="{where}:{number}: not valid JSON ({msg})"):
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
             raise DataError(f"{where}:{number}: expected an object with a non-empty string 'prompt'")
         system = record.get("system")
