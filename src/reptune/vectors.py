@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from reptune._io import atomic_path, write_json_atomic
+from reptune._version import __version__
 from reptune.errors import ReptuneError, VectorError
 from reptune.sites import SITE_CONVENTION, SITE_CONVENTION_DOC, normalize_layer, parse_layers
 
@@ -30,8 +31,6 @@ FORMAT_VERSION = 1
 
 
 def _reptune_version() -> str:
-    from reptune import __version__
-
     return __version__
 
 

@@ -48,7 +48,7 @@ class EvalResults:
         return self.tasks[task]
 
     def to_json(self) -> dict[str, Any]:
-        from reptune import __version__
+        from reptune._version import __version__
 
         return {
             "format": FORMAT,
