@@ -45,6 +45,7 @@ from reptune.discovery.slice import build_slices, check_layers
 from reptune.models import ModelHandle
 from reptune.sites import Positions
 from reptune.steering import format_prompts
+from reptune.tokens import jsonl_records
 from reptune.vectors import SteeringVector, VectorMeta
 
 METHODS = ("melbo", "random", "dct")
@@ -199,7 +200,8 @@ def load_prompts(path: str | Path) -> list[str]:
 
     try:
         if path.suffix == ".jsonl":
-            prompts = [one(json.loads(line), f"{path}:{number}") for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+            records = jsonl_records(text.splitlines(), str(path), error=DiscoveryError, bad_json="{where}: invalid JSON ({msg}, line {lineno})", too_deep="{where}: JSON nested too deeply to read")
+            prompts = [one(record, f"{path}:{number}") for number, record in records]
         elif path.suffix == ".json":
             data = json.loads(text)
             data = data.get("prompts") if isinstance(data, dict) else data
