@@ -572,7 +572,9 @@ def discover_cmd(
     diverge_within: Annotated[int, typer.Option("--diverge-within", help="Divergence window in tokens.")] = 8,
     logit: Annotated[str | None, typer.Option("--logit", help="A,B: report the next-token logit(A) - logit(B), e.g. 'Sure,Sorry'.")] = None,
     match: Annotated[list[str] | None, typer.Option("--match", help="String to look for in completions (repeat for several).")] = None,
-    rank_by: Annotated[str, typer.Option("--rank-by", help="auto, method (objective / DCT alpha), diverge, logit, match or judge.")] = "auto",
+    rank_by: Annotated[str, typer.Option("--rank-by", help="auto, method (objective / DCT alpha), diverge, logit, match, judge or side_effect.")] = "auto",
+    side_effects: Annotated[str | None, typer.Option("--side-effects", help="'neutral' (shipped neutral sentences) or a prompts file: KL to the unsteered model on them per vector.")] = None,
+    side_effect_penalty: Annotated[float, typer.Option("--side-effect-penalty", help="Rank by the primary score minus this times side_effect (needs --side-effects).")] = 0.0,
     sweep: Annotated[bool, typer.Option("--sweep", help="Also score random vectors on a log grid of radii (in the report).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the chat template to prompts.")] = True,
@@ -590,6 +592,7 @@ def discover_cmd(
     from reptune.discovery import discover as run_discover
     from reptune.discovery.common import check_radius
     from reptune.discovery.pipeline import METHODS
+    from reptune.discovery.side_effects import resolve_side_effect_prompts
     from reptune.vectors import load_vector
 
     if output.suffix != ".safetensors":
@@ -602,6 +605,7 @@ def discover_cmd(
         ("--lr", lr, 0, True), ("--p", power_p, 0, True), ("--q", power_q, 0, True), ("--num", num, 1, False), ("--steps", steps, 0, False),
         ("--dct-iters", dct_iters, 1, False), ("--refine-steps", refine_steps, 0, False), ("--candidates", candidates, 1, False),
         ("--max-new-tokens", max_new_tokens, 1, False), ("--diverge-within", diverge_within, 1, False),
+        ("--side-effect-penalty", side_effect_penalty, 0, False),
     ):
         _in_range(flag, value, low, above=above)
     radius_value: float | str = "auto"
@@ -617,6 +621,9 @@ def discover_cmd(
     if not texts:
         raise DiscoveryError("no prompts: give --prompts FILE or --prompt TEXT")
     held_out = load_prompts(eval_prompts) if eval_prompts is not None else None
+    side_texts = resolve_side_effect_prompts(side_effects)
+    if side_effect_penalty and side_texts is None:
+        raise DiscoveryError("--side-effect-penalty needs --side-effects neutral|FILE")
     logit_tokens = None
     if logit is not None:
         parts = logit.split(",")
@@ -646,10 +653,11 @@ def discover_cmd(
         chat=chat, steps=steps, lr=lr, p=power_p, q=power_q, orthogonal=orthogonal, orthogonal_order=orthogonal_order, init=start_rows, candidates=candidates,
         refine_steps=refine_steps, dct_iters=dct_iters, eval_prompts=held_out, score=score, max_new_tokens=max_new_tokens,
         diverge_within=diverge_within, logit_tokens=logit_tokens, match=tuple(match or ()), judge=judge, rank_by=rank_by, sweep=sweep,
+        side_effects=side_texts, side_effect_penalty=side_effect_penalty,
         seed=seed, dataset=str(prompts) if prompts is not None else "prompts", output=output, progress=True,
     )
     rows = result.table()
-    columns = [key for key in ("rank", "file", result.score_name, "diverge", "logit_diff", "match") if any(row.get(key) is not None for row in rows)]
+    columns = [key for key in ("rank", "file", result.score_name, "diverge", "logit_diff", "match", "side_effect") if any(row.get(key) is not None for row in rows)]
     table = Table(title=f"{result.method}: {len(rows)} vectors, layer {result.source} -> {result.target}, R = {result.radius:.4g} (ranked by {result.rank_by})")
     for column in columns:
         table.add_column(column, justify="left" if column == "file" else "right")

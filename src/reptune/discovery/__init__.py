@@ -15,6 +15,8 @@ convention (:mod:`reptune.sites`), hooks (:mod:`reptune.steering`) and vector fi
   orthogonalised gradient iteration, alpha by least squares;
 * :mod:`~reptune.discovery.scoring` — greedy completions and metrics (divergence, logit readout,
   string match, a judge hook);
+* :mod:`~reptune.discovery.side_effects` — KL to the unsteered model on neutral text (ranking
+  column, search penalty);
 * :mod:`~reptune.discovery.pipeline` — :func:`discover` (the twin of ``reptune discover``),
   output files and the report.
 """
@@ -33,6 +35,7 @@ from reptune.discovery.pipeline import (
     rank_path,
 )
 from reptune.discovery.scoring import Judge, VectorScores, score_vectors
+from reptune.discovery.side_effects import SideEffects, neutral_prompts, penalized, side_effect_scores
 from reptune.discovery.slice import LayerSlice, build_slices
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "LayerSlice",
     "MelboRun",
     "RadiusSweep",
+    "SideEffects",
     "VectorScores",
     "build_slices",
     "calibrate_radius",
@@ -55,10 +59,13 @@ __all__ = [
     "load_prompts",
     "local_search",
     "log_grid",
+    "neutral_prompts",
+    "penalized",
     "random_search",
     "random_vectors",
     "rank_path",
     "score_vectors",
+    "side_effect_scores",
     "sweep_radius",
     "train_melbo",
 ]

@@ -41,6 +41,7 @@ from reptune.discovery.common import (
 from reptune.discovery.dct import DEFAULT_RATIO, Calibration, calibrate_radius, fit_dct
 from reptune.discovery.melbo import PAPER_LR, check_orthogonal_order, train_melbo
 from reptune.discovery.scoring import Baseline, Judge, VectorScores, score_vectors, token_id
+from reptune.discovery.side_effects import resolve_side_effect_prompts, side_effect_scores
 from reptune.discovery.slice import build_slices, check_layers
 from reptune.models import ModelHandle
 from reptune.sites import Positions
@@ -48,7 +49,7 @@ from reptune.steering import format_prompts
 from reptune.vectors import SteeringVector, VectorMeta
 
 METHODS = ("melbo", "random", "dct")
-RANK_KEYS = ("auto", "method", "diverge", "logit", "match", "judge")
+RANK_KEYS = ("auto", "method", "diverge", "logit", "match", "judge", "side_effect")
 METHOD_SCORE = {"melbo": "objective", "random": "objective", "dct": "alpha"}
 
 
@@ -62,6 +63,7 @@ class DiscoveredVector:
     method_score: float
     scores: VectorScores | None = None
     file: str | None = None
+    side_effect: float | None = None
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -106,6 +108,8 @@ class DiscoveryResult:
                                    "norm": float(item.tensor.norm())}
             if item.scores is not None:
                 row.update(item.scores.metrics())
+            if item.side_effect is not None:
+                row["side_effect"] = item.side_effect
             rows.append(row)
         return rows
 
@@ -255,6 +259,8 @@ def discover(
     match: Sequence[str] = (),
     judge: Judge | None = None,
     rank_by: str = "auto",
+    side_effects: str | Path | Sequence[str] | None = None,
+    side_effect_penalty: float = 0.0,
     sweep: bool = False,
     seed: int = 0,
     prompt_batch_size: int = 16,
@@ -294,7 +300,12 @@ def discover(
         match: strings to look for in completions (case-insensitive).
         judge: ``judge(prompts, completions) -> scores`` (e.g. an LLM judge; the hook for the evaluation suite's judge).
         rank_by: ``auto`` (judge, else match, else logit, else the method's score), ``method``
-            (MELBO objective / DCT alpha), ``diverge``, ``logit``, ``match`` or ``judge``.
+            (MELBO objective / DCT alpha), ``diverge``, ``logit``, ``match``, ``judge`` or
+            ``side_effect`` (smallest first).
+        side_effects: ``"neutral"`` (the shipped neutral sentences), a prompts file or a list of
+            plain texts: score every vector's KL to the unsteered model on them
+            (:mod:`~reptune.discovery.side_effects`; column ``side_effect``, nats per token).
+        side_effect_penalty: rank by ``primary - penalty * side_effect`` (needs ``side_effects``).
         sweep: also score random vectors on a log grid of radii (reported).
         seed: seeds every random choice of this call (same seed, same vectors).
         prompt_batch_size, vector_batch_size: memory knobs (prompts per slice replay; vectors
@@ -344,11 +355,18 @@ def discover(
             raise DiscoveryError("logit_tokens must be two strings, e.g. ('Sure', 'Sorry')")
         token_id(handle.tokenizer, logit_tokens[0]), token_id(handle.tokenizer, logit_tokens[1])
     needs = {"logit": logit_tokens is not None, "match": bool(match), "judge": judge is not None}
+    side_texts = resolve_side_effect_prompts(side_effects)
+    needs["side_effect"] = side_texts is not None
+    if isinstance(side_effect_penalty, bool) or not isinstance(side_effect_penalty, (int, float)) or not side_effect_penalty >= 0 \
+            or side_effect_penalty == float("inf"):
+        raise DiscoveryError(f"side-effect penalty must be a finite number >= 0, got {side_effect_penalty!r}")
+    if side_effect_penalty and side_texts is None:
+        raise DiscoveryError("a side-effect penalty needs side-effect prompts (side_effects / --side-effects)")
     if rank_by in needs and not needs[rank_by]:
         raise DiscoveryError(f"rank_by {rank_by!r} needs {'logit_tokens' if rank_by == 'logit' else rank_by} to be given")
     if rank_by == "auto":
         rank_by = next((key for key in ("judge", "match", "logit") if needs[key]), "method")
-    if rank_by != "method" and not score:
+    if rank_by not in ("method", "side_effect") and not score:
         raise DiscoveryError(f"rank_by {rank_by!r} needs scoring (score=True)")
     if eval_prompts is not None and not list(eval_prompts):
         raise DiscoveryError("eval_prompts is empty")
@@ -413,7 +431,13 @@ def discover(
         settings.update({"max_new_tokens": max_new_tokens, "diverge_within": diverge_within,
                          "logit_tokens": list(logit_tokens) if logit_tokens else None, "match": list(match), "judge": judge is not None})
 
-    order = _rank(method_scores, scores, rank_by, method)
+    side_values = None
+    if side_texts is not None:
+        tick = time.perf_counter()
+        side_values = side_effect_scores(handle, vectors, source, side_texts).tolist()
+        timings["side_effects_s"] = time.perf_counter() - tick
+        settings.update({"side_effect_prompts": len(side_texts), "side_effect_penalty": float(side_effect_penalty)})
+    order = _rank(method_scores, scores, rank_by, method, side_values, float(side_effect_penalty))
     settings["rank_by"] = rank_by
     ranked = []
     for rank, index in enumerate(order, 1):
@@ -421,6 +445,8 @@ def discover(
         score_dict = {METHOD_SCORE[method]: float(method_scores[index])}
         if item_scores is not None:
             score_dict.update({key: value for key, value in item_scores.metrics().items() if value is not None})
+        if side_values is not None:
+            score_dict["side_effect"] = side_values[index]
         meta = VectorMeta(
             model_id=handle.model_id, revision=handle.revision, hidden_size=handle.hidden_size, num_layers=handle.num_layers,
             method=method, positions=positions.spec(), normalization="radius", dataset=dataset or "prompts",
@@ -432,7 +458,8 @@ def discover(
             },
         )
         vector = SteeringVector({source: vectors[index]}, meta)
-        ranked.append(DiscoveredVector(rank=rank, index=int(index), vector=vector, method_score=float(method_scores[index]), scores=item_scores))
+        ranked.append(DiscoveredVector(rank=rank, index=int(index), vector=vector, method_score=float(method_scores[index]), scores=item_scores,
+                                       side_effect=None if side_values is None else side_values[index]))
     timings["total_s"] = time.perf_counter() - started
     result = DiscoveryResult(
         method=method, model_id=handle.model_id, source=source, target=target, radius=float(radius),
@@ -445,12 +472,21 @@ def discover(
     return result
 
 
-def _rank(method_scores: torch.Tensor, scores: list[VectorScores] | None, rank_by: str, method: str) -> list[int]:
-    """Indices by rank: the primary metric descending, ties broken by the method's score."""
+def _rank(
+    method_scores: torch.Tensor, scores: list[VectorScores] | None, rank_by: str, method: str,
+    side_effects: list[float] | None = None, penalty: float = 0.0,
+) -> list[int]:
+    """Indices by rank: the primary metric descending (``side_effect``: ascending), minus
+    ``penalty * side_effect`` when given; ties broken by the method's score."""
     count = int(method_scores.shape[0])
     own = [float(abs(value)) if method == "dct" else float(value) for value in method_scores]
 
     def primary(index: int) -> float:
+        return base(index) - (penalty * side_effects[index] if side_effects is not None and penalty else 0.0)
+
+    def base(index: int) -> float:
+        if rank_by == "side_effect" and side_effects is not None:
+            return -side_effects[index]
         if rank_by == "method" or scores is None:
             return own[index]
         value = {"diverge": scores[index].diverge, "logit": scores[index].logit_diff, "match": scores[index].match,
@@ -521,13 +557,18 @@ def _report(result: DiscoveryResult, samples: int) -> str:
          f"`reptune steer --vector {result.vectors[0].file or 'VECS.safetensors'} -x 0 -x 1 --prompt ...`."),
         "",
     ]
-    columns = ["rank", "file", "index", result.score_name, "diverge", "logit_diff", "logit_shift", "match", "judge"]
+    columns = ["rank", "file", "index", result.score_name, "diverge", "logit_diff", "logit_shift", "match", "judge", "side_effect"]
     table = result.table()
     present = [column for column in columns if any(row.get(column) is not None for row in table)]
     lines.append("| " + " | ".join(present) + " |")
     lines.append("|" + "---:|" * len(present))
     for row in table:
         lines.append("| " + " | ".join(_fmt(row.get(column)) for column in present) + " |")
+    if settings.get("side_effect_prompts"):
+        penalty = settings.get("side_effect_penalty") or 0.0
+        lines += ["", (f"`side_effect`: KL(unsteered || steered) of next-token distributions, nats per token, on "
+                       f"{settings['side_effect_prompts']} neutral texts (0 = no change on ordinary text)"
+                       + (f"; ranked by the primary score minus {penalty:g} x side_effect." if penalty else "."))]
     if result.baseline is not None:
         base = [f"logit_diff {_fmt(result.baseline.logit_diff)}" if result.baseline.logit_diff is not None else "",
                 f"match {_fmt(result.baseline.match)}" if result.baseline.match is not None else "",

@@ -1,0 +1,99 @@
+"""Discovery extensions (issue #13): side-effect score, norm tuning, annealing, CMA-ES in a
+subspace, tuning a found vector in. Tiny seeded models throughout (milliseconds each)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_model
+
+from reptune.discovery import DiscoveryError, build_slices, discover
+from reptune.discovery.side_effects import SideEffects, neutral_prompts, penalized, side_effect_scores
+from reptune.errors import ReptuneError
+
+TEXTS = ["The sky is blue. The grass is green.", "Hello world", "Cats are mammals."]
+HIDDEN = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return build_model("llama")
+
+
+@pytest.fixture(scope="module")
+def slices(llama):
+    return build_slices(llama, TEXTS, 0, 3)
+
+
+def _one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+# --- side effects -------------------------------------------------------------------------------
+
+
+def test_side_effect_is_zero_for_the_zero_vector_and_grows_with_the_norm(llama):
+    texts = neutral_prompts(6)
+    assert len(texts) == 6 and all(texts)
+    direction = torch.randn(HIDDEN, generator=torch.Generator().manual_seed(0))
+    direction /= direction.norm()
+    radii = [0.0, 0.5, 1.0, 2.0, 4.0]
+    scores = side_effect_scores(llama, torch.stack([direction * r for r in radii]), 1, texts)
+    assert scores.dtype == torch.float64
+    assert scores[0] == 0.0
+    assert all(b > a for a, b in zip(scores.tolist(), scores.tolist()[1:])), scores
+    scorer = SideEffects(llama, 1, texts)
+    assert torch.equal(scorer(direction.unsqueeze(0) * 2.0), scores[3:4])  # cached baseline, same value
+    assert scorer.forward_passes == 1
+    plain = penalized(lambda v: v.norm(dim=-1).double(), scorer, 0.0)(direction.unsqueeze(0))
+    heavy = penalized(lambda v: v.norm(dim=-1).double(), scorer, 10.0)(direction.unsqueeze(0))
+    assert float(plain) == pytest.approx(1.0) and float(heavy) < float(plain)
+
+
+def test_discover_reports_and_ranks_by_side_effects(llama):
+    result = discover(llama, TEXTS[:2], method="random", source=1, target=3, radius=2.0, num=3, score=False,
+                      side_effects=neutral_prompts(4), rank_by="side_effect", seed=0)
+    values = [row["side_effect"] for row in result.table()]
+    assert values == sorted(values) and all(value > 0 for value in values)
+    assert "side_effect" in result.markdown() and result.vectors[0].vector.meta.extra["scores"]["side_effect"] == values[0]
+    # a heavy penalty puts the least disruptive vector first whatever the primary score
+    penalised = discover(llama, TEXTS[:2], method="random", source=1, target=3, radius=2.0, num=3, score=False,
+                         side_effects=neutral_prompts(4), side_effect_penalty=1e9, seed=0)
+    assert [row["side_effect"] for row in penalised.table()] == values
+
+
+def test_side_effect_bad_input_is_one_line(llama):
+    with pytest.raises(DiscoveryError) as error:
+        discover(llama, TEXTS[:1], source=1, target=3, radius=1.0, num=1, steps=0, score=False, side_effect_penalty=1.0)
+    assert "side-effect" in _one_line(error)
+    with pytest.raises(DiscoveryError) as error:
+        discover(llama, TEXTS[:1], source=1, target=3, radius=1.0, num=1, steps=0, score=False, side_effects=["ok", " "])
+    assert "side-effect" in _one_line(error)
+    with pytest.raises(DiscoveryError) as error:
+        discover(llama, TEXTS[:1], source=1, target=3, radius=1.0, num=1, steps=0, score=False, side_effects="neutral",
+                 side_effect_penalty=-1.0)
+    assert "penalty" in _one_line(error)
+    assert issubclass(DiscoveryError, ReptuneError)
+
+
+def test_cli_discover_side_effects(tiny_dir, tmp_path, cli_run):
+    output = tmp_path / "found.safetensors"
+    code, _, err = cli_run(
+        "discover", "--model", tiny_dir, "--method", "random", "--source", 1, "--target", 3, "--radius", "2", "--num", 2,
+        "--prompt", "Hello world", "--no-score", "--side-effects", "neutral", "--precision", "fp32", "-o", output,
+    )
+    assert code == 0, err
+    assert "side_effect" in (tmp_path / "found.discovery.md").read_text()
+    code, _, err = cli_run("discover", "--model", tiny_dir, "--prompt", "hi", "--side-effect-penalty", "1", "--precision", "fp32",
+                           "-o", tmp_path / "x.safetensors")
+    assert code == 2 and "side-effects" in err and "Traceback" not in err
