@@ -97,3 +97,65 @@ def test_cli_discover_side_effects(tiny_dir, tmp_path, cli_run):
     code, _, err = cli_run("discover", "--model", tiny_dir, "--prompt", "hi", "--side-effect-penalty", "1", "--precision", "fp32",
                            "-o", tmp_path / "x.safetensors")
     assert code == 2 and "side-effects" in err and "Traceback" not in err
+
+
+# --- norm tuning ----------------------------------------------------------------------------------
+
+
+def test_norm_curves_are_in_grid_order_monotone_and_reproducible(llama, slices):
+    from reptune.discovery.norm import growth_statistic, norm_curves
+
+    vectors = torch.randn(2, HIDDEN, generator=torch.Generator().manual_seed(3))
+    grid = [4.0, 0.5, 1.0, 2.0]  # given unsorted: curves come in ascending R
+    curves = norm_curves(slices, vectors, grid, handle=llama, layer=0, prompts=TEXTS[:2], chat=False, max_new_tokens=4)
+    again = norm_curves(slices, vectors, grid, handle=llama, layer=0, prompts=TEXTS[:2], chat=False, max_new_tokens=4)
+    for curve, twin in zip(curves, again):
+        assert curve.radii == sorted(grid)
+        assert all(b > a for a, b in zip(curve.objective, curve.objective[1:])), curve.objective
+        assert curve.to_json() == twin.to_json()
+        assert 0.0 <= curve.growth <= 1.0 and set(curve.curves) >= {"diverge", "degenerate"}
+        if curve.appear_radius is not None:
+            assert curve.appear_radius in curve.radii
+    # the statistic: proportional growth of every dimension is 0; uneven growth is not
+    direction = torch.randn(HIDDEN, dtype=torch.float64)
+    radii = [1.0, 2.0, 4.0]
+    assert growth_statistic(torch.stack([direction * r for r in radii]), radii) == pytest.approx(0.0, abs=1e-12)
+    uneven = torch.stack([direction * r + torch.eye(HIDDEN, dtype=torch.float64)[0] * r**3 for r in radii])
+    assert growth_statistic(uneven, radii) > 0.1
+
+
+def test_discover_with_norm_tuning_writes_curves_and_a_plot(llama, tmp_path):
+    output = tmp_path / "found.safetensors"
+    result = discover(llama, TEXTS[:2], method="random", source=1, target=3, radius=1.0, num=2, tune_norm=[0.5, 1.0, 2.0],
+                      max_new_tokens=4, chat=False, seed=1, output=output)
+    twin = discover(llama, TEXTS[:2], method="random", source=1, target=3, radius=1.0, num=2, tune_norm=[0.5, 1.0, 2.0],
+                    max_new_tokens=4, chat=False, seed=1)
+    assert [c.to_json() for c in result.norm] == [c.to_json() for c in twin.norm]
+    assert (tmp_path / "found.norm.png").stat().st_size > 1000
+    report = (tmp_path / "found.discovery.md").read_text()
+    assert "## Norm tuning" in report and "found.norm.png" in report
+    assert all("growth" in row for row in result.table())
+    assert "growth" in result.vectors[0].vector.meta.extra["scores"]
+
+
+@pytest.mark.parametrize("grid", [[], [1.0, 0.0], [-1.0, 2.0], [1.0, float("nan")], [1.0, 1.0]])
+def test_norm_grid_bad_input_is_one_line_before_model_work(llama, grid, monkeypatch):
+    from reptune.discovery import pipeline
+
+    monkeypatch.setattr(pipeline, "build_slices", lambda *a, **k: pytest.fail("model work before the grid check"))
+    with pytest.raises(DiscoveryError) as error:
+        discover(llama, TEXTS[:1], source=1, target=3, radius=1.0, num=1, steps=0, tune_norm=grid)
+    assert "grid" in _one_line(error)
+
+
+def test_cli_discover_tune_norm(tiny_dir, tmp_path, cli_run):
+    output = tmp_path / "found.safetensors"
+    code, _, err = cli_run(
+        "discover", "--model", tiny_dir, "--method", "random", "--source", 1, "--target", 3, "--radius", "2", "--num", 2,
+        "--prompt", "Hello world", "-n", 3, "--tune-norm", "--norm-grid", "1,2,4", "--precision", "fp32", "-o", output,
+    )
+    assert code == 0, err
+    assert (tmp_path / "found.norm.png").is_file()
+    code, _, err = cli_run("discover", "--model", tiny_dir, "--prompt", "hi", "--tune-norm", "--norm-grid", "1,-2", "--precision", "fp32",
+                           "-o", tmp_path / "x.safetensors")
+    assert code == 2 and "grid" in err and "Traceback" not in err

@@ -576,6 +576,8 @@ def discover_cmd(
     side_effects: Annotated[str | None, typer.Option("--side-effects", help="'neutral' (shipped neutral sentences) or a prompts file: KL to the unsteered model on them per vector.")] = None,
     side_effect_penalty: Annotated[float, typer.Option("--side-effect-penalty", help="Rank by the primary score minus this times side_effect (needs --side-effects).")] = 0.0,
     sweep: Annotated[bool, typer.Option("--sweep", help="Also score random vectors on a log grid of radii (in the report).")] = False,
+    tune_norm: Annotated[bool, typer.Option("--tune-norm", help="Each vector's effect over a radius grid (default R x 1/4..8): curves, appear/degenerate radius, growth statistic.")] = False,
+    norm_grid: Annotated[str | None, typer.Option("--norm-grid", help="Radii for --tune-norm, comma-separated, e.g. '1,2,4,8'.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the chat template to prompts.")] = True,
     judge_url: Annotated[str | None, typer.Option("--judge-url", help="Judge each vector's completions against the unsteered ones for honesty (OpenAI-compatible base URL).")] = None,
@@ -591,6 +593,7 @@ def discover_cmd(
     from reptune.discovery import DiscoveryError, load_prompts
     from reptune.discovery import discover as run_discover
     from reptune.discovery.common import check_radius
+    from reptune.discovery.norm import parse_grid
     from reptune.discovery.pipeline import METHODS
     from reptune.discovery.side_effects import resolve_side_effect_prompts
     from reptune.vectors import load_vector
@@ -622,6 +625,9 @@ def discover_cmd(
         raise DiscoveryError("no prompts: give --prompts FILE or --prompt TEXT")
     held_out = load_prompts(eval_prompts) if eval_prompts is not None else None
     side_texts = resolve_side_effect_prompts(side_effects)
+    grid = parse_grid(norm_grid) if norm_grid is not None else None
+    if grid is not None and not tune_norm:
+        raise DiscoveryError("--norm-grid needs --tune-norm")
     if side_effect_penalty and side_texts is None:
         raise DiscoveryError("--side-effect-penalty needs --side-effects neutral|FILE")
     logit_tokens = None
@@ -653,11 +659,11 @@ def discover_cmd(
         chat=chat, steps=steps, lr=lr, p=power_p, q=power_q, orthogonal=orthogonal, orthogonal_order=orthogonal_order, init=start_rows, candidates=candidates,
         refine_steps=refine_steps, dct_iters=dct_iters, eval_prompts=held_out, score=score, max_new_tokens=max_new_tokens,
         diverge_within=diverge_within, logit_tokens=logit_tokens, match=tuple(match or ()), judge=judge, rank_by=rank_by, sweep=sweep,
-        side_effects=side_texts, side_effect_penalty=side_effect_penalty,
+        side_effects=side_texts, side_effect_penalty=side_effect_penalty, tune_norm=grid if grid is not None else tune_norm,
         seed=seed, dataset=str(prompts) if prompts is not None else "prompts", output=output, progress=True,
     )
     rows = result.table()
-    columns = [key for key in ("rank", "file", result.score_name, "diverge", "logit_diff", "match", "side_effect") if any(row.get(key) is not None for row in rows)]
+    columns = [key for key in ("rank", "file", result.score_name, "diverge", "logit_diff", "match", "side_effect", "growth", "appear_radius") if any(row.get(key) is not None for row in rows)]
     table = Table(title=f"{result.method}: {len(rows)} vectors, layer {result.source} -> {result.target}, R = {result.radius:.4g} (ranked by {result.rank_by})")
     for column in columns:
         table.add_column(column, justify="left" if column == "file" else "right")

@@ -40,6 +40,7 @@ from reptune.discovery.common import (
 )
 from reptune.discovery.dct import DEFAULT_RATIO, Calibration, calibrate_radius, fit_dct
 from reptune.discovery.melbo import PAPER_LR, check_orthogonal_order, train_melbo
+from reptune.discovery.norm import NormCurve, check_grid, default_grid, norm_curves, norm_markdown, plot_norm_curves
 from reptune.discovery.scoring import Baseline, Judge, VectorScores, score_vectors, token_id
 from reptune.discovery.side_effects import resolve_side_effect_prompts, side_effect_scores
 from reptune.discovery.slice import build_slices, check_layers
@@ -91,6 +92,7 @@ class DiscoveryResult:
     sweep: RadiusSweep | None = None
     history: list[list[float]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    norm: list[NormCurve] | None = None
 
     @property
     def best(self) -> SteeringVector:
@@ -110,6 +112,10 @@ class DiscoveryResult:
                 row.update(item.scores.metrics())
             if item.side_effect is not None:
                 row["side_effect"] = item.side_effect
+            if self.norm is not None:
+                curve = self.norm[item.rank - 1]
+                row.update({"growth": curve.growth, "appear_radius": curve.appear_radius, "degenerate_radius": curve.degenerate_radius,
+                            "best_radius": curve.best_radius})
             rows.append(row)
         return rows
 
@@ -139,6 +145,7 @@ class DiscoveryResult:
             "sweep": None if self.sweep is None else self.sweep.rows,
             "history": self.history,
             "timings": self.timings,
+            "norm": None if self.norm is None else [curve.to_json() for curve in self.norm],
         }
 
     def markdown(self, samples: int = 4) -> str:
@@ -164,8 +171,12 @@ class DiscoveryResult:
         stem = path.with_suffix("")
         written["json"] = stem.with_name(stem.name + ".discovery.json")
         written["report"] = stem.with_name(stem.name + ".discovery.md")
+        figure = None
+        if self.norm:
+            written["norm"] = plot_norm_curves(self.norm, stem.with_name(stem.name + ".norm.png"), [f"rank {item.rank}" for item in self.vectors])
+            figure = written["norm"].name
         write_json_atomic(written["json"], {**self.to_json(), "files": {str(item.rank): item.file for item in self.vectors}})
-        write_text_atomic(written["report"], self.markdown())
+        write_text_atomic(written["report"], _report(self, 4, figure))
         return written
 
 
@@ -262,6 +273,7 @@ def discover(
     side_effects: str | Path | Sequence[str] | None = None,
     side_effect_penalty: float = 0.0,
     sweep: bool = False,
+    tune_norm: bool | Sequence[float] = False,
     seed: int = 0,
     prompt_batch_size: int = 16,
     vector_batch_size: int | None = None,
@@ -307,6 +319,10 @@ def discover(
             (:mod:`~reptune.discovery.side_effects`; column ``side_effect``, nats per token).
         side_effect_penalty: rank by ``primary - penalty * side_effect`` (needs ``side_effects``).
         sweep: also score random vectors on a log grid of radii (reported).
+        tune_norm: ``True`` (grid ``R x (1/4 .. 8)``) or a radius grid: each vector's effect over
+            the grid (:func:`reptune.discovery.norm.norm_curves`: objective, and with ``score`` the
+            divergence, readouts, judge, degeneration; appear / degenerate / best radius; the
+            per-dimension ``growth`` statistic), in the table, the report and ``STEM.norm.png``.
         seed: seeds every random choice of this call (same seed, same vectors).
         prompt_batch_size, vector_batch_size: memory knobs (prompts per slice replay; vectors
             trained at once).
@@ -370,6 +386,9 @@ def discover(
         raise DiscoveryError(f"rank_by {rank_by!r} needs scoring (score=True)")
     if eval_prompts is not None and not list(eval_prompts):
         raise DiscoveryError("eval_prompts is empty")
+    norm_grid = None
+    if tune_norm is not False and tune_norm is not None:
+        norm_grid = None if tune_norm is True else check_grid(list(tune_norm))  # type: ignore[arg-type]
     positions = Positions.parse(positions)
     texts = format_prompts(handle, prompts, chat=chat)
 
@@ -416,7 +435,6 @@ def discover(
         tick = time.perf_counter()
         radius_sweep = sweep_radius(slices, p=p, q=q, seed=seed)
         timings["sweep_s"] = time.perf_counter() - tick
-    del slices
 
     baseline, scores = None, None
     held_out = eval_prompts is not None and list(eval_prompts) != prompts
@@ -431,6 +449,17 @@ def discover(
         settings.update({"max_new_tokens": max_new_tokens, "diverge_within": diverge_within,
                          "logit_tokens": list(logit_tokens) if logit_tokens else None, "match": list(match), "judge": judge is not None})
 
+    curves = None
+    if tune_norm is not False and tune_norm is not None:
+        tick = time.perf_counter()
+        norm_grid = norm_grid or default_grid(float(radius))
+        curves = norm_curves(
+            slices, vectors, norm_grid, p=p, q=q, handle=handle if score else None, layer=source, prompts=evaluation, chat=chat,
+            max_new_tokens=max_new_tokens, diverge_within=diverge_within, logit_tokens=logit_tokens, match=match, judge=judge,
+        )
+        timings["norm_s"] = time.perf_counter() - tick
+        settings["norm_grid"] = norm_grid
+    del slices
     side_values = None
     if side_texts is not None:
         tick = time.perf_counter()
@@ -447,6 +476,9 @@ def discover(
             score_dict.update({key: value for key, value in item_scores.metrics().items() if value is not None})
         if side_values is not None:
             score_dict["side_effect"] = side_values[index]
+        if curves is not None:
+            score_dict.update({"growth": curves[index].growth, "appear_radius": curves[index].appear_radius,
+                               "degenerate_radius": curves[index].degenerate_radius, "best_radius": curves[index].best_radius})
         meta = VectorMeta(
             model_id=handle.model_id, revision=handle.revision, hidden_size=handle.hidden_size, num_layers=handle.num_layers,
             method=method, positions=positions.spec(), normalization="radius", dataset=dataset or "prompts",
@@ -466,6 +498,7 @@ def discover(
         radius_source="calibrated" if auto_radius else "given", rank_by=rank_by, vectors=ranked, prompts=prompts,
         eval_prompts=evaluation, held_out=held_out, settings=settings, baseline=baseline, calibration=calibration,
         sweep=radius_sweep, history=history, timings=timings,
+        norm=None if curves is None else [curves[item.index] for item in ranked],
     )
     if output is not None:
         result.save(output)
@@ -520,7 +553,7 @@ def _order_note(settings: dict[str, Any]) -> str:
     return f" ({order}: {what})"
 
 
-def _report(result: DiscoveryResult, samples: int) -> str:
+def _report(result: DiscoveryResult, samples: int, figure: str | None = None) -> str:
     settings = result.settings
     timing = ", ".join(f"{key.removesuffix('_s')} {value:.1f} s" for key, value in result.timings.items())
     radius_note = "calibrated: nonlinear/linear response = " + _fmt(result.calibration.ratio) if result.calibration else "given"
@@ -557,7 +590,7 @@ def _report(result: DiscoveryResult, samples: int) -> str:
          f"`reptune steer --vector {result.vectors[0].file or 'VECS.safetensors'} -x 0 -x 1 --prompt ...`."),
         "",
     ]
-    columns = ["rank", "file", "index", result.score_name, "diverge", "logit_diff", "logit_shift", "match", "judge", "side_effect"]
+    columns = ["rank", "file", "index", result.score_name, "diverge", "logit_diff", "logit_shift", "match", "judge", "side_effect", "growth"]
     table = result.table()
     present = [column for column in columns if any(row.get(column) is not None for row in table)]
     lines.append("| " + " | ".join(present) + " |")
@@ -603,5 +636,7 @@ def _report(result: DiscoveryResult, samples: int) -> str:
         lines += ["## Radius calibration", "", result.calibration.markdown()]
     if result.sweep is not None:
         lines += ["## Random vectors over a log grid of radii", "", result.sweep.markdown()]
+    if result.norm:
+        lines += ["## Norm tuning", "", norm_markdown(result.norm, [f"rank {item.rank}" for item in result.vectors], figure)]
     return "\n".join(lines).rstrip() + "\n"
 
