@@ -3,6 +3,8 @@ subspace, tuning a found vector in. Tiny seeded models throughout (milliseconds 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import build_model
@@ -159,3 +161,81 @@ def test_cli_discover_tune_norm(tiny_dir, tmp_path, cli_run):
     code, _, err = cli_run("discover", "--model", tiny_dir, "--prompt", "hi", "--tune-norm", "--norm-grid", "1,-2", "--precision", "fp32",
                            "-o", tmp_path / "x.safetensors")
     assert code == 2 and "grid" in err and "Traceback" not in err
+
+
+# --- annealing around promising vectors ----------------------------------------------------------------
+
+
+def _planted(seed: int = 0, radius: float = 4.0):
+    """The planted marker neuron of test_discovery: block 3 reads direction ``w`` and writes the
+    marker token's unembedding; steering at layer 1 along ``w`` with norm ``radius`` fires it."""
+    handle = build_model("llama", seed=seed)
+    generator = torch.Generator().manual_seed(123)
+    w = torch.randn(HIDDEN, generator=generator)
+    w /= w.norm()
+    m = torch.randn(HIDDEN, generator=generator)
+    m -= (m @ w) * w
+    m /= m.norm()
+    marker, sharpness = 100, 4.0
+    mlp = handle.layers[3].mlp
+    with torch.no_grad():
+        mlp.gate_proj.weight[0] = sharpness * w
+        mlp.up_proj.weight[0] = w
+        mlp.down_proj.weight[:, 0] = 0.1 * radius / sharpness * m
+        handle.model.lm_head.weight[marker] = 1.5 * m
+    return handle, w, marker
+
+
+def _near(w: torch.Tensor, cosine: float, count: int, seed: int) -> torch.Tensor:
+    """``count`` unit vectors at cosine ``cosine`` to ``w``."""
+    noise = torch.randn(count, w.shape[0], generator=torch.Generator().manual_seed(seed))
+    noise -= (noise @ w).unsqueeze(1) * w
+    noise /= noise.norm(dim=-1, keepdim=True)
+    return cosine * w + math.sqrt(1 - cosine**2) * noise
+
+
+def test_annealing_from_the_planted_neighbourhood_converges_to_it():
+    from reptune.discovery.anneal import anneal, anneal_gradient
+    from reptune.discovery.objectives import readout_objective, slice_objective
+
+    radius = 4.0
+    handle, w, marker = _planted(radius=radius)
+    slices = build_slices(handle, TEXTS[:2], 1, 3)
+    # derivative-free on the slice objective, one chain from cosine 0.7
+    objective = slice_objective(slices)
+    start = _near(w, 0.7, 1, seed=5) * radius
+    run = anneal(objective, start, radius, budget=400, proposals=8, sigma=0.5, seed=0)
+    assert float(run.vectors[0] @ w) / radius > 0.9
+    assert run.evaluations <= 400 and objective.evaluations == run.evaluations
+    assert run.history == sorted(run.history) and run.vectors.norm(dim=-1).sub(radius).abs().max() < 1e-4
+    again = anneal(slice_objective(slices), start, radius, budget=400, proposals=8, sigma=0.5, seed=0)
+    assert torch.equal(run.vectors, again.vectors)
+    # annealed projected gradient from three starts at cosine 0.6
+    starts = _near(w, 0.6, 3, seed=6) * radius
+    grad = anneal_gradient(slices, starts, radius, steps=20)
+    assert bool(((grad.vectors @ w) / radius > 0.95).all()), grad.vectors @ w / radius
+    assert grad.cost["backward_passes"] == 60 and not grad.vectors.requires_grad
+    # derivative-free on an output score: the marker's next-token log-probability
+    readout = readout_objective(handle, 1, TEXTS[:2], marker, chat=False)
+    scored = anneal(readout, starts, radius, budget=60, proposals=4, seed=1)
+    assert float(scored.scores.max()) >= float(readout(starts).max())
+    assert readout.forward_passes == readout.evaluations
+
+
+def test_annealing_bad_input_and_nan_scores(slices):
+    from reptune.discovery.anneal import anneal
+
+    start = torch.randn(2, HIDDEN)
+    with pytest.raises(DiscoveryError) as error:
+        anneal(lambda v: v[:, 0], start, 1.0, budget=5, proposals=4)  # below 2 starts + 2 x 4 proposals
+    assert "budget" in _one_line(error)
+    with pytest.raises(DiscoveryError) as error:
+        anneal(lambda v: v[:, 0], torch.zeros(0, HIDDEN), 1.0)
+    assert "starting" in _one_line(error)
+    with pytest.raises(DiscoveryError) as error:
+        anneal(lambda v: torch.full((v.shape[0],), float("nan")), start, 1.0, budget=40)
+    assert "NaN" in _one_line(error)
+    # NaN for half the space: never accepted, counted
+    run = anneal(lambda v: torch.where(v[:, 0] > 0, v[:, 1].double(), torch.tensor(float("nan"), dtype=torch.float64)),
+                 start.abs(), 1.0, budget=60)
+    assert run.invalid > 0 and torch.isfinite(run.scores).all() and bool((run.vectors[:, 0] > 0).all())
