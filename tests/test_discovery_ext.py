@@ -239,3 +239,67 @@ def test_annealing_bad_input_and_nan_scores(slices):
     run = anneal(lambda v: torch.where(v[:, 0] > 0, v[:, 1].double(), torch.tensor(float("nan"), dtype=torch.float64)),
                  start.abs(), 1.0, budget=60)
     assert run.invalid > 0 and torch.isfinite(run.scores).all() and bool((run.vectors[:, 0] > 0).all())
+
+
+# --- CMA-ES in a subspace -------------------------------------------------------------------------------
+
+
+def test_cmaes_finds_a_rewarded_direction_in_a_low_dimensional_subspace(slices):
+    pytest.importorskip("cmaes")
+    from reptune.discovery.ensemble import cmaes_search, subspace_basis
+
+    generator = torch.Generator().manual_seed(7)
+    found = torch.randn(4, HIDDEN, generator=generator)  # e.g. the top vectors of another method
+    target = torch.tensor([0.2, -0.7, 0.5, 0.4]) @ found
+    target /= target.norm()
+    calls = []
+
+    def reward(vectors):  # any scorer: here the cosine to one known direction
+        calls.append(vectors.shape[0])
+        return (vectors @ target) / vectors.norm(dim=-1)
+
+    basis = subspace_basis("span", HIDDEN, vectors=found)
+    run = cmaes_search(reward, basis, 3.0, budget=240, seed=0)
+    assert run.dim == 4 and float(run.scores[0]) > 0.9
+    assert float(run.vectors[0] @ target) / 3.0 > 0.9 and abs(float(run.vectors[0].norm()) - 3.0) < 1e-4
+    assert run.evaluations == sum(calls) <= 240 and run.invalid == 0
+    again = cmaes_search(reward, basis, 3.0, budget=240, seed=0)
+    assert torch.equal(run.vectors, again.vectors)
+    # PCA and full subspaces have the expected shapes; the full space is the identity
+    assert subspace_basis("pca", HIDDEN, slices=slices, dim=3).shape == (3, HIDDEN)
+    assert torch.equal(subspace_basis("full", HIDDEN), torch.eye(HIDDEN))
+
+
+def test_cmaes_treats_nan_scores_as_invalid_and_never_returns_them():
+    pytest.importorskip("cmaes")
+    from reptune.discovery.ensemble import cmaes_search, subspace_basis
+
+    basis = subspace_basis("full", 4)
+
+    def half_nan(vectors):
+        scores = vectors[:, 0].double()
+        return torch.where(vectors[:, 1] > 0, scores, torch.tensor(float("nan"), dtype=torch.float64))
+
+    run = cmaes_search(half_nan, basis, 1.0, budget=64, population=8, seed=1)
+    assert run.invalid > 0 and torch.isfinite(run.scores).all() and float(run.vectors[0, 1]) > 0
+    with pytest.raises(DiscoveryError) as error:
+        cmaes_search(lambda v: torch.full((v.shape[0],), float("nan")), basis, 1.0, budget=16, population=8)
+    assert "NaN" in _one_line(error)
+
+
+def test_cmaes_bad_input_is_one_line():
+    pytest.importorskip("cmaes")
+    from reptune.discovery.ensemble import cmaes_search, subspace_basis
+
+    with pytest.raises(DiscoveryError) as error:
+        cmaes_search(lambda v: v[:, 0], torch.eye(4), 1.0, budget=5, population=8)
+    assert "population" in _one_line(error)
+    with pytest.raises(DiscoveryError) as error:
+        subspace_basis("span", HIDDEN, vectors=torch.zeros(2, HIDDEN))
+    assert "empty subspace" in _one_line(error)
+    with pytest.raises(DiscoveryError) as error:
+        subspace_basis("pca", HIDDEN, dim=0)
+    assert "empty subspace" in _one_line(error)
+    with pytest.raises(DiscoveryError) as error:
+        cmaes_search(lambda v: v[:, 0], torch.zeros(0, 4), 1.0)
+    assert "empty subspace" in _one_line(error)
