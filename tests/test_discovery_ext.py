@@ -303,3 +303,79 @@ def test_cmaes_bad_input_is_one_line():
     with pytest.raises(DiscoveryError) as error:
         cmaes_search(lambda v: v[:, 0], torch.zeros(0, 4), 1.0)
     assert "empty subspace" in _one_line(error)
+
+
+# --- the anneal and cmaes methods of discover --------------------------------------------------------
+
+
+def test_discover_anneal_and_cmaes_methods(llama, tmp_path):
+    pytest.importorskip("cmaes")
+    from reptune.discovery.search import SearchSpec
+
+    annealed = discover(llama, TEXTS[:2], method="anneal", source=1, target=3, radius=2.0, num=2, score=False,
+                        search=SearchSpec(budget=40, candidates=8), seed=0)
+    plain = discover(llama, TEXTS[:2], method="random", source=1, target=3, radius=2.0, num=2, candidates=8, score=False, seed=0)
+    assert annealed.vectors[0].method_score >= plain.vectors[0].method_score  # searched around the same best random vectors
+    cost = annealed.settings["cost"]
+    assert cost["evaluations"] <= 40 and cost["backward_passes"] > 0 and annealed.settings["mode"] == "gradient"
+    free = discover(llama, TEXTS[:2], method="anneal", source=1, target=3, radius=2.0, num=1, score=False,
+                    search=SearchSpec(budget=30, candidates=6, anneal_mode="free"), seed=0)
+    assert free.settings["cost"]["evaluations"] <= 30 and "free annealing" in free.markdown()
+    found = torch.stack([item.tensor for item in plain.vectors])
+    cma = discover(llama, TEXTS[:2], method="cmaes", source=1, target=3, radius=2.0, num=1, score=False,
+                   search=SearchSpec(budget=24, subspace="span", subspace_vectors=found, population=6), output=tmp_path / "c.safetensors")
+    assert cma.settings["dim"] == 2 and "CMA-ES in the span subspace" in (tmp_path / "c.discovery.md").read_text()
+    assert cma.vectors[0].tensor.norm().sub(2.0).abs() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "method,spec,fragment",
+    [
+        ("cmaes", {"budget": 3, "population": 6}, "population"),
+        ("cmaes", {"subspace": "span"}, "empty subspace"),
+        ("cmaes", {"subspace": "pca", "subspace_dim": 0}, "empty subspace"),
+        ("anneal", {"budget": 4, "candidates": 4}, "budget"),
+        ("anneal", {"objective": "logit"}, "logit_tokens"),
+        ("anneal", {"objective": "judge", "anneal_mode": "gradient"}, "judge"),
+    ],
+)
+def test_search_bad_input_is_one_line_before_model_work(llama, monkeypatch, method, spec, fragment):
+    from reptune.discovery import pipeline
+    from reptune.discovery.search import SearchSpec
+
+    monkeypatch.setattr(pipeline, "build_slices", lambda *a, **k: pytest.fail("model work before the check"))
+    with pytest.raises(DiscoveryError) as error:
+        discover(llama, TEXTS[:1], method=method, source=1, target=3, radius=1.0, num=1, score=False, search=SearchSpec(**spec))
+    assert fragment in _one_line(error)
+
+
+def test_search_with_a_nan_judge_reports_invalid_scores(llama):
+    from reptune.discovery.search import SearchSpec
+
+    seen = []
+
+    def judge(prompts, completions):  # its second batch fails: every score NaN
+        seen.append(len(completions))
+        return [float("nan") if len(seen) == 2 else 1.0 + 0.01 * len(text) for text in completions]
+
+    result = discover(llama, ["Hello world", "Cats are mammals."], method="anneal", source=1, target=3, radius=2.0, num=1, score=False,
+                      judge=judge, rank_by="method", search=SearchSpec(budget=16, candidates=4, objective="judge", max_new_tokens=4),
+                      chat=False, seed=0)
+    assert len(seen) >= 2 and math.isfinite(result.vectors[0].method_score)  # a NaN-scored vector is never kept
+    assert result.settings["invalid"] > 0 and result.settings["cost"]["judge_calls"] == len(seen)
+    assert "invalid (NaN) scores" in result.markdown()
+
+
+def test_cli_discover_cmaes_span_and_anneal(tiny_dir, tmp_path, cli_run):
+    pytest.importorskip("cmaes")
+    found = tmp_path / "found.safetensors"
+    common = ["--model", tiny_dir, "--source", 1, "--target", 3, "--radius", "2", "--prompt", "Hello world", "--no-score", "--precision", "fp32"]
+    code, _, err = cli_run("discover", *common, "--method", "random", "--num", 3, "-o", found)
+    assert code == 0, err
+    code, _, err = cli_run("discover", *common, "--method", "cmaes", "--subspace", "span", "--span-of", found, "--budget", 24, "--population", 6,
+                           "--num", 1, "-o", tmp_path / "c.safetensors")
+    assert code == 0, err
+    code, _, err = cli_run("discover", *common, "--method", "anneal", "--budget", 30, "--candidates", 6, "--num", 1, "-o", tmp_path / "a.safetensors")
+    assert code == 0, err
+    code, _, err = cli_run("discover", *common, "--method", "cmaes", "--subspace", "span", "--num", 1, "-o", tmp_path / "x.safetensors")
+    assert code == 2 and "empty subspace" in err and "Traceback" not in err

@@ -42,16 +42,17 @@ from reptune.discovery.dct import DEFAULT_RATIO, Calibration, calibrate_radius, 
 from reptune.discovery.melbo import PAPER_LR, check_orthogonal_order, train_melbo
 from reptune.discovery.norm import NormCurve, check_grid, default_grid, norm_curves, norm_markdown, plot_norm_curves
 from reptune.discovery.scoring import Baseline, Judge, VectorScores, score_vectors, token_id
-from reptune.discovery.side_effects import resolve_side_effect_prompts, side_effect_scores
+from reptune.discovery.search import SEARCH_METHODS, SearchSpec, build_objective, check_search, run_search
+from reptune.discovery.side_effects import SideEffects, resolve_side_effect_prompts, side_effect_scores
 from reptune.discovery.slice import build_slices, check_layers
 from reptune.models import ModelHandle
 from reptune.sites import Positions
 from reptune.steering import format_prompts
 from reptune.vectors import SteeringVector, VectorMeta
 
-METHODS = ("melbo", "random", "dct")
+METHODS = ("melbo", "random", "dct", "anneal", "cmaes")
 RANK_KEYS = ("auto", "method", "diverge", "logit", "match", "judge", "side_effect")
-METHOD_SCORE = {"melbo": "objective", "random": "objective", "dct": "alpha"}
+METHOD_SCORE = {"melbo": "objective", "random": "objective", "dct": "alpha", "anneal": "objective", "cmaes": "objective"}
 
 
 @dataclass
@@ -274,6 +275,7 @@ def discover(
     side_effect_penalty: float = 0.0,
     sweep: bool = False,
     tune_norm: bool | Sequence[float] = False,
+    search: SearchSpec | None = None,
     seed: int = 0,
     prompt_batch_size: int = 16,
     vector_batch_size: int | None = None,
@@ -319,6 +321,9 @@ def discover(
             (:mod:`~reptune.discovery.side_effects`; column ``side_effect``, nats per token).
         side_effect_penalty: rank by ``primary - penalty * side_effect`` (needs ``side_effects``).
         sweep: also score random vectors on a log grid of radii (reported).
+        search: settings of the ``anneal`` and ``cmaes`` methods (:class:`~reptune.discovery.search.SearchSpec`:
+            budget, objective melbo/logit/match/judge, anneal mode, candidates, subspace, population);
+            ``init`` gives anneal its starts and cmaes its starting directions.
         tune_norm: ``True`` (grid ``R x (1/4 .. 8)``) or a radius grid: each vector's effect over
             the grid (:func:`reptune.discovery.norm.norm_curves`: objective, and with ``score`` the
             divergence, readouts, judge, degeneration; appear / degenerate / best radius; the
@@ -336,7 +341,7 @@ def discover(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     if method not in METHODS:
-        raise DiscoveryError(f"unknown discovery method {method!r}: use melbo, random or dct")
+        raise DiscoveryError(f"unknown discovery method {method!r}: use {', '.join(METHODS)}")
     prompts = [str(prompt) for prompt in prompts]
     if not prompts:
         raise DiscoveryError("no prompts: discovery needs at least one prompt")
@@ -354,8 +359,10 @@ def discover(
     if not auto_radius:
         radius = check_radius(radius)  # type: ignore[arg-type]
     num = check_count(num, "number of vectors")
-    if init is not None and method != "melbo":
-        raise DiscoveryError("starting vectors (init / --init) work with method melbo")
+    if init is not None and method not in ("melbo", "anneal", "cmaes"):
+        raise DiscoveryError("starting vectors (init / --init) work with methods melbo, anneal and cmaes")
+    if search is not None and method not in SEARCH_METHODS:
+        raise DiscoveryError("search settings (budget, objective, subspace) work with methods anneal and cmaes")
     if (candidates is not None or refine_steps) and method != "random":
         raise DiscoveryError("candidates and refine_steps (random search) work with method random")
     if orthogonal is None:
@@ -386,6 +393,10 @@ def discover(
         raise DiscoveryError(f"rank_by {rank_by!r} needs scoring (score=True)")
     if eval_prompts is not None and not list(eval_prompts):
         raise DiscoveryError("eval_prompts is empty")
+    spec = search or SearchSpec()
+    if method in SEARCH_METHODS:
+        init_rows = 0 if init is None else int(torch.as_tensor(init).reshape(-1, handle.hidden_size).shape[0])
+        check_search(method, spec, num, handle.hidden_size, logit_tokens=logit_tokens, match=match, judge=judge, init_rows=init_rows)
     norm_grid = None
     if tune_norm is not False and tune_norm is not None:
         norm_grid = None if tune_norm is True else check_grid(list(tune_norm))  # type: ignore[arg-type]
@@ -421,6 +432,12 @@ def discover(
         vectors, method_scores = run.vectors, run.objective
         history = run.history.T.tolist()
         settings.update({"p": p, "q": q, "lr": lr, **{k: v for k, v in run.settings.items() if k != "candidate_objective"}})
+    elif method in SEARCH_METHODS:
+        side = SideEffects(handle, source, side_texts) if side_texts is not None and side_effect_penalty else None
+        objective = build_objective(spec, slices, handle, source, prompts, chat=chat, p=p, q=q, logit_tokens=logit_tokens, match=match,
+                                    judge=judge, side_effects=side, penalty=float(side_effect_penalty))
+        vectors, method_scores, found = run_search(method, spec, objective, slices, num, radius, init=init, p=p, q=q, seed=seed)
+        settings.update({"p": p, "q": q, **found})
     else:
         dct = fit_dct(slices, num, radius, iters=dct_iters, orthogonal=orthogonal, seed=seed)
         vectors, method_scores = dct.vectors, dct.alpha
@@ -577,6 +594,13 @@ def _report(result: DiscoveryResult, samples: int, figure: str | None = None) ->
         lines.append(f"| candidates | {settings.get('candidates')} |")
     if result.method == "dct":
         lines.append(f"| DCT iterations | {settings.get('dct_iters')} |")
+    if result.method in SEARCH_METHODS:
+        cost = settings.get("cost", {})
+        what = (f"{settings.get('mode')} annealing from the best {len(result.vectors)} of {settings.get('candidates')} random vectors"
+                if result.method == "anneal" else f"CMA-ES in the {settings.get('subspace')} subspace (d = {settings.get('dim')}, population {settings.get('population')})")
+        lines.append(f"| search | {what}; objective {settings.get('objective')} |")
+        lines.append(f"| budget | {settings.get('budget')} evaluations; spent: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in cost.items())
+                     + f"; invalid (NaN) scores {settings.get('invalid', 0)} |")
     lines += [
         f"| prompts | {len(result.prompts)} |",
         f"| evaluation prompts | {len(result.eval_prompts)} ({'held out' if result.held_out else 'the training prompts, not held out'}) |",
