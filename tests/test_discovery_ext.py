@@ -379,3 +379,44 @@ def test_cli_discover_cmaes_span_and_anneal(tiny_dir, tmp_path, cli_run):
     assert code == 0, err
     code, _, err = cli_run("discover", *common, "--method", "cmaes", "--subspace", "span", "--num", 1, "-o", tmp_path / "x.safetensors")
     assert code == 2 and "empty subspace" in err and "Traceback" not in err
+
+
+# --- from a found vector to weights ----------------------------------------------------------------
+
+
+def test_a_discovered_vector_tuned_in_with_pos_raises_the_cosine_without_hooks(tmp_path):
+    from reptune.discovery.weights import compare_tune_in, generation_items, write_generation_pairs
+
+    prompts = ["Hello world", "Cats are mammals.", "The sky is blue.", "Dogs bark at night."]
+    found = discover(build_model("llama", chat=True), prompts, method="random", source=2, target=3, radius=4.0, num=1, score=False, seed=0)
+    vector = found.best
+    report = compare_tune_in(lambda: build_model("llama", chat=True), vector, prompts, tmp_path, steps=20, lr=1e-2, max_new_tokens=4,
+                             batch_size=4, eval_every=100, checkpoint_every=100)
+    assert report["pos"]["cos"] > report["base"]["cos"] + 0.2, report
+    assert report["pos"]["cos"] > report["sft"]["cos"]
+    for name in ("base", "pos", "sft"):
+        assert 0.0 <= report[name]["agreement"] <= 1.0
+    assert (tmp_path / "generations.jsonl").is_file()
+    items = generation_items(build_model("llama", chat=True), vector, prompts[:2], max_new_tokens=3)
+    assert all(item.completion for item in items)
+    path = write_generation_pairs(items, tmp_path / "pairs.jsonl")
+    from reptune.tuning import load_tune_items
+
+    loaded, _ = load_tune_items(str(path), build_model("llama", chat=True).tokenizer)
+    assert [item.completion for item in loaded] == [item.completion for item in items]
+
+
+def test_cli_discover_writes_generations_for_sft(tiny_dir, tmp_path, cli_run):
+    from reptune.tuning import load_tune_items
+
+    output, pairs = tmp_path / "found.safetensors", tmp_path / "gens.jsonl"
+    code, _, err = cli_run(
+        "discover", "--model", tiny_dir, "--method", "random", "--source", 1, "--target", 3, "--radius", "2", "--num", 1,
+        "--prompt", "Hello world", "--prompt", "Cats are mammals.", "-n", 3, "--generations", pairs, "--precision", "fp32", "-o", output,
+    )
+    assert code == 0, err
+    items, _ = load_tune_items(str(pairs), build_model("llama", chat=True).tokenizer)
+    assert len(items) == 2 and all(item.completion for item in items)
+    code, _, err = cli_run("discover", "--model", tiny_dir, "--prompt", "hi", "--generations", tmp_path / "g.txt", "--precision", "fp32",
+                           "-o", tmp_path / "x.safetensors")
+    assert code == 2 and "--generations" in err

@@ -585,6 +585,7 @@ def discover_cmd(
     span_of: Annotated[list[Path] | None, typer.Option("--span-of", help="cmaes --subspace span: a vector file (repeat; its rank2.. siblings count too).")] = None,
     population: Annotated[int | None, typer.Option("--population", help="cmaes population (default 4 + 3 ln d).")] = None,
     sigma: Annotated[float, typer.Option("--sigma", help="cmaes initial step size.")] = 0.5,
+    generations: Annotated[Path | None, typer.Option("--generations", help="Write the best vector's steered greedy completions as pairs JSONL (SFT data: fine-tune on the vector's generations).")] = None,
     tune_norm: Annotated[bool, typer.Option("--tune-norm", help="Each vector's effect over a radius grid (default R x 1/4..8): curves, appear/degenerate radius, growth statistic.")] = False,
     norm_grid: Annotated[str | None, typer.Option("--norm-grid", help="Radii for --tune-norm, comma-separated, e.g. '1,2,4,8'.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -669,7 +670,10 @@ def discover_cmd(
         candidates = None
     span_vectors = [load_vector(path) for path in span_files]
     stem = output.with_suffix("")
-    _check_outputs(output, output.with_suffix(".json"), *(stem.with_name(f"{stem.name}.discovery.{ext}") for ext in ("json", "md")))
+    if generations is not None and generations.suffix != ".jsonl":
+        raise DiscoveryError(f"--generations must end in .jsonl, got {generations.name}")
+    _check_outputs(output, output.with_suffix(".json"), *(stem.with_name(f"{stem.name}.discovery.{ext}") for ext in ("json", "md")),
+                   *([generations] if generations is not None else []))
     handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     if spec is not None and subspace == "span":
         if source is None:
@@ -706,6 +710,12 @@ def discover_cmd(
     console.print(table)
     stem = output.with_suffix("")
     err_console.print(f"wrote {output} (best) and {len(rows) - 1} more by rank; report {stem.name}.discovery.md")
+    if generations is not None:
+        from reptune.discovery.weights import generation_items, write_generation_pairs
+
+        items = generation_items(handle, result.best, held_out or texts, max_new_tokens=max_new_tokens, chat=chat)
+        write_generation_pairs(items, generations)
+        err_console.print(f"wrote {len(items)} steered generations of the best vector to {generations}")
 
 
 def _with_ranks(path: Path) -> list[Path]:
