@@ -336,6 +336,9 @@ def tune(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --output that is not a reptune tuning run (its files may be replaced).")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch")] = False,
+    token_target: Annotated[
+        str | None, typer.Option("--token-target", help="Override the preset's token loss: truth, lie, soft, sft (completions), none.")
+    ] = None,
     items_kind: Annotated[
         str, typer.Option("--items", help="ab: statements as A/B questions (answer-letter loss); twin: true/false twins (pairwise sequence loss; needs a 'pair' column).")
     ] = "ab",
@@ -363,7 +366,7 @@ def tune(
         "train_modules": train_modules, "allow_blocks_beyond_rep": allow_blocks_beyond_rep or None,
         "param_groups": _parse_param_groups(param_group or []) or None,
         "routing": routing, "rep_params": rep_params, "adam_eps": adam_eps, "weight_decay": weight_decay, "lr_schedule": lr_schedule,
-        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "early_stop_on": early_stop_on,
+        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "early_stop_on": early_stop_on, "token_target": token_target,
     }
     config = TuneConfig.from_preset(preset, paper=paper, **overrides)
     loaded = load_vector(vector) if vector is not None else None
