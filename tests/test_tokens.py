@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from reptune.data.ab import letter_token_ids as ab_letter_token_ids
-from reptune.discovery.common import DiscoveryError
-from reptune.discovery.pipeline import load_prompts
+from reptune.discovery.common import DiscoveryError, load_prompts
 from reptune.errors import DataError, VectorError
 from reptune.evaluation.projection import vector_directions
 from reptune.evaluation.tasks import choice_token_ids as tasks_choice_token_ids

@@ -30,7 +30,7 @@ convention (:mod:`reptune.sites`), hooks (:mod:`reptune.steering`) and vector fi
 
 from reptune.discovery.anneal import AnnealRun, anneal, anneal_gradient
 from reptune.discovery.baselines import RadiusSweep, log_grid, random_search, random_vectors, sweep_radius
-from reptune.discovery.common import DiscoveryError
+from reptune.discovery.common import DiscoveryError, load_prompts
 from reptune.discovery.dct import Calibration, DCTResult, calibrate_radius, fit_dct
 from reptune.discovery.ensemble import EnsembleRun, cmaes_search, subspace_basis
 from reptune.discovery.melbo import MelboRun, local_search, train_melbo
@@ -49,7 +49,6 @@ from reptune.discovery.pipeline import (
     DiscoveryResult,
     default_layers,
     discover,
-    load_prompts,
     rank_path,
 )
 from reptune.discovery.scoring import Judge, VectorScores, score_vectors

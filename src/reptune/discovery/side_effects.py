@@ -26,7 +26,7 @@ import torch
 
 from reptune.activations import tokenize_examples
 from reptune.data.pairs import Example
-from reptune.discovery.common import DiscoveryError
+from reptune.discovery.common import DiscoveryError, load_prompts
 from reptune.models import ModelHandle
 from reptune.steering import Steering
 
@@ -48,8 +48,6 @@ def resolve_side_effect_prompts(spec: str | Path | Sequence[str] | None, limit: 
     if isinstance(spec, (str, Path)):
         if str(spec) == NEUTRAL:
             return neutral_prompts(limit)
-        from reptune.discovery.pipeline import load_prompts
-
         texts = load_prompts(spec)
     else:
         texts = [str(text) for text in spec]

@@ -163,7 +163,7 @@ def load_projection_prompts(spec: str, template: str = STATEMENT_TEMPLATE) -> tu
     """
     path = Path(spec).expanduser()
     if path.suffix in {".txt", ".jsonl", ".json"} and path.is_file():
-        from reptune.discovery.pipeline import load_prompts
+        from reptune.discovery.common import load_prompts
 
         prompts = load_prompts(path)
         return prompts, str(path), sha256_json(prompts)
