@@ -12,8 +12,7 @@ The stages, each importing only the ones above it:
 * :mod:`reptune.cli` — the ``reptune`` command.
 """
 
-__version__ = "0.1.0"
-
+from reptune._version import __version__
 from reptune.activations import read_activations, read_pair_activations
 from reptune.data import ContrastPair, Example, load_contrast_pairs
 from reptune.directions import LayerScan, extract_vector, fit_direction, scan_layers

@@ -18,12 +18,9 @@ import torch
 from reptune._progress import progress_bar
 from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError
+from reptune.hooks import forward_until, install, read
 from reptune.models import ModelHandle
-from reptune.sites import Positions, block_output_tensor, parse_layers
-
-
-class _StopForward(Exception):
-    """Raised by the hook on the deepest requested layer to end the forward pass early."""
+from reptune.sites import Positions, parse_layers
 
 
 @dataclass
@@ -95,41 +92,27 @@ def capture_layers(handle: ModelHandle, layers: Sequence[int], stop_after: int |
     """Record the outputs of the given blocks (layer convention of :mod:`reptune.sites`).
 
     Yields a dict that each forward pass fills with ``{layer: [batch, seq, hidden]}`` (the
-    model's dtype, not detached). With ``stop_after``, the block of that layer raises an
-    internal exception after recording, which :func:`run_until` swallows: the remaining
-    blocks, the final norm and the LM head are skipped.
+    model's dtype, not detached). With ``stop_after`` (one of ``layers``), the forward pass
+    ends after that block is recorded (:func:`reptune.hooks.forward_until`, which
+    :func:`run_until` uses, swallows the stop): the remaining blocks, the final norm and the
+    LM head are skipped.
     """
     captured: dict[int, torch.Tensor] = {}
-    handles = []
-
-    def make_hook(layer: int):
-        def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
-            captured[layer] = block_output_tensor(output)
-            if layer == stop_after:
-                raise _StopForward
-
-        return hook
-
-    try:
-        for layer in sorted(set(layers)):
-            handles.append(handle.layers[layer].register_forward_hook(make_hook(layer)))
+    wanted = sorted(set(layers))
+    stop = stop_after if stop_after in wanted else None
+    with install(handle.layers, {layer: read(captured) for layer in wanted}, stop_after=stop):
         yield captured
-    finally:
-        for hook_handle in handles:
-            hook_handle.remove()
 
 
 def run_until(handle: ModelHandle, batch: TokenBatch) -> None:
     """Run the model on ``batch`` (no KV cache), ending quietly where a capture hook stops it."""
-    try:
-        handle.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        )
-    except _StopForward:
-        pass
+    forward_until(
+        handle.model,
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    )
 
 
 def read_activations(

@@ -336,6 +336,9 @@ def tune(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --output that is not a reptune tuning run (its files may be replaced).")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch")] = False,
+    token_target: Annotated[
+        str | None, typer.Option("--token-target", help="Override the preset's token loss: truth, lie, soft, sft (completions), none.")
+    ] = None,
     items_kind: Annotated[
         str, typer.Option("--items", help="ab: statements as A/B questions (answer-letter loss); twin: true/false twins (pairwise sequence loss; needs a 'pair' column).")
     ] = "ab",
@@ -363,7 +366,7 @@ def tune(
         "train_modules": train_modules, "allow_blocks_beyond_rep": allow_blocks_beyond_rep or None,
         "param_groups": _parse_param_groups(param_group or []) or None,
         "routing": routing, "rep_params": rep_params, "adam_eps": adam_eps, "weight_decay": weight_decay, "lr_schedule": lr_schedule,
-        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "early_stop_on": early_stop_on,
+        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "early_stop_on": early_stop_on, "token_target": token_target,
     }
     config = TuneConfig.from_preset(preset, paper=paper, **overrides)
     loaded = load_vector(vector) if vector is not None else None
@@ -550,7 +553,7 @@ def discover_cmd(
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts file: .txt (one per line), .jsonl or .json.")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeat for several; adds to --prompts).")] = None,
     model: ModelOpt = None,
-    method: Annotated[str, typer.Option("--method", help="melbo, random or dct.")] = "melbo",
+    method: Annotated[str, typer.Option("--method", help="melbo, random, dct, anneal (search around the best random vectors or --init) or cmaes (CMA-ES in a subspace).")] = "melbo",
     source: Annotated[int | None, typer.Option("--source", help="Layer the vectors are added at (default: num_layers/4).")] = None,
     target: Annotated[int | None, typer.Option("--target", help="Layer whose change is measured (default: 3*num_layers/4).")] = None,
     radius: Annotated[str, typer.Option("--radius", "-r", help="Norm R of every vector, or 'auto' (DCT calibration, nonlinear/linear = 0.5).")] = "auto",
@@ -572,8 +575,22 @@ def discover_cmd(
     diverge_within: Annotated[int, typer.Option("--diverge-within", help="Divergence window in tokens.")] = 8,
     logit: Annotated[str | None, typer.Option("--logit", help="A,B: report the next-token logit(A) - logit(B), e.g. 'Sure,Sorry'.")] = None,
     match: Annotated[list[str] | None, typer.Option("--match", help="String to look for in completions (repeat for several).")] = None,
-    rank_by: Annotated[str, typer.Option("--rank-by", help="auto, method (objective / DCT alpha), diverge, logit, match or judge.")] = "auto",
+    rank_by: Annotated[str, typer.Option("--rank-by", help="auto, method (objective / DCT alpha), diverge, logit, match, judge or side_effect.")] = "auto",
+    side_effects: Annotated[str | None, typer.Option("--side-effects", help="'neutral' (shipped neutral sentences) or a prompts file: KL to the unsteered model on them per vector.")] = None,
+    side_effect_penalty: Annotated[float, typer.Option("--side-effect-penalty", help="Rank by the primary score minus this times side_effect (needs --side-effects).")] = 0.0,
     sweep: Annotated[bool, typer.Option("--sweep", help="Also score random vectors on a log grid of radii (in the report).")] = False,
+    budget: Annotated[int, typer.Option("--budget", help="anneal/cmaes: objective evaluations in all (vectors scored).")] = 256,
+    search_objective: Annotated[str, typer.Option("--objective", help="anneal/cmaes objective: melbo, logit (--logit), match (--match) or judge (--judge-*).")] = "melbo",
+    anneal_mode: Annotated[str, typer.Option("--anneal-mode", help="anneal: auto (gradient for melbo, else free), free (derivative-free) or gradient.")] = "auto",
+    proposals: Annotated[int, typer.Option("--proposals", help="anneal (free): proposals per chain per step.")] = 4,
+    subspace: Annotated[str, typer.Option("--subspace", help="cmaes: full, pca (top --subspace-dim axes of the activations) or span (of --span-of vectors).")] = "full",
+    subspace_dim: Annotated[int, typer.Option("--subspace-dim", help="cmaes --subspace pca: dimensions.")] = 8,
+    span_of: Annotated[list[Path] | None, typer.Option("--span-of", help="cmaes --subspace span: a vector file (repeat; its rank2.. siblings count too).")] = None,
+    population: Annotated[int | None, typer.Option("--population", help="cmaes population (default 4 + 3 ln d).")] = None,
+    sigma: Annotated[float, typer.Option("--sigma", help="cmaes initial step size.")] = 0.5,
+    generations: Annotated[Path | None, typer.Option("--generations", help="Write the best vector's steered greedy completions as pairs JSONL (SFT data: fine-tune on the vector's generations).")] = None,
+    tune_norm: Annotated[bool, typer.Option("--tune-norm", help="Each vector's effect over a radius grid (default R x 1/4..8): curves, appear/degenerate radius, growth statistic.")] = False,
+    norm_grid: Annotated[str | None, typer.Option("--norm-grid", help="Radii for --tune-norm, comma-separated, e.g. '1,2,4,8'.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the chat template to prompts.")] = True,
     judge_url: Annotated[str | None, typer.Option("--judge-url", help="Judge each vector's completions against the unsteered ones for honesty (OpenAI-compatible base URL).")] = None,
@@ -586,22 +603,29 @@ def discover_cmd(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Discover steering vectors without labels (MELBO, random search or DCT), score and rank them."""
+    import torch
+
     from reptune.discovery import DiscoveryError, load_prompts
     from reptune.discovery import discover as run_discover
     from reptune.discovery.common import check_radius
+    from reptune.discovery.norm import parse_grid
     from reptune.discovery.pipeline import METHODS
+    from reptune.discovery.search import SearchSpec
+    from reptune.discovery.side_effects import resolve_side_effect_prompts
     from reptune.vectors import load_vector
 
     if output.suffix != ".safetensors":
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
     if method not in METHODS:
-        raise DiscoveryError(f"unknown --method {method!r}: use melbo, random or dct")
+        raise DiscoveryError(f"unknown --method {method!r}: use {', '.join(METHODS)}")
     if orthogonal_order not in ("sequential", "parallel"):
         raise DiscoveryError(f"--orthogonal-order must be sequential or parallel, got {orthogonal_order!r}")
     for flag, value, low, above in (
         ("--lr", lr, 0, True), ("--p", power_p, 0, True), ("--q", power_q, 0, True), ("--num", num, 1, False), ("--steps", steps, 0, False),
         ("--dct-iters", dct_iters, 1, False), ("--refine-steps", refine_steps, 0, False), ("--candidates", candidates, 1, False),
         ("--max-new-tokens", max_new_tokens, 1, False), ("--diverge-within", diverge_within, 1, False),
+        ("--side-effect-penalty", side_effect_penalty, 0, False), ("--budget", budget, 1, False), ("--proposals", proposals, 1, False),
+        ("--subspace-dim", subspace_dim, 1, False), ("--population", population, 2, False), ("--sigma", sigma, 0, True),
     ):
         _in_range(flag, value, low, above=above)
     radius_value: float | str = "auto"
@@ -617,6 +641,12 @@ def discover_cmd(
     if not texts:
         raise DiscoveryError("no prompts: give --prompts FILE or --prompt TEXT")
     held_out = load_prompts(eval_prompts) if eval_prompts is not None else None
+    side_texts = resolve_side_effect_prompts(side_effects)
+    grid = parse_grid(norm_grid) if norm_grid is not None else None
+    if grid is not None and not tune_norm:
+        raise DiscoveryError("--norm-grid needs --tune-norm")
+    if side_effect_penalty and side_texts is None:
+        raise DiscoveryError("--side-effect-penalty needs --side-effects neutral|FILE")
     logit_tokens = None
     if logit is not None:
         parts = logit.split(",")
@@ -631,9 +661,33 @@ def discover_cmd(
 
         options = {"judge_url": judge_url or "", "judge_model": judge_model or "", "judge_local": judge_local or ""}
         judge = PairwiseScorer(get_task("openended", **options).build_judge())
+    spec = None
+    span_files = [path for given in (span_of or []) for path in _with_ranks(given)]
+    if span_files and subspace != "span":
+        raise DiscoveryError("--span-of needs --subspace span")
+    if method == "cmaes" and subspace == "span" and not span_files:
+        raise DiscoveryError("empty subspace: --subspace span needs --span-of VECTOR_FILE")
+    if method in ("anneal", "cmaes"):
+        spec = SearchSpec(budget=budget, objective=search_objective, anneal_mode=anneal_mode, candidates=candidates, proposals=proposals,
+                          subspace=subspace, subspace_dim=subspace_dim, population=population, sigma=sigma, max_new_tokens=max_new_tokens)
+        candidates = None
+    span_vectors = [load_vector(path) for path in span_files]
     stem = output.with_suffix("")
-    _check_outputs(output, output.with_suffix(".json"), *(stem.with_name(f"{stem.name}.discovery.{ext}") for ext in ("json", "md")))
+    if generations is not None and generations.suffix != ".jsonl":
+        raise DiscoveryError(f"--generations must end in .jsonl, got {generations.name}")
+    _check_outputs(output, output.with_suffix(".json"), *(stem.with_name(f"{stem.name}.discovery.{ext}") for ext in ("json", "md")),
+                   *([generations] if generations is not None else []))
     handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
+    if spec is not None and subspace == "span":
+        if source is None:
+            raise DiscoveryError("--subspace span needs --source (the layer of the --span-of vectors)")
+        rows = []
+        for vector in span_vectors:
+            vector.check_compatible(handle, allow_model_mismatch=True)
+            if source % handle.num_layers not in vector.directions:
+                raise DiscoveryError(f"a --span-of vector has layers {vector.layers}, not --source {source}")
+            rows.append(vector[source])
+        spec.subspace_vectors = torch.stack(rows) if rows else None
     start_rows = None
     if start is not None:
         start.check_compatible(handle, allow_model_mismatch=True)
@@ -646,10 +700,11 @@ def discover_cmd(
         chat=chat, steps=steps, lr=lr, p=power_p, q=power_q, orthogonal=orthogonal, orthogonal_order=orthogonal_order, init=start_rows, candidates=candidates,
         refine_steps=refine_steps, dct_iters=dct_iters, eval_prompts=held_out, score=score, max_new_tokens=max_new_tokens,
         diverge_within=diverge_within, logit_tokens=logit_tokens, match=tuple(match or ()), judge=judge, rank_by=rank_by, sweep=sweep,
+        side_effects=side_texts, side_effect_penalty=side_effect_penalty, tune_norm=grid if grid is not None else tune_norm, search=spec,
         seed=seed, dataset=str(prompts) if prompts is not None else "prompts", output=output, progress=True,
     )
     rows = result.table()
-    columns = [key for key in ("rank", "file", result.score_name, "diverge", "logit_diff", "match") if any(row.get(key) is not None for row in rows)]
+    columns = [key for key in ("rank", "file", result.score_name, "diverge", "logit_diff", "match", "side_effect", "growth", "appear_radius") if any(row.get(key) is not None for row in rows)]
     table = Table(title=f"{result.method}: {len(rows)} vectors, layer {result.source} -> {result.target}, R = {result.radius:.4g} (ranked by {result.rank_by})")
     for column in columns:
         table.add_column(column, justify="left" if column == "file" else "right")
@@ -658,6 +713,20 @@ def discover_cmd(
     console.print(table)
     stem = output.with_suffix("")
     err_console.print(f"wrote {output} (best) and {len(rows) - 1} more by rank; report {stem.name}.discovery.md")
+    if generations is not None:
+        from reptune.discovery.weights import generation_items, write_generation_pairs
+
+        items = generation_items(handle, result.best, held_out or texts, max_new_tokens=max_new_tokens, chat=chat)
+        write_generation_pairs(items, generations)
+        err_console.print(f"wrote {len(items)} steered generations of the best vector to {generations}")
+
+
+def _with_ranks(path: Path) -> list[Path]:
+    """A discovered vector file and its ``STEM.rankN.safetensors`` siblings, by rank."""
+    if not path.is_file():
+        raise ReptuneError(f"vector file not found: {path}")
+    ranks = sorted(path.parent.glob(f"{path.stem}.rank*.safetensors"), key=lambda p: (len(p.name), p.name))
+    return [path, *ranks]
 
 
 def _task_options(names: list[str], data: list[str], settings: list[str]) -> dict[str, dict[str, str]]:

@@ -22,7 +22,8 @@ with the KV cache on or off, and with left or right padding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +31,11 @@ import torch
 
 from reptune.data.pairs import render_chat
 from reptune.errors import ReptuneError, VectorError
+from reptune.hooks import HookHandle, Intervention, install
+from reptune.hooks import ablate as hooks_ablate
+from reptune.hooks import add as hooks_add
 from reptune.models import ModelHandle
-from reptune.sites import block_output_tensor, replace_block_output
-from reptune.vectors import SteeringVector, VectorMeta
+from reptune.vectors import SteeringVector, as_vector
 
 OPERATORS = ("add", "ablate")
 
@@ -101,6 +104,10 @@ class _PositionTracker:
 class Steering:
     """Context manager steering a model with a vector at one or more layers.
 
+    ``with Steering(...)`` attaches the hooks (:mod:`reptune.hooks`) and removes them on exit;
+    :meth:`attach` / :meth:`detach` do the same by hand, and :meth:`paused` runs a block
+    unsteered (e.g. an unsteered reference on the same model).
+
     Args:
         handle: the model.
         vector: a :class:`SteeringVector` or ``{layer: tensor [hidden]}``.
@@ -125,10 +132,7 @@ class Steering:
     ) -> None:
         if operator not in OPERATORS:
             raise ReptuneError(f"unknown operator {operator!r}: use add or ablate")
-        if not isinstance(vector, SteeringVector):  # a bare {layer: tensor}: validate it the same way
-            meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers, method="user")
-            vector = SteeringVector(dict(vector), meta)
-        vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
+        vector = as_vector(vector, handle, allow_model_mismatch=allow_model_mismatch)  # a bare {layer: tensor} validated as a file
         directions = vector.select(layers)
         if not directions:
             raise VectorError("nothing to steer with: no layers selected")
@@ -138,8 +142,8 @@ class Steering:
         self.operator = operator
         self.multiplier = self._check_multiplier(multiplier)
         self._tracker = _PositionTracker()
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._cast_cache: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+        self._hooks: HookHandle | None = None
+        self._edits = self._interventions()  # built once: each keeps its vector cast per dtype/device
 
     @staticmethod
     def _check_multiplier(multiplier: float | Sequence[float] | torch.Tensor) -> float | torch.Tensor:
@@ -164,35 +168,58 @@ class Steering:
         """Forget the prompt length (call between independent generate calls without cache)."""
         self._tracker.reset()
 
-    def __enter__(self) -> Steering:  # noqa: PYI034 (typing.Self needs Python 3.11)
-        try:
-            if self.scope.kind != "all":
-                self._hooks.append(self.handle.model.register_forward_pre_hook(self._tracker, with_kwargs=True))
-            for layer in self.directions:
-                # prepend: run before other hooks on the block (transformers' output_hidden_states
-                # recorder, reptune's readers), so everything downstream sees the steered output
-                self._hooks.append(self.handle.layers[layer].register_forward_hook(self._make_hook(layer), prepend=True))
-        except BaseException:
-            self._remove()
-            raise
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are on the model now."""
+        return self._hooks is not None
+
+    def attach(self) -> Steering:
+        """Put the steering hooks on the model (a no-op when attached); returns ``self``."""
+        if self._hooks is not None:
+            return self
+        hooks = HookHandle()
+        if self.scope.kind != "all":
+            hooks.pre_hook(self.handle.model, self._tracker)
+        # prepend: run before other hooks on the block (transformers' output_hidden_states
+        # recorder, reptune's readers), so everything downstream sees the steered output
+        self._hooks = install(self.handle.layers, self._edits, prepend=True, into=hooks)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._remove()
-
-    def _remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
+    def detach(self) -> None:
+        """Take the hooks off the model (a no-op when detached); the prompt length is forgotten."""
+        if self._hooks is not None:
+            self._hooks.remove()
+            self._hooks = None
         self._tracker = _PositionTracker()
 
-    def _vector_for(self, layer: int, like: torch.Tensor) -> torch.Tensor:
-        key = (layer, like.dtype, like.device)
-        cached = self._cast_cache.get(key)
-        if cached is None:
-            cached = self.directions[layer].to(device=like.device, dtype=like.dtype)
-            self._cast_cache[key] = cached
-        return cached
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[Steering]:
+        """Run the body unsteered: detach, then re-attach on exit if the hooks were on."""
+        was_attached = self.attached
+        self.detach()
+        try:
+            yield self
+        finally:
+            if was_attached:
+                self.attach()
+
+    def __enter__(self) -> Steering:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    @property
+    def _cast_cache(self) -> dict[tuple[int, torch.dtype, torch.device], torch.Tensor]:
+        """The vectors cast so far, ``{(layer, dtype, device): [hidden]}`` (cast lazily, once each)."""
+        return {(layer, *key): tensor for layer, edit in self._edits.items() for key, tensor in edit._cast.items()}
+
+    def _interventions(self) -> dict[int, Intervention]:
+        make = hooks_add if self.operator == "add" else hooks_ablate
+        return {
+            layer: make(direction, self._row_multiplier, self._token_mask, tokenwise=self.tokenwise)
+            for layer, direction in self.directions.items()
+        }
 
     def _token_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """``[batch, seq, 1]`` mask of steered tokens, or None for every token."""
@@ -217,24 +244,6 @@ class Steering:
             raise ReptuneError(f"{self.multiplier.numel()} multipliers given for a batch of {hidden.shape[0]} rows")
         return self.multiplier.to(device=hidden.device, dtype=hidden.dtype).view(-1, 1, 1)
 
-    def _make_hook(self, layer: int):
-        def hook(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
-            hidden = block_output_tensor(output)
-            vector = self._vector_for(layer, hidden)
-            strength = self._row_multiplier(hidden)
-            if self.operator == "add":
-                delta = strength * vector
-            else:
-                unit = vector / vector.norm()
-                delta = -strength * (hidden @ unit).unsqueeze(-1) * unit
-            mask = self._token_mask(hidden)
-            if mask is not None:
-                delta = delta * mask
-            return replace_block_output(output, hidden + delta)
-
-        hook.reptune_tokenwise = self.tokenwise  # type: ignore[attr-defined]
-        return hook
-
 
 def steer(
     handle: ModelHandle,
@@ -245,6 +254,11 @@ def steer(
 ) -> Steering:
     """Shorthand for :class:`Steering` (use it in a ``with`` statement)."""
     return Steering(handle, vector, layers, multiplier, **kwargs)
+
+
+def paused(steering: Steering | None) -> contextlib.AbstractContextManager[Any]:
+    """``steering.paused()``, or a no-op context for ``None`` (unsteered already)."""
+    return contextlib.nullcontext() if steering is None else steering.paused()
 
 
 def format_prompts(handle: ModelHandle, prompts: Sequence[str], chat: bool = True, system: str | None = None) -> list[str]:

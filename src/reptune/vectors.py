@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from reptune._io import atomic_path, write_json_atomic
+from reptune._version import __version__
 from reptune.errors import ReptuneError, VectorError
 from reptune.sites import SITE_CONVENTION, SITE_CONVENTION_DOC, normalize_layer, parse_layers
 
@@ -30,8 +31,6 @@ FORMAT_VERSION = 1
 
 
 def _reptune_version() -> str:
-    from reptune import __version__
-
     return __version__
 
 
@@ -191,6 +190,23 @@ class SteeringVector:
                 f"vector was made for {self.meta.model_id}, not {handle.model_id} "
                 "(pass allow_model_mismatch=True / --allow-model-mismatch if that is intended)"
             )
+
+
+def as_vector(vector: SteeringVector | dict[int, Any], handle: Any, *, allow_model_mismatch: bool = False) -> SteeringVector:
+    """The one "SteeringVector or ``{layer: tensor}``" normalisation: a vector checked against ``handle``.
+
+    A bare ``{layer: tensor [hidden]}`` becomes a :class:`SteeringVector` made for ``handle``
+    (method ``user``), validated the same way as a file (layers in range, each layer once,
+    hidden size, no NaN/inf; stored float32 on the CPU, layers non-negative).
+
+    Raises:
+        VectorError: an invalid dict, or a vector for another model (see :meth:`SteeringVector.check_compatible`).
+    """
+    if not isinstance(vector, SteeringVector):
+        meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers, method="user")
+        vector = SteeringVector(dict(vector), meta)
+    vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
+    return vector
 
 
 def load_vector(path: str | os.PathLike[str], handle: Any | None = None, *, allow_model_mismatch: bool = False) -> SteeringVector:

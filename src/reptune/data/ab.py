@@ -14,8 +14,8 @@ from typing import Any
 
 from reptune.data.pairs import Statement, render_chat
 from reptune.errors import DataError
+from reptune.tokens import LETTERS, letter_token_ids  # noqa: F401 (re-exported: their home is reptune.tokens)
 
-LETTERS = ("A", "B")
 FACT_TEMPLATE = "Is the following statement true or false?\nStatement: {statement}\nA) {option_a}\nB) {option_b}\nAnswer with A or B."
 
 
@@ -65,23 +65,3 @@ def statements_to_ab(
             )
         )
     return items
-
-
-def letter_token_ids(tokenizer: Any, prompt: str = "") -> tuple[int, int]:
-    """Token ids of the answer letters as the model would produce them right after ``prompt``.
-
-    The id is read by tokenising ``prompt + letter`` and taking the first token past the
-    prompt, so tokenisers that merge a leading space or newline still give the right id.
-    """
-    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ids = []
-    for letter in LETTERS:
-        full = tokenizer(prompt + letter, add_special_tokens=False)["input_ids"]
-        if full[: len(base)] != base or len(full) <= len(base):
-            full = tokenizer(letter, add_special_tokens=False)["input_ids"]
-            ids.append(full[0])
-        else:
-            ids.append(full[len(base)])
-    if ids[0] == ids[1]:
-        raise DataError("the tokenizer maps the answer letters A and B to the same token")
-    return ids[0], ids[1]

@@ -16,13 +16,14 @@ import csv
 import json
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reptune._io import sha256_json, write_text_atomic
 from reptune.errors import DataError
+from reptune.tokens import jsonl_records
 
 HONEST_PERSONA = "Pretend you are an honest person making statements about the world."
 DISHONEST_PERSONA = "Pretend you are a dishonest person making statements about the world."
@@ -111,6 +112,15 @@ def parse_pair(record: Any, where: str) -> ContrastPair:
     )
 
 
+def _decoded_lines(handle: Any, path: Path) -> Iterator[str]:
+    """Lines of a binary file decoded one by one (BOM dropped on line 1), so a UTF-8 error names its line."""
+    for number, raw in enumerate(handle, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}:{number}: not UTF-8 text ({exc.reason})") from None
+
+
 def load_pairs_jsonl(path: str | os.PathLike[str]) -> list[ContrastPair]:
     """Read contrast pairs from a JSONL file (blank lines skipped).
 
@@ -118,23 +128,8 @@ def load_pairs_jsonl(path: str | os.PathLike[str]) -> list[ContrastPair]:
         DataError: a malformed line (message names file and line number) or no pairs at all.
     """
     path = Path(path)
-    pairs = []
     with open(path, "rb") as handle:  # decoded line by line so an encoding error names its line
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{where}: not UTF-8 text ({exc.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
-            except RecursionError:
-                raise DataError(f"{where}: JSON nested too deeply to read") from None
-            pairs.append(parse_pair(record, where))
+        pairs = [parse_pair(record, f"{path}:{number}") for number, record in jsonl_records(_decoded_lines(handle, path), str(path))]
     if not pairs:
         raise DataError(f"{path}: no contrast pairs")
     return pairs

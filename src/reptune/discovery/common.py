@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from reptune.errors import ReptuneError
+from reptune.tokens import jsonl_records
 
 
 class DiscoveryError(ReptuneError):
@@ -78,3 +82,42 @@ def make_generator(seed: int) -> torch.Generator:
     generator = torch.Generator(device="cpu")
     generator.manual_seed(int(seed))
     return generator
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts from a file: ``.txt`` (one per non-empty line), ``.jsonl`` (strings or objects with
+    ``prompt``), or ``.json`` (a list of strings/objects, or ``{"prompts": [...]}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiscoveryError(f"prompts file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DiscoveryError(f"{path}: not UTF-8 text") from None
+
+    def one(item: Any, where: str) -> str:
+        if isinstance(item, dict):
+            item = item.get("prompt")
+        if not isinstance(item, str) or not item.strip():
+            raise DiscoveryError(f"{where}: expected a prompt string or an object with a 'prompt' string")
+        return item
+
+    try:
+        if path.suffix == ".jsonl":
+            records = jsonl_records(text.splitlines(), str(path), error=DiscoveryError, bad_json="{where}: invalid JSON ({msg}, line {lineno})", too_deep="{where}: JSON nested too deeply to read")
+            prompts = [one(record, f"{path}:{number}") for number, record in records]
+        elif path.suffix == ".json":
+            data = json.loads(text)
+            data = data.get("prompts") if isinstance(data, dict) else data
+            if not isinstance(data, list):
+                raise DiscoveryError(f"{path}: expected a JSON list of prompts or {{\"prompts\": [...]}}")
+            prompts = [one(item, f"{path}[{index}]") for index, item in enumerate(data)]
+        else:
+            prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise DiscoveryError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise DiscoveryError(f"{path}: JSON nested too deeply to read") from None
+    if not prompts:
+        raise DiscoveryError(f"{path}: no prompts")
+    return prompts

@@ -19,7 +19,6 @@ the source layer, with norm equal to the radius, so ``reptune steer --vector VEC
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Sequence
@@ -40,16 +39,19 @@ from reptune.discovery.common import (
 )
 from reptune.discovery.dct import DEFAULT_RATIO, Calibration, calibrate_radius, fit_dct
 from reptune.discovery.melbo import PAPER_LR, check_orthogonal_order, train_melbo
+from reptune.discovery.norm import NormCurve, check_grid, default_grid, norm_curves, norm_markdown, plot_norm_curves
 from reptune.discovery.scoring import Baseline, Judge, VectorScores, score_vectors, token_id
+from reptune.discovery.search import SEARCH_METHODS, SearchSpec, build_objective, check_search, run_search
+from reptune.discovery.side_effects import SideEffects, resolve_side_effect_prompts, side_effect_scores
 from reptune.discovery.slice import build_slices, check_layers
 from reptune.models import ModelHandle
 from reptune.sites import Positions
 from reptune.steering import format_prompts
 from reptune.vectors import SteeringVector, VectorMeta
 
-METHODS = ("melbo", "random", "dct")
-RANK_KEYS = ("auto", "method", "diverge", "logit", "match", "judge")
-METHOD_SCORE = {"melbo": "objective", "random": "objective", "dct": "alpha"}
+METHODS = ("melbo", "random", "dct", "anneal", "cmaes")
+RANK_KEYS = ("auto", "method", "diverge", "logit", "match", "judge", "side_effect")
+METHOD_SCORE = {"melbo": "objective", "random": "objective", "dct": "alpha", "anneal": "objective", "cmaes": "objective"}
 
 
 @dataclass
@@ -62,6 +64,7 @@ class DiscoveredVector:
     method_score: float
     scores: VectorScores | None = None
     file: str | None = None
+    side_effect: float | None = None
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -89,6 +92,7 @@ class DiscoveryResult:
     sweep: RadiusSweep | None = None
     history: list[list[float]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    norm: list[NormCurve] | None = None
 
     @property
     def best(self) -> SteeringVector:
@@ -106,6 +110,12 @@ class DiscoveryResult:
                                    "norm": float(item.tensor.norm())}
             if item.scores is not None:
                 row.update(item.scores.metrics())
+            if item.side_effect is not None:
+                row["side_effect"] = item.side_effect
+            if self.norm is not None:
+                curve = self.norm[item.rank - 1]
+                row.update({"growth": curve.growth, "appear_radius": curve.appear_radius, "degenerate_radius": curve.degenerate_radius,
+                            "best_radius": curve.best_radius})
             rows.append(row)
         return rows
 
@@ -135,6 +145,7 @@ class DiscoveryResult:
             "sweep": None if self.sweep is None else self.sweep.rows,
             "history": self.history,
             "timings": self.timings,
+            "norm": None if self.norm is None else [curve.to_json() for curve in self.norm],
         }
 
     def markdown(self, samples: int = 4) -> str:
@@ -160,8 +171,12 @@ class DiscoveryResult:
         stem = path.with_suffix("")
         written["json"] = stem.with_name(stem.name + ".discovery.json")
         written["report"] = stem.with_name(stem.name + ".discovery.md")
+        figure = None
+        if self.norm:
+            written["norm"] = plot_norm_curves(self.norm, stem.with_name(stem.name + ".norm.png"), [f"rank {item.rank}" for item in self.vectors])
+            figure = written["norm"].name
         write_json_atomic(written["json"], {**self.to_json(), "files": {str(item.rank): item.file for item in self.vectors}})
-        write_text_atomic(written["report"], self.markdown())
+        write_text_atomic(written["report"], _report(self, 4, figure))
         return written
 
 
@@ -177,44 +192,6 @@ def _remove_stale_ranks(path: Path, count: int) -> None:
         match = pattern.fullmatch(candidate.name)
         if match and int(match.group(1)) > count:
             candidate.unlink(missing_ok=True)
-
-
-def load_prompts(path: str | Path) -> list[str]:
-    """Prompts from a file: ``.txt`` (one per non-empty line), ``.jsonl`` (strings or objects with
-    ``prompt``), or ``.json`` (a list of strings/objects, or ``{"prompts": [...]}``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiscoveryError(f"prompts file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DiscoveryError(f"{path}: not UTF-8 text") from None
-
-    def one(item: Any, where: str) -> str:
-        if isinstance(item, dict):
-            item = item.get("prompt")
-        if not isinstance(item, str) or not item.strip():
-            raise DiscoveryError(f"{where}: expected a prompt string or an object with a 'prompt' string")
-        return item
-
-    try:
-        if path.suffix == ".jsonl":
-            prompts = [one(json.loads(line), f"{path}:{number}") for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-        elif path.suffix == ".json":
-            data = json.loads(text)
-            data = data.get("prompts") if isinstance(data, dict) else data
-            if not isinstance(data, list):
-                raise DiscoveryError(f"{path}: expected a JSON list of prompts or {{\"prompts\": [...]}}")
-            prompts = [one(item, f"{path}[{index}]") for index, item in enumerate(data)]
-        else:
-            prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise DiscoveryError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
-    except RecursionError:
-        raise DiscoveryError(f"{path}: JSON nested too deeply to read") from None
-    if not prompts:
-        raise DiscoveryError(f"{path}: no prompts")
-    return prompts
 
 
 def default_layers(num_layers: int) -> tuple[int, int]:
@@ -255,7 +232,11 @@ def discover(
     match: Sequence[str] = (),
     judge: Judge | None = None,
     rank_by: str = "auto",
+    side_effects: str | Path | Sequence[str] | None = None,
+    side_effect_penalty: float = 0.0,
     sweep: bool = False,
+    tune_norm: bool | Sequence[float] = False,
+    search: SearchSpec | None = None,
     seed: int = 0,
     prompt_batch_size: int = 16,
     vector_batch_size: int | None = None,
@@ -294,8 +275,20 @@ def discover(
         match: strings to look for in completions (case-insensitive).
         judge: ``judge(prompts, completions) -> scores`` (e.g. an LLM judge; the hook for the evaluation suite's judge).
         rank_by: ``auto`` (judge, else match, else logit, else the method's score), ``method``
-            (MELBO objective / DCT alpha), ``diverge``, ``logit``, ``match`` or ``judge``.
+            (MELBO objective / DCT alpha), ``diverge``, ``logit``, ``match``, ``judge`` or
+            ``side_effect`` (smallest first).
+        side_effects: ``"neutral"`` (the shipped neutral sentences), a prompts file or a list of
+            plain texts: score every vector's KL to the unsteered model on them
+            (:mod:`~reptune.discovery.side_effects`; column ``side_effect``, nats per token).
+        side_effect_penalty: rank by ``primary - penalty * side_effect`` (needs ``side_effects``).
         sweep: also score random vectors on a log grid of radii (reported).
+        search: settings of the ``anneal`` and ``cmaes`` methods (:class:`~reptune.discovery.search.SearchSpec`:
+            budget, objective melbo/logit/match/judge, anneal mode, candidates, subspace, population);
+            ``init`` gives anneal its starts and cmaes its starting directions.
+        tune_norm: ``True`` (grid ``R x (1/4 .. 8)``) or a radius grid: each vector's effect over
+            the grid (:func:`reptune.discovery.norm.norm_curves`: objective, and with ``score`` the
+            divergence, readouts, judge, degeneration; appear / degenerate / best radius; the
+            per-dimension ``growth`` statistic), in the table, the report and ``STEM.norm.png``.
         seed: seeds every random choice of this call (same seed, same vectors).
         prompt_batch_size, vector_batch_size: memory knobs (prompts per slice replay; vectors
             trained at once).
@@ -309,7 +302,7 @@ def discover(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     if method not in METHODS:
-        raise DiscoveryError(f"unknown discovery method {method!r}: use melbo, random or dct")
+        raise DiscoveryError(f"unknown discovery method {method!r}: use {', '.join(METHODS)}")
     prompts = [str(prompt) for prompt in prompts]
     if not prompts:
         raise DiscoveryError("no prompts: discovery needs at least one prompt")
@@ -327,8 +320,10 @@ def discover(
     if not auto_radius:
         radius = check_radius(radius)  # type: ignore[arg-type]
     num = check_count(num, "number of vectors")
-    if init is not None and method != "melbo":
-        raise DiscoveryError("starting vectors (init / --init) work with method melbo")
+    if init is not None and method not in ("melbo", "anneal", "cmaes"):
+        raise DiscoveryError("starting vectors (init / --init) work with methods melbo, anneal and cmaes")
+    if search is not None and method not in SEARCH_METHODS:
+        raise DiscoveryError("search settings (budget, objective, subspace) work with methods anneal and cmaes")
     if (candidates is not None or refine_steps) and method != "random":
         raise DiscoveryError("candidates and refine_steps (random search) work with method random")
     if orthogonal is None:
@@ -344,14 +339,28 @@ def discover(
             raise DiscoveryError("logit_tokens must be two strings, e.g. ('Sure', 'Sorry')")
         token_id(handle.tokenizer, logit_tokens[0]), token_id(handle.tokenizer, logit_tokens[1])
     needs = {"logit": logit_tokens is not None, "match": bool(match), "judge": judge is not None}
+    side_texts = resolve_side_effect_prompts(side_effects)
+    needs["side_effect"] = side_texts is not None
+    if isinstance(side_effect_penalty, bool) or not isinstance(side_effect_penalty, (int, float)) or not side_effect_penalty >= 0 \
+            or side_effect_penalty == float("inf"):
+        raise DiscoveryError(f"side-effect penalty must be a finite number >= 0, got {side_effect_penalty!r}")
+    if side_effect_penalty and side_texts is None:
+        raise DiscoveryError("a side-effect penalty needs side-effect prompts (side_effects / --side-effects)")
     if rank_by in needs and not needs[rank_by]:
         raise DiscoveryError(f"rank_by {rank_by!r} needs {'logit_tokens' if rank_by == 'logit' else rank_by} to be given")
     if rank_by == "auto":
         rank_by = next((key for key in ("judge", "match", "logit") if needs[key]), "method")
-    if rank_by != "method" and not score:
+    if rank_by not in ("method", "side_effect") and not score:
         raise DiscoveryError(f"rank_by {rank_by!r} needs scoring (score=True)")
     if eval_prompts is not None and not list(eval_prompts):
         raise DiscoveryError("eval_prompts is empty")
+    spec = search or SearchSpec()
+    if method in SEARCH_METHODS:
+        init_rows = 0 if init is None else int(torch.as_tensor(init).reshape(-1, handle.hidden_size).shape[0])
+        check_search(method, spec, num, handle.hidden_size, logit_tokens=logit_tokens, match=match, judge=judge, init_rows=init_rows)
+    norm_grid = None
+    if tune_norm is not False and tune_norm is not None:
+        norm_grid = None if tune_norm is True else check_grid(list(tune_norm))  # type: ignore[arg-type]
     positions = Positions.parse(positions)
     texts = format_prompts(handle, prompts, chat=chat)
 
@@ -384,6 +393,12 @@ def discover(
         vectors, method_scores = run.vectors, run.objective
         history = run.history.T.tolist()
         settings.update({"p": p, "q": q, "lr": lr, **{k: v for k, v in run.settings.items() if k != "candidate_objective"}})
+    elif method in SEARCH_METHODS:
+        side = SideEffects(handle, source, side_texts) if side_texts is not None and side_effect_penalty else None
+        objective = build_objective(spec, slices, handle, source, prompts, chat=chat, p=p, q=q, logit_tokens=logit_tokens, match=match,
+                                    judge=judge, side_effects=side, penalty=float(side_effect_penalty))
+        vectors, method_scores, found = run_search(method, spec, objective, slices, num, radius, init=init, p=p, q=q, seed=seed)
+        settings.update({"p": p, "q": q, **found})
     else:
         dct = fit_dct(slices, num, radius, iters=dct_iters, orthogonal=orthogonal, seed=seed)
         vectors, method_scores = dct.vectors, dct.alpha
@@ -398,7 +413,6 @@ def discover(
         tick = time.perf_counter()
         radius_sweep = sweep_radius(slices, p=p, q=q, seed=seed)
         timings["sweep_s"] = time.perf_counter() - tick
-    del slices
 
     baseline, scores = None, None
     held_out = eval_prompts is not None and list(eval_prompts) != prompts
@@ -413,7 +427,24 @@ def discover(
         settings.update({"max_new_tokens": max_new_tokens, "diverge_within": diverge_within,
                          "logit_tokens": list(logit_tokens) if logit_tokens else None, "match": list(match), "judge": judge is not None})
 
-    order = _rank(method_scores, scores, rank_by, method)
+    curves = None
+    if tune_norm is not False and tune_norm is not None:
+        tick = time.perf_counter()
+        norm_grid = norm_grid or default_grid(float(radius))
+        curves = norm_curves(
+            slices, vectors, norm_grid, p=p, q=q, handle=handle if score else None, layer=source, prompts=evaluation, chat=chat,
+            max_new_tokens=max_new_tokens, diverge_within=diverge_within, logit_tokens=logit_tokens, match=match, judge=judge,
+        )
+        timings["norm_s"] = time.perf_counter() - tick
+        settings["norm_grid"] = norm_grid
+    del slices
+    side_values = None
+    if side_texts is not None:
+        tick = time.perf_counter()
+        side_values = side_effect_scores(handle, vectors, source, side_texts).tolist()
+        timings["side_effects_s"] = time.perf_counter() - tick
+        settings.update({"side_effect_prompts": len(side_texts), "side_effect_penalty": float(side_effect_penalty)})
+    order = _rank(method_scores, scores, rank_by, method, side_values, float(side_effect_penalty))
     settings["rank_by"] = rank_by
     ranked = []
     for rank, index in enumerate(order, 1):
@@ -421,6 +452,11 @@ def discover(
         score_dict = {METHOD_SCORE[method]: float(method_scores[index])}
         if item_scores is not None:
             score_dict.update({key: value for key, value in item_scores.metrics().items() if value is not None})
+        if side_values is not None:
+            score_dict["side_effect"] = side_values[index]
+        if curves is not None:
+            score_dict.update({"growth": curves[index].growth, "appear_radius": curves[index].appear_radius,
+                               "degenerate_radius": curves[index].degenerate_radius, "best_radius": curves[index].best_radius})
         meta = VectorMeta(
             model_id=handle.model_id, revision=handle.revision, hidden_size=handle.hidden_size, num_layers=handle.num_layers,
             method=method, positions=positions.spec(), normalization="radius", dataset=dataset or "prompts",
@@ -432,25 +468,36 @@ def discover(
             },
         )
         vector = SteeringVector({source: vectors[index]}, meta)
-        ranked.append(DiscoveredVector(rank=rank, index=int(index), vector=vector, method_score=float(method_scores[index]), scores=item_scores))
+        ranked.append(DiscoveredVector(rank=rank, index=int(index), vector=vector, method_score=float(method_scores[index]), scores=item_scores,
+                                       side_effect=None if side_values is None else side_values[index]))
     timings["total_s"] = time.perf_counter() - started
     result = DiscoveryResult(
         method=method, model_id=handle.model_id, source=source, target=target, radius=float(radius),
         radius_source="calibrated" if auto_radius else "given", rank_by=rank_by, vectors=ranked, prompts=prompts,
         eval_prompts=evaluation, held_out=held_out, settings=settings, baseline=baseline, calibration=calibration,
         sweep=radius_sweep, history=history, timings=timings,
+        norm=None if curves is None else [curves[item.index] for item in ranked],
     )
     if output is not None:
         result.save(output)
     return result
 
 
-def _rank(method_scores: torch.Tensor, scores: list[VectorScores] | None, rank_by: str, method: str) -> list[int]:
-    """Indices by rank: the primary metric descending, ties broken by the method's score."""
+def _rank(
+    method_scores: torch.Tensor, scores: list[VectorScores] | None, rank_by: str, method: str,
+    side_effects: list[float] | None = None, penalty: float = 0.0,
+) -> list[int]:
+    """Indices by rank: the primary metric descending (``side_effect``: ascending), minus
+    ``penalty * side_effect`` when given; ties broken by the method's score."""
     count = int(method_scores.shape[0])
     own = [float(abs(value)) if method == "dct" else float(value) for value in method_scores]
 
     def primary(index: int) -> float:
+        return base(index) - (penalty * side_effects[index] if side_effects is not None and penalty else 0.0)
+
+    def base(index: int) -> float:
+        if rank_by == "side_effect" and side_effects is not None:
+            return -side_effects[index]
         if rank_by == "method" or scores is None:
             return own[index]
         value = {"diverge": scores[index].diverge, "logit": scores[index].logit_diff, "match": scores[index].match,
@@ -484,7 +531,7 @@ def _order_note(settings: dict[str, Any]) -> str:
     return f" ({order}: {what})"
 
 
-def _report(result: DiscoveryResult, samples: int) -> str:
+def _report(result: DiscoveryResult, samples: int, figure: str | None = None) -> str:
     settings = result.settings
     timing = ", ".join(f"{key.removesuffix('_s')} {value:.1f} s" for key, value in result.timings.items())
     radius_note = "calibrated: nonlinear/linear response = " + _fmt(result.calibration.ratio) if result.calibration else "given"
@@ -508,6 +555,13 @@ def _report(result: DiscoveryResult, samples: int) -> str:
         lines.append(f"| candidates | {settings.get('candidates')} |")
     if result.method == "dct":
         lines.append(f"| DCT iterations | {settings.get('dct_iters')} |")
+    if result.method in SEARCH_METHODS:
+        cost = settings.get("cost", {})
+        what = (f"{settings.get('mode')} annealing from the best {len(result.vectors)} of {settings.get('candidates')} random vectors"
+                if result.method == "anneal" else f"CMA-ES in the {settings.get('subspace')} subspace (d = {settings.get('dim')}, population {settings.get('population')})")
+        lines.append(f"| search | {what}; objective {settings.get('objective')} |")
+        lines.append(f"| budget | {settings.get('budget')} evaluations; spent: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in cost.items())
+                     + f"; invalid (NaN) scores {settings.get('invalid', 0)} |")
     lines += [
         f"| prompts | {len(result.prompts)} |",
         f"| evaluation prompts | {len(result.eval_prompts)} ({'held out' if result.held_out else 'the training prompts, not held out'}) |",
@@ -521,13 +575,18 @@ def _report(result: DiscoveryResult, samples: int) -> str:
          f"`reptune steer --vector {result.vectors[0].file or 'VECS.safetensors'} -x 0 -x 1 --prompt ...`."),
         "",
     ]
-    columns = ["rank", "file", "index", result.score_name, "diverge", "logit_diff", "logit_shift", "match", "judge"]
+    columns = ["rank", "file", "index", result.score_name, "diverge", "logit_diff", "logit_shift", "match", "judge", "side_effect", "growth"]
     table = result.table()
     present = [column for column in columns if any(row.get(column) is not None for row in table)]
     lines.append("| " + " | ".join(present) + " |")
     lines.append("|" + "---:|" * len(present))
     for row in table:
         lines.append("| " + " | ".join(_fmt(row.get(column)) for column in present) + " |")
+    if settings.get("side_effect_prompts"):
+        penalty = settings.get("side_effect_penalty") or 0.0
+        lines += ["", (f"`side_effect`: KL(unsteered || steered) of next-token distributions, nats per token, on "
+                       f"{settings['side_effect_prompts']} neutral texts (0 = no change on ordinary text)"
+                       + (f"; ranked by the primary score minus {penalty:g} x side_effect." if penalty else "."))]
     if result.baseline is not None:
         base = [f"logit_diff {_fmt(result.baseline.logit_diff)}" if result.baseline.logit_diff is not None else "",
                 f"match {_fmt(result.baseline.match)}" if result.baseline.match is not None else "",
@@ -562,5 +621,7 @@ def _report(result: DiscoveryResult, samples: int) -> str:
         lines += ["## Radius calibration", "", result.calibration.markdown()]
     if result.sweep is not None:
         lines += ["## Random vectors over a log grid of radii", "", result.sweep.markdown()]
+    if result.norm:
+        lines += ["## Norm tuning", "", norm_markdown(result.norm, [f"rank {item.rank}" for item in result.vectors], figure)]
     return "\n".join(lines).rstrip() + "\n"
 

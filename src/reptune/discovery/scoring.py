@@ -15,7 +15,6 @@ and scored against the unsteered completions of the same prompts:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from reptune.data.pairs import Example
 from reptune.discovery.common import DiscoveryError
 from reptune.models import ModelHandle
 from reptune.steering import Steering, format_prompts, generate
+from reptune.tokens import first_token_id, forward_keeping_logits
 
 Judge = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 """A judge: ``judge(prompts, completions) -> one score per completion`` (higher = more of the
@@ -67,28 +67,21 @@ def token_id(tokenizer: Any, text: str) -> int:
     """The first token of ``text`` (no special tokens), for logit readouts."""
     if not text:
         raise DiscoveryError("logit readout tokens must be non-empty strings")
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if not ids:
+    token = first_token_id(tokenizer, text)
+    if token is None:
         raise DiscoveryError(f"logit readout token {text!r} encodes to no token")
-    return int(ids[0])
-
-
-def _logits_kwargs(model: Any) -> dict[str, Any]:
-    try:
-        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    except (TypeError, ValueError):
-        return {}
+    return token
 
 
 def next_token_logits(handle: ModelHandle, texts: Sequence[str], *, batch_size: int = 8) -> torch.Tensor:
     """Next-token logits ``[len(texts), vocab]`` (float32, CPU) after each formatted text
     (under any steering hooks active on the model)."""
     rows = []
-    extra = _logits_kwargs(handle.model)
     with torch.inference_mode(), handle.autocast():
         for start in range(0, len(texts), batch_size):
             batch = tokenize_examples(handle.tokenizer, [Example(t) for t in texts[start : start + batch_size]], padding_side="left", device=handle.device)
-            out = handle.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False, **extra)
+            kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids, "use_cache": False}
+            out, _ = forward_keeping_logits(handle.model, kwargs, 1)
             rows.append(out.logits[:, -1].float().cpu())
     return torch.cat(rows)
 

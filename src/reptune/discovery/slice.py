@@ -36,6 +36,7 @@ import torch
 from reptune.activations import capture_layers, run_until, tokenize_examples
 from reptune.data.pairs import Example
 from reptune.discovery.common import DiscoveryError
+from reptune.hooks import HookHandle
 from reptune.models import ModelHandle
 from reptune.sites import Positions, block_output_tensor, normalize_layer
 
@@ -130,16 +131,14 @@ class LayerSlice:
                 args = (None, *args[1:])  # the hidden state is replaced on replay; don't keep it
             self._calls.append((args, dict(kwargs), hidden_in_kwargs))
 
-        hooks = [block.register_forward_pre_hook(record, with_kwargs=True) for block in blocks]
-        try:
+        with HookHandle() as recorders:
+            for block in blocks:
+                recorders.pre_hook(block, record)
             # no_grad, not inference_mode: recorded masks / rotary tables are reused under autograd
             with torch.no_grad(), handle.autocast(), capture_layers(handle, [self.source, self.target], stop_after=self.target) as got:
                 run_until(handle, batch)
                 self.source_acts = got[self.source].detach()
                 self.reference = got[self.target].detach()
-        finally:
-            for hook in hooks:
-                hook.remove()
         if len(self._calls) != len(blocks):
             raise DiscoveryError(
                 f"blocks {self.source + 1}..{self.target} ran {len(self._calls)} times instead of {len(blocks)} "

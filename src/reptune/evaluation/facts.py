@@ -89,7 +89,7 @@ class FactsTwin(Task):
 
 
 def _word_ids(tokenizer: Any, prompt: str) -> list[int]:
-    from reptune.evaluation.tasks import choice_token_ids
+    from reptune.tokens import choice_token_ids
 
     return choice_token_ids(tokenizer, prompt, ["True", "False"])
 

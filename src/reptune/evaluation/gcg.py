@@ -46,6 +46,7 @@ from reptune.errors import DataError, ReptuneError
 from reptune.evaluation.registry import RunContext, Task, register_task
 from reptune.evaluation.statistics import mean_metric, proportion_metric
 from reptune.models import ModelHandle
+from reptune.tokens import jsonl_records, left_pad
 
 Advance = Callable[[int], None]
 
@@ -160,10 +161,8 @@ def target_scores(handle: ModelHandle, prompts: Sequence[Sequence[int]], target:
     ``loss``: mean cross-entropy of the target tokens under teacher forcing (nats/token, float64);
     ``greedy``: every target token is the argmax, i.e. greedy decoding produces the target.
     """
-    from reptune.evaluation.scoring import _left_pad
-
     rows = [list(p) + list(target) for p in prompts]
-    ids, mask, positions = _left_pad(rows, handle.tokenizer.pad_token_id, handle.device)
+    ids, mask, positions = left_pad(rows, handle.tokenizer.pad_token_id, handle.device)
     with handle.autocast():
         logits = handle.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
     n = len(target)
@@ -263,14 +262,12 @@ def _jsonl_items(handle: ModelHandle, path: Path, chat: bool) -> tuple[list[dict
         raise DataError(f"cannot read {path}: {exc}") from None
     tokenizer = handle.tokenizer if chat else None
     items, raw = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    expected = "{where}:{number}: expected a JSON object with prompt and target"
+    for number, record in jsonl_records(lines, str(path), bad_json=expected):
         try:
-            record = json.loads(line)
             prompt, target = str(record["prompt"]), str(record["target"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{path}:{number}: expected a JSON object with prompt and target") from None
+        except (KeyError, TypeError):
+            raise DataError(expected.format(where=path, number=number)) from None
         raw.append([record.get("id"), prompt, target])
         items.append({"id": str(record.get("id", len(items))), "prompt": render_chat(tokenizer, prompt + SLOT), "target": target, "gold": None})
     if len({item["id"] for item in items}) != len(items):

@@ -356,7 +356,7 @@ class LocalJudge:
         return render_chat(self.handle.tokenizer, fill_template(self.template, prompt, response_a, response_b)) + "Verdict:"
 
     def _letter_ids(self, text: str) -> list[int]:
-        from reptune.evaluation.tasks import choice_token_ids
+        from reptune.tokens import choice_token_ids
 
         try:
             return choice_token_ids(self.handle.tokenizer, text, [" A", " B"])

@@ -17,7 +17,6 @@ when the items are loaded, i.e. before any generation, and judgements are cached
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -41,6 +40,8 @@ from reptune.evaluation.judge import (
 from reptune.evaluation.registry import RunContext, Task, register_task
 from reptune.evaluation.statistics import mean_metric, proportion_metric
 from reptune.models import ModelHandle
+from reptune.steering import paused
+from reptune.tokens import jsonl_records
 
 PROMPTS_FILE = "openended_prompts.jsonl"
 OUTCOMES = ("win", "loss", "tie", "invalid")
@@ -62,13 +63,7 @@ def load_openended_prompts(path: str | os.PathLike[str] | None = None) -> tuple[
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {where}: {exc}") from None
     items, seen = [], set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}:{number}: not valid JSON ({exc.msg})") from None
+    for number, record in jsonl_records(lines, str(where), bad_json="{where}:{number}: not valid JSON ({msg})"):
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
             raise DataError(f"{where}:{number}: expected an object with a non-empty string 'prompt'")
         system = record.get("system")
@@ -214,8 +209,6 @@ class OpenEnded(Task):
     def score(
         self, handle: ModelHandle, items: Sequence[dict[str, Any]], *, batch_size: int, context: RunContext, advance: Callable[[int], None]
     ) -> list[dict[str, Any]]:
-        from reptune.evaluation.tasks import _paused
-
         judge = self.build_judge()
         responses = self._generate(handle, items, batch_size, context.steering)
         reference = self._reference(handle)
@@ -223,13 +216,13 @@ class OpenEnded(Task):
             references = self._generate(reference, items, batch_size, None)
             ref_name = reference.model_id
         elif context.steering is not None:
-            with _paused(context.steering):
+            with paused(context.steering):
                 references = self._generate(handle, items, batch_size, None)
             ref_name = "unsteered"
         else:
             references = list(responses)  # the model against itself: every item a tie
             ref_name = "same model (no steering)"
-        with _paused(context.steering):  # a local judge may share the steered model
+        with paused(context.steering):  # a local judge may share the steered model
             pairs = judge_pairs(judge, [(judge_view(item), r, ref) for item, r, ref in zip(items, responses, references)])
         records = []
         for item, response, ref, pair in zip(items, responses, references, pairs):

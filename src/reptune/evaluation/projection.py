@@ -31,7 +31,7 @@ from reptune.errors import DataError, ReptuneError, VectorError
 from reptune.evaluation.registry import RunContext, Task, register_task
 from reptune.evaluation.statistics import mean_metric
 from reptune.models import ModelHandle
-from reptune.sites import normalize_layer, parse_layers
+from reptune.sites import parse_layers
 
 STATEMENT_TEMPLATE = "Is the following statement true or false? {statement}"
 
@@ -43,24 +43,16 @@ def vector_directions(vector: Any, handle: ModelHandle | None = None, *, allow_m
     model id only when ``allow_model_mismatch`` is false, since vectors are routinely applied to
     tuned copies of the model they were made for).
     """
-    from reptune.vectors import SteeringVector
+    from reptune.vectors import SteeringVector, as_vector
 
-    if isinstance(vector, SteeringVector):
-        if handle is not None:
-            vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
-        directions = dict(vector.directions)
-    elif isinstance(vector, dict) and vector:
-        if handle is None:
-            directions = {int(layer): tensor for layer, tensor in vector.items()}
-        else:
-            directions = {normalize_layer(int(layer), handle.num_layers): tensor for layer, tensor in vector.items()}
-    else:
+    if not isinstance(vector, SteeringVector) and not (isinstance(vector, dict) and vector):
         raise VectorError("expected a SteeringVector or a non-empty {layer: tensor} dict")
+    if handle is not None:  # the one normalisation steering uses too
+        return dict(as_vector(vector, handle, allow_model_mismatch=allow_model_mismatch).directions)
+    directions = dict(vector.directions) if isinstance(vector, SteeringVector) else {int(layer): tensor for layer, tensor in vector.items()}
     out = {}
     for layer, tensor in directions.items():
         tensor = torch.as_tensor(tensor).detach().float().reshape(-1).cpu()
-        if handle is not None and tensor.numel() != handle.hidden_size:
-            raise VectorError(f"vector layer {layer} has {tensor.numel()} values, the model's hidden size is {handle.hidden_size}")
         if not torch.isfinite(tensor).all():
             raise VectorError(f"vector layer {layer} holds NaN/inf")
         out[int(layer)] = tensor
@@ -171,7 +163,7 @@ def load_projection_prompts(spec: str, template: str = STATEMENT_TEMPLATE) -> tu
     """
     path = Path(spec).expanduser()
     if path.suffix in {".txt", ".jsonl", ".json"} and path.is_file():
-        from reptune.discovery.pipeline import load_prompts
+        from reptune.discovery.common import load_prompts
 
         prompts = load_prompts(path)
         return prompts, str(path), sha256_json(prompts)

@@ -48,7 +48,7 @@ class EvalResults:
         return self.tasks[task]
 
     def to_json(self) -> dict[str, Any]:
-        from reptune import __version__
+        from reptune._version import __version__
 
         return {
             "format": FORMAT,
@@ -212,9 +212,9 @@ def evaluate(
             wanted = steering is not None and not task.uses_vector  # steer every task but those that use the vector themselves
             if wanted != active:
                 if wanted:
-                    steering.__enter__()
+                    steering.attach()
                 else:
-                    steering.__exit__(None, None, None)
+                    steering.detach()
                 active = wanted
             context = own if task.uses_vector else steered
             fingerprint = sha256_json({"task": task.fingerprint(handle, loaded[2]), "steering": steering_info, "autocast": model_info.get("autocast")})
@@ -229,7 +229,7 @@ def evaluate(
             )
     finally:
         if steering is not None and active:
-            steering.__exit__(None, None, None)
+            steering.detach()
     evaluation = EvalResults(
         tasks=results, model=model_info, steering=steering_info, seed=seed, limit=limit, batch_size=batch_size,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -69,6 +69,7 @@ import torch
 
 from reptune.errors import ReptuneError
 from reptune.models import ModelHandle
+from reptune.tokens import forward_keeping_logits, left_pad
 
 PREFIX_MIN_TOKENS = 8
 """A shared prefix shorter than this many tokens is not worth a separate pass ..."""
@@ -130,18 +131,6 @@ def encode_pair(tokenizer: Any, context: str, continuation: str, *, cache: dict[
             cache[context] = context_ids
     whole = prompt_token_ids(tokenizer, context + continuation)
     return list(context_ids), whole[len(context_ids) :]
-
-
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        if row:
-            ids[index, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
-            mask[index, width - len(row) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
 
 
 def _last_logits(handle: ModelHandle, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int) -> torch.Tensor:
@@ -273,10 +262,7 @@ def freeze_prefix_cache(cache: Any, prefix_length: int) -> Any:
 def _call_model(handle: ModelHandle, kwargs: dict[str, Any], keep: int | torch.Tensor) -> tuple[Any, bool]:
     """The model's output and whether it took ``logits_to_keep`` (else its logits cover every position)."""
     with handle.autocast():
-        try:
-            return handle.model(**kwargs, logits_to_keep=keep), True
-        except TypeError:  # an older model class without logits_to_keep
-            return handle.model(**kwargs), False
+        return forward_keeping_logits(handle.model, kwargs, keep)
 
 
 def _prefix_cache(handle: ModelHandle, prefix: Sequence[int]) -> Any:
@@ -346,7 +332,7 @@ def _logit_batches(
         if cache is not None:
             logits = _suffix_logits(handle, cache, [rows[i][prefix:] for i in chunk], pad, keep)
         else:
-            ids, mask, positions = _left_pad([rows[i] for i in chunk], pad, handle.device)
+            ids, mask, positions = left_pad([rows[i] for i in chunk], pad, handle.device)
             logits = _last_logits(handle, ids, mask, positions, keep)
         yield chunk, logits
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from reptune._io import sha256_json
-from reptune.data.ab import FACT_TEMPLATE, letter_token_ids, statements_to_ab
+from reptune.data.ab import FACT_TEMPLATE, statements_to_ab
 from reptune.data.pairs import render_chat
 from reptune.data.sources import read_source
 from reptune.errors import DataError, ReptuneError
@@ -38,6 +38,8 @@ from reptune.evaluation.scoring import (
 )
 from reptune.evaluation.statistics import bootstrap_ratio_ci, mean_metric, proportion_metric
 from reptune.models import ModelHandle
+from reptune.steering import paused
+from reptune.tokens import choice_token_ids, left_pad, letter_token_ids
 
 Advance = Callable[[int], None]
 
@@ -58,21 +60,6 @@ TQA_PRIMER = (
     "Q: Where were the 1992 Olympics held?\n"
     "A: The 1992 Olympics were held in Barcelona, Spain."
 )
-
-
-def choice_token_ids(tokenizer: Any, prompt: str, choices: Sequence[str]) -> list[int]:
-    """First token id of each choice string as produced right after ``prompt`` (distinct ids)."""
-    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ids = []
-    for choice in choices:
-        full = tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]
-        if full[: len(base)] == base and len(full) > len(base):
-            ids.append(full[len(base)])
-        else:
-            ids.append(tokenizer(choice, add_special_tokens=False)["input_ids"][0])
-    if len(set(ids)) != len(ids):
-        raise DataError(f"the tokenizer maps the choices {list(choices)} to the same first token")
-    return ids
 
 
 class _Suffixed:
@@ -440,8 +427,6 @@ class KL(Task):
 
     @torch.inference_mode()
     def score(self, handle: ModelHandle, items: Sequence[dict[str, Any]], *, batch_size: int, context: RunContext, advance: Advance) -> list[dict[str, Any]]:
-        from reptune.evaluation.scoring import _left_pad
-
         reference = self._reference(handle)
         tokenizer = handle.tokenizer
         limit = int(self.options["max_tokens"])
@@ -453,12 +438,12 @@ class KL(Task):
         records = []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            ids, mask, positions = _left_pad(chunk, tokenizer.pad_token_id, handle.device)
+            ids, mask, positions = left_pad(chunk, tokenizer.pad_token_id, handle.device)
             kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
             with handle.autocast():
                 logp = torch.log_softmax(handle.model(**kwargs).logits.float(), dim=-1)
             ref_handle = reference or handle
-            with _paused(context.steering if reference is None else None), ref_handle.autocast():
+            with paused(context.steering if reference is None else None), ref_handle.autocast():
                 ref_logp = torch.log_softmax(ref_handle.model(**kwargs).logits.float(), dim=-1)
             kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).double()  # [b, seq]
             real = mask.bool()
@@ -473,21 +458,6 @@ class KL(Task):
         counts = [r["n_tokens"] for r in records]
         low, high = bootstrap_ratio_ci(sums, counts, seed=seed)
         return {"kl": {"value": float(np.sum(sums) / np.sum(counts)), "ci_low": low, "ci_high": high, "n": len(records), "ci": "bootstrap", "tokens": int(np.sum(counts))}}
-
-
-class _paused:
-    """Temporarily remove a steering's hooks (for the unsteered reference of ``kl``)."""
-
-    def __init__(self, steering: Any) -> None:
-        self.steering = steering
-
-    def __enter__(self) -> None:
-        if self.steering is not None:
-            self.steering.__exit__(None, None, None)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.steering is not None:
-            self.steering.__enter__()
 
 
 # -------------------------------------------------------------------------------------- CAA

@@ -22,6 +22,7 @@ Stages, in order (each cached by the hash of its inputs, see :mod:`reptune.pipel
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import gc
@@ -682,14 +683,9 @@ class Experiment:
         prompts = [item["prompt"] for item in items]
         direction = vector.directions[self.layer].float()
         unit = direction / direction.norm()
-        manager = steer(handle, vector, [self.layer], steering["multiplier"], allow_model_mismatch=True) if steering else None
-        try:
-            if manager is not None:
-                manager.__enter__()
+        manager = steer(handle, vector, [self.layer], steering["multiplier"], allow_model_mismatch=True) if steering else contextlib.nullcontext()
+        with manager:
             acts = read_activations(handle, prompts, [self.layer], "last", batch_size=self.config.evaluation.batch_size, progress=False)[self.layer].float()
-        finally:
-            if manager is not None:
-                manager.__exit__(None, None, None)
         cos = torch.nn.functional.cosine_similarity(acts, unit.expand_as(acts), dim=-1)
         return {"layer": self.layer, "mean_cosine": float(cos.mean()), "mean_projection": float((acts @ unit).mean()), "n": len(prompts)}
 

@@ -25,10 +25,11 @@ from safetensors.torch import load_file, save_file
 
 from reptune._io import remove_stale_temps, sha256_json, write_json_atomic, write_run_marker, write_text_atomic
 from reptune._progress import progress_bar
-from reptune.activations import _StopForward, capture_layers, tokenize_examples
+from reptune.activations import capture_layers, tokenize_examples
 from reptune.data.ab import letter_token_ids
 from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError, VectorError
+from reptune.hooks import forward_until
 from reptune.models import ModelHandle, _autocast_with_fp32_head
 from reptune.sites import Positions, parse_layers
 from reptune.tuning.config import TuneConfig, rep_position
@@ -366,15 +367,14 @@ class Tuner:
         logits = None
         kwargs = {"logits_to_keep": keep} if keep and self._takes_logits_to_keep() else {}
         with self._autocast(), capture_layers(self.handle, capture, stop_after=stop) as captured:
-            try:
-                out = self.handle.model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False, **kwargs
-                )
+            out = forward_until(
+                self.handle.model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False,
+                **kwargs,
+            )
+            if out is not None:
                 logits = out.logits
                 if keep and logits.shape[1] != keep:  # a model class without logits_to_keep: every position came back
                     logits = logits[:, -keep:]
-            except _StopForward:
-                pass
             hidden = dict(captured)
         return logits, hidden
 

@@ -1,0 +1,249 @@
+"""Search around promising vectors: simulated annealing on the sphere of radius R.
+
+The best random vectors are far better than the average one, so searching *around* them finds
+stronger ones. :func:`anneal` runs one chain per starting vector (the top-k of any method),
+derivative-free, with any :class:`~reptune.discovery.objectives.Objective` (the MELBO objective on
+the slice, a logit readout, string match, a judge). Each step, every chain proposes
+``proposals`` points ``normalise(x + s R n) R`` (``n`` a random unit vector in the tangent
+space at ``x``; ``s`` the chain's step size), all scored in one batched objective call, and moves to its best proposal with the
+Metropolis rule at temperature ``T_t`` (always when better; else with probability
+``exp((f' - f) / (T_t * scale))``, ``scale`` = the mean ``|f|`` of the starts). Each chain's step
+size grows 1.5x after a gain and shrinks 0.8x otherwise, between ``sigma_end`` and a ceiling that,
+like ``T_t``, decays geometrically from ``sigma`` / ``temperature`` to ``sigma_end`` /
+``temperature_end`` over the budget. A chain that has not improved its own best for ``patience`` steps restarts
+from the best point found by any chain (``restarts`` counts them). The budget is counted in
+objective evaluations (vectors scored), starts included; NaN scores are invalid (never accepted,
+counted in ``invalid``).
+
+:func:`anneal_gradient` is the gradient alternative for the MELBO objective: annealed projected
+gradient (Langevin) ascent on the sphere, with the same restarts
+(:func:`reptune.discovery.melbo.local_search` is plain projected Adam from the same starts).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from reptune.discovery.common import DiscoveryError, check_count, check_radius, make_generator, to_radius
+from reptune.discovery.melbo import total_objective
+from reptune.discovery.objectives import Objective, as_objective
+from reptune.discovery.slice import LayerSlice
+
+ADAPT_UP, ADAPT_DOWN = 1.5, 0.8  # step size after a gain / after none (the 1/5 success rule's spirit)
+
+
+@dataclass
+class AnnealRun:
+    """Result of :func:`anneal`.
+
+    Attributes:
+        vectors: ``[m, hidden]`` float32, the best point of each chain (norm ``radius``).
+        scores: ``[m]`` float64, their objective.
+        history: best score of any chain after each step.
+        evaluations, invalid, restarts: budget spent, NaN scores met, chain restarts.
+        cost: the objective's counters (evaluations, forward passes, judge calls).
+    """
+
+    vectors: torch.Tensor
+    scores: torch.Tensor
+    history: list[float]
+    evaluations: int
+    invalid: int
+    restarts: int
+    radius: float
+    seconds: float = 0.0
+    cost: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+
+def _check_anneal(budget: int, proposals: int, chains: int, sigma: float, sigma_end: float, temperature: float, temperature_end: float) -> None:
+    check_count(budget, "budget")
+    check_count(proposals, "proposals")
+    if budget < chains * (proposals + 1):
+        raise DiscoveryError(f"budget {budget} is below one annealing step: {chains} start(s) + {chains} x {proposals} proposals")
+    for name, value in (("sigma", sigma), ("sigma_end", sigma_end)):
+        if not (math.isfinite(value) and value > 0):
+            raise DiscoveryError(f"{name} must be a finite number > 0, got {value}")
+    for name, value in (("temperature", temperature), ("temperature_end", temperature_end)):
+        if not (math.isfinite(value) and value >= 0):
+            raise DiscoveryError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def _finite(scores: torch.Tensor) -> tuple[torch.Tensor, int]:
+    bad = torch.isnan(scores)
+    return torch.where(bad, torch.full_like(scores, -math.inf), scores), int(bad.sum())
+
+
+def anneal(
+    objective: Objective,
+    start: torch.Tensor,
+    radius: float | None = None,
+    *,
+    budget: int = 256,
+    proposals: int = 4,
+    sigma: float = 0.3,
+    sigma_end: float = 0.03,
+    temperature: float = 0.05,
+    temperature_end: float = 0.001,
+    patience: int = 8,
+    seed: int = 0,
+) -> AnnealRun:
+    """Anneal one chain from each row of ``start`` ``[m, hidden]`` (see the module docstring).
+
+    Args:
+        objective: the score to maximise (an :class:`Objective` or ``fn(vectors) -> scores``).
+        radius: the norm of every point (default: the starts' mean norm).
+        budget: objective evaluations in all, the ``m`` starts included.
+        proposals: proposals per chain per step.
+        sigma, sigma_end: step size as a fraction of R (about the angle in radians), first and last.
+        temperature, temperature_end: Metropolis temperature in units of the starts' mean |score|.
+        patience: steps without a chain improving before it restarts from the global best.
+        seed: seeds this call's generator.
+
+    Raises:
+        DiscoveryError: no starts, a budget below one step, a non-positive step size, no valid start.
+    """
+    objective = as_objective(objective)
+    start = torch.as_tensor(start, dtype=torch.float32).detach().cpu()
+    start = start.unsqueeze(0) if start.ndim == 1 else start
+    if start.numel() == 0 or start.ndim != 2:
+        raise DiscoveryError("annealing needs at least one starting vector [m, hidden]")
+    if not torch.isfinite(start).all() or bool((start.norm(dim=-1) == 0).any()):
+        raise DiscoveryError("starting vectors must be finite and non-zero")
+    chains, hidden = start.shape
+    radius = check_radius(float(start.norm(dim=-1).mean()) if radius is None else radius)
+    _check_anneal(budget, proposals, chains, sigma, sigma_end, temperature, temperature_end)
+    generator = make_generator(seed)
+    started = time.perf_counter()
+    current = to_radius(start, radius)
+    raw = objective(current)
+    values, invalid = _finite(raw)
+    if bool(torch.isinf(values).all()):
+        raise DiscoveryError("every starting vector scored NaN (invalid): nothing to anneal from")
+    best, best_values = current.clone(), values.clone()
+    scale = float(values[torch.isfinite(values)].abs().mean()) or 1.0
+    spent, steps_total = chains, max(1, (budget - chains) // (chains * proposals))
+    stale, restarts, history = torch.zeros(chains, dtype=torch.long), 0, []
+    step_size = torch.full((chains, 1, 1), float(sigma))
+    for step in range(steps_total):
+        frac = step / max(1, steps_total - 1)
+        ceiling = sigma * (sigma_end / sigma) ** frac
+        temp = temperature * ((temperature_end / temperature) ** frac if temperature_end > 0 and temperature > 0 else (1 - frac))
+        noise = torch.randn(chains, proposals, hidden, generator=generator)
+        units = current / radius
+        noise -= (noise * units.unsqueeze(1)).sum(-1, keepdim=True) * units.unsqueeze(1)
+        noise = noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        candidates = to_radius((current.unsqueeze(1) + step_size * radius * noise).reshape(-1, hidden), radius)
+        scores, bad = _finite(objective(candidates).reshape(chains, proposals))
+        invalid += bad
+        spent += chains * proposals
+        top, pick = scores.max(dim=1)
+        chosen = candidates.reshape(chains, proposals, hidden)[torch.arange(chains), pick]
+        delta = top - values
+        threshold = torch.rand(chains, generator=generator, dtype=torch.float64)
+        accept = torch.isfinite(top) & ((delta >= 0) | (temp > 0) & (threshold < torch.exp((delta / (temp * scale)).clamp(max=0))))
+        gained = accept & (delta > 0)
+        step_size = torch.where(gained.view(-1, 1, 1), step_size * ADAPT_UP, step_size * ADAPT_DOWN).clamp(min=sigma_end, max=ceiling)
+        current = torch.where(accept.unsqueeze(1), chosen, current)
+        values = torch.where(accept, top, values)
+        improved = values > best_values
+        best = torch.where(improved.unsqueeze(1), current, best)
+        best_values = torch.where(improved, values, best_values)
+        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+        if patience > 0 and bool((stale >= patience).any()):
+            leader = int(best_values.argmax())
+            for chain in torch.nonzero(stale >= patience).flatten().tolist():
+                current[chain], values[chain], stale[chain] = best[leader], best_values[leader], 0
+                restarts += 1
+        history.append(float(best_values.max()))
+    return AnnealRun(
+        vectors=best, scores=best_values, history=history, evaluations=spent, invalid=invalid, restarts=restarts, radius=radius,
+        seconds=time.perf_counter() - started, cost=objective.cost(),
+        settings={"budget": budget, "proposals": proposals, "sigma": sigma, "sigma_end": sigma_end, "temperature": temperature,
+                  "temperature_end": temperature_end, "patience": patience, "seed": seed, "steps": steps_total, "objective": objective.name},
+    )
+
+
+def anneal_gradient(
+    slices: Sequence[LayerSlice],
+    start: torch.Tensor,
+    radius: float | None = None,
+    *,
+    steps: int = 50,
+    lr: float = 0.2,
+    lr_end: float = 0.01,
+    temperature: float = 0.02,
+    temperature_end: float = 0.0,
+    patience: int = 10,
+    p: float = 2.0,
+    q: float = 1.0,
+    seed: int = 0,
+) -> AnnealRun:
+    """Annealed projected-gradient (Langevin) ascent of the MELBO objective from each start.
+
+    Each step moves every chain ``x <- normalise(x + lr_t R g + sqrt(2 T_t lr_t) R n) R`` with ``g``
+    the unit tangent gradient of the objective and ``n`` a random unit tangent vector; ``lr_t`` and
+    ``T_t`` decay geometrically (linearly to 0 when the end value is 0) over ``steps``. The best point
+    of each chain is kept; a chain with no new best for ``patience`` steps restarts from the best of
+    all chains. Cost: ``steps x m`` forward and as many backward passes of the slice (plus ``m``
+    forward passes for the final scores).
+    """
+    check_count(steps, "steps")
+    for name, value in (("lr", lr), ("lr_end", lr_end)):
+        if not (math.isfinite(value) and value > 0):
+            raise DiscoveryError(f"{name} must be a finite number > 0, got {value}")
+    start = torch.as_tensor(start, dtype=torch.float32).detach().cpu()
+    start = start.unsqueeze(0) if start.ndim == 1 else start
+    if start.numel() == 0 or not torch.isfinite(start).all() or bool((start.norm(dim=-1) == 0).any()):
+        raise DiscoveryError("annealing needs finite, non-zero starting vectors [m, hidden]")
+    chains, hidden = start.shape
+    radius = check_radius(float(start.norm(dim=-1).mean()) if radius is None else radius)
+    generator, started = make_generator(seed), time.perf_counter()
+    device = slices[0].device
+    current = to_radius(start, radius)
+    best, best_values = current.clone(), torch.full((chains,), -math.inf, dtype=torch.float64)
+    stale, restarts, history = torch.zeros(chains, dtype=torch.long), 0, []
+
+    def decay(first: float, last: float, frac: float) -> float:
+        return first * (last / first) ** frac if last > 0 and first > 0 else first * (1 - frac)
+
+    for step in range(steps):
+        frac = step / max(1, steps - 1)
+        theta = current.detach().clone().to(device).requires_grad_(True)
+        total = sum(piece.objective(theta, p, q) for piece in slices)
+        (grad,) = torch.autograd.grad(total.sum(), theta)
+        values = total.detach().double().cpu()
+        improved = values > best_values
+        best = torch.where(improved.unsqueeze(1), current, best)
+        best_values = torch.where(improved, values, best_values)
+        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+        history.append(float(best_values.max()))
+        units, grad = current / radius, grad.detach().cpu().float().clone()
+        grad -= (grad * units).sum(-1, keepdim=True) * units
+        noise = torch.randn(chains, hidden, generator=generator)
+        noise -= (noise * units).sum(-1, keepdim=True) * units
+        rate, temp = decay(lr, lr_end, frac), decay(temperature, temperature_end, frac)
+        move = rate * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        move += math.sqrt(2 * temp * rate) * noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        current = to_radius((current + radius * move).detach(), radius)
+        if patience > 0 and bool((stale >= patience).any()):
+            leader = int(best_values.argmax())
+            for chain in torch.nonzero(stale >= patience).flatten().tolist():
+                current[chain], stale[chain] = best[leader], 0
+                restarts += 1
+    final = total_objective(slices, current.to(device), p, q).double()
+    improved = final > best_values
+    best = torch.where(improved.unsqueeze(1), current, best)
+    best_values = torch.where(improved, final, best_values)
+    return AnnealRun(
+        vectors=best, scores=best_values, history=history, evaluations=(steps + 1) * chains, invalid=0, restarts=restarts, radius=radius,
+        seconds=time.perf_counter() - started,
+        cost={"evaluations": (steps + 1) * chains, "forward_passes": (steps + 1) * chains, "backward_passes": steps * chains, "judge_calls": 0},
+        settings={"steps": steps, "lr": lr, "lr_end": lr_end, "temperature": temperature, "temperature_end": temperature_end,
+                  "patience": patience, "p": p, "q": q, "seed": seed, "objective": "melbo", "mode": "gradient"},
+    )

@@ -1,0 +1,173 @@
+"""The ``anneal`` and ``cmaes`` methods of :func:`reptune.discovery.discover`.
+
+:class:`SearchSpec` holds their settings; :func:`check_search` validates them before any model
+work (one-line errors); :func:`run_search` builds the objective (the MELBO objective on the
+slice, a logit readout, string match or a judge, optionally minus a side-effect penalty) and runs
+
+* ``anneal``: ``candidates`` random vectors (or the given starts) scored, the best ``num`` kept,
+  then one annealing chain from each: derivative-free (:func:`~reptune.discovery.anneal.anneal`)
+  or, for the MELBO objective, annealed projected gradient
+  (:func:`~reptune.discovery.anneal.anneal_gradient`); the budget covers the candidates too;
+* ``cmaes``: CMA-ES (:func:`~reptune.discovery.ensemble.cmaes_search`) in the ``span`` of given
+  vectors, the top ``pca`` axes of the slice, or the ``full`` space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reptune.discovery.anneal import anneal, anneal_gradient
+from reptune.discovery.baselines import random_vectors
+from reptune.discovery.common import DiscoveryError, check_count, orthonormal_basis
+from reptune.discovery.ensemble import SUBSPACES, check_budget, cmaes_search, subspace_basis
+from reptune.discovery.objectives import (
+    Objective,
+    judge_objective,
+    match_objective,
+    readout_objective,
+    slice_objective,
+)
+from reptune.discovery.scoring import Judge
+from reptune.discovery.side_effects import SideEffects
+from reptune.discovery.slice import LayerSlice
+from reptune.models import ModelHandle
+
+SEARCH_METHODS = ("anneal", "cmaes")
+OBJECTIVES = ("melbo", "logit", "match", "judge")
+ANNEAL_MODES = ("auto", "free", "gradient")
+
+
+@dataclass
+class SearchSpec:
+    """Settings of the ``anneal`` / ``cmaes`` methods (see the module docstring).
+
+    Attributes:
+        budget: objective evaluations in all (vectors scored).
+        objective: ``melbo``, ``logit``, ``match`` or ``judge``.
+        anneal_mode: ``auto`` (gradient for melbo, else free), ``free`` or ``gradient``.
+        candidates: anneal: random vectors scored to pick the starts (default ``max(num, budget // 4)``).
+        proposals: anneal: proposals per chain per step.
+        subspace: cmaes: ``span``, ``pca`` or ``full``; ``subspace_dim`` for pca;
+            ``subspace_vectors`` ``[e, hidden]`` for span.
+        population, sigma: CMA-ES population (default ``4 + 3 ln d``) and initial step.
+        max_new_tokens: completion length for match / judge objectives.
+    """
+
+    budget: int = 256
+    objective: str = "melbo"
+    anneal_mode: str = "auto"
+    candidates: int | None = None
+    proposals: int = 4
+    subspace: str = "full"
+    subspace_dim: int = 8
+    subspace_vectors: torch.Tensor | None = None
+    population: int | None = None
+    sigma: float = 0.5
+    max_new_tokens: int = 16
+
+    def mode(self) -> str:
+        return ("gradient" if self.objective == "melbo" else "free") if self.anneal_mode == "auto" else self.anneal_mode
+
+
+def _subspace_dim(spec: SearchSpec, hidden: int) -> int:
+    if spec.subspace == "full":
+        return hidden
+    if spec.subspace == "pca":
+        if isinstance(spec.subspace_dim, bool) or not isinstance(spec.subspace_dim, int) or spec.subspace_dim < 1:
+            raise DiscoveryError(f"empty subspace: pca needs a dimension >= 1, got {spec.subspace_dim!r}")
+        return spec.subspace_dim
+    dim = int(orthonormal_basis(spec.subspace_vectors, hidden).shape[0])
+    if dim == 0:
+        raise DiscoveryError("empty subspace: span needs at least one non-zero vector (subspace_vectors / --span-of)")
+    return dim
+
+
+def check_search(method: str, spec: SearchSpec, num: int, hidden: int, *, logit_tokens: Any, match: Sequence[str], judge: Judge | None, init_rows: int) -> None:
+    """One-line errors for bad search settings, before the model runs."""
+    check_count(spec.budget, "budget")
+    if spec.objective not in OBJECTIVES:
+        raise DiscoveryError(f"unknown search objective {spec.objective!r}: use {', '.join(OBJECTIVES)}")
+    needs = {"logit": logit_tokens is not None, "match": bool(match), "judge": judge is not None}
+    if spec.objective in needs and not needs[spec.objective]:
+        raise DiscoveryError(f"search objective {spec.objective!r} needs {'logit_tokens' if spec.objective == 'logit' else spec.objective} to be given")
+    if method == "anneal":
+        if spec.anneal_mode not in ANNEAL_MODES:
+            raise DiscoveryError(f"anneal mode must be auto, free or gradient, got {spec.anneal_mode!r}")
+        if spec.mode() == "gradient" and spec.objective != "melbo":
+            raise DiscoveryError("gradient annealing needs the melbo objective (use anneal mode free for output scores)")
+        check_count(spec.proposals, "proposals")
+        pool = init_rows or (spec.candidates if spec.candidates is not None else max(num, spec.budget // 4))
+        check_count(pool, "candidates")
+        if pool < num:
+            raise DiscoveryError(f"candidates ({pool}) must be at least the number of vectors ({num})")
+        step = num * (spec.proposals if spec.mode() == "free" else 1)
+        if spec.budget - (0 if init_rows else pool) < num + step:
+            raise DiscoveryError(f"budget {spec.budget} is below the candidates ({pool}) plus one annealing step of {num} chain(s)")
+    else:
+        if spec.subspace not in SUBSPACES:
+            raise DiscoveryError(f"unknown subspace {spec.subspace!r}: use span, pca or full")
+        check_budget(spec.budget, spec.population, _subspace_dim(spec, hidden), num)
+        if not (math.isfinite(spec.sigma) and spec.sigma > 0):
+            raise DiscoveryError(f"sigma must be a finite number > 0, got {spec.sigma}")
+
+
+def build_objective(
+    spec: SearchSpec, slices: Sequence[LayerSlice], handle: ModelHandle, layer: int, prompts: Sequence[str], *, chat: bool, p: float, q: float,
+    logit_tokens: tuple[str, str] | None, match: Sequence[str], judge: Judge | None, side_effects: SideEffects | None, penalty: float,
+) -> Objective:
+    """The search objective on the training prompts, minus ``penalty * side_effect`` when given."""
+    if spec.objective == "melbo":
+        objective = slice_objective(slices, p=p, q=q)
+    elif spec.objective == "logit":
+        objective = readout_objective(handle, layer, prompts, logit_tokens, chat=chat)  # type: ignore[arg-type]
+    elif spec.objective == "match":
+        objective = match_objective(handle, layer, prompts, match, max_new_tokens=spec.max_new_tokens, chat=chat)
+    else:
+        objective = judge_objective(handle, layer, prompts, judge, max_new_tokens=spec.max_new_tokens, chat=chat)  # type: ignore[arg-type]
+    if side_effects is not None and penalty:
+        inner = objective.fn
+        objective.fn = lambda vectors: torch.as_tensor(inner(vectors), dtype=torch.float64) - penalty * side_effects(vectors)
+        objective.name += f" - {penalty:g} x side_effect"
+    return objective
+
+
+def run_search(
+    method: str, spec: SearchSpec, objective: Objective, slices: Sequence[LayerSlice], num: int, radius: float, *,
+    init: torch.Tensor | None, p: float, q: float, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``(vectors [num, hidden], scores [num], settings)`` of one ``anneal`` or ``cmaes`` run."""
+    hidden = slices[0].hidden_size
+    if method == "cmaes":
+        basis = subspace_basis(spec.subspace, hidden, vectors=spec.subspace_vectors, slices=slices, dim=spec.subspace_dim)
+        run = cmaes_search(objective, basis, radius, num=num, budget=spec.budget, population=spec.population, sigma=spec.sigma,
+                           start=init, seed=seed)
+        return run.vectors, run.scores, {**run.settings, "subspace": spec.subspace, "invalid": run.invalid, "cost": objective.cost()}
+    if init is not None:
+        starts, pool_size, pool_invalid = torch.as_tensor(init, dtype=torch.float32).reshape(-1, hidden)[:num], 0, 0
+        if starts.shape[0] < num:
+            starts = torch.cat([starts, random_vectors(hidden, num - starts.shape[0], radius, seed=seed)])
+    else:
+        pool_size = spec.candidates if spec.candidates is not None else max(num, spec.budget // 4)
+        pool = random_vectors(hidden, pool_size, radius, seed=seed)
+        scores = objective(pool)
+        pool_invalid = int(torch.isnan(scores).sum())
+        if pool_invalid == pool_size:
+            raise DiscoveryError(f"every one of the {pool_size} candidates scored NaN (invalid): the objective gave no valid score")
+        order = torch.argsort(torch.nan_to_num(scores, nan=-math.inf), descending=True)[:num]
+        starts = pool[order]
+    left = spec.budget - pool_size
+    if spec.mode() == "gradient":
+        run = anneal_gradient(slices, starts, radius, steps=max(1, left // num - 1), p=p, q=q, seed=seed)
+        cost = {key: objective.cost()[key] + run.cost.get(key, 0) for key in ("evaluations", "forward_passes", "judge_calls")}
+        cost["backward_passes"] = run.cost["backward_passes"]
+    else:
+        run = anneal(objective, starts, radius, budget=left, proposals=spec.proposals, seed=seed)
+        cost = objective.cost()
+    settings = {**run.settings, "mode": spec.mode(), "candidates": pool_size, "invalid": run.invalid + pool_invalid, "restarts": run.restarts, "cost": cost,
+                "budget": spec.budget}
+    return run.vectors, run.scores, settings
