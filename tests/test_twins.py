@@ -152,8 +152,9 @@ def test_twin_scoring_with_shared_tokens_equals_scoring_whole_rows(arch):
             assert score.n_tokens == whole[2 * index + side].n_tokens and score.greedy == whole[2 * index + side].greedy
 
 
-def test_twin_token_loss_with_kept_logits_equals_full_logits():
+def test_twin_token_loss_with_kept_logits_equals_full_logits(monkeypatch):
     """The LM head runs only from the position before the first reply token; the loss is unchanged."""
+    from reptune.tuning import trainer
     from reptune.tuning.trainer import Tuner
 
     handle = build_model("llama", chat=True)
@@ -163,6 +164,7 @@ def test_twin_token_loss_with_kept_logits_equals_full_logits():
     tuner = Tuner(handle, TuneConfig.from_preset("truth", layers="0-3", steps=1, **FAST), items, None)
     batch = tuner._tokenize(items)
     kept = tuner.losses(batch, None)["tok"]
-    tuner._logits_to_keep_ok = False  # as a model class without logits_to_keep: every position, sliced
+    # as a model class without logits_to_keep: every position comes back and is sliced
+    monkeypatch.setattr(trainer, "forward_keeping_logits", lambda model, kwargs, keep: (model(**kwargs), False))
     full = tuner.losses(batch, None)["tok"]
     assert float(kept) == pytest.approx(float(full), abs=1e-6) and float(kept) > 0

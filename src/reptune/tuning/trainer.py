@@ -32,6 +32,7 @@ from reptune.errors import DataError, ReptuneError, VectorError
 from reptune.hooks import forward_until
 from reptune.models import ModelHandle, _autocast_with_fp32_head
 from reptune.sites import Positions, parse_layers
+from reptune.tokens import forward_keeping_logits
 from reptune.tuning.config import TuneConfig, rep_position
 from reptune.tuning.data import (
     BalancedBatches,
@@ -365,25 +366,16 @@ class Tuner:
         """
         stop = None if need_logits or not capture else max(capture)
         logits = None
-        kwargs = {"logits_to_keep": keep} if keep and self._takes_logits_to_keep() else {}
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids, "use_cache": False}
         with self._autocast(), capture_layers(self.handle, capture, stop_after=stop) as captured:
-            out = forward_until(
-                self.handle.model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False,
-                **kwargs,
-            )
+            # keep > 0 implies logits are needed, so no stop hook can end this pass early
+            out = forward_keeping_logits(self.handle.model, inputs, keep)[0] if keep else forward_until(self.handle.model, **inputs)
             if out is not None:
                 logits = out.logits
                 if keep and logits.shape[1] != keep:  # a model class without logits_to_keep: every position came back
                     logits = logits[:, -keep:]
             hidden = dict(captured)
         return logits, hidden
-
-    def _takes_logits_to_keep(self) -> bool:
-        import inspect
-
-        if not hasattr(self, "_logits_to_keep_ok"):
-            self._logits_to_keep_ok = "logits_to_keep" in inspect.signature(self.handle.model.forward).parameters
-        return self._logits_to_keep_ok
 
     def losses(self, batch: _Batch, retain_index: int | None) -> dict[str, torch.Tensor]:
         """All loss terms for one batch (and one retain batch); ``loss`` is the weighted total."""
