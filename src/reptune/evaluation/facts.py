@@ -40,6 +40,16 @@ def _statements(spec: str, task: str) -> tuple[list[Any], str, str]:
     return records, source.origin, sha256_json([(s.text, s.label, s.pair) for s in records])
 
 
+def _choice_metrics(records: Sequence[dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
+    """Accuracy and lie rate (Wilson CIs) and the mean margin (bootstrap CI) of two-way choices."""
+    n = len(records)
+    return {
+        "accuracy": proportion_metric(sum(r["correct"] for r in records), n),
+        "lie_rate": proportion_metric(sum(r["lie"] for r in records), n),
+        "mean_margin": mean_metric([r["margin"] for r in records], seed=seed),
+    }
+
+
 @register_task
 class FactsTwin(Task):
     name = "facts-twin"
@@ -79,13 +89,7 @@ class FactsTwin(Task):
         return records
 
     def summarize(self, records: Sequence[dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
-        n = len(records)
-        return {
-            "accuracy": proportion_metric(sum(r["correct"] for r in records), n),
-            "lie_rate": proportion_metric(sum(r["lie"] for r in records), n),
-            "mean_margin": mean_metric([r["margin"] for r in records], seed=seed),
-            "mean_nll": mean_metric([r["nll_per_token"] for r in records], seed=seed),
-        }
+        return {**_choice_metrics(records, seed), "mean_nll": mean_metric([r["nll_per_token"] for r in records], seed=seed)}
 
 
 def _word_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -130,9 +134,4 @@ class FactsWord(Task):
         return records
 
     def summarize(self, records: Sequence[dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
-        n = len(records)
-        return {
-            "accuracy": proportion_metric(sum(r["correct"] for r in records), n),
-            "lie_rate": proportion_metric(sum(r["lie"] for r in records), n),
-            "mean_margin": mean_metric([r["margin"] for r in records], seed=seed),
-        }
+        return _choice_metrics(records, seed)

@@ -41,14 +41,20 @@ def _forward(handle: ModelHandle, ids: torch.Tensor, mask: torch.Tensor, positio
     return torch.log_softmax(out.logits.float(), dim=-1), out.past_key_values
 
 
-def _prompt_cache(handle: ModelHandle, prefix: Sequence[int], batch: int) -> tuple[Any, torch.Tensor]:
-    """The shared prompt's cache expanded to ``batch`` rows, and its last position's log-probs."""
+def _prompt_cache(handle: ModelHandle, prefix: Sequence[int], batch: int) -> Any:
+    """The shared prompt's cache, expanded to ``batch`` rows (its logits are not needed: the
+    prompt stops one token before the replies, so every scored token is predicted later)."""
     from transformers.cache_utils import DynamicCache
 
-    ids = torch.tensor([list(prefix)], dtype=torch.long)
-    logp, cache = _forward(handle, ids, torch.ones_like(ids), torch.arange(len(prefix)).unsqueeze(0), DynamicCache())
+    from reptune.tokens import forward_keeping_logits
+
+    ids = torch.tensor([list(prefix)], dtype=torch.long, device=handle.device)
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(len(prefix), device=handle.device).unsqueeze(0),
+              "past_key_values": DynamicCache(), "use_cache": True}
+    with handle.autocast():
+        cache = forward_keeping_logits(handle.model, kwargs, 1)[0].past_key_values
     cache.batch_repeat_interleave(batch)
-    return cache, logp[0, -1]
+    return cache
 
 
 def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +71,7 @@ def _score_batch(handle: ModelHandle, rows: list[tuple[list[int], int]], pairs: 
     """Score the rows of ``pairs`` (indices of true/false rows) after the cached ``prefix``."""
     g = len(prefix)
     pad = handle.tokenizer.pad_token_id
-    cache, prompt_last = _prompt_cache(handle, prefix, len(pairs))
+    cache = _prompt_cache(handle, prefix, len(pairs))
     commons = [_common(rows[t][0], rows[f][0]) for t, f in pairs]
     ids_a, mask_a = _pad([rows[t][0][g:c] for (t, _), c in zip(pairs, commons)], pad)
     logp_a, cache = _forward(handle, ids_a, torch.cat([torch.ones(len(pairs), g, dtype=torch.long), mask_a], 1),
@@ -83,13 +89,8 @@ def _score_batch(handle: ModelHandle, rows: list[tuple[list[int], int]], pairs: 
             tokens, n_target = rows[row_index]
             total, greedy = 0.0, True
             for pos in range(len(tokens) - n_target, len(tokens)):  # token `pos` is predicted at `pos - 1`
-                at = pos - 1
-                if at < g:
-                    dist = prompt_last
-                elif at < c:
-                    dist = logp_a[k, at - g]
-                else:
-                    dist = logp_b[2 * k + side, at - c]
+                at = pos - 1  # >= g: the cached prompt ends one token before the replies
+                dist = logp_a[k, at - g] if at < c else logp_b[2 * k + side, at - c]
                 total += float(dist[tokens[pos]].double())
                 greedy = greedy and int(dist.argmax()) == tokens[pos]
             out[row_index] = RowScore(total, n_target, greedy)
