@@ -424,3 +424,24 @@ def test_gpu_config_dry_run_lists_what_each_term_trains(tmp_path, cli_run):
     assert "representation" not in plan["variants"]["truth"]["terms"]
     assert plan["variants"]["tune-out"]["terms"]["token"]["weight"] == pytest.approx(0.01)  # |cos| plus the truth token loss / 100
     assert not any(tmp_path.glob("runs"))
+
+
+@pytest.mark.parametrize(("changes", "fragment"), [
+    ({"evaluation": {"headline": "facts-twine"}}, "unknown task 'facts-twine'"),
+    ({"evaluation": {"counter_limit": 0}}, "counter_limit"),
+    ({"seeds": [0, 1], "variants": [{"name": "truth", "preset": "truth", "seeds": [2]}]}, "subset of the experiment's seeds"),
+    ({"sweep": {"layers": "everywhere"}}, "sweep.layers"),
+    ({"learnability": {"min_move": 2}}, "learnability.min_move"),
+    ({"data": {"val_fraction": 0.45, "test_fraction": 0.49}}, "at least 10% for training"),
+    ({"precision": "fp8"}, "precision"),
+])
+def test_new_config_keys_refuse_garbage_with_one_line(changes, fragment):
+    with pytest.raises(ReptuneError, match=re.escape(fragment)) as info:
+        parse_config(changes)
+    assert "\n" not in str(info.value)
+
+
+def test_tune_items_garbage_is_a_one_line_error_before_the_model(cli_run, tmp_path):
+    result = cli_run("tune", "--preset", "truth", "--data", "honesty", "--items", "triplets", "-o", tmp_path / "out")
+    assert result.code == 2 and result.error_lines() == ["error: --items must be one of ab, twin, got 'triplets'"]
+    assert "Traceback" not in result.err and not (tmp_path / "out").exists()

@@ -368,6 +368,10 @@ def tune(
         "routing": routing, "rep_params": rep_params, "adam_eps": adam_eps, "weight_decay": weight_decay, "lr_schedule": lr_schedule,
         "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "early_stop_on": early_stop_on, "token_target": token_target,
     }
+    from reptune.tuning.data import ITEM_KINDS
+
+    if items_kind not in ITEM_KINDS:  # before any model or data work
+        raise ReptuneError(f"--items must be one of {', '.join(ITEM_KINDS)}, got {items_kind!r}")
     config = TuneConfig.from_preset(preset, paper=paper, **overrides)
     loaded = load_vector(vector) if vector is not None else None
     if print_config:  # the config and, per loss term, what it updates where (resolved on --model when given)
