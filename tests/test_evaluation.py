@@ -25,7 +25,7 @@ from reptune.evaluation import (
 )
 from reptune.evaluation.registry import TASKS
 from reptune.evaluation.scoring import continuation_logprobs, next_token_logprobs, prompt_token_ids, sliding_windows
-from reptune.evaluation.tasks import parse_ab_answer
+from reptune.evaluation.tasks.base import parse_ab_answer
 
 TOY_TEXT = (
     "The sky is blue. The grass is green. Paris is the capital of France. Water boils at 100 degrees. "
