@@ -25,7 +25,7 @@ from reptune.evaluation import (
 )
 from reptune.evaluation.registry import TASKS
 from reptune.evaluation.scoring import continuation_logprobs, next_token_logprobs, prompt_token_ids, sliding_windows
-from reptune.evaluation.tasks import parse_ab_answer
+from reptune.evaluation.tasks.base import parse_ab_answer
 
 TOY_TEXT = (
     "The sky is blue. The grass is green. Paris is the capital of France. Water boils at 100 degrees. "
@@ -410,19 +410,19 @@ def test_embedded_facts_ab_batched_equals_single(embedded):
 
 
 def test_standard_names_fall_back_to_the_hub_when_reachable(monkeypatch, tmp_path):
-    from reptune.evaluation import data as evaldata
+    from reptune.data import sources
 
     monkeypatch.setenv("REPTUNE_DATA_DIR", str(tmp_path))  # a data folder without the sets
-    monkeypatch.setattr(evaldata, "_hub_reachable", lambda: True)
-    assert evaldata.resolve("truthfulqa", "truthfulqa-mc") == "truthfulqa/truthful_qa"
-    assert evaldata.resolve("mmlu", "mmlu") == "cais/mmlu"
-    assert evaldata.resolve("wikitext2", "wikitext2") == "Salesforce/wikitext"
+    monkeypatch.setattr(sources, "_hub_reachable", lambda: True)
+    assert sources.resolve_data("truthfulqa", "truthfulqa-mc") == "truthfulqa/truthful_qa"
+    assert sources.resolve_data("mmlu", "mmlu") == "cais/mmlu"
+    assert sources.resolve_data("wikitext2", "wikitext2") == "Salesforce/wikitext"
     (tmp_path / "wikitext2").mkdir()
     (tmp_path / "wikitext2" / "wiki.test.raw").write_text("local text\n")
-    assert evaldata.resolve("wikitext2", "wikitext2") == tmp_path / "wikitext2" / "wiki.test.raw"  # local copy first
-    monkeypatch.setattr(evaldata, "_hub_reachable", lambda: False)
+    assert sources.resolve_data("wikitext2", "wikitext2") == tmp_path / "wikitext2" / "wiki.test.raw"  # local copy first
+    monkeypatch.setattr(sources, "_hub_reachable", lambda: False)
     with pytest.raises(DataError, match="not found.*the hub is not reachable"):
-        evaldata.resolve("mmlu", "mmlu")
+        sources.resolve_data("mmlu", "mmlu")
     monkeypatch.delenv("REPTUNE_DATA_DIR")
     with pytest.raises(DataError, match=r"needs \$REPTUNE_DATA_DIR.*the hub is not reachable"):
-        evaldata.resolve("truthfulqa", "truthfulqa-csv")
+        sources.resolve_data("truthfulqa", "truthfulqa-csv")

@@ -13,8 +13,8 @@ from transformers import PreTrainedTokenizerFast
 
 from reptune.errors import ReptuneError
 from reptune.evaluation import evaluate, get_task, load_results
-from reptune.evaluation import gcg as gcg_module
-from reptune.evaluation.gcg import SLOT, split_prompt, target_scores, target_token_ids
+from reptune.evaluation.tasks import gcg as gcg_module
+from reptune.evaluation.tasks.gcg import SLOT, split_prompt, target_scores, target_token_ids
 
 pytest.importorskip("nanogcg")
 
@@ -244,7 +244,7 @@ SMOL_LIKE = (  # SmolLM2's layout: its BOS text opens every turn, and its tokeni
 def test_prompt_is_tokenised_as_lm_eval_with_role_markers_kept(adds_bos):
     from tokenizers import processors
 
-    from reptune.evaluation.gcg import gcg_prompt
+    from reptune.evaluation.tasks.gcg import gcg_prompt
     from reptune.evaluation.scoring import prompt_token_ids
 
     tokenizer = build_model("llama", chat=True).tokenizer

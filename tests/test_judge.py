@@ -20,7 +20,7 @@ from conftest import build_model, constant_logits_model
 
 from reptune.errors import DataError
 from reptune.evaluation import evaluate, get_task
-from reptune.evaluation.judge import (
+from reptune.evaluation.judges import (
     CachedJudge,
     JudgeError,
     JudgeUnreachableError,
@@ -33,7 +33,7 @@ from reptune.evaluation.judge import (
     load_template,
     parse_verdict,
 )
-from reptune.evaluation.openended import load_openended_prompts
+from reptune.evaluation.tasks.openended import load_openended_prompts
 
 SECTION = re.compile(r"\[Response (A|B)\]\n(.*?)\n\[End of Response \1\]", re.DOTALL)
 

@@ -14,7 +14,7 @@ pytest.importorskip("lm_eval")
 
 from reptune.errors import ReptuneError
 from reptune.evaluation import available_tasks, evaluate, get_task
-from reptune.evaluation.robustness import run_robustness
+from reptune.evaluation.tasks.robustness import run_robustness
 from reptune.steering import steer
 
 DOCS = [

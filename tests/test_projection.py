@@ -10,7 +10,8 @@ from conftest import build_model
 
 from reptune.errors import ReptuneError
 from reptune.evaluation import evaluate, get_task
-from reptune.evaluation.projection import direction_at, token_projections
+from reptune.evaluation.tasks.base import direction_at
+from reptune.evaluation.tasks.projection import token_projections
 from reptune.reporting.figures import write_eval_figures as write_figures
 from reptune.reporting.heatmaps import plot_projection
 

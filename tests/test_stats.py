@@ -26,7 +26,7 @@ from reptune.evaluation.statistics import (
     tango_score,
     wilson_interval,
 )
-from reptune.evaluation.tasks import perplexity_metrics
+from reptune.evaluation.tasks.perplexity import perplexity_metrics
 
 sm_proportion = pytest.importorskip("statsmodels.stats.proportion")
 sm_tables = pytest.importorskip("statsmodels.stats.contingency_tables")

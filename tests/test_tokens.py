@@ -8,8 +8,8 @@ import torch
 from reptune.data.ab import letter_token_ids as ab_letter_token_ids
 from reptune.discovery.common import DiscoveryError, load_prompts
 from reptune.errors import DataError, VectorError
-from reptune.evaluation.projection import vector_directions
-from reptune.evaluation.tasks import choice_token_ids as tasks_choice_token_ids
+from reptune.evaluation.tasks.base import vector_directions
+from reptune.evaluation.tasks.caa import choice_token_ids as tasks_choice_token_ids
 from reptune.steering import Steering
 from reptune.tokens import (
     choice_token_ids,

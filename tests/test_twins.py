@@ -80,7 +80,7 @@ def test_facts_twin_records_equal_continuation_logprobs(tmp_path):
 
 
 def test_facts_word_records_the_word_so_always_true_is_flagged(tmp_path):
-    from reptune.evaluation.robustness import same_letter_rate
+    from reptune.evaluation.tasks.robustness import same_letter_rate
 
     handle = build_model("llama", chat=True)
     data = _twins_csv(tmp_path / "twins.csv")

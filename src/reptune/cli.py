@@ -661,7 +661,7 @@ def discover_cmd(
     judge = None
     if judge_url or judge_local:  # probed before the model loads: an unreachable judge fails fast
         from reptune.evaluation import get_task
-        from reptune.evaluation.judge import PairwiseScorer
+        from reptune.evaluation.judges import PairwiseScorer
 
         options = {"judge_url": judge_url or "", "judge_model": judge_model or "", "judge_local": judge_local or ""}
         judge = PairwiseScorer(get_task("openended", **options).build_judge())

@@ -1,90 +1,29 @@
 """Evaluation data sets: TruthfulQA, MMLU, WikiText-2 (statements and CAA come from reptune.data).
 
-Each ``--data`` value is resolved in this order: an existing path; a standard name looked up
-in ``$REPTUNE_DATA_DIR`` (``truthfulqa``, ``mmlu``, ``wikitext2``); a Hugging Face dataset id
-(``org/name``) when online. A missing set raises :class:`DataError` saying where to get it.
+Each ``--data`` value is resolved by :func:`reptune.data.sources.resolve_data` (the standard
+names ``truthfulqa``, ``mmlu``, ``wikitext2`` are in its table of standard sets): an existing path;
+a standard name looked up in ``$REPTUNE_DATA_DIR``, else the same set on the hub when reachable; a
+Hugging Face dataset id (``org/name``). A missing set raises :class:`DataError` saying where to
+get it. The loaders here read what it finds.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import json
 from pathlib import Path
 from typing import Any
 
 from reptune._io import sha256_file, sha256_json
-from reptune.data.sources import DATA_DIR_ENV, data_dir
+from reptune.data.sources import hub_rows, resolve_data
 from reptune.errors import DataError
-
-# standard name -> (path under $REPTUNE_DATA_DIR, where to get it)
-STANDARD = {
-    "truthfulqa-csv": ("truthfulqa/TruthfulQA.csv", "https://github.com/sylinrl/TruthfulQA (TruthfulQA.csv)"),
-    "truthfulqa-mc": ("truthfulqa/mc_task.json", "https://github.com/sylinrl/TruthfulQA (data/mc_task.json)"),
-    "mmlu": ("mmlu/test", "https://people.eecs.berkeley.edu/~hendrycks/data.tar (test/*.csv) or hub cais/mmlu"),
-    "wikitext2": ("wikitext2/wiki.test.raw", "https://huggingface.co/datasets/Salesforce/wikitext (wikitext-2-raw-v1, test)"),
-}
-# the same sets on the Hugging Face hub, used for a standard name when $REPTUNE_DATA_DIR lacks it
-HUB = {"truthfulqa-csv": "truthfulqa/truthful_qa", "truthfulqa-mc": "truthfulqa/truthful_qa", "mmlu": "cais/mmlu", "wikitext2": "Salesforce/wikitext"}
-NAMES = {
-    "truthfulqa-csv": {"truthfulqa", "tqa"},
-    "truthfulqa-mc": {"truthfulqa", "tqa"},
-    "mmlu": {"mmlu"},
-    "wikitext2": {"wikitext2", "wikitext"},
-}
-
-
-def resolve(spec: str, standard: str) -> Path | str:
-    """A path for ``spec`` (file or folder), or the hub id string when it looks like one.
-
-    Args:
-        standard: the key in :data:`STANDARD` used when ``spec`` is a standard name.
-    """
-    text = str(spec).strip()
-    if not text:
-        raise DataError("empty dataset argument")
-    path = Path(text).expanduser()
-    if path.exists():
-        return path
-    relative, where = STANDARD[standard]
-    if text in NAMES[standard]:
-        root = data_dir()
-        found = root / relative if root is not None else None
-        if found is not None and found.exists():
-            return found
-        if _hub_reachable():  # online: the same set from the hub (downloaded once into the HF cache)
-            return HUB[standard]
-        if found is None:
-            raise DataError(f"data set {text!r} needs ${DATA_DIR_ENV} pointing at a folder holding {relative} (get it from {where}), or pass a path; the hub is not reachable")
-        raise DataError(f"data set {text!r} not found: expected {found} (get it from {where}; set ${DATA_DIR_ENV} or pass a path); the hub is not reachable")
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.suffix:
-        return text
-    raise DataError(f"dataset not found: {text} (a path, {' or '.join(sorted(NAMES[standard]))} in ${DATA_DIR_ENV}, or a hub id org/name)")
-
-
-@functools.lru_cache(maxsize=1)
-def _hub_reachable() -> bool:
-    """Checked once per process (a 3 s connection timeout at most)."""
-    from reptune.models import _hub_reachable as reachable
-
-    return reachable()
-
-
-def _hub(name: str, config: str | None, split: str) -> list[dict[str, Any]]:
-    try:
-        import datasets
-
-        return list(datasets.load_dataset(name, config, split=split))
-    except Exception as exc:  # noqa: BLE001  (datasets raises many types when offline or unknown)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"cannot load hub dataset {name!r} (offline or unknown?): {first[:200]}") from None
 
 
 def load_truthfulqa_ab(spec: str) -> tuple[list[dict[str, Any]], str, str]:
     """TruthfulQA questions with the best answer and the first incorrect answer."""
-    source = resolve(spec, "truthfulqa-csv")
+    source = resolve_data(spec, "truthfulqa-csv")
     if isinstance(source, str):
-        rows = _hub(source, "generation", "validation")
+        rows = hub_rows(source, "generation", "validation")
         items = [{"question": r["question"], "best": r["best_answer"], "incorrect": r["incorrect_answers"][0]} for r in rows if r["incorrect_answers"]]
         return items, source, sha256_json(items)
     if source.is_dir():
@@ -113,9 +52,9 @@ def load_truthfulqa_ab(spec: str) -> tuple[list[dict[str, Any]], str, str]:
 
 def load_truthfulqa_mc(spec: str) -> tuple[list[dict[str, Any]], str, str]:
     """TruthfulQA MC questions: ``{"question", "mc1": (choices, labels), "mc2": (choices, labels)}``."""
-    source = resolve(spec, "truthfulqa-mc")
+    source = resolve_data(spec, "truthfulqa-mc")
     if isinstance(source, str):
-        rows = _hub(source, "multiple_choice", "validation")
+        rows = hub_rows(source, "multiple_choice", "validation")
         items = [
             {"question": r["question"], "mc1": (r["mc1_targets"]["choices"], r["mc1_targets"]["labels"]),
              "mc2": (r["mc2_targets"]["choices"], r["mc2_targets"]["labels"])}
@@ -147,10 +86,10 @@ def load_truthfulqa_mc(spec: str) -> tuple[list[dict[str, Any]], str, str]:
 
 def load_mmlu(spec: str, subjects: list[str] | None) -> tuple[dict[str, list[dict[str, Any]]], str, str]:
     """MMLU test questions by subject: ``{subject: [{"question", "choices", "answer"}]}``."""
-    source = resolve(spec, "mmlu")
+    source = resolve_data(spec, "mmlu")
     by_subject: dict[str, list[dict[str, Any]]] = {}
     if isinstance(source, str):
-        for row in _hub(source, "all", "test"):
+        for row in hub_rows(source, "all", "test"):
             by_subject.setdefault(row["subject"], []).append({"question": row["question"], "choices": list(row["choices"]), "answer": int(row["answer"])})
         origin, digest = source, None
     else:
@@ -189,9 +128,9 @@ def load_mmlu(spec: str, subjects: list[str] | None) -> tuple[dict[str, list[dic
 
 def load_text(spec: str) -> tuple[str, str, str]:
     """A raw text corpus (WikiText-2 test by default): ``(text, origin, hash)``."""
-    source = resolve(spec, "wikitext2")
+    source = resolve_data(spec, "wikitext2")
     if isinstance(source, str):
-        rows = _hub(source, "wikitext-2-raw-v1" if "wikitext" in source else None, "test")
+        rows = hub_rows(source, "wikitext-2-raw-v1" if "wikitext" in source else None, "test")
         text = "".join(row.get("text", "") for row in rows)
         return text, source, sha256_json(text)
     if source.is_dir():

@@ -1,16 +1,18 @@
 """The task interface and registry (in the spirit of lm-evaluation-harness).
 
-A task is a class registered under a name with :func:`register_task`. ``get_task(name,
-**options)`` builds it; parametrised names such as ``caa:sycophancy`` pass the part after the
-colon as ``param``. Every task loads its items (plain dicts with a stable ``id``), scores them
-in batches into per-item records (plain JSON dicts), and summarises the records into metrics
-(``{"value", "ci_low", "ci_high", "n", "ci"}``). :meth:`Task.run` ties the three together and
-works in chunks, handing each chunk's records to a callback so an interrupted evaluation can
-resume (see :mod:`reptune.evaluation.runner`).
+A task is a :class:`Task` subclass known by a name: the built-in ones through the lazy table
+:data:`BUILTIN_TASKS` (``name -> "module:Class"``, the module imported on first use), others
+through :func:`register_task`. ``get_task(name, **options)`` builds it; parametrised names such
+as ``caa:sycophancy`` pass the part after the colon as ``param``. Every task loads its items
+(plain dicts with a stable ``id``), scores them in batches into per-item records (plain JSON
+dicts), and summarises the records into metrics (``{"value", "ci_low", "ci_high", "n", "ci"}``).
+:meth:`Task.run` ties the three together and works in chunks, handing each chunk's records to a
+callback so an interrupted evaluation can resume (see :mod:`reptune.evaluation.runner`).
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,27 @@ from reptune._progress import progress_bar
 from reptune.errors import ReptuneError
 from reptune.models import ModelHandle
 
+# The built-in tasks: name -> "module:Class". A module is imported only when one of its tasks is
+# asked for (as lm-evaluation-harness indexes its tasks), so importing the registry loads no task
+# module and the task modules, which import the registry, are never imported back by it.
+BUILTIN_TASKS: dict[str, str] = {
+    "facts-ab": "reptune.evaluation.tasks.facts_ab:FactsAB",
+    "facts-twin": "reptune.evaluation.tasks.facts:FactsTwin",
+    "facts-word": "reptune.evaluation.tasks.facts:FactsWord",
+    "tqa-ab": "reptune.evaluation.tasks.truthfulqa:TruthfulQAAB",
+    "tqa-mc1": "reptune.evaluation.tasks.truthfulqa:TruthfulQAMC1",
+    "tqa-mc2": "reptune.evaluation.tasks.truthfulqa:TruthfulQAMC2",
+    "mmlu": "reptune.evaluation.tasks.mmlu:MMLU",
+    "perplexity": "reptune.evaluation.tasks.perplexity:Perplexity",
+    "kl": "reptune.evaluation.tasks.perplexity:KL",
+    "caa": "reptune.evaluation.tasks.caa:CAA",
+    "openended": "reptune.evaluation.tasks.openended:OpenEnded",
+    "robustness": "reptune.evaluation.tasks.robustness:Robustness",
+    "projection": "reptune.evaluation.tasks.projection:Projection",
+    "lm-eval": "reptune.evaluation.tasks.lmeval:LMEvalTask",  # lm-eval itself is imported only when the task runs
+    "gcg": "reptune.evaluation.tasks.gcg:GCGTask",  # nanogcg itself is imported only when the task runs
+}
+# the task classes: those registered with register_task, and the built-ins once loaded
 TASKS: dict[str, type[Task]] = {}
 
 
@@ -268,33 +291,38 @@ def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator: make a :class:`Task` subclass available under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    builtin = BUILTIN_TASKS.get(cls.name)
+    if builtin is not None and builtin != f"{cls.__module__}:{cls.__qualname__}":
+        raise ValueError(f"task name {cls.name!r} already registered by {builtin.rpartition(':')[2]}")
     if cls.name in TASKS and TASKS[cls.name] is not cls:
         raise ValueError(f"task name {cls.name!r} already registered by {TASKS[cls.name].__name__}")
     TASKS[cls.name] = cls
     return cls
 
 
+def task_class(name: str) -> type[Task] | None:
+    """The class registered as ``name`` (no ``:param``), importing a built-in's module on first use; ``None`` if unknown."""
+    cls = TASKS.get(name)
+    if cls is None and name in BUILTIN_TASKS:
+        module, _, attr = BUILTIN_TASKS[name].partition(":")
+        cls = TASKS[name] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
 def available_tasks() -> list[str]:
-    """Registered task names (parametrised ones as ``name:<param>``)."""
-    _ensure_builtin()
-    return sorted(f"{name}:<{cls.param_label}>" if cls.parametrised else name for name, cls in TASKS.items())
+    """Registered task names (parametrised ones as ``name:<param>``); imports every built-in task module."""
+    listed = []
+    for name in dict.fromkeys([*BUILTIN_TASKS, *TASKS]):
+        cls = task_class(name)
+        if cls is not None:
+            listed.append(f"{name}:<{cls.param_label}>" if cls.parametrised else name)
+    return sorted(listed)
 
 
 def get_task(name: str, **options: Any) -> Task:
     """Build the task called ``name`` (``caa:sycophancy`` style for parametrised tasks)."""
-    _ensure_builtin()
     base, _, param = name.strip().partition(":")
-    cls = TASKS.get(base)
+    cls = task_class(base)
     if cls is None:
         raise ReptuneError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
     return cls(param or None, **options)
-
-
-def _ensure_builtin() -> None:
-    import reptune.evaluation.facts
-    import reptune.evaluation.gcg  # nanogcg itself is imported only when the task runs
-    import reptune.evaluation.lmeval  # lm-eval itself is imported only when the task runs
-    import reptune.evaluation.openended
-    import reptune.evaluation.projection
-    import reptune.evaluation.robustness
-    import reptune.evaluation.tasks  # noqa: F401  (registers the built-in tasks)

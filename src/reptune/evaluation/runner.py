@@ -17,7 +17,7 @@ import datetime as _dt
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,90 @@ def _append_cache(path: Path, fingerprint: str, records: list[dict[str, Any]]) -
         os.fsync(handle.fileno())
 
 
+def _start_steering(
+    handle: ModelHandle, vector: Any, layers: str | int | Sequence[int] | None, multiplier: float, *,
+    allow_model_mismatch: bool, vector_label: str | None, needs_vector: list[str],
+) -> tuple[Any, dict[str, Any] | None]:
+    """The steering by ``vector`` (not attached yet) and what the results record of it; ``(None, None)`` without a vector."""
+    if vector is None:
+        return None, None
+    from reptune.steering import steer
+
+    steering = steer(handle, vector, layers, multiplier, allow_model_mismatch=allow_model_mismatch)
+    info = {
+        "vector": vector_label,
+        "vector_hash": sha256_json({str(layer): steering.directions[layer].tolist() for layer in sorted(steering.directions)}),
+        "method": getattr(getattr(vector, "meta", None), "method", None),
+        "multiplier": float(multiplier),
+        "layers": sorted(steering.directions),
+    }
+    if needs_vector:  # recorded, so the results say which tasks ran unsteered (and what they used)
+        info["not_applied_to"] = needs_vector
+        every_layer = vector.directions if hasattr(vector, "directions") else vector
+        info["vector_hash_all_layers"] = sha256_json({str(layer): every_layer[layer].tolist() for layer in sorted(every_layer)})
+    return steering, info
+
+
+def _model_info(handle: ModelHandle) -> dict[str, Any]:
+    """What the results record of the model (and of the machine it ran on)."""
+    info = {key: value for key, value in handle.describe().items() if key in {"model_id", "revision", "source", "architecture", "dtype", "autocast", "precision"}}
+    info["machine"] = machine_info()
+    return info
+
+
+def _contexts(vector: Any, multiplier: float, steering: Any, allow_model_mismatch: bool) -> tuple[RunContext, RunContext]:
+    """``(steered, own)``: the context of the steered tasks and of those that use the vector themselves."""
+    steered = RunContext(
+        steering=steering, vector=vector, multiplier=float(multiplier),
+        layers=sorted(steering.directions) if steering is not None else None, allow_model_mismatch=allow_model_mismatch,
+    )
+    own = RunContext(vector=vector, multiplier=steered.multiplier, layers=steered.layers, allow_model_mismatch=allow_model_mismatch)
+    return steered, own
+
+
+def _resume_cache(
+    output: Path | None, task: Task, fingerprint: str, resume: bool
+) -> tuple[dict[str, dict[str, Any]], Callable[[list[dict[str, Any]]], None] | None]:
+    """The records an interrupted run left for ``task`` (when resuming) and the callback that appends new ones."""
+    if output is None:
+        return {}, None
+    cache = _cache_file(output, task)
+    done = _read_cache(cache, fingerprint) if resume else {}
+    if not resume and cache.exists():
+        cache.unlink()
+    return done, lambda records: _append_cache(cache, fingerprint, records)
+
+
+def _run_tasks(
+    handle: ModelHandle, task_objs: list[Task], prepared: list[tuple[list[dict[str, Any]], str, str]], steering: Any,
+    contexts: tuple[RunContext, RunContext], key: dict[str, Any], *, output: Path | None, resume: bool, **run_options: Any,
+) -> dict[str, TaskResult]:
+    """Run each task on its loaded items, steered unless it uses the vector itself, resuming from the caches.
+
+    ``key``: what besides the task's own fingerprint must match for cached records to be reused.
+    """
+    steered, own = contexts
+    results: dict[str, TaskResult] = {}
+    active = False
+    try:
+        for task, loaded in zip(task_objs, prepared):
+            wanted = steering is not None and not task.uses_vector  # steer every task but those that use the vector themselves
+            if wanted != active:
+                if wanted:
+                    steering.attach()
+                else:
+                    steering.detach()
+                active = wanted
+            context = own if task.uses_vector else steered
+            fingerprint = sha256_json({"task": task.fingerprint(handle, loaded[2]), **key})
+            done, on_records = _resume_cache(output, task, fingerprint, resume)
+            results[task.full_name] = task.run(handle, context=context, done=done, on_records=on_records, prepared=loaded, **run_options)
+    finally:
+        if steering is not None and active:
+            steering.detach()
+    return results
+
+
 def evaluate(
     handle: ModelHandle,
     tasks: str | Sequence[str | Task],
@@ -178,58 +262,18 @@ def evaluate(
     needs_vector = [task.full_name for task in task_objs if task.uses_vector]
     if needs_vector and vector is None:
         raise ReptuneError(f"task {needs_vector[0]} needs a vector (--vector)")
-    steering_info = None
-    steering = None
-    if vector is not None:
-        from reptune.steering import steer
-
-        steering = steer(handle, vector, layers, multiplier, allow_model_mismatch=allow_model_mismatch)
-        steering_info = {
-            "vector": vector_label,
-            "vector_hash": sha256_json({str(layer): steering.directions[layer].tolist() for layer in sorted(steering.directions)}),
-            "method": getattr(getattr(vector, "meta", None), "method", None),
-            "multiplier": float(multiplier),
-            "layers": sorted(steering.directions),
-        }
-        if needs_vector:  # recorded, so the results say which tasks ran unsteered (and what they used)
-            steering_info["not_applied_to"] = needs_vector
-            every_layer = vector.directions if hasattr(vector, "directions") else vector
-            steering_info["vector_hash_all_layers"] = sha256_json({str(layer): every_layer[layer].tolist() for layer in sorted(every_layer)})
-    model_info = {key: value for key, value in handle.describe().items() if key in {"model_id", "revision", "source", "architecture", "dtype", "autocast", "precision"}}
-    model_info["machine"] = machine_info()
+    steering, steering_info = _start_steering(
+        handle, vector, layers, multiplier, allow_model_mismatch=allow_model_mismatch, vector_label=vector_label, needs_vector=needs_vector
+    )
+    model_info = _model_info(handle)
     output_path = Path(output) if output is not None else None
     # load every task's data first: a missing data set fails before any model time is spent
     prepared = [task.load_items(handle, limit) for task in task_objs]
-    results: dict[str, TaskResult] = {}
-    steered = RunContext(
-        steering=steering, vector=vector, multiplier=float(multiplier),
-        layers=sorted(steering.directions) if steering is not None else None, allow_model_mismatch=allow_model_mismatch,
+    results = _run_tasks(
+        handle, task_objs, prepared, steering, _contexts(vector, multiplier, steering, allow_model_mismatch),
+        {"steering": steering_info, "autocast": model_info.get("autocast")}, output=output_path, resume=resume,
+        limit=limit, batch_size=batch_size, seed=seed, progress=progress,
     )
-    own = RunContext(vector=vector, multiplier=steered.multiplier, layers=steered.layers, allow_model_mismatch=allow_model_mismatch)
-    active = False
-    try:
-        for task, loaded in zip(task_objs, prepared):
-            wanted = steering is not None and not task.uses_vector  # steer every task but those that use the vector themselves
-            if wanted != active:
-                if wanted:
-                    steering.attach()
-                else:
-                    steering.detach()
-                active = wanted
-            context = own if task.uses_vector else steered
-            fingerprint = sha256_json({"task": task.fingerprint(handle, loaded[2]), "steering": steering_info, "autocast": model_info.get("autocast")})
-            cache = _cache_file(output_path, task) if output_path is not None else None
-            done = _read_cache(cache, fingerprint) if cache is not None and resume else {}
-            if cache is not None and not resume and cache.exists():
-                cache.unlink()
-            on_records = (lambda records, c=cache, f=fingerprint: _append_cache(c, f, records)) if cache is not None else None
-            results[task.full_name] = task.run(
-                handle, limit=limit, batch_size=batch_size, seed=seed, progress=progress, context=context,
-                done=done, on_records=on_records, prepared=loaded,
-            )
-    finally:
-        if steering is not None and active:
-            steering.detach()
     evaluation = EvalResults(
         tasks=results, model=model_info, steering=steering_info, seed=seed, limit=limit, batch_size=batch_size,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -20,7 +20,7 @@ import datetime as _dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from reptune.evaluation.robustness import same_letter_rate
+from reptune.evaluation.tasks.robustness import same_letter_rate
 from reptune.evaluation.runner import EvalResults, compare_results, load_results
 from reptune.evaluation.statistics import holm_adjust
 from reptune.pipeline.claims import CLAIMS, HEADLINE_TASK, SEED_FREE_KINDS, Runs, judge

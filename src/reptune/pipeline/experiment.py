@@ -533,7 +533,7 @@ class Experiment:
     def _sweep_cell(self, handle: ModelHandle, vector: Any, task_name: str, layer: int | None, multiplier: float, folder: Path) -> dict[str, Any]:
         """One (layer, multiplier) cell of the sweep on the validation split (``layer=None``: unsteered)."""
         from reptune.evaluation import evaluate
-        from reptune.evaluation.robustness import same_letter_rate
+        from reptune.evaluation.tasks.robustness import same_letter_rate
 
         c = self.config.sweep
         task = self._task(task_name, split="val")
@@ -700,7 +700,7 @@ class Experiment:
             inputs = {"condition": cond_id, "model": model_key, "vector": self.store.keys["vector"], "data": self.store.keys["data"], "robustness": c.robustness.model_dump(), "layers": layers}
 
             def work(folder: Path) -> dict[str, Any]:
-                from reptune.evaluation.robustness import run_robustness
+                from reptune.evaluation.tasks.robustness import run_robustness
 
                 handle = loader()
                 result = run_robustness(handle, self.vector(handle), self._task(self.headline if c.robustness.task == "auto" else c.robustness.task), layers, c.robustness.multipliers,
@@ -721,7 +721,7 @@ class Experiment:
             inputs = {"condition": cond_id, "model": model_key, "vector": self.store.keys["vector"], "projection": c.projection.model_dump(), "layers": layers}
 
             def work_projection(folder: Path) -> dict[str, Any]:
-                from reptune.evaluation.projection import token_projections
+                from reptune.evaluation.tasks.projection import token_projections
 
                 handle = loader()
                 items = token_projections(handle, self.vector(handle), c.projection.prompts, layers)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from reptune._io import sha256_json
 from reptune.errors import DataError, ReptuneError
-from reptune.evaluation.judge import (
+from reptune.evaluation.judges import (
     MODEL_ENV,
     URL_ENV,
     CachedJudge,
@@ -37,7 +37,7 @@ from reptune.evaluation.judge import (
     load_template,
     template_hash,
 )
-from reptune.evaluation.registry import RunContext, Task, register_task
+from reptune.evaluation.registry import RunContext, Task
 from reptune.evaluation.statistics import mean_metric, proportion_metric
 from reptune.models import ModelHandle
 from reptune.steering import paused
@@ -93,7 +93,6 @@ NO_JUDGE = (
 )
 
 
-@register_task
 class OpenEnded(Task):
     name = "openended"
     description = "greedy generations on moral/instrumental-lying prompts, judged for honesty against a reference in both orders"
@@ -120,7 +119,7 @@ class OpenEnded(Task):
     chunk_items = 16
 
     def __init__(self, param: str | None = None, *, judge: Judge | None = None, **options: Any) -> None:
-        """``judge``: a ready :class:`~reptune.evaluation.judge.Judge` (Python API), instead of the judge options."""
+        """``judge``: a ready :class:`~reptune.evaluation.judges.Judge` (Python API), instead of the judge options."""
         super().__init__(param, **options)
         self._judge: Any = judge
         self._ready = False

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 from reptune._io import sha256_json
 from reptune.errors import DataError, ReptuneError
-from reptune.evaluation.registry import RunContext, Task, register_task
+from reptune.evaluation.registry import RunContext, Task
 from reptune.models import ModelHandle
 
 INSTALL_HINT = "lm-eval is not installed: pip install 'reptune[lmeval]'"
@@ -122,7 +122,6 @@ def _leaf_tasks(manager: Any, name: str) -> dict[str, Any]:
     return leaves
 
 
-@register_task
 class LMEvalTask(Task):
     """``lm-eval:<task>``: an lm-evaluation-harness task on the handle's model (see module docstring)."""
 

@@ -43,7 +43,7 @@ from reptune.data.ab import FACT_TEMPLATE, LETTERS
 from reptune.data.pairs import render_chat
 from reptune.data.sources import read_source
 from reptune.errors import DataError, ReptuneError
-from reptune.evaluation.registry import RunContext, Task, register_task
+from reptune.evaluation.registry import RunContext, Task
 from reptune.evaluation.statistics import mean_metric, proportion_metric
 from reptune.models import ModelHandle
 from reptune.tokens import jsonl_records, left_pad
@@ -312,7 +312,6 @@ def _attach_suffixes(items: list[dict[str, Any]], table: dict[str, dict[str, Any
 
 
 # --------------------------------------------------------------------------------- task
-@register_task
 class GCGTask(Task):
     name = "gcg"
     description = "GCG adversarial suffixes (nanogcg) that make the model assert a falsehood; attack success rate, loss, transfer"

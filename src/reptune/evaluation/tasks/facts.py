@@ -1,4 +1,4 @@
-"""Behaviours a small model can express about true/false facts (registered on import).
+"""Behaviours a small model can express about true/false facts (``facts-twin``, ``facts-word``).
 
 | task | items | scoring | primary metric |
 |---|---|---|---|
@@ -13,7 +13,7 @@ word answered, so a model that says "True" to everything is flagged by the same-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,13 +23,12 @@ from reptune.data.pairs import render_chat
 from reptune.data.sources import read_source
 from reptune.data.twins import TWIN_PROMPT, WORD_TEMPLATE, statements_to_twins
 from reptune.errors import DataError
-from reptune.evaluation.registry import RunContext, Task, register_task
+from reptune.evaluation.registry import RunContext, Task
 from reptune.evaluation.scoring import continuation_logprobs, next_token_logprobs
-from reptune.evaluation.statistics import mean_metric, proportion_metric
+from reptune.evaluation.statistics import mean_metric
+from reptune.evaluation.tasks.base import Advance, choice_metrics
 from reptune.evaluation.twin_scoring import twin_logprobs
 from reptune.models import ModelHandle
-
-Advance = Callable[[int], None]
 
 
 def _statements(spec: str, task: str) -> tuple[list[Any], str, str]:
@@ -40,17 +39,6 @@ def _statements(spec: str, task: str) -> tuple[list[Any], str, str]:
     return records, source.origin, sha256_json([(s.text, s.label, s.pair) for s in records])
 
 
-def _choice_metrics(records: Sequence[dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
-    """Accuracy and lie rate (Wilson CIs) and the mean margin (bootstrap CI) of two-way choices."""
-    n = len(records)
-    return {
-        "accuracy": proportion_metric(sum(r["correct"] for r in records), n),
-        "lie_rate": proportion_metric(sum(r["lie"] for r in records), n),
-        "mean_margin": mean_metric([r["margin"] for r in records], seed=seed),
-    }
-
-
-@register_task
 class FactsTwin(Task):
     name = "facts-twin"
     description = "twin preference: does the model give the true twin of a fact a higher log-prob than the false one"
@@ -89,7 +77,7 @@ class FactsTwin(Task):
         return records
 
     def summarize(self, records: Sequence[dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
-        return {**_choice_metrics(records, seed), "mean_nll": mean_metric([r["nll_per_token"] for r in records], seed=seed)}
+        return {**choice_metrics(records, seed), "mean_nll": mean_metric([r["nll_per_token"] for r in records], seed=seed)}
 
 
 def _word_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -98,7 +86,6 @@ def _word_ids(tokenizer: Any, prompt: str) -> list[int]:
     return choice_token_ids(tokenizer, prompt, ["True", "False"])
 
 
-@register_task
 class FactsWord(Task):
     name = "facts-word"
     description = "true/false statements answered with the word True or False; % correct, same-answer rate, margin"
@@ -134,4 +121,4 @@ class FactsWord(Task):
         return records
 
     def summarize(self, records: Sequence[dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
-        return _choice_metrics(records, seed)
+        return choice_metrics(records, seed)
