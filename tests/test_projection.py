@@ -12,7 +12,7 @@ from reptune.errors import ReptuneError
 from reptune.evaluation import evaluate, get_task
 from reptune.evaluation.projection import direction_at, token_projections
 from reptune.reporting.figures import write_eval_figures as write_figures
-from reptune.reporting.heatmaps import plot_projection
+from reptune.reporting.figures import plot_projection
 
 PROMPTS = ["The sky is blue.", "Two plus two is four. Cats are mammals, the quick brown fox."]
 

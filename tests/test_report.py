@@ -6,7 +6,6 @@ import copy
 import json
 import random
 import re
-import sys
 
 import pytest
 
@@ -306,8 +305,14 @@ def test_bare_results_and_errors(tmp_path):
 
 
 def test_fallback_heatmaps_and_failed_figure(tmp_path, monkeypatch):
-    """Without heatmaps.py the simple heatmaps are drawn; a figure that fails is reported, not fatal."""
-    monkeypatch.setitem(sys.modules, "reptune.reporting.heatmaps", None)  # import -> ImportError
+    """Without the detailed heatmaps the simple ones are drawn; a figure that fails is reported, not fatal."""
+    from reptune.reporting import figures
+
+    def unavailable(*_args, **_kwargs):
+        raise ImportError("the detailed heatmaps are unavailable")
+
+    monkeypatch.setattr(figures, "plot_robustness", unavailable)
+    monkeypatch.setattr(figures, "plot_projection", unavailable)
     results = copy.deepcopy(make_results())
     for key in ("training", "sweep", "vector"):
         results.pop(key)

@@ -1,0 +1,103 @@
+"""The evaluation sections: results per task, representation-level evidence, paired tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reptune.reporting.document import Bullets, Heading, Plan, Table, fmt, fmt_ci, fmt_p
+from reptune.reporting.figures import plot_task
+from reptune.reporting.sections.common import grouped, label, tasks
+
+
+def _primary(entries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
+    """The task's primary metric (the first one named, else the first one found) and its other metrics."""
+    primary = next((e.get("primary") for e in entries.values() if e.get("primary")), None)
+    if primary is None:
+        primary = next((m for e in entries.values() for m in (e.get("metrics") or {})), "value")
+    others: list[str] = []
+    for entry in entries.values():
+        for metric in entry.get("metrics") or {}:
+            if metric != primary and metric not in others:
+                others.append(metric)
+    return primary, others
+
+
+def _task(plan: Plan, task: str, ids: list[str], entries: dict[str, dict[str, Any]], conds: dict[str, dict[str, Any]]) -> None:
+    """One task: its bar chart and its table (primary metric, CI, n, per seed, the other metrics)."""
+    primary, others = _primary(entries)
+    multi_seed = any(len(((e.get("metrics") or {}).get(primary) or {}).get("per_seed") or []) > 1 for e in entries.values())
+    plan.add(Heading(3, task))
+    plan.para(
+        "Primary metric ",
+        ("c", primary),
+        "; bars grouped by condition kind, error bars are 95% confidence intervals"
+        + (", dots are single seeds." if multi_seed else "."),
+    )
+    plan.figure(
+        f"task-{task}",
+        f"{task}: {primary} per condition (95% CI)",
+        lambda path: plot_task(task, primary, ids, entries, conds, path),
+    )
+    header = ["condition", "label", "kind", primary, "95% CI", "n"] + (["per seed"] if multi_seed else []) + others
+    rows = []
+    for cid in ids:
+        metrics = entries[cid].get("metrics") or {}
+        m = metrics.get(primary) or {}
+        row = [cid, label(conds, cid), str(conds[cid].get("kind") or "other"), fmt(m.get("value")), fmt_ci(m.get("ci_low"), m.get("ci_high")), fmt(m.get("n"))]
+        if multi_seed:
+            row.append(", ".join(fmt(v) for v in m.get("per_seed") or []) or "-")
+        row += [fmt((metrics.get(o) or {}).get("value")) for o in others]
+        rows.append(row)
+    plan.add(Table(header, rows))
+
+
+def section_tasks(plan: Plan, results: dict[str, Any], conds: dict[str, dict[str, Any]]) -> None:
+    """Results per task (headline task first), then what was skipped and why."""
+    plan.add(Heading(2, "Results per task"))
+    scores = results.get("scores") or {}
+    found = tasks(results)
+    if not found:
+        plan.para("Not run.")
+    for task in found:
+        ids = grouped(conds, [cid for cid in conds if task in (scores.get(cid) or {})])
+        _task(plan, task, ids, {cid: scores[cid][task] or {} for cid in ids}, conds)
+    skipped = results.get("skipped") or []
+    if skipped:
+        plan.add(Heading(3, "Skipped"))
+        plan.add(Bullets([[("c", str(s.get("what", "?"))), ("", ": " + str(s.get("reason", "no reason given")))] for s in skipped]))
+
+
+def section_representation(plan: Plan, results: dict[str, Any], conds: dict[str, dict[str, Any]]) -> None:
+    """One row per condition: every representation-level number the run recorded."""
+    plan.add(Heading(2, "Representation-level evidence"))
+    rows = results.get("representation") or []
+    if not rows:
+        plan.para("Not run.")
+        return
+    keys = ["condition"] + [k for k in dict.fromkeys(k for r in rows for k in r) if k != "condition"]
+    plan.add(Table(keys, [[str(r.get(k)) if k == "condition" else fmt(r.get(k)) for k in keys] for r in rows]))
+
+
+def section_paired(plan: Plan, results: dict[str, Any]) -> None:
+    """The McNemar table: every compared pair of conditions per task and seed, raw and Holm-adjusted p."""
+    plan.add(Heading(2, "Paired tests"))
+    rows = results.get("comparisons") or []
+    if not rows:
+        plan.para("Not run.")
+        return
+    plan.para(
+        "McNemar tests on per-item outcomes of two conditions (same items, same seed); Holm = Holm-Bonferroni adjusted p over this "
+        "table (exploratory; the claims have their own family). A row whose seed is missing is not tested (no other seed stands in)."
+    )
+    header = ["task", "a", "b", "seed", "n", "metric", "a_value", "b_value", "p", "Holm", "method"]
+    plan.add(
+        Table(
+            header,
+            [
+                [str(r.get("task")), str(r.get("a")), str(r.get("b")), fmt(r.get("seed")), fmt(r.get("n")), str(r.get("metric") or "-"),
+                 fmt(r.get("a_value")), fmt(r.get("b_value")), fmt_p(r.get("p_value")), fmt_p(r.get("p_holm")),
+                 str(r.get("method") or ("not tested: " + str(r["reason"]) if r.get("reason") else "-"))]
+                for r in rows
+            ],
+        )
+    )
