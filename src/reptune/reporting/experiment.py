@@ -1,7 +1,7 @@
 """The experiment report: ``runs/NAME/results.json`` -> figures, ``report.md`` and ``report.html``.
 
-:func:`write_report` reads the ``reptune-experiment/1`` results file written by ``reptune run``,
-draws every figure into ``RUN/figures/*.png`` and writes ``RUN/report.md`` (figures referenced by
+:func:`write_report` reads the ``reptune-experiment/1`` results file written by ``reptune run``
+(through the schema both sides share, :class:`~reptune.reporting.schema.ExperimentResults`), draws every figure into ``RUN/figures/*.png`` and writes ``RUN/report.md`` (figures referenced by
 relative path) and a self-contained ``RUN/report.html`` (figures embedded as base64 data URIs,
 inline CSS, no scripts, nothing fetched). :func:`render_markdown` is the pure Markdown renderer.
 
@@ -21,10 +21,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from reptune._io import write_text_atomic
 from reptune.errors import ReptuneError
 from reptune.reporting.document import FIGURES_DIR, Plan, fmt, fmt_ci, fmt_p, to_html, to_markdown
-from reptune.reporting.sections.common import conditions
+from reptune.reporting.schema import ExperimentResults
 from reptune.reporting.sections.overview import section_answer, section_claims, section_findings, section_headline, section_summary
 from reptune.reporting.sections.record import section_config, section_footer, section_scan, section_timing
 from reptune.reporting.sections.scores import section_paired, section_representation, section_tasks
@@ -34,10 +36,10 @@ from reptune.reporting.sections.training import section_training
 FORMAT_PREFIX = "reptune-experiment/"
 
 
-def _plan(results: dict[str, Any]) -> Plan:
+def _plan(results: ExperimentResults) -> Plan:
     """Every section, in report order."""
     plan = Plan()
-    conds = conditions(results)
+    conds = results.conditions_by_id()
     section_summary(plan, results, conds)
     section_answer(plan, results, conds)
     section_headline(plan, results)
@@ -57,31 +59,16 @@ def _plan(results: dict[str, Any]) -> Plan:
     return plan
 
 
-# the JSON type of the top-level entries the report reads (null is allowed for each)
-_RESULT_SHAPES: dict[str, type] = {
-    "model": dict, "config": dict, "seeds": list, "data": dict, "tasks": list, "skipped": list, "vector": dict,
-    "sweep": dict, "training": dict, "conditions": list, "scores": dict, "eval_files": dict, "comparisons": list,
-    "robustness": dict, "projection": dict, "representation": list, "claims": list, "findings": list,
-    "headline": dict, "timings": dict, "versions": dict,
-}
-_LIST_OF_OBJECTS = ("skipped", "conditions", "comparisons", "representation", "claims")
+def _invalid(path: Path, error: ValidationError) -> ReptuneError:
+    """The first problem of a results file that does not fit the schema, as one line."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the file"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return ReptuneError(f"{path}: {where}: {first['msg']}{more}; rebuild the file with `reptune run`")
 
 
-def _check_shape(results: dict[str, Any], path: Path) -> None:
-    """One-line ReptuneError when a (hand-edited) results file has an entry of the wrong JSON type."""
-    names = {dict: "an object", list: "a list"}
-    for key, kind in _RESULT_SHAPES.items():
-        value = results.get(key)
-        if value is not None and not isinstance(value, kind):
-            raise ReptuneError(f"{path}: {key!r} must be {names[kind]}, got {type(value).__name__}; rebuild the file with `reptune run`")
-    for key in _LIST_OF_OBJECTS:
-        bad = next((i for i, item in enumerate(results.get(key) or []) if not isinstance(item, dict)), None)
-        if bad is not None:
-            raise ReptuneError(f"{path}: {key}[{bad}] must be an object; rebuild the file with `reptune run`")
-
-
-def load_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check ``run_dir/results.json`` (format and the type of every entry the report reads)."""
+def load_results(run_dir: str | os.PathLike[str]) -> ExperimentResults:
+    """Read ``run_dir/results.json`` and check it against :class:`~reptune.reporting.schema.ExperimentResults`."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise ReptuneError(f"{path}: not found (write it with `reptune run EXPERIMENT.yaml -o {run_dir}`)")
@@ -94,12 +81,18 @@ def load_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(results, dict) or not str(results.get("format", "")).startswith(FORMAT_PREFIX):
         found = results.get("format") if isinstance(results, dict) else type(results).__name__
         raise ReptuneError(f"{path}: not a reptune experiment results file (format {found!r}, expected {FORMAT_PREFIX}N)")
-    _check_shape(results, path)
-    return results
+    try:
+        return ExperimentResults.model_validate(results)
+    except ValidationError as exc:
+        raise _invalid(path, exc) from None
+    except RecursionError:
+        raise ReptuneError(f"{path}: nested too deeply") from None
 
 
-def render_markdown(results: dict[str, Any]) -> str:
-    """The report as Markdown (pure: figures are referenced as ``figures/NAME.png``, not drawn)."""
+def render_markdown(results: ExperimentResults | dict[str, Any]) -> str:
+    """The report as Markdown (pure: figures are referenced as ``figures/NAME.png``, not drawn); a dict is read through the schema."""
+    if not isinstance(results, ExperimentResults):
+        results = ExperimentResults.model_validate(results)
     return to_markdown(_plan(results).blocks)
 
 
@@ -137,7 +130,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> dict[str, Path]:
         detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
         raise ReptuneError(f"{run_dir / 'results.json'}: unexpected content ({detail}); rebuild the file with `reptune run`") from exc
     paths, failed = _draw(plan, run_dir)
-    title = f"reptune experiment: {results.get('name') or run_dir.name}"
+    title = f"reptune experiment: {results.name or run_dir.name}"
     paths["md"] = run_dir / "report.md"
     paths["html"] = run_dir / "report.html"
     write_text_atomic(paths["md"], to_markdown(plan.blocks, failed))

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from reptune._io import atomic_path, safe_filename
 from reptune.reporting.document import fmt, short
-from reptune.reporting.sections.common import grid_cells, label, num, sweep_selected
+from reptune.reporting.schema import Condition, Metric, RobustnessGrid, Sweep, SweepRow, TaskScore, TrainingRun
+from reptune.reporting.sections.common import given, label, num
 
 if TYPE_CHECKING:
     from reptune.directions import LayerScan
@@ -308,46 +309,51 @@ def write_eval_figures(results: Any, output: str | os.PathLike[str]) -> list[Pat
 # ----------------------------------------------------------------------------- the experiment report
 
 
-def plot_task(task: str, primary: str, ids: list[str], entries: dict[str, Any], conds: dict[str, Any], path: Path) -> Path:
-    """Bars of ``primary`` per condition, grouped by kind, with 95% CIs, per-seed dots and the untuned value dashed."""
-    from matplotlib.patches import Patch
-
-    plt = _pyplot()
-    extra: dict[str, str] = {}
-    xs, values, colors, labels, kinds = [], [], [], [], []
+def _bars(ids: list[str], entries: dict[str, TaskScore], conds: dict[str, Condition], primary: str) -> tuple[list[float], list[Metric], list[str]]:
+    """x positions (a gap between kinds), the ``primary`` metric and the kind of every condition."""
+    xs, values, kinds = [], [], []
     x, prev_kind = 0.0, None
     for cid in ids:
-        kind = conds[cid].get("kind") or "other"
+        kind = conds[cid].kind or "other"
         if prev_kind is not None and kind != prev_kind:
             x += 0.6
         prev_kind = kind
         xs.append(x)
         x += 1.0
-        m = ((entries[cid].get("metrics") or {}).get(primary)) or {}
-        values.append(m)
-        colors.append(kind_color(kind, extra))
-        labels.append(_mpl(short(label(conds, cid), 28)))
+        values.append(((entries[cid].metrics or {}).get(primary)) or Metric())
         kinds.append(kind)
+    return xs, values, kinds
+
+
+def plot_task(task: str, primary: str, ids: list[str], entries: dict[str, TaskScore], conds: dict[str, Condition], path: Path) -> Path:
+    """Bars of ``primary`` per condition, grouped by kind, with 95% CIs, per-seed dots and the untuned value dashed."""
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    extra: dict[str, str] = {}
+    xs, values, kinds = _bars(ids, entries, conds, primary)
+    colors = [kind_color(kind, extra) for kind in kinds]
+    labels = [_mpl(short(label(conds, cid), 28)) for cid in ids]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(ids) + 2.5), 4.0))
-    heights = [num(m.get("value")) for m in values]
+    heights = [num(m.value) for m in values]
     ax.bar(xs, heights, color=colors, width=0.8, edgecolor="black", linewidth=0.5)
     for xi, m, h in zip(xs, values, heights):
-        lo, hi = m.get("ci_low"), m.get("ci_high")
+        lo, hi = m.ci_low, m.ci_high
         if lo is not None and hi is not None and not math.isnan(h):
             ax.errorbar([xi], [h], yerr=[[max(0.0, h - lo)], [max(0.0, hi - h)]], color="black", capsize=4, lw=1)
-        seeds = m.get("per_seed") or []
+        seeds = m.per_seed or []
         if len(seeds) > 1:
             ax.scatter([xi] * len(seeds), seeds, s=10, color="black", zorder=3)
         if not math.isnan(h):
-            ax.annotate(fmt(m.get("value")), (xi, hi if hi is not None else h), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
-    base = next((h for cid, h in zip(ids, heights) if (conds[cid].get("kind") == "untuned" and not math.isnan(h))), None)
+            ax.annotate(fmt(m.value), (xi, hi if hi is not None else h), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+    base = next((h for cid, h in zip(ids, heights) if (conds[cid].kind == "untuned" and not math.isnan(h))), None)
     if base is not None:
         ax.axhline(base, color="gray", lw=0.8, ls="--")
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(_mpl(primary))
     ax.set_title(_mpl(f"{task}: {primary} (95% CI)"))
-    numbers = [v for m in values for v in (m.get("value"), m.get("ci_low"), m.get("ci_high")) if v is not None]
+    numbers = [v for m in values for v in (m.value, m.ci_low, m.ci_high) if v is not None]
     if numbers and primary not in UNBOUNDED_METRICS and min(numbers) >= 0.0 and max(numbers) <= 1.0:
         ax.set_ylim(0.0, 1.1)
     seen = list(dict.fromkeys(kinds))
@@ -355,57 +361,63 @@ def plot_task(task: str, primary: str, ids: list[str], entries: dict[str, Any], 
     return save_figure(fig, path)
 
 
-def plot_sweep(sweep: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> Path:
+def plot_sweep(sweep: Sweep, rows: list[SweepRow], path: Path) -> Path:
     """The steering sweep: the metric against the multiplier, one line per layer, the selected cells starred."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
-    base = next((r for r in rows if num(r.get("multiplier")) == 0), None)
-    layers = sorted({r.get("layer") for r in rows if r.get("layer") is not None})
-    chosen_layer, chosen = sweep_selected(sweep)
+    base = next((r for r in rows if num(r.multiplier) == 0), None)
+    layers = sorted({r.layer for r in rows if r.layer is not None})
+    chosen_layer, chosen = sweep.choice()
     for index, layer in enumerate(layers):
-        cells = sorted([r for r in rows if r.get("layer") == layer] + ([base] if base else []), key=lambda r: num(r.get("multiplier")))
-        mult, val = [num(r.get("multiplier")) for r in cells], [num(r.get("value")) for r in cells]
+        cells = sorted([r for r in rows if r.layer == layer] + ([base] if base else []), key=lambda r: num(r.multiplier))
+        mult, val = [num(r.multiplier) for r in cells], [num(r.value) for r in cells]
         color = f"C{index % 10}"
         ax.plot(mult, val, "o-" if layer == chosen_layer else "o--", color=color, lw=2.0 if layer == chosen_layer else 1.0, label=_mpl(f"layer {layer}"))
         if layer == chosen_layer:
-            ax.fill_between(mult, [num(r.get("ci_low")) for r in cells], [num(r.get("ci_high")) for r in cells], alpha=0.2, color=color)
+            ax.fill_between(mult, [num(r.ci_low) for r in cells], [num(r.ci_high) for r in cells], alpha=0.2, color=color)
             picked = [(m, v) for m, v in zip(mult, val) if m in chosen]
             ax.scatter([p[0] for p in picked], [p[1] for p in picked], marker="*", s=220, color=color, edgecolor="black", zorder=5, label="selected")
-        bad = [(m, v) for m, v, r in zip(mult, val, cells) if r.get("degenerate")]
+        bad = [(m, v) for m, v, r in zip(mult, val, cells) if r.degenerate]
         if bad:
             ax.scatter([b[0] for b in bad], [b[1] for b in bad], marker="x", s=70, color="tab:red", zorder=4)
-    ax.axhline(num(base.get("value")) if base else float("nan"), color="gray", lw=0.8, ls=":")
+    ax.axhline(num(base.value) if base else float("nan"), color="gray", lw=0.8, ls=":")
     ax.set_xlabel("steering multiplier (x the vector)")
-    ax.set_ylabel(_mpl(sweep.get("metric", "value")))
-    ax.set_title(_mpl(f"steering sweep: {sweep.get('task', '?')} ({sweep.get('split', '?')}); red x = degenerate"))
+    ax.set_ylabel(_mpl(given(sweep.metric, "value")))
+    ax.set_title(_mpl(f"steering sweep: {given(sweep.task, '?')} ({given(sweep.split, '?')}); red x = degenerate"))
     ax.legend(fontsize=8, loc="best")
     return save_figure(fig, path)
 
 
-def plot_training(training: dict[str, Any], path: Path) -> Path:
+def _plot_runs(ax: Any, runs: dict[str, TrainingRun | None], term_colors: dict[str, str]) -> None:
+    """One variant's panel: every loss term of every seed (line style = seed), validation dots, best step dotted."""
+    styles = ("-", "--", "-.", ":")
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink")
+    for si, (seed, info) in enumerate(runs.items()):
+        info = info or TrainingRun()
+        curves = info.loss_curves or {}
+        steps = curves.get("step") or []
+        suffix = f" s{seed}" if len(runs) > 1 else ""
+        for term, values in curves.items():
+            if term in ("step", "val_step", "val_loss") or not values or len(values) != len(steps):
+                continue
+            color = term_colors.setdefault(term, palette[len(term_colors) % len(palette)])
+            ax.plot(steps, [num(v) for v in values], styles[si % len(styles)], color=color, lw=1, label=_mpl(term + suffix))
+        if curves.get("val_step") and curves.get("val_loss"):
+            ax.plot(curves["val_step"], [num(v) for v in curves["val_loss"]], "o", color="black", ms=4, label="val" + suffix)
+        if info.best_step is not None:
+            ax.axvline(info.best_step, color="tab:green", ls=":", lw=1.2)
+
+
+def plot_training(training: dict[str, dict[str, TrainingRun | None] | None], path: Path) -> Path:
     """Every loss term per step, one panel per variant (line style = seed), validation dots, best step dotted."""
     plt = _pyplot()
     variants = [v for v in training if training[v]]
     ncols = min(3, len(variants))
     nrows = math.ceil(len(variants) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
-    styles = ("-", "--", "-.", ":")
     term_colors: dict[str, str] = {}
-    palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink")
     for ax, variant in zip(axes.flat, variants):
-        for si, (seed, info) in enumerate((training[variant] or {}).items()):
-            curves = (info or {}).get("loss_curves") or {}
-            steps = curves.get("step") or []
-            suffix = f" s{seed}" if len(training[variant]) > 1 else ""
-            for term, values in curves.items():
-                if term in ("step", "val_step", "val_loss") or not values or len(values) != len(steps):
-                    continue
-                color = term_colors.setdefault(term, palette[len(term_colors) % len(palette)])
-                ax.plot(steps, [num(v) for v in values], styles[si % len(styles)], color=color, lw=1, label=_mpl(term + suffix))
-            if curves.get("val_step") and curves.get("val_loss"):
-                ax.plot(curves["val_step"], [num(v) for v in curves["val_loss"]], "o", color="black", ms=4, label="val" + suffix)
-            if info.get("best_step") is not None:
-                ax.axvline(info["best_step"], color="tab:green", ls=":", lw=1.2)
+        _plot_runs(ax, training[variant] or {}, term_colors)
         ax.set_title(_mpl(variant))
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
@@ -438,10 +450,10 @@ def plot_scan_rows(scan: list[dict[str, Any]], selected: Any, path: Path) -> Pat
     return save_figure(fig, path)
 
 
-def draw_robustness(grid: dict[str, Any], path: Path, title: str) -> Any:
+def draw_robustness(grid: RobustnessGrid, path: Path, title: str) -> Any:
     """:func:`plot_robustness`, or the simple heatmap when that one fails (the report keeps a figure)."""
     try:
-        return plot_robustness(grid, path, title)
+        return plot_robustness(grid.to_json(), path, title)
     except Exception as exc:  # noqa: BLE001  the detailed figure failing must not lose the report: draw the simple one
         warnings.warn(f"plot_robustness failed ({exc!r}); using the simple heatmap", stacklevel=2)
         return _simple_robustness(grid, path, title)
@@ -456,22 +468,22 @@ def draw_projection(items: list[dict[str, Any]], path: Path, title: str) -> Any:
         return _simple_projection(items, path, title)
 
 
-def _simple_robustness(grid: dict[str, Any], path: Path, title: str) -> Path:
+def _simple_robustness(grid: RobustnessGrid, path: Path, title: str) -> Path:
     import numpy as np
 
     plt = _pyplot()
-    layers, mults, cells = grid_cells(grid)
+    layers, mults, cells = grid.table()
     mat = np.full((max(1, len(layers)), max(1, len(mults))), np.nan)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(mults) + 2), max(3.0, 0.35 * len(layers) + 1.5)))
     for i, layer in enumerate(layers):
         for j, mult in enumerate(mults):
             cell = cells.get((layer, float(mult)))
-            if cell is not None and cell.get("value") is not None:
-                mat[i, j] = cell["value"]
-            if cell is not None and cell.get("degenerate"):
+            if cell is not None and cell.value is not None:
+                mat[i, j] = cell.value
+            if cell is not None and cell.degenerate:
                 ax.text(j, i, "x", ha="center", va="center", color="red", fontsize=12, fontweight="bold")
     image = ax.imshow(mat, aspect="auto", cmap="viridis", origin="lower")
-    fig.colorbar(image, ax=ax, label=_mpl(grid.get("metric", "value")))
+    fig.colorbar(image, ax=ax, label=_mpl(given(grid.metric, "value")))
     ax.set_xticks(range(len(mults)))
     ax.set_xticklabels([fmt(m) for m in mults], fontsize=8)
     ax.set_yticks(range(len(layers)))

@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from reptune.reporting.document import Bullets, Heading, Plan, Table, fmt, fmt_ci, fmt_p
 from reptune.reporting.figures import plot_task
-from reptune.reporting.sections.common import grouped, label, tasks
+from reptune.reporting.schema import Condition, ExperimentResults, Metric, TaskScore
+from reptune.reporting.sections.common import given, grouped, label
 
 
-def _primary(entries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
+def _primary(entries: dict[str, TaskScore]) -> tuple[str, list[str]]:
     """The task's primary metric (the first one named, else the first one found) and its other metrics."""
-    primary = next((e.get("primary") for e in entries.values() if e.get("primary")), None)
+    primary = next((e.primary for e in entries.values() if e.primary), None)
     if primary is None:
-        primary = next((m for e in entries.values() for m in (e.get("metrics") or {})), "value")
+        primary = next((m for e in entries.values() for m in (e.metrics or {})), "value")
     others: list[str] = []
     for entry in entries.values():
-        for metric in entry.get("metrics") or {}:
+        for metric in entry.metrics or {}:
             if metric != primary and metric not in others:
                 others.append(metric)
     return primary, others
 
 
-def _task(plan: Plan, task: str, ids: list[str], entries: dict[str, dict[str, Any]], conds: dict[str, dict[str, Any]]) -> None:
+def _task(plan: Plan, task: str, ids: list[str], entries: dict[str, TaskScore], conds: dict[str, Condition]) -> None:
     """One task: its bar chart and its table (primary metric, CI, n, per seed, the other metrics)."""
     primary, others = _primary(entries)
-    multi_seed = any(len(((e.get("metrics") or {}).get(primary) or {}).get("per_seed") or []) > 1 for e in entries.values())
+    multi_seed = any(len(((e.metrics or {}).get(primary) or Metric()).per_seed or []) > 1 for e in entries.values())
     plan.add(Heading(3, task))
     plan.para(
         "Primary metric ",
@@ -41,36 +40,36 @@ def _task(plan: Plan, task: str, ids: list[str], entries: dict[str, dict[str, An
     header = ["condition", "label", "kind", primary, "95% CI", "n"] + (["per seed"] if multi_seed else []) + others
     rows = []
     for cid in ids:
-        metrics = entries[cid].get("metrics") or {}
-        m = metrics.get(primary) or {}
-        row = [cid, label(conds, cid), str(conds[cid].get("kind") or "other"), fmt(m.get("value")), fmt_ci(m.get("ci_low"), m.get("ci_high")), fmt(m.get("n"))]
+        metrics = entries[cid].metrics or {}
+        m = metrics.get(primary) or Metric()
+        row = [cid, label(conds, cid), str(conds[cid].kind or "other"), fmt(m.value), fmt_ci(m.ci_low, m.ci_high), fmt(m.n)]
         if multi_seed:
-            row.append(", ".join(fmt(v) for v in m.get("per_seed") or []) or "-")
-        row += [fmt((metrics.get(o) or {}).get("value")) for o in others]
+            row.append(", ".join(fmt(v) for v in m.per_seed or []) or "-")
+        row += [fmt((metrics.get(o) or Metric()).value) for o in others]
         rows.append(row)
     plan.add(Table(header, rows))
 
 
-def section_tasks(plan: Plan, results: dict[str, Any], conds: dict[str, dict[str, Any]]) -> None:
+def section_tasks(plan: Plan, results: ExperimentResults, conds: dict[str, Condition]) -> None:
     """Results per task (headline task first), then what was skipped and why."""
     plan.add(Heading(2, "Results per task"))
-    scores = results.get("scores") or {}
-    found = tasks(results)
+    scores = results.scores or {}
+    found = results.task_names()
     if not found:
         plan.para("Not run.")
     for task in found:
         ids = grouped(conds, [cid for cid in conds if task in (scores.get(cid) or {})])
-        _task(plan, task, ids, {cid: scores[cid][task] or {} for cid in ids}, conds)
-    skipped = results.get("skipped") or []
+        _task(plan, task, ids, {cid: scores[cid][task] or TaskScore() for cid in ids}, conds)
+    skipped = results.skipped or []
     if skipped:
         plan.add(Heading(3, "Skipped"))
-        plan.add(Bullets([[("c", str(s.get("what", "?"))), ("", ": " + str(s.get("reason", "no reason given")))] for s in skipped]))
+        plan.add(Bullets([[("c", str(given(s.what, "?"))), ("", ": " + str(given(s.reason, "no reason given")))] for s in skipped]))
 
 
-def section_representation(plan: Plan, results: dict[str, Any], conds: dict[str, dict[str, Any]]) -> None:
+def section_representation(plan: Plan, results: ExperimentResults, conds: dict[str, Condition]) -> None:
     """One row per condition: every representation-level number the run recorded."""
     plan.add(Heading(2, "Representation-level evidence"))
-    rows = results.get("representation") or []
+    rows = results.representation or []
     if not rows:
         plan.para("Not run.")
         return
@@ -78,10 +77,10 @@ def section_representation(plan: Plan, results: dict[str, Any], conds: dict[str,
     plan.add(Table(keys, [[str(r.get(k)) if k == "condition" else fmt(r.get(k)) for k in keys] for r in rows]))
 
 
-def section_paired(plan: Plan, results: dict[str, Any]) -> None:
+def section_paired(plan: Plan, results: ExperimentResults) -> None:
     """The McNemar table: every compared pair of conditions per task and seed, raw and Holm-adjusted p."""
     plan.add(Heading(2, "Paired tests"))
-    rows = results.get("comparisons") or []
+    rows = results.comparisons or []
     if not rows:
         plan.para("Not run.")
         return
@@ -94,9 +93,9 @@ def section_paired(plan: Plan, results: dict[str, Any]) -> None:
         Table(
             header,
             [
-                [str(r.get("task")), str(r.get("a")), str(r.get("b")), fmt(r.get("seed")), fmt(r.get("n")), str(r.get("metric") or "-"),
-                 fmt(r.get("a_value")), fmt(r.get("b_value")), fmt_p(r.get("p_value")), fmt_p(r.get("p_holm")),
-                 str(r.get("method") or ("not tested: " + str(r["reason"]) if r.get("reason") else "-"))]
+                [str(r.task), str(r.a), str(r.b), fmt(r.seed), fmt(r.n), str(r.metric or "-"),
+                 fmt(r.a_value), fmt(r.b_value), fmt_p(r.p_value), fmt_p(r.p_holm),
+                 str(r.method or ("not tested: " + str(r.reason) if r.reason else "-"))]
                 for r in rows
             ],
         )

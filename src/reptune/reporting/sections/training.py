@@ -6,32 +6,33 @@ from typing import Any
 
 from reptune.reporting.document import Heading, Plan, Table, fmt, short
 from reptune.reporting.figures import plot_training
+from reptune.reporting.schema import ExperimentResults, TrainingRun
 
 
-def _run_row(variant: str, seed: Any, info: dict[str, Any]) -> list[str]:
-    curves = info.get("loss_curves") or {}
+def _run_row(variant: str, seed: Any, info: TrainingRun) -> list[str]:
+    curves = info.loss_curves or {}
     total = curves.get("total") or []
     val = curves.get("val_loss") or []
-    metrics = info.get("metrics") or {}
+    metrics = info.metrics or {}
     return [
         variant,
         str(seed),
-        str(info.get("preset") or "-"),
-        fmt(info.get("steps")),
-        fmt(info.get("best_step")),
+        str(info.preset or "-"),
+        fmt(info.steps),
+        fmt(info.best_step),
         fmt(total[-1] if total else None),
         fmt(min(val) if val else None),
-        fmt(info.get("elapsed_s")),
+        fmt(info.elapsed_s),
         fmt((metrics.get("final_val") or {}).get("cos")),
         str(metrics.get("stopped") or "-"),
     ]
 
 
-def section_training(plan: Plan, results: dict[str, Any]) -> None:
+def section_training(plan: Plan, results: ExperimentResults) -> None:
     """The loss curves of every variant and seed, and a table of the runs."""
     plan.add(Heading(2, "Training"))
-    training = results.get("training") or {}
-    runs = [(variant, seed, info or {}) for variant, by_seed in training.items() for seed, info in (by_seed or {}).items()]
+    training = results.training or {}
+    runs = [(variant, seed, info or TrainingRun()) for variant, by_seed in training.items() for seed, info in (by_seed or {}).items()]
     if not runs:
         plan.para("Not run.")
         return
@@ -41,12 +42,12 @@ def section_training(plan: Plan, results: dict[str, Any]) -> None:
     plan.add(Table(["variant", "seed", "preset", "steps", "best step", "final total loss", "best val loss", "time (s)", "val cos", "stopped"], rows))
 
 
-def section_training_plan(plan: Plan, results: dict[str, Any]) -> None:
+def section_training_plan(plan: Plan, results: ExperimentResults) -> None:
     """Per variant: which loss term updates which tensors, at which layers and positions (first seed)."""
     rows = []
-    for variant, by_seed in (results.get("training") or {}).items():
-        info = next(iter((by_seed or {}).values()), None) or {}
-        for term, spec in ((info.get("plan") or {}).get("terms") or {}).items():
+    for variant, by_seed in (results.training or {}).items():
+        info = next(iter((by_seed or {}).values()), None) or TrainingRun()
+        for term, spec in ((info.plan or {}).get("terms") or {}).items():
             updates = spec.get("updates")
             if isinstance(updates, dict):
                 updates = "; ".join(f"{name} ({blocks})" for name, blocks in updates.items())
