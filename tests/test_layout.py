@@ -4,7 +4,8 @@ downward, and no module imports itself back through a circle.
 The ladder (README "Layout"), bottom first; a module may import its own rung and the rungs below:
 
     errors, _version
-    _io, _progress, _plots, precision, tokens      low helpers
+    _io, _progress, _render, precision, tokens     low helpers (_render: the report builders reporting
+                                                   hands to tuning and discovery)
     models, sites, hooks                           hooks.py sits beside sites.py: it hooks the block
                                                    outputs sites.py defines
     data -> activations -> vectors -> directions -> steering -> tuning -> discovery
@@ -26,7 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "reptune"
 LADDER: list[tuple[str, ...]] = [
     ("errors", "_version"),
-    ("_io", "_progress", "_plots", "precision", "tokens"),
+    ("_io", "_progress", "_render", "precision", "tokens"),
     ("models", "sites", "hooks"),
     ("data",),
     ("activations",),

@@ -76,6 +76,18 @@ def test_every_report_file_exists(finished):
     assert parse_config(yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))) == finished[0]
 
 
+def test_results_file_is_the_schema_written_back(finished):
+    """results.json is written from the schema the report reads: read back, it writes the same text."""
+    from reptune._io import json_safe
+    from reptune.reporting.schema import ExperimentResults
+
+    _, run, _ = finished
+    text = (run.run_dir / "results.json").read_text(encoding="utf-8")
+    again = ExperimentResults.model_validate(json.loads(text)).to_json()
+    assert json.dumps(json_safe(again), indent=2, default=str) + "\n" == text
+    assert list(again)[:3] == ["format", "name", "created"] and list(again)[-2:] == ["timings", "stages"]
+
+
 def test_conditions_tasks_and_skips(finished):
     _, run, _ = finished
     results = run.results

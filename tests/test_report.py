@@ -6,7 +6,6 @@ import copy
 import json
 import random
 import re
-import sys
 
 import pytest
 
@@ -306,8 +305,14 @@ def test_bare_results_and_errors(tmp_path):
 
 
 def test_fallback_heatmaps_and_failed_figure(tmp_path, monkeypatch):
-    """Without heatmaps.py the simple heatmaps are drawn; a figure that fails is reported, not fatal."""
-    monkeypatch.setitem(sys.modules, "reptune.reporting.heatmaps", None)  # import -> ImportError
+    """Without the detailed heatmaps the simple ones are drawn; a figure that fails is reported, not fatal."""
+    from reptune.reporting import figures
+
+    def unavailable(*_args, **_kwargs):
+        raise ImportError("the detailed heatmaps are unavailable")
+
+    monkeypatch.setattr(figures, "plot_robustness", unavailable)
+    monkeypatch.setattr(figures, "plot_projection", unavailable)
     results = copy.deepcopy(make_results())
     for key in ("training", "sweep", "vector"):
         results.pop(key)
@@ -344,3 +349,34 @@ def test_claims_show_holm_mde_context_and_gate(tmp_path):
     assert "**Decision rule:** decided on the Holm-adjusted p" in claims
     paired = md.split("## Paired tests", 1)[1]
     assert "| 0.500 |" in paired and "not tested: seed 1 of truth is missing" in paired
+
+
+def test_schema_round_trip_keeps_keys_order_and_number_types():
+    """The results contract: a file read through the schema writes back as the same JSON, key for key."""
+    from reptune.reporting.schema import ExperimentResults
+
+    results = make_results()
+    results["future_key"] = {"b": 1, "a": [1, 2.0]}  # keys a newer run may add: kept, in place
+    results["conditions"][0]["note"] = "extra"
+    back = ExperimentResults.model_validate(copy.deepcopy(results)).to_json()
+    assert json.dumps(back) == json.dumps(results)
+    assert isinstance(back["headline"]["rows"][0]["n"], int) and isinstance(back["sweep"]["rows"][0]["multiplier"], float)
+    old = {"format": "reptune-experiment/1", "name": "old", "claims": [{"id": "x", "verdict": "supported"}], "unknown": 1}
+    assert ExperimentResults.model_validate(old).to_json() == old  # an old file: fields it lacks stay absent
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    ("claims", [{"id": "x", "p_value": "small"}], "claims.0.p_value: Value error, must be a number"),
+    ("headline", {"rows": [{"n": True}]}, "headline.rows.0.n: Value error, must be a number"),
+    ("sweep", {"rows": [{"degenerate": "yes"}]}, "sweep.rows.0.degenerate: Value error, must be true or false"),
+    ("conditions", [{"label": "no id"}], "conditions.0.id: Field required"),
+])
+def test_a_results_file_off_the_schema_is_one_line_and_writes_nothing(tmp_path, where, value, message):
+    results = {**make_results(), where: value}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    with pytest.raises(ReptuneError) as error:
+        write_report(tmp_path)
+    text = str(error.value)
+    assert message in text and "\n" not in text and "rebuild the file" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

@@ -9,6 +9,9 @@ The stages, each importing only the ones above it:
 * :mod:`reptune.vectors` — the vector file format (safetensors + JSON, llama.cpp GGUF export);
 * :mod:`reptune.directions` — mean-diff / PCA / probe directions and the layer scan;
 * :mod:`reptune.steering` — steering hooks and generation;
+* :mod:`reptune.tuning`, :mod:`reptune.discovery`, :mod:`reptune.evaluation` — tuning vectors in, finding
+  them without labels, measuring the result;
+* :mod:`reptune.reporting` — tables, figures and reports; :mod:`reptune.pipeline` — whole experiments;
 * :mod:`reptune.cli` — the ``reptune`` command.
 """
 
@@ -21,6 +24,12 @@ from reptune.models import ModelHandle, load_model, wrap_model
 from reptune.sites import Positions, parse_layers
 from reptune.steering import Steering, generate, steer, steered_generate
 from reptune.vectors import SteeringVector, VectorMeta, export_gguf, load_vector
+
+# The composition root: tune() and discover() write reports whose builders live in reptune.reporting,
+# above them on the import ladder; hand those builders over before any of them can run (see _render.py).
+from reptune.reporting import install_renderers as _install_renderers
+
+_install_renderers()
 
 __all__ = [
     "ContrastPair",

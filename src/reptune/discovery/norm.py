@@ -27,10 +27,8 @@ Everything is deterministic given the vectors (statistics in float64).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -201,59 +199,3 @@ def _score_curves(curves: list[NormCurve], handle: ModelHandle, layer: int, prom
             if usable:
                 best = max(value for value, _ in usable)
                 curve.best_radius = next(r for value, r in usable if value == best)
-
-
-def plot_norm_curves(curves: Sequence[NormCurve], path: str | os.PathLike[str], labels: Sequence[str] | None = None) -> Path:
-    """One panel per vector: objective over R (log-log) and the scored curves (right axis), with
-    the appear / degenerate radii marked; written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from reptune._plots import save_figure
-
-    count = len(curves)
-    columns = min(4, count)
-    rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
-    for number, curve in enumerate(curves):
-        ax = axes[number // columns][number % columns]
-        ax.plot(curve.radii, [max(value, 1e-30) for value in curve.objective], "k.-", label="objective")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("radius R")
-        ax.set_title((labels[number] if labels else f"vector {curve.index}") + f" (growth {curve.growth:.2f})", fontsize=9)
-        if curve.curves:
-            twin = ax.twinx()
-            for key, values in curve.curves.items():
-                twin.plot(curve.radii, values, ".-", label=key)
-            twin.legend(fontsize=6, loc="upper left")
-        for radius, style in ((curve.appear_radius, "g--"), (curve.degenerate_radius, "r:")):
-            if radius is not None:
-                ax.axvline(radius, color=style[0], linestyle=style[1:])
-    for number in range(count, rows * columns):
-        axes[number // columns][number % columns].axis("off")
-    return save_figure(fig, path)
-
-
-def norm_markdown(curves: Sequence[NormCurve], labels: Sequence[str], figure: str | None = None) -> str:
-    """The report section: per vector the appear / degenerate / best radius and the growth statistic."""
-    def fmt(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4g}"
-
-    lines = [
-        (f"Radii {', '.join(f'{r:.4g}' for r in curves[0].radii)}. `appear`: smallest R where the behaviour signal reaches half its "
-        "largest rise over the grid; `degenerate`: smallest R where at least half the completions are empty or repetitive; "
-        "`best`: strongest signal below it; `growth`: dispersion of the normalised per-dimension response derivative "
-        "(0 = every dimension grows in proportion)."),
-        "",
-        "| vector | signal | appear R | degenerate R | best R | growth | objective (by R) |",
-        "|---|---|---:|---:|---:|---:|---|",
-    ]
-    for label, curve in zip(labels, curves):
-        lines.append(f"| {label} | {curve.signal or '-'} | {fmt(curve.appear_radius)} | {fmt(curve.degenerate_radius)} | "
-                     f"{fmt(curve.best_radius)} | {curve.growth:.3f} | {', '.join(f'{v:.3g}' for v in curve.objective)} |")
-    if figure:
-        lines += ["", f"![norm curves]({figure})"]
-    return "\n".join(lines) + "\n"

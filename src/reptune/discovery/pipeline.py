@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from reptune._io import sha256_json, write_json_atomic, write_text_atomic
+from reptune._render import renderer
 from reptune.discovery.baselines import RadiusSweep, random_search, sweep_radius
 from reptune.discovery.common import (
     DiscoveryError,
@@ -39,7 +40,7 @@ from reptune.discovery.common import (
 )
 from reptune.discovery.dct import DEFAULT_RATIO, Calibration, calibrate_radius, fit_dct
 from reptune.discovery.melbo import PAPER_LR, check_orthogonal_order, train_melbo
-from reptune.discovery.norm import NormCurve, check_grid, default_grid, norm_curves, norm_markdown, plot_norm_curves
+from reptune.discovery.norm import NormCurve, check_grid, default_grid, norm_curves
 from reptune.discovery.scoring import Baseline, Judge, VectorScores, score_vectors, token_id
 from reptune.discovery.search import SEARCH_METHODS, SearchSpec, build_objective, check_search, run_search
 from reptune.discovery.side_effects import SideEffects, resolve_side_effect_prompts, side_effect_scores
@@ -149,8 +150,9 @@ class DiscoveryResult:
         }
 
     def markdown(self, samples: int = 4) -> str:
-        """The report: settings, ranked table, sample completions, radius calibration."""
-        return _report(self, samples)
+        """The report: settings, ranked table, sample completions, radius calibration (built by
+        :mod:`reptune.reporting.discovery`, through :mod:`reptune._render`)."""
+        return renderer("discovery_report")(self, samples)
 
     def save(self, path: str | Path) -> dict[str, Path]:
         """Write the vector files, ``STEM.discovery.md`` and ``STEM.discovery.json`` (each atomically).
@@ -173,10 +175,11 @@ class DiscoveryResult:
         written["report"] = stem.with_name(stem.name + ".discovery.md")
         figure = None
         if self.norm:
-            written["norm"] = plot_norm_curves(self.norm, stem.with_name(stem.name + ".norm.png"), [f"rank {item.rank}" for item in self.vectors])
+            labels = [f"rank {item.rank}" for item in self.vectors]
+            written["norm"] = renderer("norm_curves")(self.norm, stem.with_name(stem.name + ".norm.png"), labels)
             figure = written["norm"].name
         write_json_atomic(written["json"], {**self.to_json(), "files": {str(item.rank): item.file for item in self.vectors}})
-        write_text_atomic(written["report"], _report(self, 4, figure))
+        write_text_atomic(written["report"], renderer("discovery_report")(self, 4, figure))
         return written
 
 
@@ -505,123 +508,3 @@ def _rank(
         return float("-inf") if value is None else float(value)
 
     return sorted(range(count), key=lambda index: (-primary(index), -own[index], index))
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _cell(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text.replace("|", "\\|") or "(empty)"
-
-
-def _order_note(settings: dict[str, Any]) -> str:
-    """`` (sequential: ...)`` / `` (parallel: ...)`` after an orthogonal melbo/refinement run's setting."""
-    order = settings.get("orthogonal_order")
-    if not settings.get("orthogonal") or not order:
-        return ""
-    what = "vector i trained after vectors 0..i-1 were frozen" if order == "sequential" else "all trained at once, orthogonalised in order every step"
-    return f" ({order}: {what})"
-
-
-def _report(result: DiscoveryResult, samples: int, figure: str | None = None) -> str:
-    settings = result.settings
-    timing = ", ".join(f"{key.removesuffix('_s')} {value:.1f} s" for key, value in result.timings.items())
-    radius_note = "calibrated: nonlinear/linear response = " + _fmt(result.calibration.ratio) if result.calibration else "given"
-    lines = [
-        f"# reptune discover: {result.method} on {result.model_id}",
-        "",
-        "| setting | value |",
-        "|---|---|",
-        f"| method | {result.method} |",
-        f"| source layer (vectors added; output of block L) | {result.source} |",
-        f"| target layer (change measured) | {result.target} |",
-        f"| radius R (norm of every vector) | {result.radius:.6g} ({radius_note}) |",
-        f"| vectors | {len(result.vectors)} |",
-        f"| orthogonal | {settings.get('orthogonal')}{_order_note(settings)} |",
-        f"| positions | {settings.get('positions')} |",
-    ]
-    if result.method == "melbo" or settings.get("refine_steps"):
-        lines.append(f"| steps, lr | {settings.get('steps', settings.get('refine_steps'))}, {settings.get('lr')} (projected Adam, amsgrad, betas (0.9, 0.98)) |")
-        lines.append(f"| objective | sum_i (sum_t \\|\\|Delta_i,t\\|\\|_2^p)^(1/q), p = {settings.get('p')}, q = {settings.get('q')} |")
-    if result.method == "random":
-        lines.append(f"| candidates | {settings.get('candidates')} |")
-    if result.method == "dct":
-        lines.append(f"| DCT iterations | {settings.get('dct_iters')} |")
-    if result.method in SEARCH_METHODS:
-        cost = settings.get("cost", {})
-        what = (f"{settings.get('mode')} annealing from the best {len(result.vectors)} of {settings.get('candidates')} random vectors"
-                if result.method == "anneal" else f"CMA-ES in the {settings.get('subspace')} subspace (d = {settings.get('dim')}, population {settings.get('population')})")
-        lines.append(f"| search | {what}; objective {settings.get('objective')} |")
-        lines.append(f"| budget | {settings.get('budget')} evaluations; spent: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in cost.items())
-                     + f"; invalid (NaN) scores {settings.get('invalid', 0)} |")
-    lines += [
-        f"| prompts | {len(result.prompts)} |",
-        f"| evaluation prompts | {len(result.eval_prompts)} ({'held out' if result.held_out else 'the training prompts, not held out'}) |",
-        f"| ranked by | {result.rank_by} |",
-        f"| seed | {settings.get('seed')} |",
-        f"| time | {timing} |",
-        "",
-        "## Ranked vectors",
-        "",
-        (f"Rank 1 is the best vector by `{result.rank_by}`. Steer with multiplier 1 (the vector already has norm R), e.g. "
-         f"`reptune steer --vector {result.vectors[0].file or 'VECS.safetensors'} -x 0 -x 1 --prompt ...`."),
-        "",
-    ]
-    columns = ["rank", "file", "index", result.score_name, "diverge", "logit_diff", "logit_shift", "match", "judge", "side_effect", "growth"]
-    table = result.table()
-    present = [column for column in columns if any(row.get(column) is not None for row in table)]
-    lines.append("| " + " | ".join(present) + " |")
-    lines.append("|" + "---:|" * len(present))
-    for row in table:
-        lines.append("| " + " | ".join(_fmt(row.get(column)) for column in present) + " |")
-    if settings.get("side_effect_prompts"):
-        penalty = settings.get("side_effect_penalty") or 0.0
-        lines += ["", (f"`side_effect`: KL(unsteered || steered) of next-token distributions, nats per token, on "
-                       f"{settings['side_effect_prompts']} neutral texts (0 = no change on ordinary text)"
-                       + (f"; ranked by the primary score minus {penalty:g} x side_effect." if penalty else "."))]
-    if result.baseline is not None:
-        base = [f"logit_diff {_fmt(result.baseline.logit_diff)}" if result.baseline.logit_diff is not None else "",
-                f"match {_fmt(result.baseline.match)}" if result.baseline.match is not None else "",
-                f"judge {_fmt(result.baseline.judge)}" if result.baseline.judge is not None else ""]
-        if any(base):
-            lines += ["", "Unsteered: " + ", ".join(part for part in base if part) + "."]
-        if settings.get("diverge_within"):
-            note = (f"`diverge`: fraction of evaluation prompts whose greedy completion differs from the unsteered one "
-                    f"within the first {settings['diverge_within']} tokens.")
-            lines += ["", note]
-        lines += ["", "## Sample completions", ""]
-        for number, prompt in enumerate(result.eval_prompts[:samples]):
-            lines += [f"**Prompt {number + 1}:** {_cell(prompt, 300)}", "", "| vector | completion |", "|---|---|",
-                      f"| unsteered | {_cell(result.baseline.completions[number])} |"]
-            for item in result.vectors:
-                if item.scores is not None:
-                    lines.append(f"| rank {item.rank} | {_cell(item.scores.completions[number])} |")
-            lines.append("")
-    if result.history and any(result.history):
-        lines += ["## Training", ""]
-        if result.method == "dct":
-            curve = result.history[0]
-            lines.append(f"DCT objective sum_l u_l . Delta(R v_l) per iteration: {', '.join(_fmt(value) for value in curve)}.")
-        else:
-            lines += ["| rank | objective at step 0 | final objective |", "|---:|---:|---:|"]
-            for item in result.vectors:
-                curve = result.history[item.index]
-                if curve:
-                    lines.append(f"| {item.rank} | {_fmt(curve[0])} | {_fmt(item.method_score)} |")
-        lines.append("")
-    if result.calibration is not None:
-        lines += ["## Radius calibration", "", result.calibration.markdown()]
-    if result.sweep is not None:
-        lines += ["## Random vectors over a log grid of radii", "", result.sweep.markdown()]
-    if result.norm:
-        lines += ["## Norm tuning", "", norm_markdown(result.norm, [f"rank {item.rank}" for item in result.vectors], figure)]
-    return "\n".join(lines).rstrip() + "\n"
-

@@ -17,13 +17,16 @@ claims, degenerate conditions and missing seeds never support a claim, minimum d
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from reptune.evaluation.tasks.robustness import same_letter_rate
 from reptune.evaluation.runner import EvalResults, compare_results, load_results
 from reptune.evaluation.statistics import holm_adjust
 from reptune.pipeline.claims import CLAIMS, HEADLINE_TASK, SEED_FREE_KINDS, Runs, judge
+from reptune.reporting.schema import FORMAT, ExperimentResults
 
 __all__ = ["CLAIMS", "HEADLINE_TASK", "aggregate_scores", "build_results", "findings", "judge_claims", "paired_tests", "seed_free_conditions"]
 
@@ -234,74 +237,79 @@ def _headline_metric(scores: dict[str, Any], task: str) -> str:
     return "accuracy"
 
 
-def build_results(exp: Any, *, data: dict[str, Any], vector_info: dict[str, Any], sweep: dict[str, Any], conditions: list[dict[str, Any]],
-                  evals: dict[str, dict[str, Any]], training: dict[str, Any], robustness: dict[str, Any], projection: dict[str, Any],
-                  representation: list[dict[str, Any]], tasks: list[str], headline_task: str = HEADLINE_TASK,
-                  gate: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble ``results.json`` (schema ``reptune-experiment/1``, see reporting.experiment).
-
-    ``headline_task``: the task of the headline table and claims (``facts-ab``, or e.g.
-    ``facts-twin``); ``gate``: the learnability gate (recorded; not passed -> no claim tested).
-    """
-    from reptune import __version__
+def _model_info(config: Any, run_dir: Path, vector_file: str, precision: str, precision_reason: str | None) -> dict[str, Any]:
+    """The model entry: the config's model, overridden by what the vector file's metadata says."""
     from reptune.precision import machine_info
 
-    config = exp.config
-    loaded = _load(exp.run_dir, evals)
-    scores = aggregate_scores(loaded)
-    seed_free = seed_free_conditions(conditions)
-    comparisons = paired_tests(loaded, config.seeds, seed_free)
-    # the representation rows gain the headline behaviour of their condition
-    for row in representation:
-        row["accuracy"] = _value(scores, row["condition"], headline_task, "accuracy")
-        row["lie_rate"] = _value(scores, row["condition"], headline_task, "lie_rate")
-        row["mean_margin"] = _value(scores, row["condition"], headline_task, "mean_margin")
     model = {"model_id": config.model or "embedded SmolLM2-135M-Instruct", "revision": config.revision,
-             "precision": getattr(exp, "precision", config.precision), "precision_reason": getattr(exp, "precision_reason", None), "machine": machine_info()}
+             "precision": precision, "precision_reason": precision_reason, "machine": machine_info()}
     try:
-        import json
-
-        meta = json.loads((exp.run_dir / vector_info["file"]).with_suffix(".json").read_text(encoding="utf-8"))
+        meta = json.loads((run_dir / vector_file).with_suffix(".json").read_text(encoding="utf-8"))
         model.update({"model_id": meta.get("model_id", model["model_id"]), "revision": meta.get("revision"), "num_layers": meta.get("num_layers"), "hidden_size": meta.get("hidden_size")})
     except (OSError, ValueError):
         pass
-    headline_rows = []
+    return model
+
+
+def _headline_rows(scores: dict[str, Any], conditions: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    rows = []
     for cond in conditions:
-        entry = scores.get(cond["id"], {}).get(headline_task)
+        entry = scores.get(cond["id"], {}).get(task)
         if entry:
             metric = entry["metrics"].get("accuracy") or entry["metrics"][entry["primary"]]
-            headline_rows.append({"condition": cond["id"], "label": cond["label"], "value": metric["value"], "ci_low": metric["ci_low"], "ci_high": metric["ci_high"], "n": metric["n"]})
+            rows.append({"condition": cond["id"], "label": cond["label"], "value": metric["value"], "ci_low": metric["ci_low"], "ci_high": metric["ci_high"], "n": metric["n"]})
+    return rows
+
+
+def build_results(config: Any, run_dir: Path, *, command: str | None, precision: str, precision_reason: str | None, skipped: list[dict[str, str]],
+                  data: dict[str, Any], vector_info: dict[str, Any], sweep: dict[str, Any], conditions: list[dict[str, Any]],
+                  evals: dict[str, dict[str, Any]], training: dict[str, Any], robustness: dict[str, Any], projection: dict[str, Any],
+                  representation: list[dict[str, Any]], tasks: list[str], headline_task: str = HEADLINE_TASK,
+                  gate: dict[str, Any] | None = None, knowledge: dict[str, Any] | None = None) -> ExperimentResults:
+    """Assemble ``results.json`` as the :class:`~reptune.reporting.schema.ExperimentResults` it is read as.
+
+    Args:
+        config: the run's :class:`~reptune.pipeline.config.ExperimentConfig`; run_dir: its folder
+            (the evaluation files and the vector's metadata are read from there).
+        command, precision, precision_reason, skipped: how the run was started, the precision it
+            ran at and why, and what it skipped (``[{what, reason}]``).
+        data, vector_info, sweep, training, robustness, projection: the stages' outputs.
+        conditions, evals: the evaluated conditions and ``{condition: {seed: {"results": file}}}``.
+        representation: one row per condition (gains the headline behaviour of its condition).
+        tasks: the evaluated tasks; headline_task: the task of the headline table and claims
+            (``facts-ab``, or e.g. ``facts-twin``).
+        gate: the learnability gate (recorded; not passed -> no claim tested); knowledge: what the
+            untuned model knows.
+    """
+    from reptune import __version__
+
+    loaded = _load(run_dir, evals)
+    scores = aggregate_scores(loaded)
+    comparisons = paired_tests(loaded, config.seeds, seed_free_conditions(conditions))
+    for row in representation:  # the representation rows gain the headline behaviour of their condition
+        for metric in ("accuracy", "lie_rate", "mean_margin"):
+            row[metric] = _value(scores, row["condition"], headline_task, metric)
     seed_note = config.seed_note
     if seed_note is None and len(config.seeds) == 1:
         seed_note = "intervals cover item sampling only, not training randomness"
-    return {
-        "format": "reptune-experiment/1",
-        "name": config.name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "reptune_version": __version__,
-        "command": exp.command,
-        "model": model,
-        "config": config.model_dump(mode="json"),
-        "config_yaml": config.to_yaml(),
-        "seeds": list(config.seeds),
-        "seed_note": seed_note,
-        "data": {"statements": config.data.statements, "origin": data["origin"], "splits": data["splits"], "files": data["files"]},
-        "tasks": tasks,
-        "skipped": list(exp.skipped),
-        "vector": {k: vector_info.get(k) for k in ("file", "layer", "method", "positions", "scan", "scan_png", "rule", "pairs")},
-        "sweep": sweep,
-        "training": training,
-        "conditions": conditions,
-        "scores": scores,
-        "eval_files": {cond: {seed: out["results"] for seed, out in by_seed.items()} for cond, by_seed in evals.items()},
-        "comparisons": comparisons,
-        "robustness": robustness,
-        "projection": {"layer_note": "cosine between each token's residual stream and the vector's direction at that layer", "by_condition": projection} if projection else {},
-        "representation": representation,
-        "claims": judge_claims(scores, comparisons, config.claims, loaded=loaded, seeds=config.seeds, conditions=conditions, gate=gate,
-                               headline_task=headline_task),
-        "claims_rule": CLAIMS_RULE.format(alpha=config.claims.alpha),
+    return ExperimentResults(
+        format=FORMAT, name=config.name, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), reptune_version=__version__,
+        command=command, model=_model_info(config, run_dir, vector_info["file"], precision, precision_reason),
+        config=config.model_dump(mode="json"), config_yaml=config.to_yaml(), seeds=list(config.seeds), seed_note=seed_note,
+        data={"statements": config.data.statements, "origin": data["origin"], "splits": data["splits"], "files": data["files"],
+              "twins": data.get("twins", False), "pairs": data.get("pairs")},
+        tasks=tasks, skipped=list(skipped),
+        vector={k: vector_info.get(k) for k in ("file", "layer", "method", "positions", "scan", "scan_png", "rule", "pairs")},
+        sweep=sweep, training=training, conditions=conditions, scores=scores,
+        eval_files={cond: {seed: out["results"] for seed, out in by_seed.items()} for cond, by_seed in evals.items()},
+        comparisons=comparisons, robustness=robustness,
+        projection={"layer_note": "cosine between each token's residual stream and the vector's direction at that layer", "by_condition": projection} if projection else {},
+        representation=representation,
+        claims=judge_claims(scores, comparisons, config.claims, loaded=loaded, seeds=config.seeds, conditions=conditions, gate=gate,
+                            headline_task=headline_task),
+        claims_rule=CLAIMS_RULE.format(alpha=config.claims.alpha),
         **({"gate": gate} if gate is not None else {}),
-        "findings": findings(loaded, scores, comparisons, representation, sweep, conditions, config.claims.alpha, headline_task=headline_task),
-        "headline": {"task": headline_task, "metric": _headline_metric(scores, headline_task), "rows": headline_rows},
-    }
+        findings=findings(loaded, scores, comparisons, representation, sweep, conditions, config.claims.alpha, headline_task=headline_task),
+        headline={"task": headline_task, "metric": _headline_metric(scores, headline_task), "rows": _headline_rows(scores, conditions, headline_task)},
+        learnability=gate, knowledge=knowledge,
+    )

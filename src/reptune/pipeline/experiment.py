@@ -57,6 +57,8 @@ from reptune.models import ModelHandle, load_model
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stages import StageError, StageStore
+from reptune.reporting.experiment import write_report
+from reptune.reporting.schema import ExperimentResults, StageNames, Timings
 
 RESULTS_FORMAT = "reptune-experiment/1"
 # tasks that read the run's own statement splits (test for evaluation, val for sweep and checks)
@@ -237,15 +239,14 @@ class Experiment:
         wall = time.perf_counter() - started
         reused = sum(self.store.elapsed[name] for name in self.store.skipped)
         # total = this invocation plus the recorded time of the stages it reused
-        results["timings"] = {"total_s": round(wall + reused, 1), "this_run_s": round(wall, 1), "stages": {k: round(v, 2) for k, v in self.store.elapsed.items()}}
-        results["stages"] = {"ran": list(self.store.ran), "reused": list(self.store.skipped)}
-        write_json_atomic(self.run_dir / "results.json", json_safe(results))
-        from reptune.reporting.experiment import write_report
-
+        results.timings = Timings(total_s=round(wall + reused, 1), this_run_s=round(wall, 1), stages={k: round(v, 2) for k, v in self.store.elapsed.items()})
+        results.stages = StageNames(ran=list(self.store.ran), reused=list(self.store.skipped))
+        record = results.to_json()
+        write_json_atomic(self.run_dir / "results.json", json_safe(record))
         report = write_report(self.run_dir)
-        return ExperimentRun(self.run_dir, results, report, list(self.store.ran), list(self.store.skipped))
+        return ExperimentRun(self.run_dir, record, report, list(self.store.ran), list(self.store.skipped))
 
-    def _run_stages(self) -> dict[str, Any]:
+    def _run_stages(self) -> ExperimentResults:
         from reptune.pipeline import analysis
 
         c = self.config
@@ -281,16 +282,12 @@ class Experiment:
         if untuned_check is not None:
             checks["untuned"] = {str(c.seeds[0]): untuned_check}
         gate = self._learnability(sweep, checks)
-        results = analysis.build_results(
-            self, data=data, vector_info=vector_info, sweep=sweep, conditions=conditions, evals=evals,
+        return analysis.build_results(
+            c, self.run_dir, command=self.command, precision=self.precision, precision_reason=self.precision_reason, skipped=self.skipped,
+            data=data, vector_info=vector_info, sweep=sweep, conditions=conditions, evals=evals,
             training=training, robustness=robustness, projection=projection, representation=representation, tasks=tasks, gate=gate,
-            headline_task=self.headline,
+            headline_task=self.headline, knowledge=self._knowledge(evals),
         )
-        results["learnability"] = gate
-        results["knowledge"] = self._knowledge(evals)
-        results["data"]["twins"] = data.get("twins", False)
-        results["data"]["pairs"] = data.get("pairs")
-        return results
 
     def _check_variants(self) -> None:
         """A bad tuning option fails now, not after an hour of evaluation."""

@@ -1,36 +1,289 @@
-"""Figures of evaluation results, written beside a results file (``reptune eval -o R.json``).
+"""Every figure reptune draws: each matplotlib call lives here (Agg backend, PNGs written atomically).
 
-``R.robustness.png``: the layers x multipliers grid heatmap; ``R.projection.png``: per-token
-cosine heatmaps (first 8 prompts). Other tasks have no figure.
+* :func:`save_figure`: lay out, write atomically, close; every figure below ends with it.
+* :func:`plot_scan` (``VEC.scan.png``), :func:`plot_loss_curves` (a tuning run's ``loss_curves.png``),
+  :func:`plot_norm_curves` (``VECS.norm.png`` of ``reptune discover --tune-norm``).
+* :func:`plot_robustness` and :func:`plot_projection`: the robustness-grid and per-token cosine
+  heatmaps; :func:`write_eval_figures` draws them beside an evaluation results file
+  (``R.robustness.png``, ``R.projection.png``: first 8 prompts; other tasks have no figure).
+* The experiment report's figures (:func:`plot_task`, :func:`plot_sweep`, :func:`plot_training`,
+  :func:`plot_scan_rows`, :func:`draw_robustness`, :func:`draw_projection`), drawn from
+  ``results.json`` entries.
+
+matplotlib is imported on first use, not with the package.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reptune._io import safe_filename
+from reptune._io import atomic_path, safe_filename
+from reptune.reporting.document import fmt, short
+from reptune.reporting.schema import Condition, Metric, RobustnessGrid, Sweep, SweepRow, TaskScore, TrainingRun
+from reptune.reporting.sections.common import given, label, num
 
+if TYPE_CHECKING:
+    from reptune.directions import LayerScan
+    from reptune.discovery.norm import NormCurve
+
+KIND_COLORS = {"untuned": "tab:gray", "steered": "tab:blue", "tuned": "tab:green", "counter": "tab:orange"}
+EXTRA_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:red")
+UNBOUNDED_METRICS = {"mean_margin", "perplexity", "kl", "nll", "loss", "mean_projection", "mean_cosine"}
 PROJECTION_PANELS = 8
 
 
-def _robustness(result: Any, path: Path) -> Path | None:
-    from reptune.reporting.heatmaps import plot_robustness
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display): the one place that chooses it."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay out, write atomically as PNG, and close a matplotlib figure."""
+    plt = _pyplot()
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _mpl(text: Any) -> str:
+    """Text for matplotlib with ``$`` escaped (no accidental mathtext)."""
+    return str(text).replace("$", r"\$")
+
+
+def _tick(text: str) -> str:
+    """A token as a tick label: visible whitespace, no mathtext."""
+    return text.replace("\\", "\\\\").replace("$", r"\$").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r") or "∅"
+
+
+def kind_color(kind: str, extra: dict[str, str]) -> str:
+    """The colour of a condition kind; kinds without one take the next of ``EXTRA_COLORS`` (kept in ``extra``)."""
+    if kind in KIND_COLORS:
+        return KIND_COLORS[kind]
+    if kind not in extra:
+        extra[kind] = EXTRA_COLORS[len(extra) % len(EXTRA_COLORS)]
+    return extra[kind]
+
+
+# ----------------------------------------------------------------------------- scan, tuning, discovery
+
+
+def plot_scan(scan: LayerScan, path: str | os.PathLike[str]) -> Path:
+    """Line plot of held-out accuracies and effect size per layer, written atomically as PNG."""
+    plt = _pyplot()
+    layers = [score.layer for score in scan.scores]
+    fig, (ax_acc, ax_eff) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_acc.plot(layers, [s.pair_acc for s in scan.scores], marker="o", label="pair acc (direction)")
+    ax_acc.plot(layers, [s.probe_acc for s in scan.scores], marker="s", label="probe acc (pos vs neg)")
+    if any(s.label_acc is not None for s in scan.scores):
+        ax_acc.plot(layers, [s.label_acc if s.label_acc is not None else float("nan") for s in scan.scores], marker="^", label="label probe acc")
+    ax_acc.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax_acc.set_xlabel("layer (output of block L)")
+    ax_acc.set_ylabel("held-out accuracy")
+    ax_acc.set_ylim(0.0, 1.05)
+    ax_acc.legend(fontsize=8)
+    ax_eff.plot(layers, [s.effect for s in scan.scores], marker="o", color="tab:red")
+    ax_eff.set_xlabel("layer (output of block L)")
+    ax_eff.set_ylabel("effect size (Cohen's d)")
+    for best in scan.best_layers(min(3, len(layers))):
+        ax_acc.axvline(best, color="tab:green", alpha=0.3)
+        ax_eff.axvline(best, color="tab:green", alpha=0.3)
+    fig.suptitle(f"layer scan: {scan.method}")
+    return save_figure(fig, path)
+
+
+def plot_loss_curves(history: list[dict[str, float]], val_history: list[dict[str, float]], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Training loss terms per step (and validation loss), written atomically as PNG."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_cos) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [row["step"] for row in history]
+    for key, style in (("loss", "-"), ("tok", "--"), ("rep", ":"), ("retain", "-.")):
+        values = [row[key] for row in history]
+        if any(values):
+            ax_loss.plot(steps, values, style, label=f"train {key}")
+    if val_history:
+        ax_loss.plot([row["step"] for row in val_history], [row["loss"] for row in val_history], "o-", label="validation loss")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(fontsize=8)
+    ax_cos.plot(steps, [row["cos"] for row in history], label="train")
+    if val_history:
+        ax_cos.plot([row["step"] for row in val_history], [row["cos"] for row in val_history], "o-", label="validation")
+    ax_cos.set_xlabel("step")
+    ax_cos.set_ylabel("cosine to v at the loss sites")
+    ax_cos.legend(fontsize=8)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_norm_curves(curves: Sequence[NormCurve], path: str | os.PathLike[str], labels: Sequence[str] | None = None) -> Path:
+    """One panel per vector: objective over R (log-log) and the scored curves (right axis), with
+    the appear / degenerate radii marked; written atomically as PNG."""
+    plt = _pyplot()
+    count = len(curves)
+    columns = min(4, count)
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
+    for number, curve in enumerate(curves):
+        ax = axes[number // columns][number % columns]
+        ax.plot(curve.radii, [max(value, 1e-30) for value in curve.objective], "k.-", label="objective")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("radius R")
+        ax.set_title((labels[number] if labels else f"vector {curve.index}") + f" (growth {curve.growth:.2f})", fontsize=9)
+        if curve.curves:
+            twin = ax.twinx()
+            for key, values in curve.curves.items():
+                twin.plot(curve.radii, values, ".-", label=key)
+            twin.legend(fontsize=6, loc="upper left")
+        for radius, style in ((curve.appear_radius, "g--"), (curve.degenerate_radius, "r:")):
+            if radius is not None:
+                ax.axvline(radius, color=style[0], linestyle=style[1:])
+    for number in range(count, rows * columns):
+        axes[number // columns][number % columns].axis("off")
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- evaluation heatmaps
+
+
+def _robustness_grid(result_json: dict[str, Any]) -> tuple[list[int], list[float], Any, Any]:
+    """(layers, multipliers, values [layers, multipliers] with NaN for no value, degenerate mask)."""
+    import numpy as np
+
+    layers = [int(layer) for layer in result_json["layers"]]
+    multipliers = [float(m) for m in result_json["multipliers"]]
+    grid = np.full((len(layers), len(multipliers)), np.nan)
+    degenerate = np.zeros_like(grid, dtype=bool)
+    for cell in result_json["cells"]:
+        row = layers.index(int(cell["layer"]))
+        col = multipliers.index(float(cell["multiplier"]))
+        value = cell.get("value")
+        grid[row, col] = np.nan if value is None or not math.isfinite(float(value)) else float(value)
+        degenerate[row, col] = bool(cell.get("degenerate"))
+    return layers, multipliers, grid, degenerate
+
+
+def _value_range(grid: Any) -> tuple[float, float]:
+    import numpy as np
+
+    finite = grid[np.isfinite(grid)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if finite.size and vmin >= 0.0 and vmax <= 1.0:
+        vmin, vmax = 0.0, 1.0  # a rate: the full scale, so 0.48 vs 0.50 does not look like black vs white
+    if vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    return vmin, vmax
+
+
+def plot_robustness(result_json: dict[str, Any], path: str | os.PathLike[str], title: str | None = None) -> Path:
+    """Layers x multipliers heatmap of a robustness grid (:meth:`RobustnessResult.to_json`).
+
+    Each cell shows the task's primary metric; degenerate cells (more than the threshold of
+    answers on one letter) are hatched and marked ``×``, as the note under the plot says.
+    Cells without a value are grey.
+    """
+    import numpy as np
+    from matplotlib.patches import Patch, Rectangle
+
+    plt = _pyplot()
+    layers, multipliers, grid, degenerate = _robustness_grid(result_json)
+    width = max(4.5, 1.0 + 0.9 * len(multipliers))
+    height = max(2.8, 1.4 + 0.5 * len(layers))
+    fig, ax = plt.subplots(figsize=(width, height))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
+    vmin, vmax = _value_range(grid)
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", origin="lower")
+    metric = str(result_json.get("metric", "value"))
+    fig.colorbar(image, ax=ax, label=metric)
+    for row in range(len(layers)):
+        for col in range(len(multipliers)):
+            value = grid[row, col]
+            text = "-" if math.isnan(value) else f"{value:.2f}"
+            shade = 0.0 if math.isnan(value) else (value - vmin) / (vmax - vmin)
+            color = "black" if shade > 0.6 else "white"
+            if degenerate[row, col]:
+                ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white", linewidth=0))
+                text = f"× {text}"
+            ax.text(col, row, text, ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(len(multipliers)), [f"{m:g}" for m in multipliers])
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+    ax.set_xlabel("multiplier (negative = counter-steering)")
+    ax.set_ylabel("layer (output of block L)")
+    threshold = float(result_json.get("degenerate_threshold", 0.9))
+    if degenerate.any():
+        ax.legend(
+            handles=[Patch(facecolor="none", edgecolor="grey", hatch="///", label=f"× degenerate: > {threshold:.0%} same answer letter")],
+            loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=8, frameon=False,
+        )
+    ax.set_title(title or f"robustness: {result_json.get('task', '')} ({metric})")
+    return save_figure(fig, path)
+
+
+def plot_projection(items: list[dict[str, Any]], path: str | os.PathLike[str], title: str | None = None, max_tokens: int = 48) -> Path:
+    """One panel per prompt: layers x tokens cosine heatmap (from :func:`token_projections`).
+
+    Diverging colormap centred at 0 with one symmetric scale for all panels; token strings on
+    the x axis. Prompts longer than ``max_tokens`` show their last ``max_tokens`` tokens.
+    """
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    if not items:
+        raise ValueError("no projections to plot")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    plt = _pyplot()
+    panels = []
+    for item in items:
+        cosine = np.asarray(item["cosine"], dtype=np.float64)
+        tokens = list(item["tokens"])
+        start = max(0, len(tokens) - max_tokens)
+        panels.append((cosine[:, start:], tokens[start:], start, [int(layer) for layer in item["layers"]], item.get("prompt", "")))
+    bound = max(float(np.nanmax(np.abs(c))) if c.size else 0.0 for c, *_ in panels) or 1.0
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
+    widest = max(len(tokens) for _, tokens, *_ in panels)
+    heights = [max(1.6, 0.16 * len(layers) + 1.4) for *_, layers, _ in panels]
+    fig = plt.figure(figsize=(max(6.0, 0.24 * widest + 2.5), sum(heights) + 0.4))
+    grid = fig.add_gridspec(len(panels), 2, width_ratios=[1.0, 0.025], height_ratios=heights)
+    axes = [fig.add_subplot(grid[row, 0]) for row in range(len(panels))]
+    image = None
+    for ax, (cosine, tokens, start, layers, prompt) in zip(axes, panels):
+        image = ax.imshow(cosine, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower", interpolation="nearest")
+        ax.set_xticks(range(len(tokens)), [_tick(token) for token in tokens], rotation=90, fontsize=7)
+        step = max(1, len(layers) // 8)
+        ax.set_yticks(range(0, len(layers), step), [str(layer) for layer in layers[::step]], fontsize=7)
+        ax.set_ylabel("layer", fontsize=8)
+        text = prompt if len(prompt) <= 90 else prompt[:87] + "..."
+        ax.set_title(_tick(text) + (f"  (last {len(tokens)} tokens)" if start else ""), fontsize=8, loc="left")
+    fig.colorbar(image, cax=fig.add_subplot(grid[:, 1]), label="cosine to the vector")
+    fig.suptitle(title or "per-token cosine to the vector", fontsize=10)
+    return save_figure(fig, path)
+
+
+def _eval_robustness(result: Any, path: Path) -> Path | None:
     return plot_robustness(result.details, path) if result.details else None
 
 
-def _projection(result: Any, path: Path) -> Path | None:
-    from reptune.reporting.heatmaps import plot_projection
-
+def _eval_projection(result: Any, path: Path) -> Path | None:
     shown = result.records[:PROJECTION_PANELS]
     more = f" (first {len(shown)} of {len(result.records)} prompts)" if len(result.records) > len(shown) else ""
     return plot_projection(shown, path, title=f"cosine to the vector per token and layer{more}")
 
 
-FIGURES: dict[str, Callable[[Any, Path], Path | None]] = {"robustness": _robustness, "projection": _projection}
+FIGURES: dict[str, Callable[[Any, Path], Path | None]] = {"robustness": _eval_robustness, "projection": _eval_projection}
 
 
 def write_eval_figures(results: Any, output: str | os.PathLike[str]) -> list[Path]:
@@ -51,3 +304,217 @@ def write_eval_figures(results: Any, output: str | os.PathLike[str]) -> list[Pat
         if path is not None:
             written.append(Path(path))
     return written
+
+
+# ----------------------------------------------------------------------------- the experiment report
+
+
+def _bars(ids: list[str], entries: dict[str, TaskScore], conds: dict[str, Condition], primary: str) -> tuple[list[float], list[Metric], list[str]]:
+    """x positions (a gap between kinds), the ``primary`` metric and the kind of every condition."""
+    xs, values, kinds = [], [], []
+    x, prev_kind = 0.0, None
+    for cid in ids:
+        kind = conds[cid].kind or "other"
+        if prev_kind is not None and kind != prev_kind:
+            x += 0.6
+        prev_kind = kind
+        xs.append(x)
+        x += 1.0
+        values.append(((entries[cid].metrics or {}).get(primary)) or Metric())
+        kinds.append(kind)
+    return xs, values, kinds
+
+
+def plot_task(task: str, primary: str, ids: list[str], entries: dict[str, TaskScore], conds: dict[str, Condition], path: Path) -> Path:
+    """Bars of ``primary`` per condition, grouped by kind, with 95% CIs, per-seed dots and the untuned value dashed."""
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    extra: dict[str, str] = {}
+    xs, values, kinds = _bars(ids, entries, conds, primary)
+    colors = [kind_color(kind, extra) for kind in kinds]
+    labels = [_mpl(short(label(conds, cid), 28)) for cid in ids]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(ids) + 2.5), 4.0))
+    heights = [num(m.value) for m in values]
+    ax.bar(xs, heights, color=colors, width=0.8, edgecolor="black", linewidth=0.5)
+    for xi, m, h in zip(xs, values, heights):
+        lo, hi = m.ci_low, m.ci_high
+        if lo is not None and hi is not None and not math.isnan(h):
+            ax.errorbar([xi], [h], yerr=[[max(0.0, h - lo)], [max(0.0, hi - h)]], color="black", capsize=4, lw=1)
+        seeds = m.per_seed or []
+        if len(seeds) > 1:
+            ax.scatter([xi] * len(seeds), seeds, s=10, color="black", zorder=3)
+        if not math.isnan(h):
+            ax.annotate(fmt(m.value), (xi, hi if hi is not None else h), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+    base = next((h for cid, h in zip(ids, heights) if (conds[cid].kind == "untuned" and not math.isnan(h))), None)
+    if base is not None:
+        ax.axhline(base, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(_mpl(primary))
+    ax.set_title(_mpl(f"{task}: {primary} (95% CI)"))
+    numbers = [v for m in values for v in (m.value, m.ci_low, m.ci_high) if v is not None]
+    if numbers and primary not in UNBOUNDED_METRICS and min(numbers) >= 0.0 and max(numbers) <= 1.0:
+        ax.set_ylim(0.0, 1.1)
+    seen = list(dict.fromkeys(kinds))
+    ax.legend(handles=[Patch(color=kind_color(k, extra), label=_mpl(k)) for k in seen], fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_sweep(sweep: Sweep, rows: list[SweepRow], path: Path) -> Path:
+    """The steering sweep: the metric against the multiplier, one line per layer, the selected cells starred."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    base = next((r for r in rows if num(r.multiplier) == 0), None)
+    layers = sorted({r.layer for r in rows if r.layer is not None})
+    chosen_layer, chosen = sweep.choice()
+    for index, layer in enumerate(layers):
+        cells = sorted([r for r in rows if r.layer == layer] + ([base] if base else []), key=lambda r: num(r.multiplier))
+        mult, val = [num(r.multiplier) for r in cells], [num(r.value) for r in cells]
+        color = f"C{index % 10}"
+        ax.plot(mult, val, "o-" if layer == chosen_layer else "o--", color=color, lw=2.0 if layer == chosen_layer else 1.0, label=_mpl(f"layer {layer}"))
+        if layer == chosen_layer:
+            ax.fill_between(mult, [num(r.ci_low) for r in cells], [num(r.ci_high) for r in cells], alpha=0.2, color=color)
+            picked = [(m, v) for m, v in zip(mult, val) if m in chosen]
+            ax.scatter([p[0] for p in picked], [p[1] for p in picked], marker="*", s=220, color=color, edgecolor="black", zorder=5, label="selected")
+        bad = [(m, v) for m, v, r in zip(mult, val, cells) if r.degenerate]
+        if bad:
+            ax.scatter([b[0] for b in bad], [b[1] for b in bad], marker="x", s=70, color="tab:red", zorder=4)
+    ax.axhline(num(base.value) if base else float("nan"), color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("steering multiplier (x the vector)")
+    ax.set_ylabel(_mpl(given(sweep.metric, "value")))
+    ax.set_title(_mpl(f"steering sweep: {given(sweep.task, '?')} ({given(sweep.split, '?')}); red x = degenerate"))
+    ax.legend(fontsize=8, loc="best")
+    return save_figure(fig, path)
+
+
+def _plot_runs(ax: Any, runs: dict[str, TrainingRun | None], term_colors: dict[str, str]) -> None:
+    """One variant's panel: every loss term of every seed (line style = seed), validation dots, best step dotted."""
+    styles = ("-", "--", "-.", ":")
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink")
+    for si, (seed, info) in enumerate(runs.items()):
+        info = info or TrainingRun()
+        curves = info.loss_curves or {}
+        steps = curves.get("step") or []
+        suffix = f" s{seed}" if len(runs) > 1 else ""
+        for term, values in curves.items():
+            if term in ("step", "val_step", "val_loss") or not values or len(values) != len(steps):
+                continue
+            color = term_colors.setdefault(term, palette[len(term_colors) % len(palette)])
+            ax.plot(steps, [num(v) for v in values], styles[si % len(styles)], color=color, lw=1, label=_mpl(term + suffix))
+        if curves.get("val_step") and curves.get("val_loss"):
+            ax.plot(curves["val_step"], [num(v) for v in curves["val_loss"]], "o", color="black", ms=4, label="val" + suffix)
+        if info.best_step is not None:
+            ax.axvline(info.best_step, color="tab:green", ls=":", lw=1.2)
+
+
+def plot_training(training: dict[str, dict[str, TrainingRun | None] | None], path: Path) -> Path:
+    """Every loss term per step, one panel per variant (line style = seed), validation dots, best step dotted."""
+    plt = _pyplot()
+    variants = [v for v in training if training[v]]
+    ncols = min(3, len(variants))
+    nrows = math.ceil(len(variants) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+    term_colors: dict[str, str] = {}
+    for ax, variant in zip(axes.flat, variants):
+        _plot_runs(ax, training[variant] or {}, term_colors)
+        ax.set_title(_mpl(variant))
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(variants):]:
+        ax.set_visible(False)
+    return save_figure(fig, path)
+
+
+def plot_scan_rows(scan: list[dict[str, Any]], selected: Any, path: Path) -> Path:
+    """The layer scan of ``results.json`` (rows, not a :class:`LayerScan`), the selected layer marked."""
+    plt = _pyplot()
+    layers = [r.get("layer") for r in scan]
+    fig, (ax_acc, ax_eff) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, marker in (("pair_acc", "o"), ("probe_acc", "s"), ("label_acc", "^")):
+        if any(r.get(key) is not None for r in scan):
+            ax_acc.plot(layers, [num(r.get(key)) for r in scan], marker=marker, label=key)
+    ax_acc.axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax_acc.set_ylim(0.0, 1.05)
+    ax_acc.set_xlabel("layer (output of block L)")
+    ax_acc.set_ylabel("held-out accuracy")
+    ax_acc.legend(fontsize=8)
+    ax_eff.plot(layers, [num(r.get("effect")) for r in scan], marker="o", color="tab:red")
+    ax_eff.set_xlabel("layer (output of block L)")
+    ax_eff.set_ylabel("effect size (Cohen's d)")
+    if selected is not None:
+        for ax in (ax_acc, ax_eff):
+            ax.axvline(selected, color="tab:green", alpha=0.4)
+    fig.suptitle("layer scan")
+    return save_figure(fig, path)
+
+
+def draw_robustness(grid: RobustnessGrid, path: Path, title: str) -> Any:
+    """:func:`plot_robustness`, or the simple heatmap when that one fails (the report keeps a figure)."""
+    try:
+        return plot_robustness(grid.to_json(), path, title)
+    except Exception as exc:  # noqa: BLE001  the detailed figure failing must not lose the report: draw the simple one
+        warnings.warn(f"plot_robustness failed ({exc!r}); using the simple heatmap", stacklevel=2)
+        return _simple_robustness(grid, path, title)
+
+
+def draw_projection(items: list[dict[str, Any]], path: Path, title: str) -> Any:
+    """:func:`plot_projection`, or the simple heatmaps when that one fails."""
+    try:
+        return plot_projection(items, path, title)
+    except Exception as exc:  # noqa: BLE001  see draw_robustness
+        warnings.warn(f"plot_projection failed ({exc!r}); using the simple heatmap", stacklevel=2)
+        return _simple_projection(items, path, title)
+
+
+def _simple_robustness(grid: RobustnessGrid, path: Path, title: str) -> Path:
+    import numpy as np
+
+    plt = _pyplot()
+    layers, mults, cells = grid.table()
+    mat = np.full((max(1, len(layers)), max(1, len(mults))), np.nan)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(mults) + 2), max(3.0, 0.35 * len(layers) + 1.5)))
+    for i, layer in enumerate(layers):
+        for j, mult in enumerate(mults):
+            cell = cells.get((layer, float(mult)))
+            if cell is not None and cell.value is not None:
+                mat[i, j] = cell.value
+            if cell is not None and cell.degenerate:
+                ax.text(j, i, "x", ha="center", va="center", color="red", fontsize=12, fontweight="bold")
+    image = ax.imshow(mat, aspect="auto", cmap="viridis", origin="lower")
+    fig.colorbar(image, ax=ax, label=_mpl(given(grid.metric, "value")))
+    ax.set_xticks(range(len(mults)))
+    ax.set_xticklabels([fmt(m) for m in mults], fontsize=8)
+    ax.set_yticks(range(len(layers)))
+    ax.set_yticklabels([fmt(layer) for layer in layers], fontsize=8)
+    ax.set_xlabel("multiplier")
+    ax.set_ylabel("layer")
+    ax.set_title(_mpl(title))
+    return save_figure(fig, path)
+
+
+def _simple_projection(items: list[dict[str, Any]], path: Path, title: str) -> Path:
+    import numpy as np
+
+    plt = _pyplot()
+    items = items[:6]
+    fig, axes = plt.subplots(len(items), 1, figsize=(9.0, 2.6 * len(items)), squeeze=False)
+    for ax, item in zip(axes[:, 0], items):
+        tokens, layers = list(item.get("tokens") or []), list(item.get("layers") or [])
+        mat = np.array(item.get("cosine") or [[np.nan]], dtype=float)
+        if mat.ndim == 2 and mat.shape == (len(tokens), len(layers)) and len(tokens) != len(layers):
+            mat = mat.T  # tokens x layers -> layers x tokens
+        bound = float(np.nanmax(np.abs(mat))) if np.isfinite(mat).any() else 1.0
+        image = ax.imshow(mat, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, origin="lower")
+        fig.colorbar(image, ax=ax, label="cosine")
+        if len(tokens) == mat.shape[1]:
+            ax.set_xticks(range(len(tokens)))
+            ax.set_xticklabels([_mpl(short(t, 12)) for t in tokens], rotation=60, fontsize=7)
+        if len(layers) == mat.shape[0]:
+            ax.set_yticks(range(len(layers)))
+            ax.set_yticklabels([fmt(layer) for layer in layers], fontsize=7)
+        ax.set_ylabel("layer")
+        ax.set_title(_mpl(short(item.get("prompt", ""), 90)), fontsize=8)
+    fig.suptitle(_mpl(title))
+    return save_figure(fig, path)

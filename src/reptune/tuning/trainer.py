@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from reptune._io import remove_stale_temps, sha256_json, write_json_atomic, write_run_marker, write_text_atomic
 from reptune._progress import progress_bar
+from reptune._render import renderer
 from reptune.activations import capture_layers, tokenize_examples
 from reptune.data.ab import letter_token_ids
 from reptune.data.pairs import Example
@@ -746,9 +747,10 @@ def _forget_finished(output: Path) -> None:
 
 
 def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | None, vector_path: str | None, data_origin: str | None, save_model: bool) -> None:
-    """Write the run's files; ``metrics.json`` (the completion record) goes last, after the weights."""
-    from reptune._plots import plot_loss_curves
+    """Write the run's files; ``metrics.json`` (the completion record) goes last, after the weights.
 
+    The loss-curve figure and the model card are built by reporting (through :mod:`reptune._render`).
+    """
     output, handle = result.output_dir, tuner.handle
     write_json_atomic(
         output / "tune_config.json",
@@ -756,7 +758,7 @@ def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | No
     )
     write_json_atomic(output / "loss_curves.json", {"train": result.history, "val": result.val_history})
     if result.history:
-        plot_loss_curves(result.history, result.val_history, output / "loss_curves.png", title=f"{tuner.config.preset} on {handle.model_id}")
+        renderer("loss_curves")(result.history, result.val_history, output / "loss_curves.png", title=f"{tuner.config.preset} on {handle.model_id}")
     if save_model:
         staging = output / ".model.tmp"
         shutil.rmtree(staging, ignore_errors=True)
@@ -773,32 +775,9 @@ def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | No
         for path in staging.iterdir():
             os.replace(path, output / path.name)
         staging.rmdir()
-    write_text_atomic(output / "README.md", _model_card(tuner, result, vector, vector_path, data_origin))
+    card = renderer("model_card")(
+        tuner.config, result.metrics, model_id=handle.model_id, revision=handle.revision, layers=tuner.layers,
+        rep_layers=list(tuner.rep_vectors), vector=vector, vector_path=vector_path, data_origin=data_origin,
+    )
+    write_text_atomic(output / "README.md", card)
     write_json_atomic(output / "metrics.json", result.metrics)  # last: "completed" only once everything is there
-
-
-def _model_card(tuner: Tuner, result: TuneResult, vector: SteeringVector | None, vector_path: str | None, data_origin: str | None) -> str:
-    config, metrics = tuner.config, result.metrics
-    final_val = metrics.get("final_val") or {}
-    vector_line = "none"
-    if vector is not None:
-        vector_line = f"`{vector_path or 'in memory'}` ({vector.meta.method}, layers {list(tuner.rep_vectors)}, from {vector.meta.dataset or 'unknown data'})"
-    lines = [
-        f"# {tuner.handle.model_id}, tuned with reptune ({config.preset})",
-        "",
-        f"- Base model: `{tuner.handle.model_id}` (revision {tuner.handle.revision})",
-        f"- Preset: `{config.preset}`; trained layers {tuner.layers}{' with LoRA (merged; adapter in adapter/)' if config.lora else ''}",
-        f"- Vector: {vector_line}",
-        f"- Data: `{data_origin or 'in memory'}` ({metrics['train_items']} train / {metrics['val_items']} validation items)",
-        (
-            f"- Loss: {config.w_tok} x token ({config.token_target}) + {config.w_rep} x representation ({config.rep_mode}, sign {config.rep_sign:+d}) "
-            f"+ {config.w_retain} x retain ({config.retain})"
-        ),
-        f"- Steps: {metrics['steps_run']} ({metrics['stopped']}); best validation step {metrics['best_step']}",
-        f"- Final validation: loss {final_val.get('loss', float('nan')):.4f}, cosine to v {final_val.get('cos', float('nan')):.3f}",
-        "",
-        "Load with `reptune.load_model(DIR)` or `transformers.AutoModelForCausalLM.from_pretrained(DIR)`.",
-        "The full settings are in `tune_config.json`; curves in `loss_curves.png`.",
-        "",
-    ]
-    return "\n".join(lines)
