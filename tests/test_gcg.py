@@ -244,8 +244,8 @@ SMOL_LIKE = (  # SmolLM2's layout: its BOS text opens every turn, and its tokeni
 def test_prompt_is_tokenised_as_lm_eval_with_role_markers_kept(adds_bos):
     from tokenizers import processors
 
-    from reptune.evaluation.tasks.gcg import gcg_prompt
     from reptune.evaluation.scoring import prompt_token_ids
+    from reptune.evaluation.tasks.gcg import gcg_prompt
 
     tokenizer = build_model("llama", chat=True).tokenizer
     tokenizer.chat_template = SMOL_LIKE

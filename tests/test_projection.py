@@ -12,8 +12,8 @@ from reptune.errors import ReptuneError
 from reptune.evaluation import evaluate, get_task
 from reptune.evaluation.tasks.base import direction_at
 from reptune.evaluation.tasks.projection import token_projections
-from reptune.reporting.figures import write_eval_figures as write_figures
 from reptune.reporting.figures import plot_projection
+from reptune.reporting.figures import write_eval_figures as write_figures
 
 PROMPTS = ["The sky is blue.", "Two plus two is four. Cats are mammals, the quick brown fox."]
 

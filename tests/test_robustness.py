@@ -12,8 +12,8 @@ from reptune.data.ab import letter_token_ids
 from reptune.errors import ReptuneError
 from reptune.evaluation import evaluate, get_task, load_results
 from reptune.evaluation.tasks.robustness import RobustnessResult, run_robustness, same_letter_rate
-from reptune.reporting.figures import write_eval_figures as write_figures
 from reptune.reporting.figures import plot_robustness
+from reptune.reporting.figures import write_eval_figures as write_figures
 from reptune.steering import steer
 
 

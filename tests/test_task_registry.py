@@ -110,7 +110,8 @@ def test_task_modules_import_no_other_task_module():
 
 
 def test_former_import_paths_still_work():
-    from reptune.evaluation import judges, judge as old_judge
+    from reptune.evaluation import judge as old_judge
+    from reptune.evaluation import judges
     from reptune.evaluation import projection as old_projection
     from reptune.evaluation import robustness as old_robustness
     from reptune.evaluation.tasks import base, projection, robustness

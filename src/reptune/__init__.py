@@ -21,13 +21,13 @@ from reptune.data import ContrastPair, Example, load_contrast_pairs
 from reptune.directions import LayerScan, extract_vector, fit_direction, scan_layers
 from reptune.errors import ReptuneError
 from reptune.models import ModelHandle, load_model, wrap_model
-from reptune.sites import Positions, parse_layers
-from reptune.steering import Steering, generate, steer, steered_generate
-from reptune.vectors import SteeringVector, VectorMeta, export_gguf, load_vector
 
 # The composition root: tune() and discover() write reports whose builders live in reptune.reporting,
 # above them on the import ladder; hand those builders over before any of them can run (see _render.py).
 from reptune.reporting import install_renderers as _install_renderers
+from reptune.sites import Positions, parse_layers
+from reptune.steering import Steering, generate, steer, steered_generate
+from reptune.vectors import SteeringVector, VectorMeta, export_gguf, load_vector
 
 _install_renderers()
 

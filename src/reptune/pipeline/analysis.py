@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reptune.evaluation.tasks.robustness import same_letter_rate
 from reptune.evaluation.runner import EvalResults, compare_results, load_results
 from reptune.evaluation.statistics import holm_adjust
+from reptune.evaluation.tasks.robustness import same_letter_rate
 from reptune.pipeline.claims import CLAIMS, HEADLINE_TASK, SEED_FREE_KINDS, Runs, judge
 from reptune.reporting.schema import FORMAT, ExperimentResults
 

@@ -27,7 +27,13 @@ from reptune._io import write_text_atomic
 from reptune.errors import ReptuneError
 from reptune.reporting.document import FIGURES_DIR, Plan, fmt, fmt_ci, fmt_p, to_html, to_markdown
 from reptune.reporting.schema import ExperimentResults
-from reptune.reporting.sections.overview import section_answer, section_claims, section_findings, section_headline, section_summary
+from reptune.reporting.sections.overview import (
+    section_answer,
+    section_claims,
+    section_findings,
+    section_headline,
+    section_summary,
+)
 from reptune.reporting.sections.record import section_config, section_footer, section_scan, section_timing
 from reptune.reporting.sections.scores import section_paired, section_representation, section_tasks
 from reptune.reporting.sections.steering import section_projection, section_robustness, section_sweep

@@ -32,19 +32,19 @@ FORMAT = "reptune-experiment/1"
 
 def _number(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"must be a number, got {type(value).__name__}")
+        raise ValueError(f"must be a number, got {type(value).__name__}")  # noqa: TRY004 - pydantic turns only ValueError into a ValidationError
     return value
 
 
 def _text(value: Any) -> Any:
     if not isinstance(value, str):
-        raise ValueError(f"must be a string, got {type(value).__name__}")
+        raise ValueError(f"must be a string, got {type(value).__name__}")  # noqa: TRY004
     return value
 
 
 def _flag(value: Any) -> Any:
     if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {type(value).__name__}")
+        raise ValueError(f"must be true or false, got {type(value).__name__}")  # noqa: TRY004
     return value
 
 
