@@ -268,7 +268,7 @@ class RobustnessCell(Record):
 
 
 class RobustnessGrid(Record):
-    """:meth:`reptune.evaluation.robustness.RobustnessResult.to_json` of one condition."""
+    """:meth:`reptune.evaluation.tasks.robustness.RobustnessResult.to_json` of one condition."""
 
     task: Text | None = None
     metric: Text | None = None
