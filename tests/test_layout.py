@@ -6,7 +6,7 @@ The ladder (README "Layout"), bottom first; a module may import its own rung and
     errors, _version
     _io, _progress, _render, precision, tokens     low helpers (_render: the report builders reporting
                                                    hands to tuning and discovery)
-    models, sites, hooks                           hooks.py sits beside sites.py: it hooks the block
+    models, sites, hooks, prefix_cache             hooks.py sits beside sites.py: it hooks the block
                                                    outputs sites.py defines
     data -> activations -> vectors -> directions -> steering -> tuning -> discovery
          -> evaluation -> reporting -> pipeline -> cli
@@ -28,7 +28,7 @@ PACKAGE = SRC / "reptune"
 LADDER: list[tuple[str, ...]] = [
     ("errors", "_version"),
     ("_io", "_progress", "_render", "precision", "tokens"),
-    ("models", "sites", "hooks"),
+    ("models", "sites", "hooks", "prefix_cache"),
     ("data",),
     ("activations",),
     ("vectors",),

@@ -168,3 +168,49 @@ def test_twin_token_loss_with_kept_logits_equals_full_logits(monkeypatch):
     monkeypatch.setattr(trainer, "forward_keeping_logits", lambda model, kwargs, keep: (model(**kwargs), False))
     full = tuner.losses(batch, None)["tok"]
     assert float(kept) == pytest.approx(float(full), abs=1e-6) and float(kept) > 0
+
+
+def _tuner_terms_and_grads(handle, preset: str, items, vector, rep_positions: str):
+    from reptune.tuning.trainer import Tuner
+
+    tuner = Tuner(
+        handle, TuneConfig.from_preset(preset, layers="1-2", steps=1, rep_positions=rep_positions, **FAST), items, vector
+    )
+    batch = tuner._tokenize(items)
+    tuner.optimizer.zero_grad()
+    terms = tuner.losses(batch, None)
+    terms["loss"].backward()
+    grads = {name: param.grad.clone() for name, param in tuner.named_params}
+    return {key: float(value.detach()) for key, value in terms.items()}, grads
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma"])
+@pytest.mark.parametrize(("preset", "rep_positions"), [("truth", "last"), ("honesty", "all"), ("honesty", "generated")])
+def test_twin_training_forward_with_shared_prompt_equals_whole_rows(monkeypatch, arch, preset, rep_positions):
+    """The shared chat prompt runs once per batch; every loss term and gradient equals the unsplit pass."""
+    from reptune import prefix_cache
+    from reptune.vectors import SteeringVector, VectorMeta
+
+    handle = build_model(arch, chat=True)
+    statements = [
+        Statement("The sky is blue.", 1, pair="a"),
+        Statement("The sky is red today.", 0, pair="a"),
+        Statement("Cats purr.", 1, pair="b"),
+        Statement("Cats bark at the moon.", 0, pair="b"),
+    ]
+    items = twin_items(statements, handle.tokenizer)
+    gen = torch.Generator().manual_seed(0)
+    meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers)
+    vector = SteeringVector({layer: torch.randn(handle.hidden_size, generator=gen) for layer in range(handle.num_layers)}, meta)
+    calls = []
+    real_split = prefix_cache.split_forward
+    monkeypatch.setattr("reptune.tuning.trainer.split_forward", lambda *a: calls.append(a[2]) or real_split(*a))
+    split_terms, split_grads = _tuner_terms_and_grads(handle, preset, items, vector, rep_positions)
+    assert calls and min(calls) >= 8  # the chat prompt was shared
+    monkeypatch.setenv(prefix_cache.NO_PREFIX_ENV, "1")
+    whole_terms, whole_grads = _tuner_terms_and_grads(handle, preset, items, vector, rep_positions)
+    assert len(calls) == 1 or preset == "honesty"
+    for key, value in whole_terms.items():
+        assert split_terms[key] == pytest.approx(value, abs=1e-5), key
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(split_grads[name], grad, atol=1e-5, rtol=1e-4)

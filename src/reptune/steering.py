@@ -91,7 +91,7 @@ class _PositionTracker:
             self.real = mask[:, -length:].bool()
             total_real = mask.sum(-1)
         else:
-            cache = kwargs.get("past_key_values")
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
             past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
             row = torch.arange(past, past + length, device=reference.device)
             self.positions = row.unsqueeze(0).expand(batch, -1)

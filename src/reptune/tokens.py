@@ -9,6 +9,8 @@ padding, JSONL reading.
 * :func:`first_token_id`: the first token of a string on its own (logit readouts);
 * :func:`forward_keeping_logits`: a forward pass that computes only the logits asked for,
   when the model class takes ``logits_to_keep``;
+* :func:`cache_argument` / :func:`output_cache`: the KV cache's name in and out of a forward
+  (it was renamed within transformers 5.x);
 * :func:`left_pad`: token-id rows to a left-padded ``[batch, width]`` batch;
 * :func:`jsonl_records`: the one JSON-lines reader (blank lines skipped, one-line errors
   naming file and line).
@@ -19,6 +21,7 @@ it: :func:`reptune.vectors.as_vector`.)
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -94,6 +97,19 @@ def forward_keeping_logits(model: torch.nn.Module, kwargs: dict[str, Any], keep:
         return model(**kwargs, logits_to_keep=keep), True
     except TypeError:  # an older model class without logits_to_keep
         return model(**kwargs), False
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name ``model.forward`` takes a KV cache under: ``cache`` (transformers >= 5.2x, which
+    warns on the old name) or ``past_key_values`` (earlier 5.x, and wrappers such as peft's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned (``output.cache`` or, on older versions, ``past_key_values``)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

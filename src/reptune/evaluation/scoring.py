@@ -58,8 +58,6 @@ grouping.
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,14 +67,16 @@ import torch
 
 from reptune.errors import ReptuneError
 from reptune.models import ModelHandle
-from reptune.tokens import forward_keeping_logits, left_pad
-
-PREFIX_MIN_TOKENS = 8
-"""A shared prefix shorter than this many tokens is not worth a separate pass ..."""
-PREFIX_MIN_FRACTION = 0.05
-"""... nor one shorter than this fraction of the mean row length."""
-NO_PREFIX_ENV = "REPTUNE_NO_PREFIX_CACHE"
-"""Set to ``1`` to turn prefix sharing off everywhere (debugging)."""
+from reptune.prefix_cache import (  # noqa: F401  (re-exported: tests and tasks import them from here)
+    NO_PREFIX_ENV,
+    PREFIX_MIN_FRACTION,
+    PREFIX_MIN_TOKENS,
+    freeze_prefix_cache,
+    prefix_sharing_allowed,
+    prefix_worth_sharing,
+    shared_prefix_length,
+)
+from reptune.tokens import cache_argument, forward_keeping_logits, left_pad, output_cache
 
 
 def _noop(_n: int = 1) -> None:
@@ -145,120 +145,6 @@ def _order_by_length(lengths: Sequence[int]) -> list[int]:
 
 
 # ------------------------------------------------------------------------- shared prefix
-def shared_prefix_length(rows: Sequence[Sequence[int]], n_targets: Sequence[int] | None = None) -> int:
-    """Length of the longest common token prefix of ``rows`` that leaves every logit to read after it.
-
-    Row ``i`` reads the logits at its last ``n_targets[i] + 1`` positions (0: only the last), so
-    the prefix stops at least that many tokens before the row's end.
-    """
-    if not rows:
-        return 0
-    targets = n_targets if n_targets is not None else [0] * len(rows)
-    first = rows[0]
-    length = min(len(row) - n - 1 for row, n in zip(rows, targets))
-    for row in rows[1:]:
-        same = 0
-        while same < length and row[same] == first[same]:
-            same += 1
-        length = same
-        if length <= 0:
-            return 0
-    return max(length, 0)
-
-
-def prefix_worth_sharing(prefix_length: int, rows: Sequence[Sequence[int]]) -> bool:
-    """The rule: at least 2 rows, a prefix of >= PREFIX_MIN_TOKENS and >= PREFIX_MIN_FRACTION of the mean row."""
-    if len(rows) < 2 or prefix_length < PREFIX_MIN_TOKENS:
-        return False
-    mean_length = sum(len(row) for row in rows) / len(rows)
-    return prefix_length >= PREFIX_MIN_FRACTION * mean_length
-
-
-def _hook_functions(model: torch.nn.Module) -> Iterator[Any]:
-    from torch.nn.modules import module as torch_module
-
-    yield from getattr(torch_module, "_global_forward_hooks", {}).values()
-    yield from getattr(torch_module, "_global_forward_pre_hooks", {}).values()
-    for sub in model.modules():
-        yield from sub._forward_hooks.values()
-        yield from sub._forward_pre_hooks.values()
-
-
-def prefix_sharing_allowed(handle: ModelHandle, share_prefix: bool = True) -> bool:
-    """Whether a call may split its forward into a shared-prefix pass and a suffix pass.
-
-    No when ``share_prefix`` is false, ``REPTUNE_NO_PREFIX_CACHE`` is set (not ``0``), or any
-    forward hook lacks ``reptune_tokenwise = True`` (see the module docstring).
-    """
-    if not share_prefix or os.environ.get(NO_PREFIX_ENV, "").strip() not in {"", "0"}:
-        return False
-    return all(getattr(fn, "reptune_tokenwise", False) is True for fn in _hook_functions(handle.model))
-
-
-@functools.cache
-def _cache_classes() -> tuple[type, type]:
-    """The frozen prefix cache classes (built on first use: transformers is imported lazily)."""
-    from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
-
-    class FrozenPrefixLayer(DynamicLayer):
-        """One layer's prefix keys/values ``[1, heads, P, dim]``, shared read-only by every row.
-
-        ``update`` returns prefix + new states for the batch without storing anything, so one
-        cache serves every batch of a call and no forward copies the prefix into a growing cache.
-        """
-
-        def __init__(self, source: Any) -> None:
-            super().__init__()
-            self.keys, self.values = source.keys, source.values
-            self.dtype, self.device = source.keys.dtype, source.keys.device
-            self.is_initialized = True
-            self.is_sliding = bool(getattr(source, "is_sliding", False))
-            self.length = int(source.keys.shape[-2])
-
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            batch = key_states.shape[0]
-            keys = self.keys.to(key_states.dtype).expand(batch, -1, -1, -1)
-            values = self.values.to(value_states.dtype).expand(batch, -1, -1, -1)
-            return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
-
-        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-            return self.length + query_length, 0
-
-        def get_seq_length(self) -> int:
-            return self.length
-
-    class SharedPrefixCache(DynamicCache):
-        """A DynamicCache of frozen prefix layers (reusable: forward passes do not change it)."""
-
-        def __init__(self, layers: list[Any]) -> None:
-            Cache.__init__(self, layers=layers)
-
-    def freeze(cache: Any, prefix_length: int) -> Any:
-        if type(cache) is not DynamicCache or getattr(cache, "offloading", False) or not cache.layers:
-            return None
-        layers = []
-        for layer in cache.layers:
-            if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or not layer.is_initialized:
-                return None
-            keys = layer.keys
-            # a sliding-window layer keeps only its last window-1 tokens: the prefix must fit whole
-            if keys is None or keys.ndim != 4 or keys.shape[0] != 1 or keys.shape[-2] != prefix_length:
-                return None
-            if isinstance(layer, DynamicSlidingWindowLayer) and layer.cumulative_length != prefix_length:
-                return None
-            layers.append(FrozenPrefixLayer(layer))
-        return SharedPrefixCache(layers)
-
-    return SharedPrefixCache, freeze
-
-
-def freeze_prefix_cache(cache: Any, prefix_length: int) -> Any:
-    """A read-only, batch-expanding copy of a prefix pass's cache, or ``None`` when its layout
-    cannot be shared exactly (not a plain DynamicCache of full or sliding-window layers holding
-    all ``prefix_length`` tokens of one row)."""
-    return _cache_classes()[1](cache, prefix_length)
-
-
 def _call_model(handle: ModelHandle, kwargs: dict[str, Any], keep: int | torch.Tensor) -> tuple[Any, bool]:
     """The model's output and whether it took ``logits_to_keep`` (else its logits cover every position)."""
     with handle.autocast():
@@ -274,7 +160,7 @@ def _prefix_cache(handle: ModelHandle, prefix: Sequence[int]) -> Any:
         "use_cache": True,
     }
     out, _ = _call_model(handle, kwargs, 1)
-    return freeze_prefix_cache(getattr(out, "past_key_values", None), len(prefix))
+    return freeze_prefix_cache(output_cache(out), len(prefix))
 
 
 def _suffix_logits(handle: ModelHandle, cache: Any, suffixes: Sequence[Sequence[int]], pad_id: int, keep: int) -> torch.Tensor:
@@ -298,7 +184,7 @@ def _suffix_logits(handle: ModelHandle, cache: Any, suffixes: Sequence[Sequence[
     positions = (prefix + torch.arange(width)).unsqueeze(0).expand(batch, -1)
     kwargs = {
         "input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device),
-        "past_key_values": cache, "use_cache": True,
+        cache_argument(handle.model): cache, "use_cache": True,
     }
     index = index.to(device)
     out, kept = _call_model(handle, kwargs, index)

@@ -23,6 +23,7 @@ import torch
 
 from reptune.evaluation.scoring import RowScore, continuation_rows, prefix_sharing_allowed, token_row_logprobs
 from reptune.models import ModelHandle
+from reptune.tokens import cache_argument, forward_keeping_logits, output_cache
 
 
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
@@ -36,9 +37,9 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
 
 def _forward(handle: ModelHandle, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
     with handle.autocast():
-        out = handle.model(input_ids=ids.to(handle.device), attention_mask=mask.to(handle.device), position_ids=positions.to(handle.device),
-                           past_key_values=cache, use_cache=True)
-    return torch.log_softmax(out.logits.float(), dim=-1), out.past_key_values
+        inputs = {"input_ids": ids.to(handle.device), "attention_mask": mask.to(handle.device), "position_ids": positions.to(handle.device)}
+        out = handle.model(**inputs, **{cache_argument(handle.model): cache}, use_cache=True)
+    return torch.log_softmax(out.logits.float(), dim=-1), output_cache(out)
 
 
 def _prompt_cache(handle: ModelHandle, prefix: Sequence[int], batch: int) -> Any:
@@ -46,13 +47,11 @@ def _prompt_cache(handle: ModelHandle, prefix: Sequence[int], batch: int) -> Any
     prompt stops one token before the replies, so every scored token is predicted later)."""
     from transformers.cache_utils import DynamicCache
 
-    from reptune.tokens import forward_keeping_logits
-
     ids = torch.tensor([list(prefix)], dtype=torch.long, device=handle.device)
     kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(len(prefix), device=handle.device).unsqueeze(0),
-              "past_key_values": DynamicCache(), "use_cache": True}
+              cache_argument(handle.model): DynamicCache(), "use_cache": True}
     with handle.autocast():
-        cache = forward_keeping_logits(handle.model, kwargs, 1)[0].past_key_values
+        cache = output_cache(forward_keeping_logits(handle.model, kwargs, 1)[0])
     cache.batch_repeat_interleave(batch)
     return cache
 

@@ -32,6 +32,7 @@ from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError, VectorError
 from reptune.hooks import forward_until
 from reptune.models import ModelHandle, _autocast_with_fp32_head
+from reptune.prefix_cache import prefix_sharing_allowed, right_padded_prefix_length, split_forward
 from reptune.sites import Positions, parse_layers
 from reptune.tokens import forward_keeping_logits
 from reptune.tuning.config import TuneConfig, rep_position
@@ -237,6 +238,7 @@ class Tuner:
         self.train_items, self.val_items = split_items(items, config.val_fraction, config.seed)
         self.batches = BalancedBatches(self.train_items, config.batch_size, config.seed)
         self.peft_model = None
+        self.prefix_unsupported = False
         self._setup_trainable()
         self.retain_batches: list[_Batch] = []
         self.retain_refs: list[dict[str, Any]] = []
@@ -368,6 +370,14 @@ class Tuner:
         stop = None if need_logits or not capture else max(capture)
         logits = None
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids, "use_cache": False}
+        # twins and chat items share their prompt's tokens: run them once (see reptune.prefix_cache)
+        prefix = right_padded_prefix_length(batch.input_ids, batch.attention_mask, keep) if keep and self._share_prefix() else 0
+        if prefix:
+            with self._autocast(), capture_layers(self.handle, capture) as captured:
+                split = split_forward(self.handle.model, inputs, prefix, keep, captured)
+            if split is not None:
+                return split
+            self.prefix_unsupported = True
         with self._autocast(), capture_layers(self.handle, capture, stop_after=stop) as captured:
             # keep > 0 implies logits are needed, so no stop hook can end this pass early
             out = forward_keeping_logits(self.handle.model, inputs, keep)[0] if keep else forward_until(self.handle.model, **inputs)
@@ -377,6 +387,11 @@ class Tuner:
                     logits = logits[:, -keep:]
             hidden = dict(captured)
         return logits, hidden
+
+    def _share_prefix(self) -> bool:
+        """Whether a forward may split off the rows' shared prefix: no foreign hook on the model,
+        ``REPTUNE_NO_PREFIX_CACHE`` unset, and the model's cache has held a prefix before."""
+        return not self.prefix_unsupported and prefix_sharing_allowed(self.handle)
 
     def losses(self, batch: _Batch, retain_index: int | None) -> dict[str, torch.Tensor]:
         """All loss terms for one batch (and one retain batch); ``loss`` is the weighted total."""

@@ -1,0 +1,218 @@
+"""Shared prompt prefixes: run the tokens every row of a batch starts with once.
+
+A chat template's system prompt and instruction, a few-shot primer or a persona sentence often
+make most of a batch's tokens. :func:`shared_prefix_length` finds the longest common token prefix
+of a batch's rows, :func:`prefix_worth_sharing` says whether a separate pass for it pays, and
+:func:`freeze_prefix_cache` turns the batch-1 prefix pass's ``DynamicCache`` into a read-only
+cache that every row attends to (expanded to the batch, never modified). Evaluation scoring
+(:mod:`reptune.evaluation.scoring`) and the tuning forward (:mod:`reptune.tuning.trainer`) use
+it; results equal one pass over whole rows up to float rounding, and gradients flow through the
+prefix keys and values when the prefix pass ran with autograd on.
+
+Sharing is refused (every row runs whole) when ``REPTUNE_NO_PREFIX_CACHE=1`` is set, when a
+forward hook in the model lacks ``reptune_tokenwise = True`` (it could act differently on a
+split forward), or when the model's cache cannot hold the prefix exactly (anything but a plain
+``DynamicCache`` of full-attention or sliding-window layers that kept every prefix token).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from reptune.models import ModelHandle
+
+PREFIX_MIN_TOKENS = 8
+"""A shared prefix shorter than this many tokens is not worth a separate pass ..."""
+PREFIX_MIN_FRACTION = 0.05
+"""... nor one shorter than this fraction of the mean row length."""
+NO_PREFIX_ENV = "REPTUNE_NO_PREFIX_CACHE"
+"""Set to ``1`` to turn prefix sharing off everywhere (debugging)."""
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]], n_targets: Sequence[int] | None = None) -> int:
+    """Length of the longest common token prefix of ``rows`` that leaves every logit to read after it.
+
+    Row ``i`` reads the logits at its last ``n_targets[i] + 1`` positions (0: only the last), so
+    the prefix stops at least that many tokens before the row's end.
+    """
+    if not rows:
+        return 0
+    targets = n_targets if n_targets is not None else [0] * len(rows)
+    first = rows[0]
+    length = min(len(row) - n - 1 for row, n in zip(rows, targets))
+    for row in rows[1:]:
+        same = 0
+        while same < length and row[same] == first[same]:
+            same += 1
+        length = same
+        if length <= 0:
+            return 0
+    return max(length, 0)
+
+
+def prefix_worth_sharing(prefix_length: int, rows: Sequence[Sequence[int]]) -> bool:
+    """The rule: at least 2 rows, a prefix of >= PREFIX_MIN_TOKENS and >= PREFIX_MIN_FRACTION of the mean row."""
+    if len(rows) < 2 or prefix_length < PREFIX_MIN_TOKENS:
+        return False
+    mean_length = sum(len(row) for row in rows) / len(rows)
+    return prefix_length >= PREFIX_MIN_FRACTION * mean_length
+
+
+def _hook_functions(model: torch.nn.Module) -> Iterator[Any]:
+    from torch.nn.modules import module as torch_module
+
+    yield from getattr(torch_module, "_global_forward_hooks", {}).values()
+    yield from getattr(torch_module, "_global_forward_pre_hooks", {}).values()
+    for sub in model.modules():
+        yield from sub._forward_hooks.values()
+        yield from sub._forward_pre_hooks.values()
+
+
+def prefix_sharing_allowed(handle: ModelHandle, share_prefix: bool = True) -> bool:
+    """Whether a call may split its forward into a shared-prefix pass and a suffix pass.
+
+    No when ``share_prefix`` is false, ``REPTUNE_NO_PREFIX_CACHE`` is set (not ``0``), or any
+    forward hook lacks ``reptune_tokenwise = True`` (see the module docstring).
+    """
+    if not share_prefix or os.environ.get(NO_PREFIX_ENV, "").strip() not in {"", "0"}:
+        return False
+    return all(getattr(fn, "reptune_tokenwise", False) is True for fn in _hook_functions(handle.model))
+
+
+@functools.cache
+def _cache_classes() -> tuple[type, type]:
+    """The frozen prefix cache classes (built on first use: transformers is imported lazily)."""
+    from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    class FrozenPrefixLayer(DynamicLayer):
+        """One layer's prefix keys/values ``[1, heads, P, dim]``, shared read-only by every row.
+
+        ``update`` returns prefix + new states for the batch without storing anything, so one
+        cache serves every batch of a call and no forward copies the prefix into a growing cache.
+        """
+
+        def __init__(self, source: Any) -> None:
+            super().__init__()
+            self.keys, self.values = source.keys, source.values
+            self.dtype, self.device = source.keys.dtype, source.keys.device
+            self.is_initialized = True
+            self.is_sliding = bool(getattr(source, "is_sliding", False))
+            self.length = int(source.keys.shape[-2])
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            batch = key_states.shape[0]
+            keys = self.keys.to(key_states.dtype).expand(batch, -1, -1, -1)
+            values = self.values.to(value_states.dtype).expand(batch, -1, -1, -1)
+            return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.length + query_length, 0
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+    class SharedPrefixCache(DynamicCache):
+        """A DynamicCache of frozen prefix layers (reusable: forward passes do not change it)."""
+
+        def __init__(self, layers: list[Any]) -> None:
+            Cache.__init__(self, layers=layers)
+
+    def freeze(cache: Any, prefix_length: int) -> Any:
+        if type(cache) is not DynamicCache or getattr(cache, "offloading", False) or not cache.layers:
+            return None
+        layers = []
+        for layer in cache.layers:
+            if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or not layer.is_initialized:
+                return None
+            keys = layer.keys
+            # a sliding-window layer keeps only its last window-1 tokens: the prefix must fit whole
+            if keys is None or keys.ndim != 4 or keys.shape[0] != 1 or keys.shape[-2] != prefix_length:
+                return None
+            if isinstance(layer, DynamicSlidingWindowLayer) and layer.cumulative_length != prefix_length:
+                return None
+            layers.append(FrozenPrefixLayer(layer))
+        return SharedPrefixCache(layers)
+
+    return SharedPrefixCache, freeze
+
+
+def freeze_prefix_cache(cache: Any, prefix_length: int) -> Any:
+    """A read-only, batch-expanding copy of a prefix pass's cache, or ``None`` when its layout
+    cannot be shared exactly (not a plain DynamicCache of full or sliding-window layers holding
+    all ``prefix_length`` tokens of one row)."""
+    return _cache_classes()[1](cache, prefix_length)
+
+
+def right_padded_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> int:
+    """The longest common token prefix of a right-padded batch that a split forward may share.
+
+    Args:
+        input_ids, attention_mask: ``[batch, seq]``, right-padded (real tokens start at 0).
+        keep: logits are read at the last ``keep`` positions of the padded width, so the prefix
+            ends at least ``keep`` positions before it; every row keeps one real token after it.
+
+    Returns:
+        The prefix length in tokens, ``0`` when it is not worth a separate pass
+        (:func:`prefix_worth_sharing`).
+    """
+    real = attention_mask.sum(-1)
+    limit = min(int(real.min()) - 1, input_ids.shape[1] - keep)
+    if input_ids.shape[0] < 2 or limit <= 0:
+        return 0
+    same = (input_ids[:, :limit] == input_ids[:1, :limit]).all(0)
+    length = int(same.long().cumprod(0).sum())
+    return length if prefix_worth_sharing(length, [range(int(n)) for n in real]) else 0
+
+
+def split_forward(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], prefix: int, keep: int, captured: dict[int, torch.Tensor]
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]] | None:
+    """One forward of a right-padded batch as a shared-prefix pass (batch 1) and a suffix pass.
+
+    Autograd flows through both passes (the prefix keys and values are expanded, not copied),
+    so a loss on the suffix trains the weights that computed the prefix as it would unsplit.
+
+    Args:
+        inputs: ``input_ids``, ``attention_mask``, ``position_ids``, each ``[batch, seq]``.
+        prefix: from :func:`right_padded_prefix_length` (> 0).
+        keep: logits wanted at the last ``keep`` positions (> 0).
+        captured: the dict that reading hooks on the model's blocks fill (``{layer: [b, s, h]}``).
+
+    Returns:
+        ``(logits [batch, keep, vocab], {layer: hidden [batch, seq, hidden]})`` with each
+        layer's prefix rows expanded in front of its suffix rows, or ``None`` (nothing changed)
+        when the model's cache cannot hold the prefix.
+    """
+    from reptune.tokens import cache_argument, forward_keeping_logits, output_cache
+
+    ids, mask, positions = inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]
+    head = {
+        "input_ids": ids[:1, :prefix],
+        "attention_mask": mask[:1, :prefix],
+        "position_ids": positions[:1, :prefix],
+        "use_cache": True,
+    }
+    out, _ = forward_keeping_logits(model, head, 1)
+    cache = freeze_prefix_cache(output_cache(out), prefix)
+    head_hidden = dict(captured)
+    captured.clear()
+    if cache is None:
+        return None
+    tail = {
+        "input_ids": ids[:, prefix:],
+        "attention_mask": mask,
+        "position_ids": positions[:, prefix:],
+        cache_argument(model): cache,
+        "use_cache": True,
+    }
+    logits = forward_keeping_logits(model, tail, keep)[0].logits[:, -keep:]
+    batch = ids.shape[0]
+    hidden = {layer: torch.cat([head_hidden[layer].expand(batch, -1, -1), tensor], dim=1) for layer, tensor in captured.items()}
+    return logits, hidden
