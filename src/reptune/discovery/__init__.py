@@ -24,8 +24,8 @@ convention (:mod:`reptune.sites`), hooks (:mod:`reptune.steering`) and vector fi
   (MELBO, readout, match, cached judge), annealing around promising vectors, CMA-ES in a
   subspace, and the ``anneal`` / ``cmaes`` methods;
 * :mod:`~reptune.discovery.weights` — tuning a found vector in (``pos``) vs SFT on its generations;
-* :mod:`~reptune.discovery.pipeline` — :func:`discover` (the twin of ``reptune discover``),
-  output files and the report.
+* :mod:`~reptune.discovery.run` — :func:`discover` (the twin of ``reptune discover``),
+  output files and the report (:mod:`~reptune.discovery.pipeline`: its former name, a shim).
 """
 
 from reptune.discovery.anneal import AnnealRun, anneal, anneal_gradient
@@ -43,7 +43,7 @@ from reptune.discovery.objectives import (
     readout_objective,
     slice_objective,
 )
-from reptune.discovery.pipeline import (
+from reptune.discovery.run import (
     METHODS,
     DiscoveredVector,
     DiscoveryResult,

@@ -35,7 +35,7 @@ from reptune.models import ModelHandle, _autocast_with_fp32_head
 from reptune.sites import Positions, parse_layers
 from reptune.tokens import forward_keeping_logits
 from reptune.tuning.config import TuneConfig, rep_position
-from reptune.tuning.data import (
+from reptune.tuning.items import (
     BalancedBatches,
     TrainItem,
     default_retain_source,
