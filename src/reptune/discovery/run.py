@@ -1,5 +1,9 @@
 """``discover()``: find, score, rank and save steering vectors without labels (``reptune discover``).
 
+:func:`discover` reads as its steps: check the config and the inputs (:func:`_prepare`), cache the
+source-layer slice, calibrate the radius, fit the vectors (:func:`_fit`), score them
+(:func:`_measure`, side effects), rank them and wrap each as a vector file (:func:`_ranked`).
+
 Output files for ``discover(..., output="VECS.safetensors")`` (or :meth:`DiscoveryResult.save`):
 
 * ``VECS.safetensors`` (+ ``VECS.json``): the **best** vector (rank 1);
@@ -7,7 +11,9 @@ Output files for ``discover(..., output="VECS.safetensors")`` (or :meth:`Discove
   (stale ``VECS.rankN.*`` files from an earlier, larger run are removed);
 * ``VECS.discovery.md``: the report (settings, ranked table, sample completions, radius calibration);
 * ``VECS.discovery.json``: everything in the report, machine-readable (files by rank, scores,
-  completions, training curves).
+  completions, training curves);
+* ``VECS.discover_config.json``: the :class:`~reptune.discovery.config.DiscoverConfig` of the run
+  (:meth:`DiscoverConfig.load` reads it back).
 
 Each vector file is an ordinary reptune vector (the format of ``reptune extract``): one layer,
 the source layer, with norm equal to the radius, so ``reptune steer --vector VECS.safetensors
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,27 +37,22 @@ import torch
 from reptune._io import sha256_json, write_json_atomic, write_text_atomic
 from reptune._render import renderer
 from reptune.discovery.baselines import RadiusSweep, random_search, sweep_radius
-from reptune.discovery.common import (
-    DiscoveryError,
-    check_count,
-    check_orthogonal_room,
-    check_radius,
-    orthonormal_basis,
-)
-from reptune.discovery.dct import DEFAULT_RATIO, Calibration, calibrate_radius, fit_dct
-from reptune.discovery.melbo import PAPER_LR, check_orthogonal_order, train_melbo
-from reptune.discovery.norm import NormCurve, check_grid, default_grid, norm_curves
-from reptune.discovery.scoring import Baseline, Judge, VectorScores, score_vectors, token_id
+from reptune.discovery.common import DiscoveryError, check_orthogonal_room, orthonormal_basis
+from reptune.discovery.config import METHODS, RANK_KEYS, DiscoverConfig, config_path
+from reptune.discovery.dct import Calibration, calibrate_radius, fit_dct
+from reptune.discovery.melbo import train_melbo
+from reptune.discovery.norm import NormCurve, default_grid, norm_curves
+from reptune.discovery.scoring import Baseline, CompletionScorer, VectorScores, score_vectors, token_id
 from reptune.discovery.search import SEARCH_METHODS, SearchSpec, build_objective, check_search, run_search
 from reptune.discovery.side_effects import SideEffects, resolve_side_effect_prompts, side_effect_scores
-from reptune.discovery.slice import build_slices, check_layers
+from reptune.discovery.slice import LayerSlice, build_slices, check_layers
 from reptune.models import ModelHandle
 from reptune.sites import Positions
 from reptune.steering import format_prompts
 from reptune.vectors import SteeringVector, VectorMeta
 
-METHODS = ("melbo", "random", "dct", "anneal", "cmaes")
-RANK_KEYS = ("auto", "method", "diverge", "logit", "match", "judge", "side_effect")
+__all__ = ["METHODS", "RANK_KEYS", "DiscoverConfig", "DiscoveredVector", "DiscoveryResult", "default_layers", "discover", "rank_path"]
+
 METHOD_SCORE = {"melbo": "objective", "random": "objective", "dct": "alpha", "anneal": "objective", "cmaes": "objective"}
 
 
@@ -94,6 +95,7 @@ class DiscoveryResult:
     history: list[list[float]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     norm: list[NormCurve] | None = None
+    config: DiscoverConfig | None = None  # the settings of the run (saved as STEM.discover_config.json)
 
     @property
     def best(self) -> SteeringVector:
@@ -158,7 +160,8 @@ class DiscoveryResult:
         """Write the vector files, ``STEM.discovery.md`` and ``STEM.discovery.json`` (each atomically).
 
         Returns:
-            ``{"best": ..., "report": ..., "json": ..., "rank2": ..., ...}``.
+            ``{"best": ..., "report": ..., "json": ..., "config": ..., "rank2": ..., ...}`` (``config``
+            when the result holds its :class:`DiscoverConfig`).
         """
         path = Path(path)
         if path.suffix != ".safetensors":
@@ -170,6 +173,8 @@ class DiscoveryResult:
             item.vector.save(target)
             written["best" if item.rank == 1 else f"rank{item.rank}"] = target
         _remove_stale_ranks(path, len(self.vectors))
+        if self.config is not None:
+            written["config"] = self.config.save(config_path(path))
         stem = path.with_suffix("")
         written["json"] = stem.with_name(stem.name + ".discovery.json")
         written["report"] = stem.with_name(stem.name + ".discovery.md")
@@ -203,287 +208,273 @@ def default_layers(num_layers: int) -> tuple[int, int]:
     return source, max(source + 1, (3 * num_layers) // 4)
 
 
+@dataclass
+class _Inputs:
+    """What :func:`discover` works on, resolved and checked before any model work."""
+
+    prompts: list[str]
+    texts: list[str]  # the prompts as model input (chat template applied when ``chat``)
+    evaluation: list[str]  # the prompts completions are scored on
+    held_out: bool
+    source: int
+    target: int
+    positions: Positions
+    radius: float | None  # None: calibrated on the slice
+    orthogonal: bool
+    fixed: int  # rows of the orthonormal basis of ``orthogonal_to``
+    rank_by: str
+    side_texts: list[str] | None
+    norm_grid: list[float] | None
+    spec: SearchSpec
+    init: torch.Tensor | None
+    orthogonal_to: torch.Tensor | None
+    judge: CompletionScorer | None
+
+    @property
+    def radius_source(self) -> str:
+        return "given" if self.radius is not None else "calibrated"
+
+
+@dataclass
+class _Measured:
+    """The readouts of the found vectors, in training order (``None``: not asked for)."""
+
+    sweep: RadiusSweep | None = None
+    baseline: Baseline | None = None
+    scores: list[VectorScores] | None = None
+    curves: list[NormCurve] | None = None
+    side_values: list[float] | None = None
+
+
 def discover(
     handle: ModelHandle,
     prompts: Sequence[str],
+    config: DiscoverConfig | None = None,
     *,
-    method: str = "melbo",
-    source: int | None = None,
-    target: int | None = None,
-    radius: float | str = "auto",
-    num: int = 8,
-    positions: str | Positions = "all",
-    chat: bool = True,
-    steps: int = 300,
-    lr: float = PAPER_LR,
-    p: float = 2.0,
-    q: float = 1.0,
-    orthogonal: bool | None = None,
-    orthogonal_order: str = "sequential",
-    orthogonal_to: torch.Tensor | None = None,
-    init: torch.Tensor | None = None,
-    candidates: int | None = None,
-    refine_steps: int = 0,
-    dct_iters: int = 10,
-    calibration_ratio: float = DEFAULT_RATIO,
-    calibration_directions: int = 16,
     eval_prompts: Sequence[str] | None = None,
-    score: bool = True,
-    max_new_tokens: int = 32,
-    diverge_within: int = 8,
-    logit_tokens: tuple[str, str] | None = None,
-    match: Sequence[str] = (),
-    judge: Judge | None = None,
-    rank_by: str = "auto",
-    side_effects: str | Path | Sequence[str] | None = None,
-    side_effect_penalty: float = 0.0,
-    sweep: bool = False,
-    tune_norm: bool | Sequence[float] = False,
-    search: SearchSpec | None = None,
-    seed: int = 0,
-    prompt_batch_size: int = 16,
-    vector_batch_size: int | None = None,
-    dataset: str | None = None,
+    init: torch.Tensor | None = None,
+    orthogonal_to: torch.Tensor | None = None,
+    judge: CompletionScorer | None = None,
     output: str | Path | None = None,
     progress: bool = False,
+    **settings: Any,
 ) -> DiscoveryResult:
-    """Discover ``num`` steering vectors at layer ``source`` without labels; score and rank them.
+    """Discover ``config.num`` steering vectors at layer ``config.source`` without labels; score and rank them.
 
     Args:
         handle: the model.
-        prompts: user prompts to discover on (the chat template is applied when ``chat``).
-        method: ``melbo`` (learned, :mod:`~reptune.discovery.melbo`), ``random`` (norm-matched
-            random vectors; with ``candidates``/``refine_steps`` a random search) or ``dct``
-            (exponential deep causal transcoder, :mod:`~reptune.discovery.dct`).
-        source, target: layers (site convention: output of block L); default ``n//4`` and ``3n//4``.
-        radius: the norm ``R`` of every vector, or ``"auto"``: the DCT calibration (the radius
-            where the slice's nonlinear response is ``calibration_ratio`` times its linear one).
-        num: how many vectors (DCT: factors).
-        positions: token positions whose change counts (``all``, ``last:N``, ``marker:TEXT``).
-        steps, lr, p, q: MELBO training (paper defaults: 300 steps, lr 1e-3, p=2, q=1).
-        orthogonal: vectors orthogonal to earlier ones (default: off for melbo/random, on for dct).
-        orthogonal_order: melbo / random refinement with ``orthogonal``: ``sequential`` (the
-            paper's: vector i trained after vectors 0..i-1 are frozen) or ``parallel`` (all at
-            once, orthogonalised in order after every step; faster).
-        orthogonal_to: ``[e, hidden]`` earlier vectors all new ones must be orthogonal to.
-        init: ``[m, hidden]`` starting vectors for MELBO (search around promising vectors).
-        candidates, refine_steps: method ``random`` only: keep the best ``num`` of ``candidates``
-            random vectors by the objective, then take ``refine_steps`` local MELBO steps from each.
-        dct_iters: DCT gradient iterations.
+        prompts: user prompts to discover on (the chat template is applied when ``config.chat``).
+        config: the settings (:class:`~reptune.discovery.config.DiscoverConfig`; default: its defaults).
         eval_prompts: held-out prompts for scoring (default: the training prompts, flagged
             ``held_out: false`` in the report).
-        score: generate and score completions (off: rank by the method's own score).
-        max_new_tokens, diverge_within: greedy completion length; divergence window in tokens.
-        logit_tokens: ``(A, B)``: report the next-token ``logit(A) - logit(B)`` readout.
-        match: strings to look for in completions (case-insensitive).
-        judge: ``judge(prompts, completions) -> scores`` (e.g. an LLM judge; the hook for the evaluation suite's judge).
-        rank_by: ``auto`` (judge, else match, else logit, else the method's score), ``method``
-            (MELBO objective / DCT alpha), ``diverge``, ``logit``, ``match``, ``judge`` or
-            ``side_effect`` (smallest first).
-        side_effects: ``"neutral"`` (the shipped neutral sentences), a prompts file or a list of
-            plain texts: score every vector's KL to the unsteered model on them
-            (:mod:`~reptune.discovery.side_effects`; column ``side_effect``, nats per token).
-        side_effect_penalty: rank by ``primary - penalty * side_effect`` (needs ``side_effects``).
-        sweep: also score random vectors on a log grid of radii (reported).
-        search: settings of the ``anneal`` and ``cmaes`` methods (:class:`~reptune.discovery.search.SearchSpec`:
-            budget, objective melbo/logit/match/judge, anneal mode, candidates, subspace, population);
-            ``init`` gives anneal its starts and cmaes its starting directions.
-        tune_norm: ``True`` (grid ``R x (1/4 .. 8)``) or a radius grid: each vector's effect over
-            the grid (:func:`reptune.discovery.norm.norm_curves`: objective, and with ``score`` the
-            divergence, readouts, judge, degeneration; appear / degenerate / best radius; the
-            per-dimension ``growth`` statistic), in the table, the report and ``STEM.norm.png``.
-        seed: seeds every random choice of this call (same seed, same vectors).
-        prompt_batch_size, vector_batch_size: memory knobs (prompts per slice replay; vectors
-            trained at once).
-        dataset: a name for the prompts recorded in vector metadata.
-        output: when given, :meth:`DiscoveryResult.save` to this ``.safetensors`` path.
+        init: ``[m, hidden]`` starting vectors for MELBO (search around promising vectors), the
+            starts of anneal and the starting directions of cmaes.
+        orthogonal_to: ``[e, hidden]`` earlier vectors all new ones must be orthogonal to.
+        judge: ``judge(prompts, completions) -> scores`` (e.g. an LLM judge; the hook for the
+            evaluation suite's :class:`~reptune.evaluation.judges.PairwiseScorer`).
+        output: when given, :meth:`DiscoveryResult.save` to this ``.safetensors`` path (with the
+            config as ``STEM.discover_config.json``).
+        progress: progress bars.
+        **settings: :class:`DiscoverConfig` fields by name, replacing those of ``config``
+            (``discover(handle, prompts, method="random", num=4)``).
 
     Raises:
         DiscoveryError: unknown method, source >= target, radius <= 0, no prompts, more
             orthogonal vectors than hidden dimensions, a metric asked for without its inputs.
     """
     started = time.perf_counter()
+    config = DiscoverConfig.from_options(config, **settings).validate()
+    inputs = _prepare(handle, prompts, config, eval_prompts=eval_prompts, init=init, orthogonal_to=orthogonal_to, judge=judge)
     timings: dict[str, float] = {}
-    if method not in METHODS:
-        raise DiscoveryError(f"unknown discovery method {method!r}: use {', '.join(METHODS)}")
+    slices = _timed(timings, "cache_s", build_slices, handle, inputs.texts, inputs.source, inputs.target, inputs.positions,
+                    prompt_batch_size=config.prompt_batch_size)
+    calibration = None
+    radius = inputs.radius
+    if radius is None:
+        calibration = _timed(timings, "calibrate_s", calibrate_radius, slices, ratio=config.calibration_ratio,
+                             num_directions=config.calibration_directions, seed=config.seed)
+        radius = calibration.radius
+    vectors, method_scores, history, found = _timed(timings, "train_s", _fit, handle, slices, config, inputs, radius, progress)
+    run_settings = _base_settings(config, inputs) | found
+    if inputs.radius is None:
+        run_settings.update({"calibration_ratio": config.calibration_ratio, "calibration_directions": config.calibration_directions})
+    measured = _measure(handle, slices, config, inputs, vectors, radius, run_settings, progress, timings)
+    del slices
+    if inputs.side_texts is not None:
+        measured.side_values = _timed(timings, "side_effects_s", side_effect_scores, handle, vectors, inputs.source, inputs.side_texts).tolist()
+        run_settings.update({"side_effect_prompts": len(inputs.side_texts), "side_effect_penalty": float(config.side_effect_penalty)})
+    order = _rank(method_scores, measured.scores, inputs.rank_by, config.method, measured.side_values, float(config.side_effect_penalty))
+    run_settings["rank_by"] = inputs.rank_by
+    ranked = _ranked(handle, config, inputs, radius, vectors, method_scores, order, measured, run_settings)
+    timings["total_s"] = time.perf_counter() - started
+    result = DiscoveryResult(
+        method=config.method, model_id=handle.model_id, source=inputs.source, target=inputs.target, radius=float(radius),
+        radius_source=inputs.radius_source, rank_by=inputs.rank_by, vectors=ranked, prompts=inputs.prompts,
+        eval_prompts=inputs.evaluation, held_out=inputs.held_out, settings=run_settings, baseline=measured.baseline, calibration=calibration,
+        sweep=measured.sweep, history=history, timings=timings,
+        norm=None if measured.curves is None else [measured.curves[item.index] for item in ranked], config=config,
+    )
+    if output is not None:
+        result.save(output)
+    return result
+
+
+def _timed(timings: dict[str, float], key: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, its wall time recorded as ``timings[key]`` (seconds)."""
+    tick = time.perf_counter()
+    out = fn(*args, **kwargs)
+    timings[key] = time.perf_counter() - tick
+    return out
+
+
+def _rows(vectors: torch.Tensor | None, hidden_size: int) -> int:
+    """How many ``[hidden]`` rows ``vectors`` holds (0 for ``None``)."""
+    return 0 if vectors is None else int(torch.as_tensor(vectors).reshape(-1, hidden_size).shape[0])
+
+
+def _prepare(
+    handle: ModelHandle, prompts: Sequence[str], config: DiscoverConfig, *, eval_prompts: Sequence[str] | None,
+    init: torch.Tensor | None, orthogonal_to: torch.Tensor | None, judge: CompletionScorer | None,
+) -> _Inputs:
+    """The checks that need the model or the inputs beside the config (one-line errors), and what they resolve."""
     prompts = [str(prompt) for prompt in prompts]
     if not prompts:
         raise DiscoveryError("no prompts: discovery needs at least one prompt")
     if empty := [index for index, prompt in enumerate(prompts) if not prompt.strip()]:
         raise DiscoveryError(f"prompt {empty[0]} is empty")
     default_source, default_target = default_layers(handle.num_layers)
-    source, target = check_layers(handle, default_source if source is None else source, default_target if target is None else target)
-    auto_radius = isinstance(radius, str)
-    if auto_radius and radius != "auto":
-        try:
-            radius = float(radius)
-            auto_radius = False
-        except ValueError:
-            raise DiscoveryError(f"radius must be a number > 0 or 'auto', got {radius!r}") from None
-    if not auto_radius:
-        radius = check_radius(radius)  # type: ignore[arg-type]
-    num = check_count(num, "number of vectors")
-    if init is not None and method not in ("melbo", "anneal", "cmaes"):
+    source, target = check_layers(handle, default_source if config.source is None else config.source,
+                                  default_target if config.target is None else config.target)
+    if init is not None and config.method not in ("melbo", "anneal", "cmaes"):
         raise DiscoveryError("starting vectors (init / --init) work with methods melbo, anneal and cmaes")
-    if search is not None and method not in SEARCH_METHODS:
-        raise DiscoveryError("search settings (budget, objective, subspace) work with methods anneal and cmaes")
-    if (candidates is not None or refine_steps) and method != "random":
-        raise DiscoveryError("candidates and refine_steps (random search) work with method random")
-    if orthogonal is None:
-        orthogonal = method == "dct"
-    check_orthogonal_order(orthogonal_order)
+    orthogonal = config.method == "dct" if config.orthogonal is None else config.orthogonal
     fixed = orthonormal_basis(orthogonal_to, handle.hidden_size)
     if orthogonal or fixed.shape[0]:
-        check_orthogonal_room(num if orthogonal else 1, handle.hidden_size, fixed.shape[0])
-    if rank_by not in RANK_KEYS:
-        raise DiscoveryError(f"unknown rank_by {rank_by!r}: use {', '.join(RANK_KEYS)}")
-    if logit_tokens is not None:
-        if len(logit_tokens) != 2:
-            raise DiscoveryError("logit_tokens must be two strings, e.g. ('Sure', 'Sorry')")
-        token_id(handle.tokenizer, logit_tokens[0]), token_id(handle.tokenizer, logit_tokens[1])
-    needs = {"logit": logit_tokens is not None, "match": bool(match), "judge": judge is not None}
-    side_texts = resolve_side_effect_prompts(side_effects)
-    needs["side_effect"] = side_texts is not None
-    if isinstance(side_effect_penalty, bool) or not isinstance(side_effect_penalty, (int, float)) or not side_effect_penalty >= 0 \
-            or side_effect_penalty == float("inf"):
-        raise DiscoveryError(f"side-effect penalty must be a finite number >= 0, got {side_effect_penalty!r}")
-    if side_effect_penalty and side_texts is None:
-        raise DiscoveryError("a side-effect penalty needs side-effect prompts (side_effects / --side-effects)")
-    if rank_by in needs and not needs[rank_by]:
-        raise DiscoveryError(f"rank_by {rank_by!r} needs {'logit_tokens' if rank_by == 'logit' else rank_by} to be given")
-    if rank_by == "auto":
-        rank_by = next((key for key in ("judge", "match", "logit") if needs[key]), "method")
-    if rank_by not in ("method", "side_effect") and not score:
-        raise DiscoveryError(f"rank_by {rank_by!r} needs scoring (score=True)")
+        check_orthogonal_room(config.num if orthogonal else 1, handle.hidden_size, fixed.shape[0])
+    if config.logit_tokens is not None:
+        token_id(handle.tokenizer, config.logit_tokens[0]), token_id(handle.tokenizer, config.logit_tokens[1])
+    side_texts = resolve_side_effect_prompts(config.side_effects)
+    rank_by = config.rank_key(judge is not None)
     if eval_prompts is not None and not list(eval_prompts):
         raise DiscoveryError("eval_prompts is empty")
-    spec = search or SearchSpec()
-    if method in SEARCH_METHODS:
-        init_rows = 0 if init is None else int(torch.as_tensor(init).reshape(-1, handle.hidden_size).shape[0])
-        check_search(method, spec, num, handle.hidden_size, logit_tokens=logit_tokens, match=match, judge=judge, init_rows=init_rows)
-    norm_grid = None
-    if tune_norm is not False and tune_norm is not None:
-        norm_grid = None if tune_norm is True else check_grid(list(tune_norm))  # type: ignore[arg-type]
-    positions = Positions.parse(positions)
-    texts = format_prompts(handle, prompts, chat=chat)
+    spec = config.search or SearchSpec()
+    if config.method in SEARCH_METHODS:
+        check_search(config.method, spec, config.num, handle.hidden_size, logit_tokens=config.logit_tokens, match=config.match,
+                     judge=judge, init_rows=_rows(init, handle.hidden_size))
+    norm_grid = config.norm_grid()
+    positions = Positions.parse(config.positions)
+    return _Inputs(
+        prompts=prompts, texts=format_prompts(handle, prompts, chat=config.chat),
+        evaluation=list(eval_prompts) if eval_prompts is not None else prompts,
+        held_out=eval_prompts is not None and list(eval_prompts) != prompts, source=source, target=target, positions=positions,
+        radius=config.radius_value(), orthogonal=orthogonal, fixed=int(fixed.shape[0]), rank_by=rank_by, side_texts=side_texts,
+        norm_grid=norm_grid, spec=spec, init=init, orthogonal_to=orthogonal_to, judge=judge,
+    )
 
-    tick = time.perf_counter()
-    slices = build_slices(handle, texts, source, target, positions, prompt_batch_size=prompt_batch_size)
-    timings["cache_s"] = time.perf_counter() - tick
 
-    calibration = None
-    if auto_radius:
-        tick = time.perf_counter()
-        calibration = calibrate_radius(slices, ratio=calibration_ratio, num_directions=calibration_directions, seed=seed)
-        radius = calibration.radius
-        timings["calibrate_s"] = time.perf_counter() - tick
-    assert isinstance(radius, float)
+def _base_settings(config: DiscoverConfig, inputs: _Inputs) -> dict[str, Any]:
+    """The settings every method records first (in this order: the report and the vector metadata list them so)."""
+    return {"num": config.num, "positions": inputs.positions.spec(), "chat": config.chat, "orthogonal": inputs.orthogonal,
+            "orthogonal_to": inputs.fixed, "seed": config.seed, "prompt_batch_size": config.prompt_batch_size}
 
-    tick = time.perf_counter()
-    history: list[list[float]] = []
-    settings: dict[str, Any] = {"num": num, "positions": positions.spec(), "chat": chat, "orthogonal": orthogonal,
-                                "orthogonal_to": int(fixed.shape[0]), "seed": seed, "prompt_batch_size": prompt_batch_size}
-    if method == "melbo":
-        run = train_melbo(slices, num, radius, steps=steps, lr=lr, p=p, q=q, orthogonal=orthogonal, orthogonal_order=orthogonal_order, orthogonal_to=orthogonal_to,
-                          init=init, seed=seed, vector_batch_size=vector_batch_size, progress=progress)
-        vectors, method_scores = run.vectors, run.objective
-        history = run.history.T.tolist()
-        settings.update({"steps": steps, "lr": lr, "p": p, "q": q, "init": 0 if init is None else int(torch.as_tensor(init).reshape(-1, handle.hidden_size).shape[0]),
-                         **run.settings})
-    elif method == "random":
-        run = random_search(slices, num, radius, candidates=candidates, orthogonal=orthogonal, orthogonal_order=orthogonal_order, orthogonal_to=orthogonal_to,
-                            refine_steps=refine_steps, lr=lr, p=p, q=q, seed=seed, progress=progress)
-        vectors, method_scores = run.vectors, run.objective
-        history = run.history.T.tolist()
-        settings.update({"p": p, "q": q, "lr": lr, **{k: v for k, v in run.settings.items() if k != "candidate_objective"}})
-    elif method in SEARCH_METHODS:
-        side = SideEffects(handle, source, side_texts) if side_texts is not None and side_effect_penalty else None
-        objective = build_objective(spec, slices, handle, source, prompts, chat=chat, p=p, q=q, logit_tokens=logit_tokens, match=match,
-                                    judge=judge, side_effects=side, penalty=float(side_effect_penalty))
-        vectors, method_scores, found = run_search(method, spec, objective, slices, num, radius, init=init, p=p, q=q, seed=seed)
-        settings.update({"p": p, "q": q, **found})
-    else:
-        dct = fit_dct(slices, num, radius, iters=dct_iters, orthogonal=orthogonal, seed=seed)
-        vectors, method_scores = dct.vectors, dct.alpha
-        history = [dct.history]
-        settings.update({"dct_iters": dct_iters, "response": dct.response.tolist(), "max_overlap": dct.max_overlap})
-    timings["train_s"] = time.perf_counter() - tick
-    if auto_radius:
-        settings.update({"calibration_ratio": calibration_ratio, "calibration_directions": calibration_directions})
 
-    radius_sweep = None
-    if sweep:
-        tick = time.perf_counter()
-        radius_sweep = sweep_radius(slices, p=p, q=q, seed=seed)
-        timings["sweep_s"] = time.perf_counter() - tick
+Fitted = tuple[torch.Tensor, torch.Tensor, list[list[float]], dict[str, Any]]  # vectors [k, hidden], method scores [k], history, settings
 
-    baseline, scores = None, None
-    held_out = eval_prompts is not None and list(eval_prompts) != prompts
-    evaluation = list(eval_prompts) if eval_prompts is not None else prompts
-    if score:
-        tick = time.perf_counter()
-        baseline, scores = score_vectors(
-            handle, vectors, source, evaluation, chat=chat, max_new_tokens=max_new_tokens, diverge_within=diverge_within,
-            logit_tokens=logit_tokens, match=match, judge=judge, progress=progress,
-        )
-        timings["score_s"] = time.perf_counter() - tick
-        settings.update({"max_new_tokens": max_new_tokens, "diverge_within": diverge_within,
-                         "logit_tokens": list(logit_tokens) if logit_tokens else None, "match": list(match), "judge": judge is not None})
 
-    curves = None
-    if tune_norm is not False and tune_norm is not None:
-        tick = time.perf_counter()
-        norm_grid = norm_grid or default_grid(float(radius))
-        curves = norm_curves(
-            slices, vectors, norm_grid, p=p, q=q, handle=handle if score else None, layer=source, prompts=evaluation, chat=chat,
-            max_new_tokens=max_new_tokens, diverge_within=diverge_within, logit_tokens=logit_tokens, match=match, judge=judge,
-        )
-        timings["norm_s"] = time.perf_counter() - tick
-        settings["norm_grid"] = norm_grid
-    del slices
-    side_values = None
-    if side_texts is not None:
-        tick = time.perf_counter()
-        side_values = side_effect_scores(handle, vectors, source, side_texts).tolist()
-        timings["side_effects_s"] = time.perf_counter() - tick
-        settings.update({"side_effect_prompts": len(side_texts), "side_effect_penalty": float(side_effect_penalty)})
-    order = _rank(method_scores, scores, rank_by, method, side_values, float(side_effect_penalty))
-    settings["rank_by"] = rank_by
+def _fit(handle: ModelHandle, slices: Sequence[LayerSlice], config: DiscoverConfig, inputs: _Inputs, radius: float, progress: bool) -> Fitted:
+    """Train / search / fit the vectors with ``config.method``."""
+    if config.method == "melbo":
+        return _fit_melbo(handle, slices, config, inputs, radius, progress)
+    if config.method == "random":
+        return _fit_random(slices, config, inputs, radius, progress)
+    if config.method in SEARCH_METHODS:
+        return _fit_search(handle, slices, config, inputs, radius)
+    dct = fit_dct(slices, config.num, radius, iters=config.dct_iters, orthogonal=inputs.orthogonal, seed=config.seed)
+    return dct.vectors, dct.alpha, [dct.history], {"dct_iters": config.dct_iters, "response": dct.response.tolist(), "max_overlap": dct.max_overlap}
+
+
+def _fit_melbo(handle: ModelHandle, slices: Sequence[LayerSlice], config: DiscoverConfig, inputs: _Inputs, radius: float, progress: bool) -> Fitted:
+    run = train_melbo(slices, config.num, radius, steps=config.steps, lr=config.lr, p=config.p, q=config.q, orthogonal=inputs.orthogonal,
+                      orthogonal_order=config.orthogonal_order, orthogonal_to=inputs.orthogonal_to, init=inputs.init, seed=config.seed,
+                      vector_batch_size=config.vector_batch_size, progress=progress)
+    settings = {"steps": config.steps, "lr": config.lr, "p": config.p, "q": config.q, "init": _rows(inputs.init, handle.hidden_size), **run.settings}
+    return run.vectors, run.objective, run.history.T.tolist(), settings
+
+
+def _fit_random(slices: Sequence[LayerSlice], config: DiscoverConfig, inputs: _Inputs, radius: float, progress: bool) -> Fitted:
+    run = random_search(slices, config.num, radius, candidates=config.candidates, orthogonal=inputs.orthogonal,
+                        orthogonal_order=config.orthogonal_order, orthogonal_to=inputs.orthogonal_to, refine_steps=config.refine_steps,
+                        lr=config.lr, p=config.p, q=config.q, seed=config.seed, progress=progress)
+    settings = {"p": config.p, "q": config.q, "lr": config.lr, **{k: v for k, v in run.settings.items() if k != "candidate_objective"}}
+    return run.vectors, run.objective, run.history.T.tolist(), settings
+
+
+def _fit_search(handle: ModelHandle, slices: Sequence[LayerSlice], config: DiscoverConfig, inputs: _Inputs, radius: float) -> Fitted:
+    penalty = float(config.side_effect_penalty)
+    side = SideEffects(handle, inputs.source, inputs.side_texts) if inputs.side_texts is not None and penalty else None
+    objective = build_objective(inputs.spec, slices, handle, inputs.source, inputs.prompts, chat=config.chat, p=config.p, q=config.q,
+                                logit_tokens=config.logit_tokens, match=config.match, judge=inputs.judge, side_effects=side, penalty=penalty)
+    vectors, method_scores, found = run_search(config.method, inputs.spec, objective, slices, config.num, radius, init=inputs.init,
+                                               p=config.p, q=config.q, seed=config.seed)
+    return vectors, method_scores, [], {"p": config.p, "q": config.q, **found}
+
+
+def _measure(
+    handle: ModelHandle, slices: Sequence[LayerSlice], config: DiscoverConfig, inputs: _Inputs, vectors: torch.Tensor, radius: float,
+    settings: dict[str, Any], progress: bool, timings: dict[str, float],
+) -> _Measured:
+    """The radius sweep, the completions' scores and the norm curves (what needs the slice); records their settings."""
+    measured = _Measured()
+    if config.sweep:
+        measured.sweep = _timed(timings, "sweep_s", sweep_radius, slices, p=config.p, q=config.q, seed=config.seed)
+    readouts = {"max_new_tokens": config.max_new_tokens, "diverge_within": config.diverge_within, "logit_tokens": config.logit_tokens,
+                "match": config.match, "judge": inputs.judge}
+    if config.score:
+        measured.baseline, measured.scores = _timed(timings, "score_s", score_vectors, handle, vectors, inputs.source, inputs.evaluation,
+                                                    chat=config.chat, progress=progress, **readouts)
+        settings.update({"max_new_tokens": config.max_new_tokens, "diverge_within": config.diverge_within,
+                         "logit_tokens": list(config.logit_tokens) if config.logit_tokens else None, "match": list(config.match),
+                         "judge": inputs.judge is not None})
+    if config.tune_norm is not False:
+        grid = inputs.norm_grid or default_grid(radius)
+        measured.curves = _timed(timings, "norm_s", norm_curves, slices, vectors, grid, p=config.p, q=config.q,
+                                 handle=handle if config.score else None, layer=inputs.source, prompts=inputs.evaluation, chat=config.chat,
+                                 **readouts)
+        settings["norm_grid"] = grid
+    return measured
+
+
+def _ranked(
+    handle: ModelHandle, config: DiscoverConfig, inputs: _Inputs, radius: float, vectors: torch.Tensor, method_scores: torch.Tensor,
+    order: Sequence[int], measured: _Measured, settings: dict[str, Any],
+) -> list[DiscoveredVector]:
+    """The vectors by rank, each a :class:`SteeringVector` at the source layer with its scores in the metadata."""
     ranked = []
     for rank, index in enumerate(order, 1):
-        item_scores = scores[index] if scores is not None else None
-        score_dict = {METHOD_SCORE[method]: float(method_scores[index])}
+        item_scores = measured.scores[index] if measured.scores is not None else None
+        score_dict = {METHOD_SCORE[config.method]: float(method_scores[index])}
         if item_scores is not None:
             score_dict.update({key: value for key, value in item_scores.metrics().items() if value is not None})
-        if side_values is not None:
-            score_dict["side_effect"] = side_values[index]
-        if curves is not None:
-            score_dict.update({"growth": curves[index].growth, "appear_radius": curves[index].appear_radius,
-                               "degenerate_radius": curves[index].degenerate_radius, "best_radius": curves[index].best_radius})
+        if measured.side_values is not None:
+            score_dict["side_effect"] = measured.side_values[index]
+        if measured.curves is not None:
+            curve = measured.curves[index]
+            score_dict.update({"growth": curve.growth, "appear_radius": curve.appear_radius, "degenerate_radius": curve.degenerate_radius,
+                               "best_radius": curve.best_radius})
         meta = VectorMeta(
             model_id=handle.model_id, revision=handle.revision, hidden_size=handle.hidden_size, num_layers=handle.num_layers,
-            method=method, positions=positions.spec(), normalization="radius", dataset=dataset or "prompts",
-            dataset_hash=sha256_json(prompts),
+            method=config.method, positions=inputs.positions.spec(), normalization="radius", dataset=config.dataset or "prompts",
+            dataset_hash=sha256_json(inputs.prompts),
             extra={
-                "radius": radius, "radius_source": "calibrated" if auto_radius else "given", "rank": rank, "index": int(index),
-                "num_vectors": num, "source_layer": source, "target_layer": target, "best_layers": [source],
-                "rank_by": rank_by, "scores": score_dict, "discovery": {k: v for k, v in settings.items() if k != "response"},
+                "radius": radius, "radius_source": inputs.radius_source, "rank": rank, "index": int(index), "num_vectors": config.num,
+                "source_layer": inputs.source, "target_layer": inputs.target, "best_layers": [inputs.source], "rank_by": inputs.rank_by,
+                "scores": score_dict, "discovery": {k: v for k, v in settings.items() if k != "response"},
             },
         )
-        vector = SteeringVector({source: vectors[index]}, meta)
-        ranked.append(DiscoveredVector(rank=rank, index=int(index), vector=vector, method_score=float(method_scores[index]), scores=item_scores,
-                                       side_effect=None if side_values is None else side_values[index]))
-    timings["total_s"] = time.perf_counter() - started
-    result = DiscoveryResult(
-        method=method, model_id=handle.model_id, source=source, target=target, radius=float(radius),
-        radius_source="calibrated" if auto_radius else "given", rank_by=rank_by, vectors=ranked, prompts=prompts,
-        eval_prompts=evaluation, held_out=held_out, settings=settings, baseline=baseline, calibration=calibration,
-        sweep=radius_sweep, history=history, timings=timings,
-        norm=None if curves is None else [curves[item.index] for item in ranked],
-    )
-    if output is not None:
-        result.save(output)
-    return result
+        ranked.append(DiscoveredVector(rank=rank, index=int(index), vector=SteeringVector({inputs.source: vectors[index]}, meta),
+                                       method_score=float(method_scores[index]), scores=item_scores,
+                                       side_effect=None if measured.side_values is None else measured.side_values[index]))
+    return ranked
 
 
 def _rank(
