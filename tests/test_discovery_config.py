@@ -24,15 +24,35 @@ def llama():
 
 def test_defaults_are_the_former_keyword_defaults():
     config = DiscoverConfig()
-    assert (config.method, config.radius, config.num, config.steps, config.lr, config.p, config.q) == ("melbo", "auto", 8, 300, 1e-3, 2.0, 1.0)
+    assert (config.method, config.radius, config.num, config.steps, config.lr, config.p, config.q) == (
+        "melbo",
+        "auto",
+        8,
+        300,
+        1e-3,
+        2.0,
+        1.0,
+    )
     assert config.validate() is config
 
 
 def test_json_round_trip_with_search_settings(tmp_path):
     span = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
-    config = DiscoverConfig(method="cmaes", radius="2.5", num=1, logit_tokens=["Sure", "Sorry"], match=["x"], tune_norm=(1, 2),
-                            search=SearchSpec(budget=24, subspace="span", subspace_vectors=span, population=6))
-    assert config.radius == 2.5 and config.logit_tokens == ("Sure", "Sorry") and config.match == ("x",) and config.tune_norm == [1, 2]
+    config = DiscoverConfig(
+        method="cmaes",
+        radius="2.5",
+        num=1,
+        logit_tokens=["Sure", "Sorry"],
+        match=["x"],
+        tune_norm=(1, 2),
+        search=SearchSpec(budget=24, subspace="span", subspace_vectors=span, population=6),
+    )
+    assert (
+        config.radius == 2.5
+        and config.logit_tokens == ("Sure", "Sorry")
+        and config.match == ("x",)
+        and config.tune_norm == [1, 2]
+    )
     data = json.loads(json.dumps(config.to_dict()))
     again = DiscoverConfig.from_dict(data)
     assert again.to_dict() == config.to_dict()
@@ -51,16 +71,33 @@ def test_json_round_trip_with_search_settings(tmp_path):
         ({"num": 0}, "number of vectors must be at least 1", "--num must be at least 1"),
         ({"radius": "wide"}, "radius must be a number > 0 or 'auto'", "--radius must be a number > 0 or 'auto'"),
         ({"source": 3, "target": 1}, "source 3 must come before target 1", "--source 3 must come before --target 1"),
-        ({"orthogonal_order": "both"}, "orthogonal order must be sequential or parallel", "--orthogonal-order must be sequential or parallel"),
-        ({"side_effect_penalty": 1.0}, "side-effect penalty needs side-effect prompts", "--side-effect-penalty needs --side-effects"),
+        (
+            {"orthogonal_order": "both"},
+            "orthogonal order must be sequential or parallel",
+            "--orthogonal-order must be sequential or parallel",
+        ),
+        (
+            {"side_effect_penalty": 1.0},
+            "side-effect penalty needs side-effect prompts",
+            "--side-effect-penalty needs --side-effects",
+        ),
         ({"method": "anneal", "search": SearchSpec(budget=0)}, "budget must be at least 1", "--budget must be at least 1"),
         ({"num": True}, "number of vectors must be an integer", "--num must be an integer"),
     ],
 )
 def test_validate_speaks_python_or_the_flags(settings, python, flags):
-    names = {"method": "--method", "lr": "--lr", "num": "--num", "radius": "--radius", "source": "--source", "target": "--target",
-             "orthogonal_order": "--orthogonal-order", "side_effect_penalty": "--side-effect-penalty", "side_effects": "--side-effects",
-             "budget": "--budget"}
+    names = {
+        "method": "--method",
+        "lr": "--lr",
+        "num": "--num",
+        "radius": "--radius",
+        "source": "--source",
+        "target": "--target",
+        "orthogonal_order": "--orthogonal-order",
+        "side_effect_penalty": "--side-effect-penalty",
+        "side_effects": "--side-effects",
+        "budget": "--budget",
+    }
     config = DiscoverConfig(**settings)
     with pytest.raises(DiscoveryError, match=python) as error:
         config.validate()

@@ -27,7 +27,12 @@ class VectorError(ReptuneError):
 
 
 def check_range(
-    name: str, value: float | None, low: float | None = None, *, above: bool = False, high: float | None = None,
+    name: str,
+    value: float | None,
+    low: float | None = None,
+    *,
+    above: bool = False,
+    high: float | None = None,
     error: type[ReptuneError] = ReptuneError,
 ) -> None:
     """Refuse a NaN/inf or out-of-range number: ``low <= value`` (``low < value`` with ``above``), ``value <= high``.
@@ -39,8 +44,16 @@ def check_range(
         return
     bound = "" if low is None else f" {'>' if above else '>='} {low:g}"
     bound += "" if high is None else (" and" if bound else "") + f" <= {high:g}"
-    bad = not math.isfinite(value) or (low is not None and (value <= low if above else value < low)) or (high is not None and value > high)
+    bad = (
+        not math.isfinite(value)
+        or (low is not None and (value <= low if above else value < low))
+        or (high is not None and value > high)
+    )
     if bad:
         if isinstance(value, float):
             raise error(f"{name} must be a finite number{bound}, got {value:g}")
-        raise error(f"{name} must be at least {low:g}, got {value}" if not above and high is None else f"{name} must be{bound}, got {value}")
+        raise error(
+            f"{name} must be at least {low:g}, got {value}"
+            if not above and high is None
+            else f"{name} must be{bound}, got {value}"
+        )

@@ -31,14 +31,24 @@ METHODS = ("melbo", "random", "dct", "anneal", "cmaes")
 RANK_KEYS = ("auto", "method", "diverge", "logit", "match", "judge", "side_effect")
 # what the messages call a field when no names are given (the Python API's wording)
 _PYTHON_NAMES = {
-    "method": "discovery method", "orthogonal_order": "orthogonal order", "num": "number of vectors",
-    "side_effect_penalty": "side-effect penalty", "side_effects": "side-effect prompts (side_effects / --side-effects)",
+    "method": "discovery method",
+    "orthogonal_order": "orthogonal order",
+    "num": "number of vectors",
+    "side_effect_penalty": "side-effect penalty",
+    "side_effects": "side-effect prompts (side_effects / --side-effects)",
 }
 # (field, low, low excluded, integer, None allowed): the numeric settings and their ranges
 _NUMBERS = (
-    ("lr", 0, True, False, False), ("p", 0, True, False, False), ("q", 0, True, False, False), ("num", 1, False, True, False),
-    ("steps", 0, False, True, False), ("dct_iters", 1, False, True, False), ("refine_steps", 0, False, True, False),
-    ("candidates", 1, False, True, True), ("max_new_tokens", 1, False, True, False), ("diverge_within", 1, False, True, False),
+    ("lr", 0, True, False, False),
+    ("p", 0, True, False, False),
+    ("q", 0, True, False, False),
+    ("num", 1, False, True, False),
+    ("steps", 0, False, True, False),
+    ("dct_iters", 1, False, True, False),
+    ("refine_steps", 0, False, True, False),
+    ("candidates", 1, False, True, True),
+    ("max_new_tokens", 1, False, True, False),
+    ("diverge_within", 1, False, True, False),
     ("side_effect_penalty", 0, False, False, False),
 )
 
@@ -212,8 +222,12 @@ class DiscoverConfig:
         """What ``rank_by`` ranks by for a run with (``judge=True``) or without a judge: ``auto``
         resolved (judge, else match, else logit, else the method's score); a one-line error when
         the key's readout is not asked for or the run does not score completions."""
-        needs = {"logit": self.logit_tokens is not None, "match": bool(self.match), "judge": judge,
-                 "side_effect": self.side_effects is not None}
+        needs = {
+            "logit": self.logit_tokens is not None,
+            "match": bool(self.match),
+            "judge": judge,
+            "side_effect": self.side_effects is not None,
+        }
         rank_by = self.rank_by
         if rank_by in needs and not needs[rank_by]:
             raise DiscoveryError(f"rank_by {rank_by!r} needs {'logit_tokens' if rank_by == 'logit' else rank_by} to be given")

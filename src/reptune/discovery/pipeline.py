@@ -11,4 +11,13 @@ from reptune.discovery.run import (
     rank_path,
 )
 
-__all__ = ["METHODS", "METHOD_SCORE", "RANK_KEYS", "DiscoveredVector", "DiscoveryResult", "default_layers", "discover", "rank_path"]
+__all__ = [
+    "METHODS",
+    "METHOD_SCORE",
+    "RANK_KEYS",
+    "DiscoveredVector",
+    "DiscoveryResult",
+    "default_layers",
+    "discover",
+    "rank_path",
+]
