@@ -142,9 +142,9 @@ def test_discover_with_norm_tuning_writes_curves_and_a_plot(llama, tmp_path):
 
 @pytest.mark.parametrize("grid", [[], [1.0, 0.0], [-1.0, 2.0], [1.0, float("nan")], [1.0, 1.0]])
 def test_norm_grid_bad_input_is_one_line_before_model_work(llama, grid, monkeypatch):
-    from reptune.discovery import pipeline
+    from reptune.discovery import run
 
-    monkeypatch.setattr(pipeline, "build_slices", lambda *a, **k: pytest.fail("model work before the grid check"))
+    monkeypatch.setattr(run, "build_slices", lambda *a, **k: pytest.fail("model work before the grid check"))
     with pytest.raises(DiscoveryError) as error:
         discover(llama, TEXTS[:1], source=1, target=3, radius=1.0, num=1, steps=0, tune_norm=grid)
     assert "grid" in _one_line(error)
@@ -340,10 +340,10 @@ def test_discover_anneal_and_cmaes_methods(llama, tmp_path):
     ],
 )
 def test_search_bad_input_is_one_line_before_model_work(llama, monkeypatch, method, spec, fragment):
-    from reptune.discovery import pipeline
+    from reptune.discovery import run
     from reptune.discovery.search import SearchSpec
 
-    monkeypatch.setattr(pipeline, "build_slices", lambda *a, **k: pytest.fail("model work before the check"))
+    monkeypatch.setattr(run, "build_slices", lambda *a, **k: pytest.fail("model work before the check"))
     with pytest.raises(DiscoveryError) as error:
         discover(llama, TEXTS[:1], method=method, source=1, target=3, radius=1.0, num=1, score=False, search=SearchSpec(**spec))
     assert fragment in _one_line(error)

@@ -20,7 +20,7 @@ from reptune.evaluation import (
     compare_results,
     evaluate,
     get_task,
-    load_results,
+    load_eval_results,
     register_task,
 )
 from reptune.evaluation.registry import TASKS
@@ -311,7 +311,7 @@ def test_interrupted_eval_resumes(model, tmp_path, monkeypatch):
     assert resumed["facts-ab"].resumed_items == 8
     assert [r["margin"] for r in resumed["facts-ab"].records] == pytest.approx([r["margin"] for r in full["facts-ab"].records], abs=1e-5)
     assert not cache.parent.exists()
-    loaded = load_results(out)
+    loaded = load_eval_results(out)
     assert loaded["facts-ab"].records == json.loads(out.read_text())["tasks"]["facts-ab"]["records"]
     assert loaded.seed == 0
 

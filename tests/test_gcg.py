@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from reptune.errors import ReptuneError
-from reptune.evaluation import evaluate, get_task, load_results
+from reptune.evaluation import evaluate, get_task, load_eval_results
 from reptune.evaluation.tasks import gcg as gcg_module
 from reptune.evaluation.tasks.gcg import SLOT, split_prompt, target_scores, target_token_ids
 
@@ -164,7 +164,7 @@ def test_interrupted_gcg_resumes_item_by_item(items_file, tmp_path, monkeypatch)
     monkeypatch.setattr(gcg_module, "optimise_suffix", original)
     resumed = evaluate(handle, [get_task("gcg", data=str(items_file), **BUDGET)], output=out)["gcg"]
     assert resumed.resumed_items == 1 and resumed.records[0]["suffix"] == cached["suffix"]
-    assert load_results(out)["gcg"].records[1]["success"]
+    assert load_eval_results(out)["gcg"].records[1]["success"]
 
 
 @pytest.mark.parametrize("key", ["steps", "search_width", "suffix_length", "topk"])

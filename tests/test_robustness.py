@@ -10,7 +10,7 @@ from conftest import build_model
 
 from reptune.data.ab import letter_token_ids
 from reptune.errors import ReptuneError
-from reptune.evaluation import evaluate, get_task, load_results
+from reptune.evaluation import evaluate, get_task, load_eval_results
 from reptune.evaluation.tasks.robustness import RobustnessResult, run_robustness, same_letter_rate
 from reptune.reporting.figures import plot_robustness
 from reptune.reporting.figures import write_eval_figures as write_figures
@@ -115,7 +115,7 @@ def test_robustness_task_through_evaluate(model, vector, tmp_path):
         steered = get_task("facts-ab").run(model, limit=4, context=RunContext(steering=steering))
     assert [r["margin"] for r in results["facts-ab"].records] == pytest.approx([r["margin"] for r in steered.records], abs=1e-5)
     assert results.steering["not_applied_to"] == ["robustness"]
-    loaded = load_results(out)
+    loaded = load_eval_results(out)
     assert RobustnessResult.from_json(loaded["robustness"].details).to_json() == rob.details
     assert [p.name for p in write_figures(loaded, out)] == ["res.robustness.png"]
     with pytest.raises(ReptuneError, match="needs a vector"):

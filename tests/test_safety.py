@@ -251,7 +251,7 @@ def test_resume_refuses_other_data_or_vector(tmp_path):
     from conftest import build_model
 
     from reptune.tuning import TuneConfig, tune
-    from reptune.tuning.data import TrainItem
+    from reptune.tuning.items import TrainItem
     from reptune.vectors import SteeringVector, VectorMeta
 
     def items(word: str) -> list[TrainItem]:
@@ -421,7 +421,7 @@ def test_kill_during_weight_save_leaves_no_completion_record(tmp_path):
     from conftest import build_model
 
     from reptune.tuning import TuneConfig, tune
-    from reptune.tuning.data import TrainItem
+    from reptune.tuning.items import TrainItem
 
     items = [TrainItem(prompt=f"Is sky {i} true? Answer:", correct=i % 2, label=i % 2) for i in range(12)]
     config = TuneConfig.from_preset("truth", layers="1-2", steps=2, batch_size=4, eval_every=2, autocast=None)

@@ -21,7 +21,7 @@ from reptune.data.ab import letter_token_ids, statements_to_ab
 from reptune.errors import DataError, ReptuneError, VectorError
 from reptune.models import load_model
 from reptune.tuning import PRESETS, TrainingDiverged, TrainItem, TuneConfig, tune
-from reptune.tuning.data import BalancedBatches, split_items
+from reptune.tuning.items import BalancedBatches, split_items
 from reptune.tuning.losses import answer_loss, kl_base_to_tuned, representation_loss, topk_reference
 from reptune.vectors import SteeringVector, VectorMeta
 
@@ -519,7 +519,7 @@ def test_existing_run_needs_resume(tmp_path):
 
 
 def test_retain_texts_from_raw_text_and_datasets(tmp_path):
-    from reptune.tuning.data import load_retain_texts
+    from reptune.tuning.items import load_retain_texts
 
     raw = tmp_path / "wiki.test.raw"
     raw.write_text(" = Title = \n\n" + "A long enough line of encyclopedic text about something. " * 2 + "\nshort\n")

@@ -17,7 +17,7 @@ from reptune.errors import DataError
 from reptune.evaluation import evaluate, get_task
 from reptune.evaluation.scoring import continuation_logprobs
 from reptune.tuning import TuneConfig, tune
-from reptune.tuning.data import load_tune_items, twin_items
+from reptune.tuning.items import load_tune_items, twin_items
 from reptune.tuning.losses import pair_sequence_loss
 
 FAST = {"eval_every": 1000, "checkpoint_every": 1000, "val_fraction": 0.0}

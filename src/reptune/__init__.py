@@ -1,17 +1,23 @@
 """reptune: find behaviour directions in a language model, steer with them, tune them in.
 
-The stages, each importing only the ones above it:
+The stages, bottom first: each imports only from its own rung and the rungs listed before it
+(the import ladder, checked by ``tests/test_layout.py``):
 
-* :mod:`reptune.models` — loading models, locating decoder blocks;
-* :mod:`reptune.sites` — the layer/position convention every stage uses;
+* :mod:`reptune.errors` — one-line user errors; low helpers :mod:`reptune._io`,
+  :mod:`reptune._progress`, :mod:`reptune._render`, :mod:`reptune.precision`, :mod:`reptune.tokens`;
+* :mod:`reptune.models` — loading models, locating decoder blocks; :mod:`reptune.sites` — the
+  layer/position convention every stage uses; :mod:`reptune.hooks` — the one hook installer on
+  the block outputs ``sites`` defines;
 * :mod:`reptune.data` — contrast pairs and dataset sources;
 * :mod:`reptune.activations` — batched, early-exit activation reading;
 * :mod:`reptune.vectors` — the vector file format (safetensors + JSON, llama.cpp GGUF export);
 * :mod:`reptune.directions` — mean-diff / PCA / probe directions and the layer scan;
 * :mod:`reptune.steering` — steering hooks and generation;
-* :mod:`reptune.tuning`, :mod:`reptune.discovery`, :mod:`reptune.evaluation` — tuning vectors in, finding
-  them without labels, measuring the result;
-* :mod:`reptune.reporting` — tables, figures and reports; :mod:`reptune.pipeline` — whole experiments;
+* :mod:`reptune.tuning` — tuning a vector into the weights;
+* :mod:`reptune.discovery` — finding vectors without labels;
+* :mod:`reptune.evaluation` — measuring the result (tasks, judges, statistics);
+* :mod:`reptune.reporting` — tables, figures and reports;
+* :mod:`reptune.pipeline` — whole experiments;
 * :mod:`reptune.cli` — the ``reptune`` command.
 """
 

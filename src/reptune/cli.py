@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import math
 import os
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from reptune.errors import ReptuneError
+from reptune.errors import ReptuneError, check_range
 
 app = typer.Typer(
     name="reptune",
@@ -85,19 +84,6 @@ def _resolved_precision(precision: str, device: str) -> str:
     from reptune.precision import resolve_precision
 
     return resolve_precision(precision, device)[0]
-
-
-def _in_range(flag: str, value: float | None, low: float | None = None, *, above: bool = False, high: float | None = None) -> None:
-    """Refuse a NaN/inf or out-of-range number option: ``low <= value`` (``low < value`` with ``above``), ``value <= high``."""
-    if value is None:
-        return
-    bound = "" if low is None else f" {'>' if above else '>='} {low:g}"
-    bound += "" if high is None else (" and" if bound else "") + f" <= {high:g}"
-    bad = not math.isfinite(value) or (low is not None and (value <= low if above else value < low)) or (high is not None and value > high)
-    if bad:
-        if isinstance(value, float):
-            raise ReptuneError(f"{flag} must be a finite number{bound}, got {value:g}")
-        raise ReptuneError(f"{flag} must be at least {low:g}, got {value}" if not above and high is None else f"{flag} must be{bound}, got {value}")
 
 
 def _precheck_data(spec: str | None, task: str | None = None) -> None:
@@ -196,8 +182,8 @@ def extract(
 
     if output.suffix != ".safetensors":
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
-    _in_range("--limit", limit, 1)
-    _in_range("--batch-size", batch_size, 1)
+    check_range("--limit", limit, 1)
+    check_range("--batch-size", batch_size, 1)
     _check_outputs(*_sidecars(output))
     _precheck_data(data)
     handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
@@ -243,8 +229,8 @@ def steer(
     from reptune.vectors import load_vector
 
     for value in multiplier:
-        _in_range("--multiplier", value)
-    _in_range("--max-new-tokens", max_new_tokens, 1)
+        check_range("--multiplier", value)
+    check_range("--max-new-tokens", max_new_tokens, 1)
     loaded = load_vector(vector)  # validate the file before loading the model
     handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
     loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
@@ -352,68 +338,101 @@ def tune(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Fine-tune a direction into (or out of) the weights, or run a token-only baseline."""
+    _tune(dict(locals()))  # every option by name; the body reads as the steps below
+
+
+def _tune(options: dict[str, Any]) -> None:
+    """``reptune tune``: config, vector, data and outputs checked before the model loads, then :func:`reptune.tuning.tune`."""
     import json
 
-    from reptune.tuning import TuneConfig, load_tune_items
+    from reptune.tuning import load_tune_items
     from reptune.tuning import tune as run_tune
     from reptune.vectors import load_vector
 
-    overrides = {
-        "layers": layers, "rep_layers": rep_layers, "rep_positions": rep_positions, "lora": lora or None, "steps": steps,
-        "lr": lr, "batch_size": batch_size, "retain": retain, "retain_data": retain_data, "w_tok": w_tok, "w_rep": w_rep,
-        "w_retain": w_retain if w_retain is not None else (1.0 if retain not in (None, "none") else None), "eval_every": eval_every, "patience": patience, "checkpoint_every": checkpoint_every,
-        "limit": limit, "seed": seed, "autocast": "bf16" if _resolved_precision(precision, device) == "bf16" else "none",
-        "train_modules": train_modules, "allow_blocks_beyond_rep": allow_blocks_beyond_rep or None,
-        "param_groups": _parse_param_groups(param_group or []) or None,
-        "routing": routing, "rep_params": rep_params, "adam_eps": adam_eps, "weight_decay": weight_decay, "lr_schedule": lr_schedule,
-        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "early_stop_on": early_stop_on, "token_target": token_target,
-    }
-    from reptune.tuning.data import ITEM_KINDS
-
-    if items_kind not in ITEM_KINDS:  # before any model or data work
-        raise ReptuneError(f"--items must be one of {', '.join(ITEM_KINDS)}, got {items_kind!r}")
-    config = TuneConfig.from_preset(preset, paper=paper, **overrides)
+    config = _tune_config_from_options(options)
+    vector, output = options["vector"], options["output"]
     loaded = load_vector(vector) if vector is not None else None
-    if print_config:  # the config and, per loss term, what it updates where (resolved on --model when given)
-        plan = config.describe()
-        if model is not None and (loaded is not None or not config.uses_vector):
-            from reptune.tuning.trainer import tuning_plan
-
-            handle = _load(model, precision, device, layers_path)
-            items, _ = load_tune_items(data, handle.tokenizer, limit=config.limit, kind=items_kind)
-            plan = tuning_plan(handle, config, items, loaded, allow_model_mismatch=allow_model_mismatch)
-        console.print_json(json.dumps({**config.to_json(), "plan": plan}))
+    if options["print_config"]:  # the config and, per loss term, what it updates where (resolved on --model when given)
+        _print_tune_config(config, loaded, options)
         return
-    if config.uses_vector and loaded is None:
-        raise ReptuneError(f"preset {preset!r} needs --vector")
+    _check_tune_inputs(config, loaded, options)
+    handle = _load(options["model"], options["precision"], options["device"], options["layers_path"], options["trust_remote_code"],
+                   options["allow_pickle"])
+    if loaded is not None:
+        loaded.check_compatible(handle, allow_model_mismatch=options["allow_model_mismatch"])
+    items, origin = load_tune_items(options["data"], handle.tokenizer, limit=config.limit, kind=options["items_kind"])
+    result = run_tune(
+        handle, config, items, output, vector=loaded, vector_path=str(vector) if vector else None, data_origin=origin,
+        resume=options["resume"], allow_model_mismatch=options["allow_model_mismatch"],
+    )
+    table = Table(title=f"tuned ({options['preset']}) -> {output}", show_header=False)
+    for key, value in result.metrics.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    console.print(table)
+
+
+def _tune_config_from_options(options: dict[str, Any]):
+    """The :class:`~reptune.tuning.TuneConfig` of the preset with the options given as overrides (unset ones keep the preset's)."""
+    from reptune.tuning import TuneConfig
+    from reptune.tuning.items import ITEM_KINDS
+
+    o = options
+    retain, w_retain = o["retain"], o["w_retain"]
+    overrides = {
+        "layers": o["layers"], "rep_layers": o["rep_layers"], "rep_positions": o["rep_positions"], "lora": o["lora"] or None,
+        "steps": o["steps"], "lr": o["lr"], "batch_size": o["batch_size"], "retain": retain, "retain_data": o["retain_data"],
+        "w_tok": o["w_tok"], "w_rep": o["w_rep"],
+        "w_retain": w_retain if w_retain is not None else (1.0 if retain not in (None, "none") else None), "eval_every": o["eval_every"],
+        "patience": o["patience"], "checkpoint_every": o["checkpoint_every"], "limit": o["limit"], "seed": o["seed"],
+        "autocast": "bf16" if _resolved_precision(o["precision"], o["device"]) == "bf16" else "none",
+        "train_modules": o["train_modules"], "allow_blocks_beyond_rep": o["allow_blocks_beyond_rep"] or None,
+        "param_groups": _parse_param_groups(o["param_group"] or []) or None,
+        "routing": o["routing"], "rep_params": o["rep_params"], "adam_eps": o["adam_eps"], "weight_decay": o["weight_decay"],
+        "lr_schedule": o["lr_schedule"], "warmup_steps": o["warmup_steps"], "max_grad_norm": o["max_grad_norm"],
+        "early_stop_on": o["early_stop_on"], "token_target": o["token_target"],
+    }
+    if o["items_kind"] not in ITEM_KINDS:  # before any model or data work
+        raise ReptuneError(f"--items must be one of {', '.join(ITEM_KINDS)}, got {o['items_kind']!r}")
+    return TuneConfig.from_preset(o["preset"], paper=o["paper"], **overrides)
+
+
+def _print_tune_config(config, loaded, options: dict[str, Any]) -> None:
+    """``--print-config``: the config and its plan (resolved against ``--model`` when given and the vector is there or not needed)."""
+    import json
+
+    plan = config.describe()
+    if options["model"] is not None and (loaded is not None or not config.uses_vector):
+        from reptune.tuning import load_tune_items
+        from reptune.tuning.trainer import tuning_plan
+
+        handle = _load(options["model"], options["precision"], options["device"], options["layers_path"])
+        items, _ = load_tune_items(options["data"], handle.tokenizer, limit=config.limit, kind=options["items_kind"])
+        plan = tuning_plan(handle, config, items, loaded, allow_model_mismatch=options["allow_model_mismatch"])
+    console.print_json(json.dumps({**config.to_json(), "plan": plan}))
+
+
+def _check_tune_inputs(config, loaded, options: dict[str, Any]) -> None:
+    """The vector, ``--resume``, the data, the retain corpus and the run directory, before the model loads."""
     from reptune._io import check_output_dir
 
-    if resume and not (output / "checkpoints" / "latest.json").is_file():
+    output: Path = options["output"]
+    if config.uses_vector and loaded is None:
+        raise ReptuneError(f"preset {options['preset']!r} needs --vector")
+    if options["resume"] and not (output / "checkpoints" / "latest.json").is_file():
         where = "does not exist" if not output.exists() else "holds no checkpoint"
         raise ReptuneError(f"--resume: {output} {where}, so there is nothing to continue; run without --resume to start a new run")
-    _precheck_data(data)  # data files fail before the model loads
+    _precheck_data(options["data"])  # data files fail before the model loads
     if config.retain_data:  # a broken retain corpus fails now too (the trainer reads it again, recording its source)
-        from reptune.tuning.data import load_retain_texts
+        from reptune.tuning.items import load_retain_texts
 
         load_retain_texts(config.retain_data)
-    check_output_dir(output, "tune", overwrite=overwrite)  # e.g. a folder with the user's own README.md
-    _check_outputs(*(output / name for name in ("config.json", "model.safetensors", "tune_config.json", "metrics.json", "loss_curves.json", "loss_curves.png", "README.md")))
+    check_output_dir(output, "tune", overwrite=options["overwrite"])  # e.g. a folder with the user's own README.md
+    names = ("config.json", "model.safetensors", "tune_config.json", "metrics.json", "loss_curves.json", "loss_curves.png", "README.md")
+    _check_outputs(*(output / name for name in names))
     _on_interrupt(
         f"checkpoints (every {config.checkpoint_every} steps) are kept in {output / 'checkpoints'}; "
         "run the same command with --resume to continue"
     )
-    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
-    if loaded is not None:
-        loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
-    items, origin = load_tune_items(data, handle.tokenizer, limit=config.limit, kind=items_kind)
-    result = run_tune(
-        handle, config, items, output, vector=loaded, vector_path=str(vector) if vector else None, data_origin=origin,
-        resume=resume, allow_model_mismatch=allow_model_mismatch,
-    )
-    table = Table(title=f"tuned ({preset}) -> {output}", show_header=False)
-    for key, value in result.metrics.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
-    console.print(table)
 
 
 def _parse_param_groups(specs: list[str]) -> list[dict[str, float | str]]:
@@ -607,82 +626,125 @@ def discover_cmd(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Discover steering vectors without labels (MELBO, random search or DCT), score and rank them."""
-    import torch
+    _discover(dict(locals()))  # every option by name; the body reads as the steps below
 
-    from reptune.discovery import DiscoveryError, load_prompts
-    from reptune.discovery import discover as run_discover
-    from reptune.discovery.common import check_radius
-    from reptune.discovery.norm import parse_grid
-    from reptune.discovery.pipeline import METHODS
-    from reptune.discovery.search import SearchSpec
-    from reptune.discovery.side_effects import resolve_side_effect_prompts
-    from reptune.vectors import load_vector
 
+# what DiscoverConfig's and SearchSpec's messages call a field here: the flag that sets it
+_DISCOVER_FLAGS = {
+    "method": "--method", "source": "--source", "target": "--target", "radius": "--radius", "num": "--num", "steps": "--steps",
+    "lr": "--lr", "p": "--p", "q": "--q", "orthogonal_order": "--orthogonal-order", "candidates": "--candidates",
+    "refine_steps": "--refine-steps", "dct_iters": "--dct-iters", "max_new_tokens": "--max-new-tokens", "diverge_within": "--diverge-within",
+    "logit_tokens": "--logit", "rank_by": "--rank-by", "side_effects": "--side-effects neutral|FILE",
+    "side_effect_penalty": "--side-effect-penalty", "positions": "--positions", "budget": "--budget", "proposals": "--proposals",
+    "subspace_dim": "--subspace-dim", "population": "--population", "sigma": "--sigma",
+}
+
+
+def _discover(options: dict[str, Any]) -> None:
+    """``reptune discover``: every input is read and checked before the model loads, then :func:`reptune.discovery.discover` runs."""
+    from reptune.discovery import DiscoveryError, discover, load_prompts
+    from reptune.discovery.config import config_path
+
+    output: Path = options["output"]
     if output.suffix != ".safetensors":
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
-    if method not in METHODS:
-        raise DiscoveryError(f"unknown --method {method!r}: use {', '.join(METHODS)}")
-    if orthogonal_order not in ("sequential", "parallel"):
-        raise DiscoveryError(f"--orthogonal-order must be sequential or parallel, got {orthogonal_order!r}")
-    for flag, value, low, above in (
-        ("--lr", lr, 0, True), ("--p", power_p, 0, True), ("--q", power_q, 0, True), ("--num", num, 1, False), ("--steps", steps, 0, False),
-        ("--dct-iters", dct_iters, 1, False), ("--refine-steps", refine_steps, 0, False), ("--candidates", candidates, 1, False),
-        ("--max-new-tokens", max_new_tokens, 1, False), ("--diverge-within", diverge_within, 1, False),
-        ("--side-effect-penalty", side_effect_penalty, 0, False), ("--budget", budget, 1, False), ("--proposals", proposals, 1, False),
-        ("--subspace-dim", subspace_dim, 1, False), ("--population", population, 2, False), ("--sigma", sigma, 0, True),
-    ):
-        _in_range(flag, value, low, above=above)
-    radius_value: float | str = "auto"
-    if radius != "auto":
-        try:
-            number = float(radius)
-        except ValueError:
-            raise DiscoveryError(f"--radius must be a number > 0 or 'auto', got {radius!r}") from None
-        radius_value = check_radius(number)
-    if source is not None and target is not None and 0 <= target <= source:
-        raise DiscoveryError(f"--source {source} must come before --target {target}")
-    texts = (load_prompts(prompts) if prompts is not None else []) + list(prompt or [])
+    config = _discover_config(options)
+    texts = (load_prompts(options["prompts"]) if options["prompts"] is not None else []) + list(options["prompt"] or [])
     if not texts:
         raise DiscoveryError("no prompts: give --prompts FILE or --prompt TEXT")
-    held_out = load_prompts(eval_prompts) if eval_prompts is not None else None
-    side_texts = resolve_side_effect_prompts(side_effects)
-    grid = parse_grid(norm_grid) if norm_grid is not None else None
-    if grid is not None and not tune_norm:
+    held_out = load_prompts(options["eval_prompts"]) if options["eval_prompts"] is not None else None
+    judge, start, span_vectors = _discover_inputs(options)
+    generations: Path | None = options["generations"]
+    if generations is not None and generations.suffix != ".jsonl":
+        raise DiscoveryError(f"--generations must end in .jsonl, got {generations.name}")
+    stem = output.with_suffix("")
+    _check_outputs(output, output.with_suffix(".json"), *(stem.with_name(f"{stem.name}.discovery.{ext}") for ext in ("json", "md")),
+                   config_path(output), *([generations] if generations is not None else []))
+    handle = _load(options["model"], options["precision"], options["device"], options["layers_path"], options["trust_remote_code"],
+                   options["allow_pickle"])
+    start_rows = _discover_layer_vectors(handle, config, options["subspace"], span_vectors, start)
+    result = discover(handle, texts, config, eval_prompts=held_out, init=start_rows, judge=judge, output=output, progress=True)
+    _print_discovery(result, output)
+    if generations is not None:
+        from reptune.discovery.weights import generation_items, write_generation_pairs
+
+        items = generation_items(handle, result.best, held_out or texts, max_new_tokens=config.max_new_tokens, chat=config.chat)
+        write_generation_pairs(items, generations)
+        err_console.print(f"wrote {len(items)} steered generations of the best vector to {generations}")
+
+
+def _discover_config(options: dict[str, Any]):
+    """The :class:`~reptune.discovery.config.DiscoverConfig` of the options, validated (messages name the flags)."""
+    from reptune.discovery import DiscoverConfig, DiscoveryError
+    from reptune.discovery.norm import parse_grid
+    from reptune.discovery.search import SEARCH_METHODS, SearchSpec
+
+    grid = parse_grid(options["norm_grid"]) if options["norm_grid"] is not None else None
+    if grid is not None and not options["tune_norm"]:
         raise DiscoveryError("--norm-grid needs --tune-norm")
-    if side_effect_penalty and side_texts is None:
-        raise DiscoveryError("--side-effect-penalty needs --side-effects neutral|FILE")
-    logit_tokens = None
-    if logit is not None:
-        parts = logit.split(",")
-        if len(parts) != 2 or not all(parts):
-            raise DiscoveryError(f"--logit takes two strings separated by a comma, e.g. 'Sure,Sorry'; got {logit!r}")
-        logit_tokens = (parts[0], parts[1])
-    start = load_vector(init) if init is not None else None
+    search = options["method"] in SEARCH_METHODS
+    spec = SearchSpec(budget=options["budget"], objective=options["search_objective"], anneal_mode=options["anneal_mode"],
+                      candidates=options["candidates"], proposals=options["proposals"], subspace=options["subspace"],
+                      subspace_dim=options["subspace_dim"], population=options["population"], sigma=options["sigma"],
+                      max_new_tokens=options["max_new_tokens"])
+    spec.validate(_DISCOVER_FLAGS)  # a search option out of range is refused whatever the method
+    config = DiscoverConfig(
+        method=options["method"], source=options["source"], target=options["target"], radius=options["radius"], num=options["num"],
+        positions=options["positions"], chat=options["chat"], steps=options["steps"], lr=options["lr"], p=options["power_p"],
+        q=options["power_q"], orthogonal=options["orthogonal"], orthogonal_order=options["orthogonal_order"],
+        candidates=None if search else options["candidates"], refine_steps=options["refine_steps"], dct_iters=options["dct_iters"],
+        score=options["score"], max_new_tokens=options["max_new_tokens"], diverge_within=options["diverge_within"],
+        logit_tokens=_logit_tokens(options["logit"]), match=tuple(options["match"] or ()), rank_by=options["rank_by"],
+        side_effects=options["side_effects"], side_effect_penalty=options["side_effect_penalty"], sweep=options["sweep"],
+        tune_norm=grid if grid is not None else options["tune_norm"], search=spec if search else None, seed=options["seed"],
+        dataset=str(options["prompts"]) if options["prompts"] is not None else "prompts",
+    )
+    return config.validate(_DISCOVER_FLAGS)
+
+
+def _logit_tokens(text: str | None) -> tuple[str, str] | None:
+    """``--logit A,B`` as ``(A, B)``."""
+    from reptune.discovery import DiscoveryError
+
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 2 or not all(parts):
+        raise DiscoveryError(f"--logit takes two strings separated by a comma, e.g. 'Sure,Sorry'; got {text!r}")
+    return parts[0], parts[1]
+
+
+def _discover_inputs(options: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
+    """The judge (probed now: an unreachable one fails before the model loads), the ``--init`` vector
+    and the ``--span-of`` vectors (with their rank siblings)."""
+    from reptune.discovery import DiscoveryError
+    from reptune.vectors import load_vector
+
+    start = load_vector(options["init"]) if options["init"] is not None else None
     judge = None
-    if judge_url or judge_local:  # probed before the model loads: an unreachable judge fails fast
+    if options["judge_url"] or options["judge_local"]:
         from reptune.evaluation import get_task
         from reptune.evaluation.judges import PairwiseScorer
 
-        options = {"judge_url": judge_url or "", "judge_model": judge_model or "", "judge_local": judge_local or ""}
-        judge = PairwiseScorer(get_task("openended", **options).build_judge())
-    spec = None
-    span_files = [path for given in (span_of or []) for path in _with_ranks(given)]
-    if span_files and subspace != "span":
+        names = ("judge_url", "judge_model", "judge_local")
+        judge = PairwiseScorer(get_task("openended", **{name: options[name] or "" for name in names}).build_judge())
+    span_files = [path for given in (options["span_of"] or []) for path in _with_ranks(given)]
+    if span_files and options["subspace"] != "span":
         raise DiscoveryError("--span-of needs --subspace span")
-    if method == "cmaes" and subspace == "span" and not span_files:
+    if options["method"] == "cmaes" and options["subspace"] == "span" and not span_files:
         raise DiscoveryError("empty subspace: --subspace span needs --span-of VECTOR_FILE")
-    if method in ("anneal", "cmaes"):
-        spec = SearchSpec(budget=budget, objective=search_objective, anneal_mode=anneal_mode, candidates=candidates, proposals=proposals,
-                          subspace=subspace, subspace_dim=subspace_dim, population=population, sigma=sigma, max_new_tokens=max_new_tokens)
-        candidates = None
-    span_vectors = [load_vector(path) for path in span_files]
-    stem = output.with_suffix("")
-    if generations is not None and generations.suffix != ".jsonl":
-        raise DiscoveryError(f"--generations must end in .jsonl, got {generations.name}")
-    _check_outputs(output, output.with_suffix(".json"), *(stem.with_name(f"{stem.name}.discovery.{ext}") for ext in ("json", "md")),
-                   *([generations] if generations is not None else []))
-    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
-    if spec is not None and subspace == "span":
+    return judge, start, [load_vector(path) for path in span_files]
+
+
+def _discover_layer_vectors(handle, config, subspace: str, span_vectors: list[Any], start: Any):
+    """Once the model is loaded: the ``--span-of`` vectors' source-layer rows into the search
+    settings, and the ``--init`` vector's source-layer row (``[1, hidden]``, or None)."""
+    import torch
+
+    from reptune.discovery import DiscoveryError
+
+    source = config.source
+    if config.search is not None and subspace == "span":
         if source is None:
             raise DiscoveryError("--subspace span needs --source (the layer of the --span-of vectors)")
         rows = []
@@ -691,24 +753,20 @@ def discover_cmd(
             if source % handle.num_layers not in vector.directions:
                 raise DiscoveryError(f"a --span-of vector has layers {vector.layers}, not --source {source}")
             rows.append(vector[source])
-        spec.subspace_vectors = torch.stack(rows) if rows else None
-    start_rows = None
-    if start is not None:
-        start.check_compatible(handle, allow_model_mismatch=True)
-        layer = source if source is not None else None
-        if layer is None or layer % handle.num_layers not in start.directions:
-            raise DiscoveryError(f"--init vector has layers {start.layers}; pass --source as one of them")
-        start_rows = start[layer].unsqueeze(0)
-    result = run_discover(
-        handle, texts, method=method, source=source, target=target, radius=radius_value, num=num, positions=positions,
-        chat=chat, steps=steps, lr=lr, p=power_p, q=power_q, orthogonal=orthogonal, orthogonal_order=orthogonal_order, init=start_rows, candidates=candidates,
-        refine_steps=refine_steps, dct_iters=dct_iters, eval_prompts=held_out, score=score, max_new_tokens=max_new_tokens,
-        diverge_within=diverge_within, logit_tokens=logit_tokens, match=tuple(match or ()), judge=judge, rank_by=rank_by, sweep=sweep,
-        side_effects=side_texts, side_effect_penalty=side_effect_penalty, tune_norm=grid if grid is not None else tune_norm, search=spec,
-        seed=seed, dataset=str(prompts) if prompts is not None else "prompts", output=output, progress=True,
-    )
+        config.search.subspace_vectors = torch.stack(rows) if rows else None
+    if start is None:
+        return None
+    start.check_compatible(handle, allow_model_mismatch=True)
+    if source is None or source % handle.num_layers not in start.directions:
+        raise DiscoveryError(f"--init vector has layers {start.layers}; pass --source as one of them")
+    return start[source].unsqueeze(0)
+
+
+def _print_discovery(result, output: Path) -> None:
+    """The ranked table on stdout, and where the files went."""
     rows = result.table()
-    columns = [key for key in ("rank", "file", result.score_name, "diverge", "logit_diff", "match", "side_effect", "growth", "appear_radius") if any(row.get(key) is not None for row in rows)]
+    keys = ("rank", "file", result.score_name, "diverge", "logit_diff", "match", "side_effect", "growth", "appear_radius")
+    columns = [key for key in keys if any(row.get(key) is not None for row in rows)]
     table = Table(title=f"{result.method}: {len(rows)} vectors, layer {result.source} -> {result.target}, R = {result.radius:.4g} (ranked by {result.rank_by})")
     for column in columns:
         table.add_column(column, justify="left" if column == "file" else "right")
@@ -717,12 +775,6 @@ def discover_cmd(
     console.print(table)
     stem = output.with_suffix("")
     err_console.print(f"wrote {output} (best) and {len(rows) - 1} more by rank; report {stem.name}.discovery.md")
-    if generations is not None:
-        from reptune.discovery.weights import generation_items, write_generation_pairs
-
-        items = generation_items(handle, result.best, held_out or texts, max_new_tokens=max_new_tokens, chat=chat)
-        write_generation_pairs(items, generations)
-        err_console.print(f"wrote {len(items)} steered generations of the best vector to {generations}")
 
 
 def _with_ranks(path: Path) -> list[Path]:
@@ -784,38 +836,15 @@ def eval_cmd(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Evaluate a model (optionally steered) on tasks; write metrics and per-item records."""
-    from reptune.evaluation import evaluate, get_task
+    from reptune.evaluation import evaluate
 
     if limit is not None and limit < 1:
         raise ReptuneError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise ReptuneError(f"--batch-size must be at least 1, got {batch_size}")
-    _in_range("--multiplier", multiplier)
-    if output.suffix != ".json":
-        raise ReptuneError(f"--output must end in .json, got {output.name}")
-    partial = output.with_name(output.name + ".partial")
-    figures = [output.with_name(f"{output.stem}.{name}.png") for name in ("robustness", "projection")]
-    _check_outputs(output, *figures)
-    if partial.exists() and (not partial.is_dir() or any(p.suffix != ".jsonl" for p in partial.iterdir())):
-        raise ReptuneError(f"{partial} (the resume cache) exists but is not one reptune wrote; move it away or choose another --output")
-    names = [name.strip() for name in tasks.split(",") if name.strip()]
-    if not names:
-        raise ReptuneError("--tasks is empty")
-    options = _task_options(names, data or [], settings or [])
-    judge_flags = {"judge_url": judge_url, "judge_model": judge_model, "judge_key_env": judge_key_env}
-    for key, value in judge_flags.items():
-        if value is not None:
-            if "openended" not in options:
-                raise ReptuneError(f"--{key.replace('_', '-')} is for the openended task, which is not in --tasks")
-            options["openended"][key] = value
-    task_objs = [get_task(name, **options[name]) for name in names]  # unknown task/option: fail before loading
-    for task in task_objs:  # a broken data file fails before the model is loaded
-        inner = task.options.get("task") if task.name == "robustness" else task.name
-        _precheck_data(task.options.get("data"), inner)
-    for task in task_objs:  # e.g. an unreachable judge: fail before the model is loaded
-        preflight = getattr(task, "preflight", None)
-        if callable(preflight):
-            preflight()
+    check_range("--multiplier", multiplier)
+    _check_eval_output(output)
+    task_objs = _eval_tasks(tasks, data or [], settings or [], {"judge_url": judge_url, "judge_model": judge_model, "judge_key_env": judge_key_env})
     steering_vector = None
     if vector is not None:  # the file is read before the model loads; compatibility is checked after
         from reptune.vectors import load_vector
@@ -834,7 +863,52 @@ def eval_cmd(
         seed=seed, output=output, resume=resume, progress=True, allow_model_mismatch=allow_model_mismatch,
         vector_label=str(vector) if vector is not None else None,
     )
-    table = Table(title=f"{handle.model_id}" + (f" steered x{multiplier:g} at {layers}" if vector is not None else ""))
+    _print_eval(results, f"{handle.model_id}" + (f" steered x{multiplier:g} at {layers}" if vector is not None else ""))
+    from reptune.reporting.figures import write_eval_figures
+
+    figures = write_eval_figures(results, output)  # robustness / projection heatmaps: OUTPUT_STEM.<task>.png
+    err_console.print(f"wrote {output}" + "".join(f", {path}" for path in figures))
+
+
+def _check_eval_output(output: Path) -> None:
+    """The results file, its figures and its resume cache can be written (before the model loads)."""
+    if output.suffix != ".json":
+        raise ReptuneError(f"--output must end in .json, got {output.name}")
+    partial = output.with_name(output.name + ".partial")
+    figures = [output.with_name(f"{output.stem}.{name}.png") for name in ("robustness", "projection")]
+    _check_outputs(output, *figures)
+    if partial.exists() and (not partial.is_dir() or any(p.suffix != ".jsonl" for p in partial.iterdir())):
+        raise ReptuneError(f"{partial} (the resume cache) exists but is not one reptune wrote; move it away or choose another --output")
+
+
+def _eval_tasks(tasks: str, data: list[str], settings: list[str], judge_flags: dict[str, str | None]) -> list[Any]:
+    """The task objects of ``--tasks`` with their options; unknown tasks or options, broken data files
+    and unreachable judges fail here, before the model loads."""
+    from reptune.evaluation import get_task
+
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    if not names:
+        raise ReptuneError("--tasks is empty")
+    options = _task_options(names, data, settings)
+    for key, value in judge_flags.items():
+        if value is not None:
+            if "openended" not in options:
+                raise ReptuneError(f"--{key.replace('_', '-')} is for the openended task, which is not in --tasks")
+            options["openended"][key] = value
+    task_objs = [get_task(name, **options[name]) for name in names]  # unknown task/option: fail before loading
+    for task in task_objs:  # a broken data file fails before the model is loaded
+        inner = task.options.get("task") if task.name == "robustness" else task.name
+        _precheck_data(task.options.get("data"), inner)
+    for task in task_objs:  # e.g. an unreachable judge: fail before the model is loaded
+        preflight = getattr(task, "preflight", None)
+        if callable(preflight):
+            preflight()
+    return task_objs
+
+
+def _print_eval(results, title: str) -> None:
+    """One row per task and metric (per-subset metrics, named ``a/b``, stay in the JSON)."""
+    table = Table(title=title)
     for column in ("task", "metric", "value", "95% CI", "n"):
         table.add_column(column)
     for name, result in results.tasks.items():
@@ -844,10 +918,6 @@ def eval_cmd(
             ci = "" if value.get("ci_low") is None or value["ci_low"] != value["ci_low"] else f"[{value['ci_low']:.4g}, {value['ci_high']:.4g}]"
             table.add_row(name, metric, f"{value['value']:.4g}", ci, str(value.get("n", "")))
     console.print(table)
-    from reptune.reporting.figures import write_eval_figures
-
-    figures = write_eval_figures(results, output)  # robustness / projection heatmaps: OUTPUT_STEM.<task>.png
-    err_console.print(f"wrote {output}" + "".join(f", {path}" for path in figures))
 
 
 @app.command("compare")

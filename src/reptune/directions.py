@@ -26,6 +26,13 @@ statement's truth, from positive-side activations). **Rule:** layers are ranked 
 half of the model (``n/4 <= L < 3n/4``; all scanned layers if none is there). Late layers
 separate contrasts best but steer worst (they feed the unembedding almost directly), and the
 first quarter has not yet read the context; the best layers are the top ``k`` of that ranking.
+
+**Why** :func:`extract_vector` **lives here, not in** :mod:`reptune.vectors`. It is the whole
+extraction: it reads the contrast activations (:mod:`reptune.activations`), fits a direction per
+layer (:func:`fit_direction`), scans the layers (:func:`scan_layers`) and only then wraps the
+result in a :class:`~reptune.vectors.SteeringVector`. ``vectors`` is the file format and sits
+below ``directions`` on the import ladder, so it cannot call the fitting code; the vector code
+stays a format any producer (extraction, discovery, a GGUF file) writes into.
 """
 
 from __future__ import annotations

@@ -374,7 +374,6 @@ def load_model(
     Raises:
         ModelError: unknown path, unreachable hub, unsupported layout (one-line message).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # reptune shows its own progress; per-tensor bars are noise
@@ -388,30 +387,9 @@ def load_model(
     load_from, model_id, source_revision, source = _resolve_source(name_or_path)
     if source == "local" and not allow_pickle:
         _refuse_pickled_weights(Path(load_from))
-    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
-    weights = {"use_safetensors": None if allow_pickle else True}  # None: transformers' choice, .bin included
-    if source == "hub":
-        kwargs["local_files_only"] = True
     try:
-        try:
-            if source in {"embedded", "gguf"}:  # our own conversion: skip AutoTokenizer's ~1 s class lookup
-                from transformers import PreTrainedTokenizerFast
-
-                tokenizer = PreTrainedTokenizerFast.from_pretrained(load_from)
-            else:
-                tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs, **weights)
-        except OSError:
-            if source != "hub":
-                raise
-            if not _hub_reachable():
-                raise ModelError(
-                    f"model {name_or_path!r} is not a local path nor in the Hugging Face cache, and the hub "
-                    "is unreachable (offline?); pass a local directory or .gguf file"
-                ) from None
-            kwargs["local_files_only"] = False
-            tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs, **weights)
+        tokenizer, model = _from_pretrained(load_from, source, name_or_path, torch_dtype, revision=revision,
+                                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     except ModelError:
         raise
     except Exception as exc:
@@ -432,6 +410,39 @@ def load_model(
         source=source,
     )
     return handle
+
+
+def _from_pretrained(
+    load_from: str, source: str, name_or_path: str | None, torch_dtype: torch.dtype, *, revision: str | None, trust_remote_code: bool,
+    allow_pickle: bool,
+) -> tuple[Any, Any]:
+    """``(tokenizer, model)`` from ``load_from``; a hub id is tried from the local cache first, then
+    (when the hub answers) downloaded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    weights = {"use_safetensors": None if allow_pickle else True}  # None: transformers' choice, .bin included
+    if source == "hub":
+        kwargs["local_files_only"] = True
+    try:
+        if source in {"embedded", "gguf"}:  # our own conversion: skip AutoTokenizer's ~1 s class lookup
+            from transformers import PreTrainedTokenizerFast
+
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(load_from)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
+        return tokenizer, AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs, **weights)
+    except OSError:
+        if source != "hub":
+            raise
+        if not _hub_reachable():
+            raise ModelError(
+                f"model {name_or_path!r} is not a local path nor in the Hugging Face cache, and the hub "
+                "is unreachable (offline?); pass a local directory or .gguf file"
+            ) from None
+    kwargs["local_files_only"] = False
+    tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs, **weights)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

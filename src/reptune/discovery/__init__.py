@@ -24,13 +24,16 @@ convention (:mod:`reptune.sites`), hooks (:mod:`reptune.steering`) and vector fi
   (MELBO, readout, match, cached judge), annealing around promising vectors, CMA-ES in a
   subspace, and the ``anneal`` / ``cmaes`` methods;
 * :mod:`~reptune.discovery.weights` — tuning a found vector in (``pos``) vs SFT on its generations;
-* :mod:`~reptune.discovery.pipeline` — :func:`discover` (the twin of ``reptune discover``),
-  output files and the report.
+* :mod:`~reptune.discovery.config` — :class:`DiscoverConfig`, every setting of a run, checked
+  before any model work and saved beside the vectors;
+* :mod:`~reptune.discovery.run` — :func:`discover` (the twin of ``reptune discover``), output
+  files and the report (:mod:`~reptune.discovery.pipeline` is its former name, kept as a shim).
 """
 
 from reptune.discovery.anneal import AnnealRun, anneal, anneal_gradient
 from reptune.discovery.baselines import RadiusSweep, log_grid, random_search, random_vectors, sweep_radius
 from reptune.discovery.common import DiscoveryError, load_prompts
+from reptune.discovery.config import METHODS, DiscoverConfig
 from reptune.discovery.dct import Calibration, DCTResult, calibrate_radius, fit_dct
 from reptune.discovery.ensemble import EnsembleRun, cmaes_search, subspace_basis
 from reptune.discovery.melbo import MelboRun, local_search, train_melbo
@@ -43,24 +46,21 @@ from reptune.discovery.objectives import (
     readout_objective,
     slice_objective,
 )
-from reptune.discovery.pipeline import (
-    METHODS,
-    DiscoveredVector,
-    DiscoveryResult,
-    default_layers,
-    discover,
-    rank_path,
-)
-from reptune.discovery.scoring import Judge, VectorScores, score_vectors
+from reptune.discovery.run import DiscoveredVector, DiscoveryResult, default_layers, discover, rank_path
+from reptune.discovery.scoring import CompletionScorer, VectorScores, score_vectors
 from reptune.discovery.search import SearchSpec
 from reptune.discovery.side_effects import SideEffects, neutral_prompts, penalized, side_effect_scores
 from reptune.discovery.slice import LayerSlice, build_slices
+
+Judge = CompletionScorer  # the former name of CompletionScorer, kept for compatibility
 
 __all__ = [
     "METHODS",
     "AnnealRun",
     "Calibration",
+    "CompletionScorer",
     "DCTResult",
+    "DiscoverConfig",
     "DiscoveredVector",
     "DiscoveryError",
     "DiscoveryResult",

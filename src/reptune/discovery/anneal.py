@@ -109,12 +109,7 @@ def anneal(
         DiscoveryError: no starts, a budget below one step, a non-positive step size, no valid start.
     """
     objective = as_objective(objective)
-    start = torch.as_tensor(start, dtype=torch.float32).detach().cpu()
-    start = start.unsqueeze(0) if start.ndim == 1 else start
-    if start.numel() == 0 or start.ndim != 2:
-        raise DiscoveryError("annealing needs at least one starting vector [m, hidden]")
-    if not torch.isfinite(start).all() or bool((start.norm(dim=-1) == 0).any()):
-        raise DiscoveryError("starting vectors must be finite and non-zero")
+    start = _starts(start)
     chains, hidden = start.shape
     radius = check_radius(float(start.norm(dim=-1).mean()) if radius is None else radius)
     _check_anneal(budget, proposals, chains, sigma, sigma_end, temperature, temperature_end)
@@ -134,11 +129,7 @@ def anneal(
         frac = step / max(1, steps_total - 1)
         ceiling = sigma * (sigma_end / sigma) ** frac
         temp = temperature * ((temperature_end / temperature) ** frac if temperature_end > 0 and temperature > 0 else (1 - frac))
-        noise = torch.randn(chains, proposals, hidden, generator=generator)
-        units = current / radius
-        noise -= (noise * units.unsqueeze(1)).sum(-1, keepdim=True) * units.unsqueeze(1)
-        noise = noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        candidates = to_radius((current.unsqueeze(1) + step_size * radius * noise).reshape(-1, hidden), radius)
+        candidates = _proposals(current, radius, step_size, proposals, generator)
         scores, bad = _finite(objective(candidates).reshape(chains, proposals))
         invalid += bad
         spent += chains * proposals
@@ -155,11 +146,7 @@ def anneal(
         best = torch.where(improved.unsqueeze(1), current, best)
         best_values = torch.where(improved, values, best_values)
         stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
-        if patience > 0 and bool((stale >= patience).any()):
-            leader = int(best_values.argmax())
-            for chain in torch.nonzero(stale >= patience).flatten().tolist():
-                current[chain], values[chain], stale[chain] = best[leader], best_values[leader], 0
-                restarts += 1
+        restarts += _restart_stale(current, values, stale, best, best_values, patience)
         history.append(float(best_values.max()))
     return AnnealRun(
         vectors=best, scores=best_values, history=history, evaluations=spent, invalid=invalid, restarts=restarts, radius=radius,
@@ -167,6 +154,43 @@ def anneal(
         settings={"budget": budget, "proposals": proposals, "sigma": sigma, "sigma_end": sigma_end, "temperature": temperature,
                   "temperature_end": temperature_end, "patience": patience, "seed": seed, "steps": steps_total, "objective": objective.name},
     )
+
+
+def _starts(start: torch.Tensor) -> torch.Tensor:
+    """``start`` as float32 CPU rows ``[m, hidden]``; one-line errors for no rows, non-finite or zero rows."""
+    start = torch.as_tensor(start, dtype=torch.float32).detach().cpu()
+    start = start.unsqueeze(0) if start.ndim == 1 else start
+    if start.numel() == 0 or start.ndim != 2:
+        raise DiscoveryError("annealing needs at least one starting vector [m, hidden]")
+    if not torch.isfinite(start).all() or bool((start.norm(dim=-1) == 0).any()):
+        raise DiscoveryError("starting vectors must be finite and non-zero")
+    return start
+
+
+def _proposals(current: torch.Tensor, radius: float, step_size: torch.Tensor, proposals: int, generator: torch.Generator) -> torch.Tensor:
+    """``proposals`` points per chain, ``[chains * proposals, hidden]`` on the sphere of ``radius``: a
+    step of ``step_size * radius`` (``[chains, 1, 1]``) from each chain's point ``current`` ``[chains,
+    hidden]`` along random directions tangent to the sphere there."""
+    chains, hidden = current.shape
+    noise = torch.randn(chains, proposals, hidden, generator=generator)
+    units = current / radius
+    noise -= (noise * units.unsqueeze(1)).sum(-1, keepdim=True) * units.unsqueeze(1)
+    noise = noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return to_radius((current.unsqueeze(1) + step_size * radius * noise).reshape(-1, hidden), radius)
+
+
+def _restart_stale(
+    current: torch.Tensor, values: torch.Tensor, stale: torch.Tensor, best: torch.Tensor, best_values: torch.Tensor, patience: int,
+) -> int:
+    """Move every chain that has not improved for ``patience`` steps to the global best (in place);
+    returns how many moved (none when ``patience`` is 0)."""
+    if patience <= 0 or not bool((stale >= patience).any()):
+        return 0
+    leader = int(best_values.argmax())
+    moved = torch.nonzero(stale >= patience).flatten().tolist()
+    for chain in moved:
+        current[chain], values[chain], stale[chain] = best[leader], best_values[leader], 0
+    return len(moved)
 
 
 def anneal_gradient(

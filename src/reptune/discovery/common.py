@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from reptune.errors import ReptuneError
+from reptune.errors import ReptuneError, check_range
 from reptune.tokens import jsonl_records
 
 
@@ -24,6 +25,17 @@ def check_radius(radius: float) -> float:
     if not math.isfinite(float(radius)) or float(radius) <= 0:
         raise DiscoveryError(f"radius must be > 0 (the norm of every vector), got {radius}")
     return float(radius)
+
+
+def check_number(name: str, value: Any, low: float, *, above: bool = False, integer: bool = False, optional: bool = False) -> None:
+    """A numeric setting: a number (an integer with ``integer``; a boolean never is one), finite and
+    ``>= low`` (``> low`` with ``above``); ``None`` passes when ``optional``. ``name`` is what the
+    one-line :class:`DiscoveryError` calls it (a field name, or the CLI flag)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        raise DiscoveryError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    check_range(name, value, low, above=above, error=DiscoveryError)
 
 
 def check_count(num: int, what: str = "num") -> int:

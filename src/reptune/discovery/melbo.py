@@ -40,6 +40,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -184,7 +185,6 @@ def train_melbo(
     check_training(slices, steps, lr, p, q)
     sequential = orthogonal and check_orthogonal_order(orthogonal_order) == "sequential"
     hidden = slices[0].hidden_size
-    device = slices[0].device
     fixed = orthonormal_basis(orthogonal_to, hidden)
     if orthogonal or fixed.shape[0]:
         check_orthogonal_room(num if orthogonal else 1, hidden, fixed.shape[0])
@@ -197,28 +197,42 @@ def train_melbo(
     if sequential:
         group = 1
     started = time.perf_counter()
-    vectors, objectives, histories = [], [], []
     with progress_bar("training MELBO vectors", total=num * max(steps, 1), enabled=progress) as advance:
-        for first in range(0, num, group):
-            group_fixed = fixed
-            if orthogonal and vectors:  # the vectors trained so far are frozen
-                group_fixed = orthonormal_basis(torch.cat([fixed, torch.cat(vectors)]), hidden)
-            rows, objective, history = _train_group(
-                slices, start_rows[first : first + group].clone(), radius, steps=steps, lr=lr, betas=betas, p=p, q=q,
-                orthogonal=orthogonal, fixed=group_fixed, device=device, advance=advance,
-            )
-            vectors.append(rows)
-            objectives.append(objective)
-            histories.append(history)
+        vectors, objective, history = _train_in_groups(
+            slices, start_rows, num, group, radius, fixed, orthogonal=orthogonal, steps=steps, lr=lr, betas=betas, p=p, q=q, advance=advance,
+        )
     return MelboRun(
-        vectors=torch.cat(vectors),
-        objective=torch.cat(objectives),
-        history=torch.cat(histories, dim=1),
+        vectors=vectors,
+        objective=objective,
+        history=history,
         radius=radius, steps=steps, lr=lr, p=p, q=q, orthogonal=orthogonal, seed=seed,
         seconds=time.perf_counter() - started,
         settings={"betas": list(betas), "amsgrad": True, "vector_batch_size": group,
                   "orthogonal_order": orthogonal_order if orthogonal else None},
     )
+
+
+def _train_in_groups(
+    slices: Sequence[LayerSlice], start_rows: torch.Tensor, num: int, group: int, radius: float, fixed: torch.Tensor, *, orthogonal: bool,
+    steps: int, lr: float, betas: tuple[float, float], p: float, q: float, advance: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(vectors [num, hidden], objective [num], history [steps, num])``: the ``start_rows`` trained
+    ``group`` at a time; with ``orthogonal`` each group is kept orthogonal to ``fixed`` and to the
+    groups trained (and frozen) before it."""
+    hidden, device = slices[0].hidden_size, slices[0].device
+    vectors, objectives, histories = [], [], []
+    for first in range(0, num, group):
+        group_fixed = fixed
+        if orthogonal and vectors:  # the vectors trained so far are frozen
+            group_fixed = orthonormal_basis(torch.cat([fixed, torch.cat(vectors)]), hidden)
+        rows, objective, history = _train_group(
+            slices, start_rows[first : first + group].clone(), radius, steps=steps, lr=lr, betas=betas, p=p, q=q,
+            orthogonal=orthogonal, fixed=group_fixed, device=device, advance=advance,
+        )
+        vectors.append(rows)
+        objectives.append(objective)
+        histories.append(history)
+    return torch.cat(vectors), torch.cat(objectives), torch.cat(histories, dim=1)
 
 
 def _train_group(

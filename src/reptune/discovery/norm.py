@@ -35,7 +35,7 @@ import torch
 
 from reptune.discovery.common import DiscoveryError
 from reptune.discovery.melbo import total_objective
-from reptune.discovery.scoring import Judge, score_vectors
+from reptune.discovery.scoring import CompletionScorer, score_vectors
 from reptune.discovery.slice import LayerSlice
 from reptune.models import ModelHandle
 
@@ -141,7 +141,7 @@ def norm_curves(
     diverge_within: int = 8,
     logit_tokens: tuple[str, str] | None = None,
     match: Sequence[str] = (),
-    judge: Judge | None = None,
+    judge: CompletionScorer | None = None,
 ) -> list[NormCurve]:
     """The effect of each row's direction of ``vectors`` ``[k, hidden]`` over ``radii``.
 

@@ -9,7 +9,7 @@ generated token for generation-based scores, counted as ``max_new_tokens`` per v
 * :func:`readout_objective`: mean next-token ``logit(A) - logit(B)`` (token ids or texts);
 * :func:`match_objective`: the fraction of greedy completions containing a string;
 * :func:`judge_objective`: a judge's mean score of greedy completions, with judge calls cached per
-  (prompt, completion) and batched over every vector of a call (:class:`CachedJudge`);
+  (prompt, completion) and batched over every vector of a call (:class:`CachedScorer`);
 * :func:`function_objective`: a user callable.
 
 A NaN score (a judge that failed, say) is *invalid*: searches never rank or keep it and report
@@ -25,7 +25,7 @@ import torch
 
 from reptune.discovery.common import DiscoveryError
 from reptune.discovery.melbo import total_objective
-from reptune.discovery.scoring import Judge, _match_rate, next_token_logits, token_id
+from reptune.discovery.scoring import CompletionScorer, _match_rate, next_token_logits, token_id
 from reptune.discovery.slice import LayerSlice
 from reptune.models import ModelHandle
 from reptune.steering import Steering, format_prompts, generate
@@ -110,11 +110,11 @@ def match_objective(handle: ModelHandle, layer: int, prompts: Sequence[str], nee
     return Objective("match", fn, passes_per_vector=max_new_tokens)
 
 
-class CachedJudge:
+class CachedScorer:
     """A judge whose scores are cached per ``(prompt, completion)``; each call sends every pair not
     seen before in one batch. ``calls`` counts batches sent, ``pairs`` the pairs judged."""
 
-    def __init__(self, judge: Judge) -> None:
+    def __init__(self, judge: CompletionScorer) -> None:
         self.judge = judge
         self.cache: dict[tuple[str, str], float] = {}
         self.calls = 0
@@ -133,9 +133,9 @@ class CachedJudge:
         return [self.cache[key] for key in keys]
 
 
-def judge_objective(handle: ModelHandle, layer: int, prompts: Sequence[str], judge: Judge, *, max_new_tokens: int = 16, chat: bool = True) -> Objective:
+def judge_objective(handle: ModelHandle, layer: int, prompts: Sequence[str], judge: CompletionScorer, *, max_new_tokens: int = 16, chat: bool = True) -> Objective:
     """A judge's mean score of each vector's greedy completions (NaN if the judge gave any NaN)."""
-    cached = judge if isinstance(judge, CachedJudge) else CachedJudge(judge)
+    cached = judge if isinstance(judge, CachedScorer) else CachedScorer(judge)
     objective = Objective("judge", lambda v: v, passes_per_vector=max_new_tokens, extra={"judge": cached})
 
     def fn(vectors: torch.Tensor) -> torch.Tensor:

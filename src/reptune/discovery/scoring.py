@@ -10,7 +10,7 @@ and scored against the unsteered completions of the same prompts:
   ``"Sure"`` minus ``"Sorry"``, each the first token of its text), and ``logit_shift``,
   the same minus its unsteered value;
 * ``match``: fraction of completions containing any of the given strings (case-insensitive);
-* ``judge``: the mean score of a user-supplied judge, e.g. an LLM judge (see :data:`Judge`; the hook for a judge from :mod:`reptune.evaluation`).
+* ``judge``: the mean score of a user-supplied judge, e.g. an LLM judge (see :data:`CompletionScorer`; the hook for a judge from :mod:`reptune.evaluation`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ from reptune.models import ModelHandle
 from reptune.steering import Steering, format_prompts, generate
 from reptune.tokens import first_token_id, forward_keeping_logits
 
-Judge = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
-"""A judge: ``judge(prompts, completions) -> one score per completion`` (higher = more of the
-behaviour looked for, e.g. in [0, 1]). ``prompts`` are the user prompts (no chat template);
-discovery reports the mean per vector and can rank by it (``rank_by="judge"``)."""
+CompletionScorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+"""What discovery calls a judge: ``judge(prompts, completions) -> one score per completion``
+(higher = more of the behaviour looked for, e.g. in [0, 1]). ``prompts`` are the user prompts (no
+chat template); discovery reports the mean per vector and can rank by it (``rank_by="judge"``).
+Not the evaluation suite's pairwise :class:`reptune.evaluation.judges.Judge` protocol (``compare``
+two responses), which :class:`~reptune.evaluation.judges.PairwiseScorer` turns into one of these."""
 
 
 @dataclass
@@ -95,7 +97,7 @@ def _match_rate(completions: Sequence[str], needles: Sequence[str]) -> float:
     return sum(any(needle in text.lower() for needle in lowered) for text in completions) / max(1, len(completions))
 
 
-def _judge_mean(judge: Judge, prompts: Sequence[str], completions: Sequence[str]) -> float:
+def _judge_mean(judge: CompletionScorer, prompts: Sequence[str], completions: Sequence[str]) -> float:
     scores = [float(score) for score in judge(list(prompts), list(completions))]
     if len(scores) != len(completions):
         raise DiscoveryError(f"the judge returned {len(scores)} scores for {len(completions)} completions")
@@ -113,7 +115,7 @@ def score_vectors(
     diverge_within: int = 8,
     logit_tokens: tuple[str, str] | None = None,
     match: Sequence[str] = (),
-    judge: Judge | None = None,
+    judge: CompletionScorer | None = None,
     batch_size: int = 8,
     progress: bool = False,
 ) -> tuple[Baseline, list[VectorScores]]:

@@ -15,15 +15,15 @@ slice, a logit readout, string match or a judge, optionally minus a side-effect 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from reptune.discovery.anneal import anneal, anneal_gradient
 from reptune.discovery.baselines import random_vectors
-from reptune.discovery.common import DiscoveryError, check_count, orthonormal_basis
+from reptune.discovery.common import DiscoveryError, check_count, check_number, orthonormal_basis
 from reptune.discovery.ensemble import SUBSPACES, check_budget, cmaes_search, subspace_basis
 from reptune.discovery.objectives import (
     Objective,
@@ -32,7 +32,7 @@ from reptune.discovery.objectives import (
     readout_objective,
     slice_objective,
 )
-from reptune.discovery.scoring import Judge
+from reptune.discovery.scoring import CompletionScorer
 from reptune.discovery.side_effects import SideEffects
 from reptune.discovery.slice import LayerSlice
 from reptune.models import ModelHandle
@@ -73,6 +73,40 @@ class SearchSpec:
     def mode(self) -> str:
         return ("gradient" if self.objective == "melbo" else "free") if self.anneal_mode == "auto" else self.anneal_mode
 
+    def validate(self, names: Mapping[str, str] | None = None) -> None:
+        """One-line :class:`DiscoveryError` for a number out of range, before any model work.
+
+        ``names``: what the messages call each field (the CLI passes its flags, e.g. ``--budget``).
+        The checks that need the method, the model or the other inputs are :func:`check_search`'s.
+        """
+        name = (names or {}).get
+        check_number(name("budget", "budget"), self.budget, 1, integer=True)
+        check_number(name("candidates", "candidates"), self.candidates, 1, integer=True, optional=True)
+        check_number(name("proposals", "proposals"), self.proposals, 1, integer=True)
+        # the Python message keeps check_search's wording for a pca subspace of no dimensions
+        check_number(name("subspace_dim", "empty subspace: subspace_dim"), self.subspace_dim, 1, integer=True)
+        check_number(name("population", "population"), self.population, 2, integer=True, optional=True)
+        check_number(name("sigma", "sigma"), self.sigma, 0, above=True)
+        check_number(name("max_new_tokens", "max_new_tokens"), self.max_new_tokens, 1, integer=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values (``subspace_vectors`` as nested lists of float32 values)."""
+        data = {spec.name: getattr(self, spec.name) for spec in fields(self)}
+        if self.subspace_vectors is not None:
+            data["subspace_vectors"] = torch.as_tensor(self.subspace_vectors, dtype=torch.float32).tolist()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpec:
+        """The inverse of :meth:`to_dict`; unknown keys are a one-line error."""
+        unknown = set(data) - {spec.name for spec in fields(cls)}
+        if unknown:
+            raise DiscoveryError(f"unknown search setting(s): {', '.join(sorted(unknown))}")
+        values = dict(data)
+        if values.get("subspace_vectors") is not None:
+            values["subspace_vectors"] = torch.tensor(values["subspace_vectors"], dtype=torch.float32)
+        return cls(**values)
+
 
 def _subspace_dim(spec: SearchSpec, hidden: int) -> int:
     if spec.subspace == "full":
@@ -87,7 +121,7 @@ def _subspace_dim(spec: SearchSpec, hidden: int) -> int:
     return dim
 
 
-def check_search(method: str, spec: SearchSpec, num: int, hidden: int, *, logit_tokens: Any, match: Sequence[str], judge: Judge | None, init_rows: int) -> None:
+def check_search(method: str, spec: SearchSpec, num: int, hidden: int, *, logit_tokens: Any, match: Sequence[str], judge: CompletionScorer | None, init_rows: int) -> None:
     """One-line errors for bad search settings, before the model runs."""
     check_count(spec.budget, "budget")
     if spec.objective not in OBJECTIVES:
@@ -118,7 +152,7 @@ def check_search(method: str, spec: SearchSpec, num: int, hidden: int, *, logit_
 
 def build_objective(
     spec: SearchSpec, slices: Sequence[LayerSlice], handle: ModelHandle, layer: int, prompts: Sequence[str], *, chat: bool, p: float, q: float,
-    logit_tokens: tuple[str, str] | None, match: Sequence[str], judge: Judge | None, side_effects: SideEffects | None, penalty: float,
+    logit_tokens: tuple[str, str] | None, match: Sequence[str], judge: CompletionScorer | None, side_effects: SideEffects | None, penalty: float,
 ) -> Objective:
     """The search objective on the training prompts, minus ``penalty * side_effect`` when given."""
     if spec.objective == "melbo":

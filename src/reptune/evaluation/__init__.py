@@ -13,14 +13,15 @@
 * :mod:`~reptune.evaluation.judges` — pairwise LLM judges (OpenAI-compatible endpoint or local model),
   both-order judging, on-disk judgement cache (the ``openended`` task's);
 * :mod:`~reptune.evaluation.runner` — :func:`evaluate` (steered or not, resumable),
-  results files and :func:`compare_results` (figures: :mod:`reptune.reporting.figures`).
+  results files (:func:`load_eval_results`) and :func:`compare_results` (figures:
+  :mod:`reptune.reporting.figures`).
 
 ``reptune.evaluation.judge``, ``.robustness`` and ``.projection`` re-export the judges, the
 robustness grid and the projections from their former paths.
 """
 
 from reptune.evaluation.registry import RunContext, Task, TaskResult, available_tasks, get_task, register_task
-from reptune.evaluation.runner import EvalResults, compare_results, evaluate, load_results
+from reptune.evaluation.runner import EvalResults, compare_results, evaluate, load_eval_results
 from reptune.evaluation.statistics import (
     bootstrap_ci,
     bootstrap_ratio_ci,
@@ -29,6 +30,8 @@ from reptune.evaluation.statistics import (
     paired_mcnemar,
     wilson_interval,
 )
+
+load_results = load_eval_results  # the former name of load_eval_results, kept for compatibility
 
 __all__ = [
     "EvalResults",
@@ -41,6 +44,7 @@ __all__ = [
     "compare_results",
     "evaluate",
     "get_task",
+    "load_eval_results",
     "load_results",
     "mcnemar_test",
     "paired_bootstrap_diff",

@@ -68,7 +68,7 @@ class EvalResults:
         return Path(path)
 
 
-def load_results(path: str | os.PathLike[str]) -> EvalResults:
+def load_eval_results(path: str | os.PathLike[str]) -> EvalResults:
     """Read a results file written by :func:`evaluate` / ``reptune eval``."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -291,8 +291,8 @@ def compare_results(a: EvalResults | str | os.PathLike[str], b: EvalResults | st
     else chi-square with continuity correction). For every task with a continuous per-item
     score: the mean difference ``b - a`` with a paired bootstrap CI.
     """
-    first = a if isinstance(a, EvalResults) else load_results(a)
-    second = b if isinstance(b, EvalResults) else load_results(b)
+    first = a if isinstance(a, EvalResults) else load_eval_results(a)
+    second = b if isinstance(b, EvalResults) else load_eval_results(b)
     common = [name for name in first.tasks if name in second.tasks]
     if not common:
         raise ReptuneError(f"the two results share no task ({', '.join(first.tasks)} vs {', '.join(second.tasks)})")

@@ -1,4 +1,10 @@
-"""Batched log-probability scoring: the only place evaluation runs the model.
+"""Batched log-probability scoring: the shared scorer of the likelihood tasks (A/B, CAA, MMLU, TruthfulQA).
+
+It is not the only code in evaluation that runs the model: generation (open-ended answers, the
+``generate`` scoring mode, through :func:`reptune.steering.generate`), perplexity and KL windows
+(:mod:`~reptune.evaluation.tasks.perplexity`), twin sequence scoring
+(:mod:`~reptune.evaluation.twin_scoring`), GCG's attack loss (:mod:`~reptune.evaluation.tasks.gcg`)
+and the projection task's activation capture run their own forward passes.
 
 Three primitives, each one forward pass per batch, padding-aware (left padding with position
 ids counted over real tokens, so a row scores the same alone or in any batch):

@@ -22,17 +22,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reptune.evaluation.runner import EvalResults, compare_results, load_results
+from reptune.evaluation.runner import EvalResults, compare_results, load_eval_results
 from reptune.evaluation.statistics import holm_adjust
 from reptune.evaluation.tasks.robustness import same_letter_rate
 from reptune.pipeline.claims import CLAIMS, HEADLINE_TASK, SEED_FREE_KINDS, Runs, judge
+from reptune.reporting.document import fmt
 from reptune.reporting.schema import FORMAT, ExperimentResults
 
 __all__ = ["CLAIMS", "HEADLINE_TASK", "aggregate_scores", "build_results", "findings", "judge_claims", "paired_tests", "seed_free_conditions"]
 
 
 def _load(run_dir: Any, evals: dict[str, dict[str, Any]]) -> dict[str, dict[str, EvalResults]]:
-    return {cond: {seed: load_results(run_dir / out["results"]) for seed, out in by_seed.items()} for cond, by_seed in evals.items()}
+    return {cond: {seed: load_eval_results(run_dir / out["results"]) for seed, out in by_seed.items()} for cond, by_seed in evals.items()}
 
 
 def aggregate_scores(loaded: dict[str, dict[str, EvalResults]]) -> dict[str, dict[str, Any]]:
@@ -139,10 +140,6 @@ def _value(scores: dict[str, Any], cond: str, task: str, metric: str | None = No
     return entry["metrics"].get(metric, {}).get("value")
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
 def _p(tests: list[dict[str, Any]]) -> str:
     return ", ".join(f"p={t['p_value']:.3g}" for t in tests if t.get("p_value") is not None) or "no test"
 
@@ -185,7 +182,7 @@ def findings(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any], 
     base = _value(scores, "untuned", task)
     if share is not None and base is not None:
         out.append(
-            f"Untuned, the model answers the same letter on {share:.0%} of the {task} test items (accuracy {_fmt(base)}); "
+            f"Untuned, the model answers the same letter on {share:.0%} of the {task} test items (accuracy {fmt(base)}); "
             + ("its prompted answers carry no truth signal, so any change below comes from steering or tuning." if share > 0.9 else "")
         )
     rows = sweep.get("rows") or []
@@ -208,12 +205,12 @@ def findings(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any], 
         value, ref_value = _value(scores, cid, task), _value(scores, reference, task)
         moved = bool(tests) and all(t["p_value"] < alpha for t in tests)
         letter = _letter_share(first.get(cid), task)
-        text = f"{cond['label']}: {task} accuracy {_fmt(value)} vs {reference} {_fmt(ref_value)}"
+        text = f"{cond['label']}: {task} accuracy {fmt(value)} vs {reference} {fmt(ref_value)}"
         text += f" ({'moved' if moved else 'no significant change'}, McNemar {_p(tests)})" if tests else ""
         if letter is not None:
             text += f"; same letter on {letter:.0%}"
         if cid in rep and rep[cid].get("mean_cosine") is not None:
-            text += f"; representation: cosine to v at layer {rep[cid]['layer']} {rep[cid]['mean_cosine']:.3f} (untuned {_fmt(base_cos)})"
+            text += f"; representation: cosine to v at layer {rep[cid]['layer']} {rep[cid]['mean_cosine']:.3f} (untuned {fmt(base_cos)})"
         out.append(text + ".")
     return out
 

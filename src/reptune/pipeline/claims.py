@@ -32,6 +32,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ from reptune.evaluation.statistics import (
     sign_flip_test,
     wilson_interval,
 )
+from reptune.reporting.document import fmt
 
 HEADLINE_TASK = "facts-ab"
 SEED_FREE = frozenset({"untuned", "steer+", "steer-"})  # conditions that do not depend on the training seed
@@ -264,10 +266,8 @@ def _spec(cid: str, tests: list[dict[str, Any]], problems: dict[str, list[str]],
     return {"id": cid, "tests": tests, "problems": problems, "evidence": evidence, "mde_text": mde_text, **extra}
 
 
-def _f(x: Any, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:+.3f}" if signed else f"{x:.3f}"
+_f = partial(fmt, nan="-")  # the evidence's numbers: 3 decimals; a missing one (None or NaN) is "-"
+SIGNED = "+.3f"  # _f(x, SIGNED): differences, with their sign
 
 
 def _per_seed(tests: list[dict[str, Any]], text: Any) -> str:
@@ -282,7 +282,7 @@ def _mcnemar_claim(cid: str, runs: Runs, s: ClaimSettings, a: str, b: str, task:
         if got:
             tests.append(mcnemar_seed(got[0], got[1], seed, s))
     evidence = _per_seed(tests, lambda t: f"{task} accuracy {what}: {b} {_f(t['b_value'])} vs {a} {_f(t['a_value'])} "
-                         f"(difference {_f(t['effect'], True)}, {t['discordant']} discordant of {t['n']} items)")
+                         f"(difference {_f(t['effect'], SIGNED)}, {t['discordant']} discordant of {t['n']} items)")
     mde = ("a difference of {mde:.3f} in accuracy (share of all items; McNemar, Connor's approximation with the observed "
            "discordance rate) at n = {n}")
     return _spec(cid, tests, problems, evidence, mde)
@@ -333,9 +333,9 @@ def _resists(runs: Runs, s: ClaimSettings, task: str) -> dict[str, Any]:
             tests.append(did_seed(got, seed, s))
     evidence = _per_seed(tests, lambda t: (
         f"{task} accuracy without -> with counter-steering: honesty {_f(t['levels'].get('honesty'))} -> {_f(t['levels'].get('honesty@counter'))} "
-        f"(drop {_f(t['drop_honesty'], True)}), truth {_f(t['levels'].get('truth'))} -> {_f(t['levels'].get('truth@counter'))} "
-        f"(drop {_f(t['drop_truth'], True)}); difference in differences (truth's drop minus honesty's) {_f(t['effect'], True)} "
-        f"[95% CI {_f(t['ci_low'], True)}, {_f(t['ci_high'], True)}] over {t['n']} items")) + "."
+        f"(drop {_f(t['drop_honesty'], SIGNED)}), truth {_f(t['levels'].get('truth'))} -> {_f(t['levels'].get('truth@counter'))} "
+        f"(drop {_f(t['drop_truth'], SIGNED)}); difference in differences (truth's drop minus honesty's) {_f(t['effect'], SIGNED)} "
+        f"[95% CI {_f(t['ci_low'], SIGNED)}, {_f(t['ci_high'], SIGNED)}] over {t['n']} items")) + "."
     mde = "a difference in drops of {mde:.3f} (share of items; one-sample normal approximation with the observed SD of the per-item values) at n = {n}"
     return _spec("resists-counter-steering", tests, problems, evidence, mde)
 
@@ -356,8 +356,8 @@ def _capability(runs: Runs, s: ClaimSettings) -> dict[str, Any]:
         if mmlu and ppl:
             tests.append(capability_seed(mmlu, ppl, seed, s))
     evidence = _per_seed([t for t in tests if t["mmlu"]], lambda t: (
-        f"MMLU accuracy {_f(t['mmlu']['base'])} -> {_f(t['mmlu']['tuned'])} (drop {_f(t['mmlu']['drop'], True)}, one-sided {1 - s.alpha:.0%} "
-        f"upper bound {_f(t['mmlu']['upper'], True)}, margin {s.max_mmlu_drop:.3f}, {t['mmlu']['n']} items); WikiText-2 perplexity ratio "
+        f"MMLU accuracy {_f(t['mmlu']['base'])} -> {_f(t['mmlu']['tuned'])} (drop {_f(t['mmlu']['drop'], SIGNED)}, one-sided {1 - s.alpha:.0%} "
+        f"upper bound {_f(t['mmlu']['upper'], SIGNED)}, margin {s.max_mmlu_drop:.3f}, {t['mmlu']['n']} items); WikiText-2 perplexity ratio "
         f"{_f(t['perplexity']['ratio'])} (upper bound {_f(t['perplexity']['upper'])}, limit {s.max_perplexity_ratio:.2f}, "
         f"{t['perplexity']['n']} windows)")) + "."
     mde = ("the smallest MMLU margin this run can establish when nothing changed is {mde:.3f} (margin "

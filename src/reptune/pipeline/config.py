@@ -16,10 +16,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reptune._io import safe_filename
 from reptune.errors import ReptuneError
+from reptune.tuning.config import PRESETS
 
-PRESET_NAMES = ("truth", "lie", "honesty", "dishonesty", "tune-out", "pos", "neg")
-# which way each preset pushes behaviour: +1 honest, -1 dishonest, 0 neither (tune-out)
-PRESET_DIRECTION = {"truth": 1, "honesty": 1, "pos": 1, "lie": -1, "dishonesty": -1, "neg": -1, "tune-out": 0}
+PRESET_NAMES = tuple(PRESETS)  # the one table of presets is tuning.config.PRESETS
+PresetName = Literal[PRESET_NAMES]  # type: ignore[valid-type]  # pydantic checks the names (and lists them in its errors)
+
+
+def _direction(preset: dict[str, Any]) -> int:
+    """Which way a preset pushes behaviour: +1 honest, -1 dishonest, 0 neither (tune-out): the sign it
+    tunes the vector in with, else the answer its token loss trains (truth +1, lie -1)."""
+    if preset["rep_mode"] == "out":
+        return 0
+    if preset["rep_mode"] == "in":
+        return int(preset.get("rep_sign", 1))
+    return 1 if preset["token_target"] == "truth" else -1
+
+
+PRESET_DIRECTION = {name: _direction(preset) for name, preset in PRESETS.items()}
 
 
 class _Strict(BaseModel):
@@ -129,7 +142,7 @@ class VariantConfig(_Strict):
     """One trained model: a tuning preset plus overrides."""
 
     name: str
-    preset: Literal["truth", "lie", "honesty", "dishonesty", "tune-out", "pos", "neg"]
+    preset: PresetName
     lora: bool = False
     retain: Literal["none", "kl", "act", "both"] = "none"
     counter: float | Literal["auto", "none"] = "auto"  # counter-steering multiplier

@@ -353,12 +353,12 @@ class Experiment:
 
     def _knowledge(self, evals: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         """What the untuned model knows: its per-item headline records on the test split."""
-        from reptune.evaluation import load_results
+        from reptune.evaluation import load_eval_results
 
         out = evals.get("untuned", {}).get(str(self.config.seeds[0]))
         if out is None:
             return None
-        loaded = load_results(self.run_dir / out["results"]).tasks.get(self.headline)
+        loaded = load_eval_results(self.run_dir / out["results"]).tasks.get(self.headline)
         if loaded is None:
             return None
         return {"task": self.headline, "split": "test", **knowledge_summary(loaded.records)}
@@ -604,7 +604,7 @@ class Experiment:
 
         def work(folder: Path) -> dict[str, Any]:
             from reptune.tuning import tune
-            from reptune.tuning.data import load_retain_texts, load_tune_items
+            from reptune.tuning.items import load_retain_texts, load_tune_items
 
             handle = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, **self.load_options)
             train_csv = self.run_dir / "stages" / "data" / "train.csv"
@@ -641,7 +641,7 @@ class Experiment:
         }
 
         def work(folder: Path) -> dict[str, Any]:
-            from reptune.evaluation import evaluate, load_results
+            from reptune.evaluation import evaluate, load_eval_results
             from reptune.evaluation.runner import EvalResults
 
             handle = loader()
@@ -651,7 +651,7 @@ class Experiment:
             for task_name in task_names:
                 out = folder / f"{safe_filename(task_name)}.json"
                 if out.is_file():
-                    per_task.update(load_results(out).tasks)
+                    per_task.update(load_eval_results(out).tasks)
                     continue
                 task = self._task(task_name, tuned=trained is not None)
                 result = evaluate(
@@ -765,7 +765,7 @@ def plan_experiment(config: ExperimentConfig, *, trust_remote_code: bool = False
     scan and the sweep that would choose it are not run). The vector is a stand-in with a
     direction at every layer: the plan depends on where the vector has directions, not on them.
     """
-    from reptune.tuning.data import load_tune_items
+    from reptune.tuning.items import load_tune_items
     from reptune.tuning.trainer import tuning_plan
     from reptune.vectors import SteeringVector, VectorMeta
 

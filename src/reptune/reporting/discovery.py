@@ -16,7 +16,7 @@ from reptune.reporting.document import fmt
 
 if TYPE_CHECKING:
     from reptune.discovery.norm import NormCurve
-    from reptune.discovery.pipeline import DiscoveryResult
+    from reptune.discovery.run import DiscoveryResult
 
 _fmt4 = partial(fmt, spec=".4g")
 RANKED_COLUMNS = ("rank", "file", "index", "diverge", "logit_diff", "logit_shift", "match", "judge", "side_effect", "growth")

@@ -26,9 +26,10 @@ FIGURES_DIR = "figures"
 # ----------------------------------------------------------------------------- number formatting
 
 
-def fmt(x: Any, spec: str = ".3f") -> str:
+def fmt(x: Any, spec: str = ".3f", *, nan: str | None = None) -> str:
     """The one number format of the reports: floats through ``spec`` (3 decimals unless told),
-    ints as ints, booleans as ``yes``/``no``, None as ``-``, anything else as ``str``."""
+    ints as ints, booleans as ``yes``/``no``, None as ``-``, anything else as ``str``. A NaN goes
+    through ``spec`` too (``nan``) unless ``nan`` gives its text (the claims' evidence writes ``-``)."""
     if x is None:
         return "-"
     if isinstance(x, bool):
@@ -36,7 +37,7 @@ def fmt(x: Any, spec: str = ".3f") -> str:
     if isinstance(x, int):
         return str(x)
     if isinstance(x, float):
-        return format(x, spec)
+        return nan if nan is not None and math.isnan(x) else format(x, spec)
     return str(x)
 
 

@@ -73,7 +73,7 @@ def _invalid(path: Path, error: ValidationError) -> ReptuneError:
     return ReptuneError(f"{path}: {where}: {first['msg']}{more}; rebuild the file with `reptune run`")
 
 
-def load_results(run_dir: str | os.PathLike[str]) -> ExperimentResults:
+def load_experiment_results(run_dir: str | os.PathLike[str]) -> ExperimentResults:
     """Read ``run_dir/results.json`` and check it against :class:`~reptune.reporting.schema.ExperimentResults`."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
@@ -129,7 +129,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> dict[str, Path]:
     reported in both documents (and warned about) instead of aborting the report.
     """
     run_dir = Path(run_dir)
-    results = load_results(run_dir)
+    results = load_experiment_results(run_dir)
     try:
         plan = _plan(results)
     except (AttributeError, TypeError, KeyError, ValueError, IndexError) as exc:  # a hand-edited entry deeper down
@@ -144,4 +144,4 @@ def write_report(run_dir: str | os.PathLike[str]) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["fmt", "fmt_ci", "fmt_p", "load_results", "render_markdown", "write_report"]
+__all__ = ["fmt", "fmt_ci", "fmt_p", "load_experiment_results", "render_markdown", "write_report"]

@@ -2,7 +2,7 @@
 
 One pydantic schema, :class:`ExperimentResults`, used on both sides: :func:`reptune.pipeline.analysis.build_results`
 builds it (and the pipeline writes :meth:`Record.to_json`), the report reads a file through
-:meth:`ExperimentResults.read` (:func:`reptune.reporting.experiment.load_results`).
+:meth:`ExperimentResults.read` (:func:`reptune.reporting.experiment.load_experiment_results`).
 
 Rules, so that old files keep loading and a file written from the schema is the file written before it:
 

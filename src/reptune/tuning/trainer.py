@@ -36,7 +36,7 @@ from reptune.prefix_cache import prefix_sharing_allowed, right_padded_prefix_len
 from reptune.sites import Positions, parse_layers
 from reptune.tokens import forward_keeping_logits
 from reptune.tuning.config import TuneConfig, rep_position
-from reptune.tuning.data import (
+from reptune.tuning.items import (
     BalancedBatches,
     TrainItem,
     default_retain_source,
