@@ -135,7 +135,7 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(20, ge=1)
     limit: int | None = Field(None, ge=1)
     paper: bool = False  # the paper's optimisation (TuneConfig.from_preset(paper=True)): its learning rates, AdamW eps/decay, warm-up, routing
-    rep_positions: str = "auto"  # auto: the statement tokens for twins, the last prompt token for A/B items
+    rep_positions: str = "auto"  # auto: the last prompt token (for twins the one before the reply; see runner)
 
 
 class VariantConfig(_Strict):

@@ -582,8 +582,11 @@ class Experiment:
         layers = variant.layers or t.layers
         if layers == "auto":
             layers = f"{max(0, self.layer - t.span + 1)}-{self.layer}"
-        twins = self.item_kind == "twin"
-        rep_positions = t.rep_positions if t.rep_positions != "auto" else ("generated" if twins else "last")
+        # auto = the last prompt token, for twins too (the token before the reply). On twins the
+        # statement tokens ("generated") were tried: the honesty preset's representation term
+        # there took the embedded model's twin preference to chance (0.49 vs 0.70 at the last
+        # prompt token, 120 test twins, one seed, bf16 on an AVX512-BF16 CPU, 2026-12-02).
+        rep_positions = t.rep_positions if t.rep_positions != "auto" else "last"
         overrides = {
             # the representation loss at every trained layer, each with its own direction (as the paper)
             "layers": layers, "rep_layers": layers, "rep_positions": rep_positions,
