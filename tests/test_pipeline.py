@@ -11,7 +11,7 @@ import yaml
 
 from reptune.errors import ReptuneError
 from reptune.pipeline import StageError, load_config, parse_config, run_experiment, select_multipliers
-from reptune.pipeline import experiment as experiment_module
+from reptune.pipeline import runner as runner_module
 
 TEXT = " ".join(f"The river number {i} flows into the sea near the old town, and the boats come back at night." for i in range(40))
 
@@ -182,7 +182,7 @@ def test_failed_stage_names_itself_and_earlier_stages_are_reused(tiny_dir, tmp_p
 
 def test_interrupted_stage_resumes(tiny_dir, tmp_path, monkeypatch):
     config = parse_config(_config(tiny_dir, tmp_path, **{"variants": [{"name": "truth", "preset": "truth"}], "robustness.enabled": False, "projection.enabled": False}))
-    original = experiment_module.Experiment._representation
+    original = runner_module.Experiment._representation
     calls = {"n": 0}
 
     def interrupt_once(self, *args, **kwargs):
@@ -191,7 +191,7 @@ def test_interrupted_stage_resumes(tiny_dir, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(experiment_module.Experiment, "_representation", interrupt_once)
+    monkeypatch.setattr(runner_module.Experiment, "_representation", interrupt_once)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "run", progress=False)
     stage = json.loads((tmp_path / "run" / "stages" / "eval-steer+" / "stage.json").read_text(encoding="utf-8"))
@@ -303,7 +303,7 @@ def test_bad_variant_option_fails_before_training(tiny_dir, tmp_path):
 def test_splits_are_disjoint_balanced_and_letter_balanced():
     from reptune.data import Statement
     from reptune.data.ab import statements_to_ab
-    from reptune.pipeline.experiment import _split_statements
+    from reptune.pipeline.runner import _split_statements
 
     skewed = [Statement(f"statement {i}", int(i % 3 == 0)) for i in range(300)]
     splits = _split_statements(skewed, 0.15, 0.25, seed=1)

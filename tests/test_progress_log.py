@@ -19,7 +19,7 @@ def test_bars_print_lines_when_stderr_is_not_a_terminal(monkeypatch, capsys):
 
 
 def test_experiment_prints_one_line_per_stage_without_a_terminal(monkeypatch, capsys):
-    from reptune.pipeline.experiment import _Overall
+    from reptune.pipeline.runner import _Overall
 
     monkeypatch.setattr(_progress, "interactive", lambda: False)
     overall = _Overall(None, total=10.0)

@@ -73,7 +73,7 @@ def test_fresh_with_a_bad_config_deletes_nothing(cli_run, tmp_path):
 
 
 def test_clean_run_deletes_only_what_a_run_wrote(tmp_path):
-    from reptune.pipeline.experiment import clean_run
+    from reptune.pipeline.runner import clean_run
 
     run_dir = tmp_path / "run"
     (run_dir / "stages" / "data").mkdir(parents=True)
@@ -204,7 +204,7 @@ def test_remote_code_needs_the_flag(cli_run, remote_code_dir, monkeypatch):
 
 def test_resolved_config_with_remote_code_off_still_loads(tmp_path):
     from reptune.pipeline import parse_config
-    from reptune.pipeline.experiment import Experiment
+    from reptune.pipeline.runner import Experiment
 
     config = parse_config({"trust_remote_code": False})  # config.yaml of an older run says so
     assert "trust_remote_code" not in config.model_dump()

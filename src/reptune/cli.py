@@ -524,14 +524,14 @@ def run_cmd(
     if plan:
         import json
 
-        from reptune.pipeline.experiment import plan_experiment
+        from reptune.pipeline.runner import plan_experiment
 
         console.print_json(json.dumps(plan_experiment(config, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)))
         return
     output = output or Path("runs") / config.name
     _check_run_dir(output)  # before anything is deleted: a folder of the user's is refused, not cleaned
     if fresh:
-        from reptune.pipeline.experiment import clean_run
+        from reptune.pipeline.runner import clean_run
 
         clean_run(output)
     command = " ".join(["reptune", "run", experiment, "-o", str(output), *[f"--set {s}" for s in settings]])

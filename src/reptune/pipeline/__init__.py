@@ -1,7 +1,7 @@
 """The experiment pipeline: one YAML file from vector to verdict (``reptune run``, ``reptune demo``)."""
 
 from reptune.pipeline.config import ExperimentConfig, builtin_config, load_config, parse_config
-from reptune.pipeline.experiment import ExperimentRun, run_experiment, select_multipliers
+from reptune.pipeline.runner import ExperimentRun, run_experiment, select_multipliers
 from reptune.pipeline.stages import StageError, StageStore
 
 __all__ = [
