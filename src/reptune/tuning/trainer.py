@@ -74,6 +74,39 @@ class TuneResult:
 
 
 @dataclass
+class LoopState:
+    """Where the training loop stands: what a checkpoint's ``state.json`` holds, plus the best weights.
+
+    ``step`` counts finished optimiser steps; ``best_val`` is the lowest watched validation loss
+    (``config.early_stop_on``) seen at ``best_step``; ``bad_evals`` counts the evaluations since
+    then without improvement (early stop at ``config.patience``); ``stopped`` is the early-stop
+    note or ``None``. ``best_weights`` (the trainable tensors at ``best_step``) is saved beside
+    ``state.json`` as ``best.safetensors``, not in it.
+    """
+
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    val_history: list[dict[str, float]] = field(default_factory=list)
+    best_val: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped: str | None = None
+    best_weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``state.json`` keys, in the order checkpoints have always written them."""
+        return {name: getattr(self, name) for name in _LOOP_KEYS}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], best_weights: dict[str, torch.Tensor] | None = None) -> LoopState:
+        """The state a checkpoint saved (``data``: its ``state.json`` without config and fingerprint)."""
+        return cls(**{name: data[name] for name in _LOOP_KEYS if name in data}, best_weights=best_weights)
+
+
+_LOOP_KEYS = ("step", "history", "val_history", "best_val", "best_step", "bad_evals", "stopped")
+
+
+@dataclass
 class _Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -598,28 +631,28 @@ def run_fingerprint(tuner: Tuner) -> dict[str, str | None]:
     return {"items": sha256_json(items), "vector": vector}
 
 
-def _save_checkpoint(tuner: Tuner, output: Path, loop: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
+def _save_checkpoint(tuner: Tuner, output: Path, state: LoopState) -> None:
     root = _checkpoint_dir(output)
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".step-{loop['step']}.tmp"
+    staging = root / f".step-{state.step}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     save_file(tuner.trainable_state(), str(staging / "trainable.safetensors"))
     save_file(tuner.optimizer_tensors() or {"empty": torch.zeros(1)}, str(staging / "optimizer.safetensors"))
-    if best is not None:
-        save_file(best, str(staging / "best.safetensors"))
-    state = {**loop, "config": tuner.config.to_json(), "fingerprint": run_fingerprint(tuner)}
-    (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
-    final = root / f"step-{loop['step']}"
+    if state.best_weights is not None:
+        save_file(state.best_weights, str(staging / "best.safetensors"))
+    saved = {**state.to_json(), "config": tuner.config.to_json(), "fingerprint": run_fingerprint(tuner)}
+    (staging / "state.json").write_text(json.dumps(saved), encoding="utf-8")
+    final = root / f"step-{state.step}"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    write_json_atomic(root / "latest.json", {"step": loop["step"], "path": final.name})
+    write_json_atomic(root / "latest.json", {"step": state.step, "path": final.name})
     for old in root.glob("step-*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(tuner: Tuner, output: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None] | None:
+def _load_checkpoint(tuner: Tuner, output: Path) -> LoopState | None:
     latest = _checkpoint_dir(output) / "latest.json"
     if not latest.is_file():
         return None
@@ -645,7 +678,7 @@ def _load_checkpoint(tuner: Tuner, output: Path) -> tuple[dict[str, Any], dict[s
     optimizer.pop("empty", None)
     tuner.load_optimizer(optimizer)
     best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").is_file() else None
-    return loop, best
+    return LoopState.from_json(loop, best)
 
 
 def tune(
@@ -680,74 +713,97 @@ def tune(
         ReptuneError: bad settings or data (before training); TrainingDiverged on a NaN loss.
     """
     output = Path(output_dir)
-    if not resume and (_checkpoint_dir(output) / "latest.json").is_file():
-        raise ReptuneError(f"{output} already holds a run: pass resume=True (--resume) or choose another directory")
-    if output.exists() and not output.is_dir():
-        raise ReptuneError(f"output {output} is a file, not a directory")
+    _check_output(output, resume)
     tuner = Tuner(handle, config, items, vector, retain_texts=retain_texts, allow_model_mismatch=allow_model_mismatch)
     output.mkdir(parents=True, exist_ok=True)
     write_run_marker(output, "tune")
     _forget_finished(output)
-    loop: dict[str, Any] = {"step": 0, "history": [], "val_history": [], "best_val": None, "best_step": None, "bad_evals": 0, "stopped": None}
-    best: dict[str, torch.Tensor] | None = None
-    if resume:
-        restored = _load_checkpoint(tuner, output)
-        if restored is not None:
-            loop, best = restored
+    state = (_load_checkpoint(tuner, output) if resume else None) or LoopState()
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     with progress_bar(f"tuning ({config.preset})", total=config.steps, enabled=progress) as advance:
-        advance(loop["step"])
-        while loop["step"] < config.steps and loop["stopped"] is None:
-            step = loop["step"]
-            terms = tuner.losses(tuner._tokenize(tuner.batches(step)), retain_index=step)
-            if not torch.isfinite(terms["loss"]):
-                latest = _checkpoint_dir(output) / "latest.json"
-                kept = f"last good checkpoint kept in {_checkpoint_dir(output)}" if latest.is_file() else "no checkpoint was written yet"
-                raise TrainingDiverged(f"loss became {float(terms['loss'].detach())} at step {step + 1}; {kept}; lower the learning rate")
-            tuner.backward(terms)
-            tuner.set_learning_rates(step)
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_([param for _, param in tuner.named_params], config.max_grad_norm)
-            tuner.optimizer.step()
-            tuner.optimizer.zero_grad(set_to_none=True)
-            loop["history"].append({"step": step + 1, **{key: float(terms[key].detach()) for key in LOSS_KEYS}})
-            loop["step"] = step + 1
-            if tuner.val_items and (loop["step"] % config.eval_every == 0 or loop["step"] == config.steps):
-                val = tuner.evaluate(tuner.val_items)
-                loop["val_history"].append({"step": loop["step"], **val})
-                watched = val[config.early_stop_on]
-                if loop["best_val"] is None or watched < loop["best_val"] - 1e-6:
-                    loop["best_val"], loop["best_step"], loop["bad_evals"] = watched, loop["step"], 0
-                    best = tuner.trainable_state()
-                else:
-                    loop["bad_evals"] += 1
-                    if loop["bad_evals"] >= config.patience:
-                        loop["stopped"] = f"early stop at step {loop['step']}: no validation improvement in {config.patience} evaluations"
-            if loop["step"] % config.checkpoint_every == 0 or loop["step"] == config.steps or loop["stopped"]:
-                _save_checkpoint(tuner, output, loop, best)
-            shown = loop["history"][-1]
+        advance(state.step)
+        while state.step < config.steps and state.stopped is None:
+            _train_step(tuner, state, output)
+            _validate(tuner, state)
+            if state.step % config.checkpoint_every == 0 or state.step == config.steps or state.stopped:
+                _save_checkpoint(tuner, output, state)
+            shown = state.history[-1]
             advance(1, status=" ".join(f"{key} {shown[key]:.3f}" for key in LOSS_KEYS if key == "loss" or shown[key]))
-    if best is not None:
-        tuner.load_trainable(best)  # end on the best validation weights
-    elapsed = time.perf_counter() - started
-    metrics = {
-        "steps_run": loop["step"],
-        "stopped": loop["stopped"] or "completed",
-        "best_step": loop["best_step"],
-        "best_val_loss": loop["best_val"],
-        "early_stop_on": config.early_stop_on,
-        "final_train": loop["history"][-1] if loop["history"] else None,
-        "final_val": loop["val_history"][-1] if loop["val_history"] else None,
+    if state.best_weights is not None:
+        tuner.load_trainable(state.best_weights)  # end on the best validation weights
+    result = TuneResult(output, config, _metrics(tuner, state, time.perf_counter() - started), state.history, state.val_history)
+    _write_outputs(tuner, result, vector, vector_path, data_origin, save_model)
+    return result
+
+
+def _check_output(output: Path, resume: bool) -> None:
+    """Refuse, before any model work, a run directory that holds another run (without ``resume``) or is a file."""
+    if not resume and (_checkpoint_dir(output) / "latest.json").is_file():
+        raise ReptuneError(f"{output} already holds a run: pass resume=True (--resume) or choose another directory")
+    if output.exists() and not output.is_dir():
+        raise ReptuneError(f"output {output} is a file, not a directory")
+
+
+def _train_step(tuner: Tuner, state: LoopState, output: Path) -> None:
+    """One optimiser step on batch ``state.step``; appends its loss terms to ``state.history``.
+
+    Raises:
+        TrainingDiverged: the total loss is NaN or infinite (nothing is updated; checkpoints stay).
+    """
+    step, config = state.step, tuner.config
+    terms = tuner.losses(tuner._tokenize(tuner.batches(step)), retain_index=step)
+    if not torch.isfinite(terms["loss"]):
+        latest = _checkpoint_dir(output) / "latest.json"
+        kept = f"last good checkpoint kept in {_checkpoint_dir(output)}" if latest.is_file() else "no checkpoint was written yet"
+        raise TrainingDiverged(f"loss became {float(terms['loss'].detach())} at step {step + 1}; {kept}; lower the learning rate")
+    tuner.backward(terms)
+    tuner.set_learning_rates(step)
+    if config.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([param for _, param in tuner.named_params], config.max_grad_norm)
+    tuner.optimizer.step()
+    tuner.optimizer.zero_grad(set_to_none=True)
+    state.history.append({"step": step + 1, **{key: float(terms[key].detach()) for key in LOSS_KEYS}})
+    state.step = step + 1
+
+
+def _validate(tuner: Tuner, state: LoopState) -> None:
+    """At an evaluation step: validation losses into ``state.val_history``, then best weights or patience.
+
+    Evaluates every ``eval_every`` steps and at the last step; an improvement must beat the best
+    watched loss by more than 1e-6.
+    """
+    config = tuner.config
+    if not tuner.val_items or (state.step % config.eval_every != 0 and state.step != config.steps):
+        return
+    val = tuner.evaluate(tuner.val_items)
+    state.val_history.append({"step": state.step, **val})
+    watched = val[config.early_stop_on]
+    if state.best_val is None or watched < state.best_val - 1e-6:
+        state.best_val, state.best_step, state.bad_evals = watched, state.step, 0
+        state.best_weights = tuner.trainable_state()
+        return
+    state.bad_evals += 1
+    if state.bad_evals >= config.patience:
+        state.stopped = f"early stop at step {state.step}: no validation improvement in {config.patience} evaluations"
+
+
+def _metrics(tuner: Tuner, state: LoopState, seconds: float) -> dict[str, Any]:
+    """``metrics.json`` of a finished run (``seconds``: wall time from after any checkpoint load to the end)."""
+    return {
+        "steps_run": state.step,
+        "stopped": state.stopped or "completed",
+        "best_step": state.best_step,
+        "best_val_loss": state.best_val,
+        "early_stop_on": tuner.config.early_stop_on,
+        "final_train": state.history[-1] if state.history else None,
+        "final_val": state.val_history[-1] if state.val_history else None,
         "train_items": len(tuner.train_items),
         "val_items": len(tuner.val_items),
         "trainable_parameters": sum(param.numel() for _, param in tuner.named_params),
         "retain_corpus": tuner.retain_info,
-        "seconds": elapsed,
+        "seconds": seconds,
     }
-    result = TuneResult(output, config, metrics, loop["history"], loop["val_history"])
-    _write_outputs(tuner, result, vector, vector_path, data_origin, save_model)
-    return result
 
 
 def _forget_finished(output: Path) -> None:
