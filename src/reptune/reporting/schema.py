@@ -126,6 +126,23 @@ class Steering(Record):
     multiplier: Number | None = None
 
 
+class Estimate(Record):
+    """A measured value with its confidence interval and the number of items behind it."""
+
+    value: Number | None = None
+    ci_low: Number | None = None
+    ci_high: Number | None = None
+    n: Number | None = None
+
+
+class SteeringCell(Estimate, Steering):
+    """An estimate at one steering setting: ``layer``, ``multiplier``, ``value``, ``ci_low``, ``ci_high``, ``n``.
+
+    The bases in this order put the steering fields first (pydantic collects fields base by base,
+    the last-listed base first), as the sweep and robustness rows have always listed them.
+    """
+
+
 class Condition(Record):
     """One evaluated model: ``kind`` untuned, steered, tuned or counter (tuned + counter-steering)."""
 
@@ -151,15 +168,9 @@ class StageNames(Record):
 # ----------------------------------------------------------------------------- steering sweep and training
 
 
-class SweepRow(Record):
+class SweepRow(SteeringCell):
     """One (layer, multiplier) cell on the validation split; ``layer`` None: unsteered."""
 
-    layer: Number | None = None
-    multiplier: Number | None = None
-    value: Number | None = None
-    ci_low: Number | None = None
-    ci_high: Number | None = None
-    n: Number | None = None
     same_answer_rate: Number | None = None
     same_letter_rate: Number | None = None
     mean_nll: Number | None = None
@@ -223,13 +234,9 @@ class TrainingRun(Record):
 # ----------------------------------------------------------------------------- scores and tests
 
 
-class Metric(Record):
+class Metric(Estimate):
     """A metric of a condition on a task: over several seeds the mean, the CI envelope and ``per_seed``."""
 
-    value: Number | None = None
-    ci_low: Number | None = None
-    ci_high: Number | None = None
-    n: Number | None = None
     per_seed: list[Number | None] | None = None
 
 
@@ -256,13 +263,7 @@ class Comparison(Record):
     reason: Text | None = None
 
 
-class RobustnessCell(Record):
-    layer: Number | None = None
-    multiplier: Number | None = None
-    value: Number | None = None
-    ci_low: Number | None = None
-    ci_high: Number | None = None
-    n: Number | None = None
+class RobustnessCell(SteeringCell):
     same_letter_rate: Number | None = None
     degenerate: Flag | None = None
 
