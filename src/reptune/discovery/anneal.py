@@ -66,12 +66,37 @@ def _check_anneal(budget: int, proposals: int, chains: int, sigma: float, sigma_
     check_count(proposals, "proposals")
     if budget < chains * (proposals + 1):
         raise DiscoveryError(f"budget {budget} is below one annealing step: {chains} start(s) + {chains} x {proposals} proposals")
-    for name, value in (("sigma", sigma), ("sigma_end", sigma_end)):
-        if not (math.isfinite(value) and value > 0):
-            raise DiscoveryError(f"{name} must be a finite number > 0, got {value}")
-    for name, value in (("temperature", temperature), ("temperature_end", temperature_end)):
-        if not (math.isfinite(value) and value >= 0):
-            raise DiscoveryError(f"{name} must be a finite number >= 0, got {value}")
+    _check_finite({"sigma": sigma, "sigma_end": sigma_end}, positive=True)
+    _check_finite({"temperature": temperature, "temperature_end": temperature_end}, positive=False)
+
+
+def _check_finite(settings: dict[str, float], *, positive: bool) -> None:
+    """Each named setting finite and > 0 (``positive``) or >= 0, else a one-line DiscoveryError naming it."""
+    for name, value in settings.items():
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise DiscoveryError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value}")
+
+
+def _decay(first: float, last: float, frac: float) -> float:
+    """``first`` at ``frac`` 0 to ``last`` at 1: geometric, or linear to 0 when either end is 0."""
+    return first * (last / first) ** frac if last > 0 and first > 0 else first * (1 - frac)
+
+
+def _tangent(rows: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """``rows`` less their components along ``units`` (unit rows, broadcast), in place: tangent to the sphere there."""
+    rows -= (rows * units).sum(-1, keepdim=True) * units
+    return rows
+
+
+def _keep_best(
+    current: torch.Tensor, values: torch.Tensor, best: torch.Tensor, best_values: torch.Tensor, stale: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(best, best_values, stale)`` after the chains' points ``current`` ``[m, hidden]`` scored
+    ``values`` ``[m]``: a chain's best moves where it improved, its stale count resets there and grows elsewhere."""
+    improved = values > best_values
+    best = torch.where(improved.unsqueeze(1), current, best)
+    best_values = torch.where(improved, values, best_values)
+    return best, best_values, torch.where(improved, torch.zeros_like(stale), stale + 1)
 
 
 def _finite(scores: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -127,8 +152,7 @@ def anneal(
     step_size = torch.full((chains, 1, 1), float(sigma))
     for step in range(steps_total):
         frac = step / max(1, steps_total - 1)
-        ceiling = sigma * (sigma_end / sigma) ** frac
-        temp = temperature * ((temperature_end / temperature) ** frac if temperature_end > 0 and temperature > 0 else (1 - frac))
+        ceiling, temp = _decay(sigma, sigma_end, frac), _decay(temperature, temperature_end, frac)
         candidates = _proposals(current, radius, step_size, proposals, generator)
         scores, bad = _finite(objective(candidates).reshape(chains, proposals))
         invalid += bad
@@ -142,10 +166,7 @@ def anneal(
         step_size = torch.where(gained.view(-1, 1, 1), step_size * ADAPT_UP, step_size * ADAPT_DOWN).clamp(min=sigma_end, max=ceiling)
         current = torch.where(accept.unsqueeze(1), chosen, current)
         values = torch.where(accept, top, values)
-        improved = values > best_values
-        best = torch.where(improved.unsqueeze(1), current, best)
-        best_values = torch.where(improved, values, best_values)
-        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+        best, best_values, stale = _keep_best(current, values, best, best_values, stale)
         restarts += _restart_stale(current, values, stale, best, best_values, patience)
         history.append(float(best_values.max()))
     return AnnealRun(
@@ -172,9 +193,7 @@ def _proposals(current: torch.Tensor, radius: float, step_size: torch.Tensor, pr
     step of ``step_size * radius`` (``[chains, 1, 1]``) from each chain's point ``current`` ``[chains,
     hidden]`` along random directions tangent to the sphere there."""
     chains, hidden = current.shape
-    noise = torch.randn(chains, proposals, hidden, generator=generator)
-    units = current / radius
-    noise -= (noise * units.unsqueeze(1)).sum(-1, keepdim=True) * units.unsqueeze(1)
+    noise = _tangent(torch.randn(chains, proposals, hidden, generator=generator), (current / radius).unsqueeze(1))
     noise = noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return to_radius((current.unsqueeze(1) + step_size * radius * noise).reshape(-1, hidden), radius)
 
@@ -218,9 +237,7 @@ def anneal_gradient(
     forward passes for the final scores).
     """
     check_count(steps, "steps")
-    for name, value in (("lr", lr), ("lr_end", lr_end)):
-        if not (math.isfinite(value) and value > 0):
-            raise DiscoveryError(f"{name} must be a finite number > 0, got {value}")
+    _check_finite({"lr": lr, "lr_end": lr_end}, positive=True)
     start = torch.as_tensor(start, dtype=torch.float32).detach().cpu()
     start = start.unsqueeze(0) if start.ndim == 1 else start
     if start.numel() == 0 or not torch.isfinite(start).all() or bool((start.norm(dim=-1) == 0).any()):
@@ -232,38 +249,24 @@ def anneal_gradient(
     current = to_radius(start, radius)
     best, best_values = current.clone(), torch.full((chains,), -math.inf, dtype=torch.float64)
     stale, restarts, history = torch.zeros(chains, dtype=torch.long), 0, []
-
-    def decay(first: float, last: float, frac: float) -> float:
-        return first * (last / first) ** frac if last > 0 and first > 0 else first * (1 - frac)
-
     for step in range(steps):
         frac = step / max(1, steps - 1)
         theta = current.detach().clone().to(device).requires_grad_(True)
         total = sum(piece.objective(theta, p, q) for piece in slices)
         (grad,) = torch.autograd.grad(total.sum(), theta)
         values = total.detach().double().cpu()
-        improved = values > best_values
-        best = torch.where(improved.unsqueeze(1), current, best)
-        best_values = torch.where(improved, values, best_values)
-        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+        best, best_values, stale = _keep_best(current, values, best, best_values, stale)
         history.append(float(best_values.max()))
-        units, grad = current / radius, grad.detach().cpu().float().clone()
-        grad -= (grad * units).sum(-1, keepdim=True) * units
-        noise = torch.randn(chains, hidden, generator=generator)
-        noise -= (noise * units).sum(-1, keepdim=True) * units
-        rate, temp = decay(lr, lr_end, frac), decay(temperature, temperature_end, frac)
+        units = current / radius
+        grad = _tangent(grad.detach().cpu().float().clone(), units)
+        noise = _tangent(torch.randn(chains, hidden, generator=generator), units)
+        rate, temp = _decay(lr, lr_end, frac), _decay(temperature, temperature_end, frac)
         move = rate * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         move += math.sqrt(2 * temp * rate) * noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         current = to_radius((current + radius * move).detach(), radius)
-        if patience > 0 and bool((stale >= patience).any()):
-            leader = int(best_values.argmax())
-            for chain in torch.nonzero(stale >= patience).flatten().tolist():
-                current[chain], stale[chain] = best[leader], 0
-                restarts += 1
+        restarts += _restart_stale(current, values, stale, best, best_values, patience)  # values: this step's, not read again
     final = total_objective(slices, current.to(device), p, q).double()
-    improved = final > best_values
-    best = torch.where(improved.unsqueeze(1), current, best)
-    best_values = torch.where(improved, final, best_values)
+    best, best_values, _ = _keep_best(current, final, best, best_values, stale)
     return AnnealRun(
         vectors=best, scores=best_values, history=history, evaluations=(steps + 1) * chains, invalid=0, restarts=restarts, radius=radius,
         seconds=time.perf_counter() - started,
