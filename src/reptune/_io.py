@@ -118,6 +118,22 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def read_text_file(path: str | os.PathLike[str], what: str = "", *, missing: str | None = None, error: type[ReptuneError] = DataError) -> str:
+    """The UTF-8 text of a file the user named; failing to read it is a one-line ``error``.
+
+    A file that does not exist: ``"{missing} not found: PATH"`` (without ``missing`` it counts as
+    unreadable); one that cannot be read or decoded: ``"cannot read {what} PATH: REASON"`` (``what``
+    left out when empty).
+    """
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        if missing is not None and isinstance(exc, FileNotFoundError):
+            raise error(f"{missing} not found: {path}") from None
+        raise error(f"cannot read {what + ' ' if what else ''}{path}: {exc}") from None
+
+
 def loads_json(text: str | bytes, where: str) -> Any:
     """``json.loads`` whose failures (bad syntax, nesting too deep for Python) are one-line DataErrors."""
     try:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reptune._io import sha256_file, sha256_json
+from reptune._io import read_text_file, sha256_file, sha256_json
 from reptune.data.sources import hub_rows, resolve_data
 from reptune.errors import DataError
 
@@ -135,10 +135,7 @@ def load_text(spec: str) -> tuple[str, str, str]:
         return text, source, sha256_json(text)
     if source.is_dir():
         source = source / "wiki.test.raw"
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read text corpus {source}: {exc}") from None
+    text = read_text_file(source, "text corpus")
     if not text.strip():
         raise DataError(f"{source}: empty text")
     return text, str(source), sha256_json(text)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from reptune._io import safe_filename
+from reptune._io import read_text_file, safe_filename
 from reptune.errors import ReptuneError
 from reptune.tuning.config import PRESETS
 
@@ -352,12 +352,7 @@ def parse_config(data: dict[str, Any] | None, origin: str = "config") -> Experim
 def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read and validate an experiment YAML; ``overrides`` (dotted keys) win over the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReptuneError(f"experiment file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReptuneError(f"cannot read experiment file {path}: {exc}") from None
+    text = read_text_file(path, "experiment file", missing="experiment file", error=ReptuneError)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

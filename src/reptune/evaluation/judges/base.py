@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from reptune._io import read_text_file
 from reptune.errors import DataError, ReptuneError
 
 WINNERS = ("A", "B", "tie")
@@ -74,12 +75,7 @@ def default_template_path() -> Path:
 def load_template(path: str | os.PathLike[str] | None = None) -> str:
     """The judge prompt template (the shipped one when ``path`` is empty); checks the placeholders."""
     where = Path(path) if path else default_template_path()
-    try:
-        text = where.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"judge prompt file not found: {where}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read judge prompt {where}: {exc}") from None
+    text = read_text_file(where, "judge prompt", missing="judge prompt file")
     missing = [p for p in PLACEHOLDERS if p not in text]
     if missing:
         raise DataError(f"judge prompt {where} lacks the placeholder(s) {', '.join(missing)}")

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from reptune._io import sha256_file, sha256_json
+from reptune._io import read_text_file, sha256_file, sha256_json
 from reptune.data.ab import FACT_TEMPLATE, LETTERS
 from reptune.data.pairs import render_chat
 from reptune.data.sources import read_source
@@ -256,10 +256,7 @@ def _statement_items(handle: ModelHandle, spec: str, fmt: str, chat: bool, limit
 
 
 def _jsonl_items(handle: ModelHandle, path: Path, chat: bool) -> tuple[list[dict[str, Any]], str, str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+    lines = read_text_file(path).splitlines()
     tokenizer = handle.tokenizer if chat else None
     items, raw = [], []
     expected = "{where}:{number}: expected a JSON object with prompt and target"

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
-from reptune._io import sha256_json
+from reptune._io import read_text_file, sha256_json
 from reptune.errors import DataError, ReptuneError
 from reptune.evaluation.judges import (
     MODEL_ENV,
@@ -56,12 +56,7 @@ def shipped_prompts_path() -> Path:
 def load_openended_prompts(path: str | os.PathLike[str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Read an open-ended prompt set (JSONL: ``id``, ``category``, optional ``system``, ``prompt``)."""
     where = Path(path) if path else shipped_prompts_path()
-    try:
-        lines = where.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"open-ended prompt file not found: {where}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {where}: {exc}") from None
+    lines = read_text_file(where, missing="open-ended prompt file").splitlines()
     items, seen = [], set()
     for number, record in jsonl_records(lines, str(where), bad_json="{where}:{number}: not valid JSON ({msg})"):
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
