@@ -127,6 +127,15 @@ class Plan:
     def para(self, *spans: Span | str) -> None:
         self.blocks.append(Paragraph([("", s) if isinstance(s, str) else s for s in spans]))
 
+    def section(self, title: str, content: Any) -> bool:
+        """Open a level-2 section ``title``; when ``content`` (what the section shows) is empty, say
+        "Not run." under the heading and return ``False`` (the builder then stops)."""
+        self.add(Heading(2, title))
+        if not content:
+            self.para("Not run.")
+            return False
+        return True
+
     def figure(self, stem: str, caption: str, draw: Callable[[Path], Any]) -> None:
         """Reference ``figures/STEM.png`` here (``STEM-2`` ... when the name is taken) and queue its drawing."""
         base = slug(stem)

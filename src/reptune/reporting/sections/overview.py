@@ -110,11 +110,9 @@ def section_answer(plan: Plan, results: ExperimentResults, conds: dict[str, Cond
 
 def section_headline(plan: Plan, results: ExperimentResults) -> None:
     """The headline task's primary metric per condition, with its 95% CI and n."""
-    plan.add(Heading(2, "Headline"))
     head = results.headline or Headline()
     rows = head.rows or []
-    if not rows:
-        plan.para("Not run.")
+    if not plan.section("Headline", rows):
         return
     metric = str(head.metric or "value")
     plan.para(("c", str(head.task or "?")), f", {metric} per condition with its 95% confidence interval and the number of items.")
@@ -161,10 +159,8 @@ def _context_table(context: list[ContextRow]) -> Table:
 
 def section_claims(plan: Plan, results: ExperimentResults) -> None:
     """Every claim with its verdict, evidence, p (raw and Holm-adjusted) and MDE; the decision rule; the context rows."""
-    plan.add(Heading(2, "Claims"))
     claims = results.claims or []
-    if not claims:
-        plan.para("Not run.")
+    if not plan.section("Claims", claims):
         return
     gate = results.gate or Gate()
     if gate and not given(gate.passed, True):

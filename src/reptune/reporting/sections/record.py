@@ -14,11 +14,9 @@ from reptune.reporting.sections.training import section_training_plan
 
 def section_scan(plan: Plan, results: ExperimentResults) -> None:
     """The vector: file, method, positions, the selected layer, and the per-layer scan (table and figure)."""
-    plan.add(Heading(2, "Layer scan"))
     vector = results.vector or VectorInfo()
     scan = vector.scan or []
-    if not vector:
-        plan.para("Not run.")
+    if not plan.section("Layer scan", vector):
         return
     spans: list[Span | str] = []
     if vector.file:

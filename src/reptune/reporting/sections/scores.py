@@ -52,11 +52,9 @@ def _task(plan: Plan, task: str, ids: list[str], entries: dict[str, TaskScore], 
 
 def section_tasks(plan: Plan, results: ExperimentResults, conds: dict[str, Condition]) -> None:
     """Results per task (headline task first), then what was skipped and why."""
-    plan.add(Heading(2, "Results per task"))
     scores = results.scores or {}
     found = results.task_names()
-    if not found:
-        plan.para("Not run.")
+    plan.section("Results per task", found)  # "Not run." when nothing was scored; what was skipped follows either way
     for task in found:
         ids = grouped(conds, [cid for cid in conds if task in (scores.get(cid) or {})])
         _task(plan, task, ids, {cid: scores[cid][task] or TaskScore() for cid in ids}, conds)
@@ -68,10 +66,8 @@ def section_tasks(plan: Plan, results: ExperimentResults, conds: dict[str, Condi
 
 def section_representation(plan: Plan, results: ExperimentResults, conds: dict[str, Condition]) -> None:
     """One row per condition: every representation-level number the run recorded."""
-    plan.add(Heading(2, "Representation-level evidence"))
     rows = results.representation or []
-    if not rows:
-        plan.para("Not run.")
+    if not plan.section("Representation-level evidence", rows):
         return
     keys = ["condition"] + [k for k in dict.fromkeys(k for r in rows for k in r) if k != "condition"]
     plan.add(Table(keys, [[str(r.get(k)) if k == "condition" else fmt(r.get(k)) for k in keys] for r in rows]))
@@ -79,10 +75,8 @@ def section_representation(plan: Plan, results: ExperimentResults, conds: dict[s
 
 def section_paired(plan: Plan, results: ExperimentResults) -> None:
     """The McNemar table: every compared pair of conditions per task and seed, raw and Holm-adjusted p."""
-    plan.add(Heading(2, "Paired tests"))
     rows = results.comparisons or []
-    if not rows:
-        plan.para("Not run.")
+    if not plan.section("Paired tests", rows):
         return
     plan.para(
         "McNemar tests on per-item outcomes of two conditions (same items, same seed); Holm = Holm-Bonferroni adjusted p over this "

@@ -27,11 +27,9 @@ def _sweep_table(sweep: Sweep, rows: list[SweepRow]) -> Table:
 
 def section_sweep(plan: Plan, results: ExperimentResults) -> None:
     """The steering sweep: figure, selection rule, the selected layer and multipliers, every cell."""
-    plan.add(Heading(2, "Steering sweep"))
     sweep = results.sweep or Sweep()
     rows = sorted(sweep.rows or [], key=lambda r: (num(r.layer) if r.layer is not None else -1, num(r.multiplier)))
-    if not rows:
-        plan.para("Not run.")
+    if not plan.section("Steering sweep", rows):
         return
     selected = sweep.selected or Selection()
     layer, _ = sweep.choice()
@@ -68,10 +66,8 @@ def _grid_table(grid: RobustnessGrid) -> Table | None:
 
 def section_robustness(plan: Plan, results: ExperimentResults, conds: dict[str, Condition]) -> None:
     """One heatmap and table per condition with a robustness grid."""
-    plan.add(Heading(2, "Robustness"))
     robustness = results.robustness or {}
-    if not robustness:
-        plan.para("Not run.")
+    if not plan.section("Robustness", robustness):
         return
     plan.para("Layers × multipliers; ", ("c", "x"), " marks degenerate cells (one answer letter at or above the threshold).")
     for cid, grid in robustness.items():
@@ -90,11 +86,9 @@ def section_robustness(plan: Plan, results: ExperimentResults, conds: dict[str, 
 
 def section_projection(plan: Plan, results: ExperimentResults, conds: dict[str, Condition]) -> None:
     """Per condition: the layers x tokens cosine heatmaps and the prompts they show."""
-    plan.add(Heading(2, "Projections"))
     projection = results.projection or Projection()
     by_condition = projection.by_condition or {}
-    if not by_condition:
-        plan.para("Not run.")
+    if not plan.section("Projections", by_condition):
         return
     plan.para("Cosine of each token's hidden state to the honesty vector, layers × tokens.")
     if projection.layer_note:

@@ -30,11 +30,9 @@ def _run_row(variant: str, seed: Any, info: TrainingRun) -> list[str]:
 
 def section_training(plan: Plan, results: ExperimentResults) -> None:
     """The loss curves of every variant and seed, and a table of the runs."""
-    plan.add(Heading(2, "Training"))
     training = results.training or {}
     runs = [(variant, seed, info or TrainingRun()) for variant, by_seed in training.items() for seed, info in (by_seed or {}).items()]
-    if not runs:
-        plan.para("Not run.")
+    if not plan.section("Training", runs):
         return
     plan.para("Every loss term per step, one panel per variant (line style = seed); dots = validation loss; dotted line = best step.")
     plan.figure("training-loss", "training loss curves", lambda path: plot_training(training, path))
