@@ -203,7 +203,11 @@ def test_gate_and_headline_task():
     assert claim(got, "tuning-beats-steering")["verdict"] == "supported"
     gate = {"passed": False, "reason": "token-only tuning does not move the behaviour", "truth_move": 0.01, "lie_move": 0.0}
     gated = judge_claims({}, [], THRESHOLDS, loaded=loaded, headline_task="facts-twin", gate=gate)
-    assert [c["verdict"] for c in gated] == ["not tested"] * 4 and all(c["reason"] == gate["reason"] for c in gated)
+    assert [c["verdict"] for c in gated] == ["not tested"] * 4 and all(c["reason"].startswith(gate["reason"]) for c in gated)
+    # still measured, never judged: the paired test and its power are shown beside the reason
+    beats = claim(gated, "tuning-beats-steering")
+    assert beats["p_value"] is not None and beats["p_holm"] is None and beats["mde"]["value"] > 0
+    assert beats["gate"]["passed"] is False and "Not tested: " + gate["reason"] in beats["evidence"]
     passed = judge_claims({}, [], THRESHOLDS, loaded=loaded, headline_task="facts-twin", gate={**gate, "passed": True})
     assert claim(passed, "tuning-beats-steering")["verdict"] == "supported"
 

@@ -289,7 +289,7 @@ def test_cli_demo_runs_the_shipped_experiment(tiny_dir, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     config = yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text(encoding="utf-8"))
-    assert config["name"] == "demo" and config["train"]["lr"] == 4.0e-4 and config["model"] == str(tiny_dir)
+    assert config["name"] == "demo" and config["train"]["lr"] == 3.0e-4 and config["model"] == str(tiny_dir)
     assert (tmp_path / "demo" / "report.html").is_file()
 
 

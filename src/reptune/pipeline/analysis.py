@@ -153,9 +153,10 @@ def judge_claims(scores: dict[str, Any], comparisons: list[dict[str, Any]], thre
     ``comparisons`` is kept for the old signature (the claims need the per-item ``loaded`` results;
     without them every claim is ``not tested``). ``gate``: the learnability gate
     ``{passed, reason, truth_move, lie_move}``; when given and not passed every claim is
-    ``not tested`` with its reason. ``headline_task``: e.g. ``facts-twin``.
+    ``not tested`` with its reason (its paired tests and power still shown). ``headline_task``:
+    e.g. ``facts-twin``.
     """
-    if gate is not None and not gate.get("passed"):
+    if loaded is None and gate is not None and not gate.get("passed"):
         return judge({}, scores, thresholds, gate=gate)
     if loaded is None:
         reason = "the per-item evaluation results were not given to the claims judge"

@@ -377,7 +377,7 @@ def _score(scores: dict[str, Any], cond: str, task: str, metric: str | None = No
 
 def _blocking(spec: dict[str, Any]) -> list[str]:
     problems = spec["problems"]
-    out = list(dict.fromkeys(problems["missing"] + problems["other"]))
+    out = list(dict.fromkeys(problems.get("gate", []) + problems["missing"] + problems["other"]))
     out += [f"degenerate condition: {d}" for d in dict.fromkeys(problems["degenerate"])]
     if not spec["tests"] and not out:
         out.append("no paired items")
@@ -460,13 +460,21 @@ def judge(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any] | No
         p over seeds), ``p_holm`` (largest Holm-adjusted p), ``method``, ``mde``, ``tests`` (per seed),
         ``degenerate``, ``reason`` (when not tested), ``context`` (tuning-beats-steering).
     """
-    if gate is not None and not gate.get("passed"):
-        return gate_claims(gate)
     s = ClaimSettings.from_thresholds(thresholds)
     runs = Runs(loaded, seeds, seed_free)
     scores = scores or {}
     specs = [_beats_steering(runs, s, headline_task, scores), _generalises(runs, s, scores), _resists(runs, s, headline_task), _capability(runs, s)]
+    gate_failed = gate is not None and not gate.get("passed")
+    if gate_failed:
+        # still measured (the numbers and the power say what the run could have shown), never judged
+        reason = str(gate.get("reason") or "the learnability gate did not pass")
+        for spec in specs:
+            spec["problems"]["gate"] = [reason]
     family = [t for spec in specs if not _blocking(spec) for t in spec["tests"]]
     for test, adjusted in zip(family, holm_adjust([float(t["p_value"]) for t in family])):
         test["p_holm"] = adjusted
-    return [_verdict(spec, s) for spec in specs]
+    claims = [_verdict(spec, s) for spec in specs]
+    if gate_failed:
+        for claim in claims:
+            claim["gate"] = {k: gate.get(k) for k in ("passed", "truth_move", "lie_move")}
+    return claims
