@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from reptune.models import ModelHandle
+from reptune.tokens import cache_argument, forward_keeping_logits, output_cache
 
 PREFIX_MIN_TOKENS = 8
 """A shared prefix shorter than this many tokens is not worth a separate pass ..."""
@@ -57,10 +58,14 @@ def shared_prefix_length(rows: Sequence[Sequence[int]], n_targets: Sequence[int]
 
 def prefix_worth_sharing(prefix_length: int, rows: Sequence[Sequence[int]]) -> bool:
     """The rule: at least 2 rows, a prefix of >= PREFIX_MIN_TOKENS and >= PREFIX_MIN_FRACTION of the mean row."""
-    if len(rows) < 2 or prefix_length < PREFIX_MIN_TOKENS:
+    return _worth_sharing(prefix_length, [len(row) for row in rows])
+
+
+def _worth_sharing(prefix_length: int, lengths: Sequence[int]) -> bool:
+    """:func:`prefix_worth_sharing` on the rows' lengths."""
+    if len(lengths) < 2 or prefix_length < PREFIX_MIN_TOKENS:
         return False
-    mean_length = sum(len(row) for row in rows) / len(rows)
-    return prefix_length >= PREFIX_MIN_FRACTION * mean_length
+    return prefix_length >= PREFIX_MIN_FRACTION * sum(lengths) / len(lengths)
 
 
 def _hook_functions(model: torch.nn.Module) -> Iterator[Any]:
@@ -150,6 +155,26 @@ def freeze_prefix_cache(cache: Any, prefix_length: int) -> Any:
     return _cache_classes()[1](cache, prefix_length)
 
 
+def prefix_pass(model: torch.nn.Module, prefix_ids: torch.Tensor) -> Any:
+    """Run a shared prefix once and freeze its keys/values (:func:`freeze_prefix_cache`).
+
+    Args:
+        prefix_ids: ``[1, P]`` token ids (positions ``0..P-1``, no padding). Runs under whatever
+            autocast and grad mode the caller set, so a training loss reaches the prefix's weights.
+
+    Returns:
+        The frozen cache, or ``None`` when the model's cache cannot hold the prefix exactly.
+    """
+    kwargs = {
+        "input_ids": prefix_ids,
+        "attention_mask": torch.ones_like(prefix_ids),
+        "position_ids": torch.arange(prefix_ids.shape[1], device=prefix_ids.device).unsqueeze(0),
+        "use_cache": True,
+    }
+    out, _ = forward_keeping_logits(model, kwargs, 1)
+    return freeze_prefix_cache(output_cache(out), prefix_ids.shape[1])
+
+
 def right_padded_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> int:
     """The longest common token prefix of a right-padded batch that a split forward may share.
 
@@ -168,7 +193,7 @@ def right_padded_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Te
         return 0
     same = (input_ids[:, :limit] == input_ids[:1, :limit]).all(0)
     length = int(same.long().cumprod(0).sum())
-    return length if prefix_worth_sharing(length, [range(int(n)) for n in real]) else 0
+    return length if _worth_sharing(length, real.tolist()) else 0
 
 
 def split_forward(
@@ -190,17 +215,9 @@ def split_forward(
         layer's prefix rows expanded in front of its suffix rows, or ``None`` (nothing changed)
         when the model's cache cannot hold the prefix.
     """
-    from reptune.tokens import cache_argument, forward_keeping_logits, output_cache
-
     ids, mask, positions = inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]
-    head = {
-        "input_ids": ids[:1, :prefix],
-        "attention_mask": mask[:1, :prefix],
-        "position_ids": positions[:1, :prefix],
-        "use_cache": True,
-    }
-    out, _ = forward_keeping_logits(model, head, 1)
-    cache = freeze_prefix_cache(output_cache(out), prefix)
+    # right padding and prefix <= every row's length: the prefix's positions are 0..prefix-1
+    cache = prefix_pass(model, ids[:1, :prefix])
     head_hidden = dict(captured)
     captured.clear()
     if cache is None:

@@ -78,11 +78,12 @@ from reptune.prefix_cache import (  # noqa: F401  (re-exported: tests and tasks 
     PREFIX_MIN_FRACTION,
     PREFIX_MIN_TOKENS,
     freeze_prefix_cache,
+    prefix_pass,
     prefix_sharing_allowed,
     prefix_worth_sharing,
     shared_prefix_length,
 )
-from reptune.tokens import cache_argument, forward_keeping_logits, left_pad, output_cache
+from reptune.tokens import cache_argument, forward_keeping_logits, left_pad
 
 
 def _noop(_n: int = 1) -> None:
@@ -159,14 +160,8 @@ def _call_model(handle: ModelHandle, kwargs: dict[str, Any], keep: int | torch.T
 
 def _prefix_cache(handle: ModelHandle, prefix: Sequence[int]) -> Any:
     """Run the shared prefix once (batch 1) and freeze its keys/values; ``None`` if unsupported."""
-    device = handle.device
-    ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
-    kwargs = {
-        "input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(len(prefix), device=device).unsqueeze(0),
-        "use_cache": True,
-    }
-    out, _ = _call_model(handle, kwargs, 1)
-    return freeze_prefix_cache(output_cache(out), len(prefix))
+    with handle.autocast():
+        return prefix_pass(handle.model, torch.tensor([list(prefix)], dtype=torch.long, device=handle.device))
 
 
 def _suffix_logits(handle: ModelHandle, cache: Any, suffixes: Sequence[Sequence[int]], pad_id: int, keep: int) -> torch.Tensor:

@@ -256,7 +256,7 @@ def _z_one_sided(settings: ClaimSettings) -> tuple[float, float]:
 
 
 def _problems() -> dict[str, list[str]]:
-    return {"missing": [], "degenerate": [], "other": []}
+    return {"gate": [], "missing": [], "degenerate": [], "other": []}
 
 
 def _spec(cid: str, tests: list[dict[str, Any]], problems: dict[str, list[str]], evidence: str, mde_text: str, **extra: Any) -> dict[str, Any]:
@@ -377,7 +377,7 @@ def _score(scores: dict[str, Any], cond: str, task: str, metric: str | None = No
 
 def _blocking(spec: dict[str, Any]) -> list[str]:
     problems = spec["problems"]
-    out = list(dict.fromkeys(problems.get("gate", []) + problems["missing"] + problems["other"]))
+    out = list(dict.fromkeys(problems["gate"] + problems["missing"] + problems["other"]))
     out += [f"degenerate condition: {d}" for d in dict.fromkeys(problems["degenerate"])]
     if not spec["tests"] and not out:
         out.append("no paired items")
@@ -430,14 +430,6 @@ def _verdict(spec: dict[str, Any], s: ClaimSettings) -> dict[str, Any]:
     if "context" in spec:
         claim["context"] = spec["context"]
     return claim
-
-
-def gate_claims(gate: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every claim ``not tested`` with the learnability gate's reason."""
-    reason = str(gate.get("reason") or "the learnability gate did not pass")
-    return [{"id": cid, "claim": text, "verdict": "not tested", "evidence": reason, "reason": reason, "p_value": None, "p_holm": None,
-             "method": None, "mde": None, "tests": [], "degenerate": [], "gate": {k: gate.get(k) for k in ("passed", "truth_move", "lie_move")}}
-            for cid, text in CLAIMS.items()]
 
 
 def judge(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any] | None = None, thresholds: Any = None, *,
