@@ -92,7 +92,8 @@ def test_conditions_tasks_and_skips(finished):
     _, run, _ = finished
     results = run.results
     ids = [c["id"] for c in results["conditions"]]
-    assert ids == ["untuned", "steer+", "steer-", "truth", "honesty", "truth@counter", "honesty@counter"]
+    assert ids == ["untuned", "steer+", "steer-", "truth", "honesty", "truth@counter", "truth@counter-other", "truth@counter-random1",
+                   "honesty@counter", "honesty@counter-other", "honesty@counter-random1"]
     assert results["tasks"] == ["facts-ab", "perplexity", "kl"]  # tqa-ab's data is missing: skipped, not fatal
     skipped = {s["what"]: s["reason"] for s in results["skipped"]}
     assert "tqa-ab" in skipped and "openended" in skipped
@@ -106,7 +107,7 @@ def test_conditions_tasks_and_skips(finished):
     sweep = results["sweep"]
     steer_plus = next(c for c in results["conditions"] if c["id"] == "steer+")
     assert steer_plus["steering"]["multiplier"] == sweep["selected"]["positive"] > 0
-    assert {c["id"] for c in results["conditions"] if c["kind"] == "counter"} == {"truth@counter", "honesty@counter"}
+    assert {c["id"] for c in results["conditions"] if c["kind"] == "counter" and "vector" not in c["steering"]} == {"truth@counter", "honesty@counter"}
     assert [claim["id"] for claim in results["claims"]] == ["tuning-beats-steering", "generalises-to-truthfulqa", "resists-counter-steering", "small-capability-cost"]
     assert next(c for c in results["claims"] if c["id"] == "generalises-to-truthfulqa")["verdict"] == "not tested"
     assert set(results["robustness"]) == {"untuned", "honesty"}

@@ -118,6 +118,13 @@ def make_results() -> dict:
         "eval_files": {c["id"]: {"0": f"stages/eval-{c['id']}-s0/results.json"} for c in CONDITIONS},
         "comparisons": comparisons,
         "robustness": robustness,
+        "counter": {"dir": "stages/counter-vectors", "layer": 15, "norm": 3.2, "judge_on": "other", "task": "facts-ab",
+                    "vectors": {"other": {"file": "counter-other.safetensors", "cosine_to_training": 0.61, "norm": 3.2, "data": "unused statements"},
+                                "random1": {"file": "counter-random1.safetensors", "cosine_to_training": 0.02, "norm": 3.2}},
+                    "rows": [{"variant": variant, "vector": vector, "seed": seed, "n": 40, "unsteered": 0.7, "countered": 0.7 - drop,
+                              "drop": drop, "ci_low": drop - 0.05, "ci_high": drop + 0.05}
+                             for variant in ("truth", "honesty") for vector, drop in (("training", 0.2), ("other", 0.12), ("random1", 0.01))
+                             for seed in (0, 1)]},
         "projection": projection,
         "representation": [{"condition": cid, "layer": 15, "mean_cosine": rng.random(), "mean_projection": rng.uniform(-5, 5),
                             "mean_margin": rng.uniform(-1, 1)} for cid in ("untuned", "honesty", "dishonesty")],
@@ -187,8 +194,8 @@ def test_every_file_exists_and_pngs_are_valid(full_run):
     assert paths["md"] == run_dir / "report.md" and paths["html"] == run_dir / "report.html"
     assert paths["md"].is_file() and paths["html"].is_file()
     figures = {k: p for k, p in paths.items() if k.startswith("figure:")}
-    # 4 tasks + sweep + training + 2 robustness + 2 projections + scan
-    assert len(figures) == 12, sorted(figures)
+    # 4 tasks + sweep + training + counter-steering + 2 robustness + 2 projections + scan
+    assert len(figures) == 13, sorted(figures)
     for path in figures.values():
         data = path.read_bytes()
         assert path.parent == run_dir / "figures" and data.startswith(PNG_MAGIC) and data.rstrip().endswith(b"IEND\xaeB`\x82")
@@ -202,7 +209,7 @@ def test_every_file_exists_and_pngs_are_valid(full_run):
 def test_sections_in_order(full_run):
     md = full_run[2]["md"].read_text(encoding="utf-8")
     order = ["# Representation-tuning experiment: demo", "## Headline", "## Claims", "## Results per task", "## Steering sweep",
-             "## Training", "## Robustness", "## Projections", "## Representation-level evidence", "## Paired tests",
+             "## Training", "## Counter-steering: who attacks", "## Robustness", "## Projections", "## Representation-level evidence", "## Paired tests",
              "## Layer scan", "## Config", "## Reproducibility"]
     positions = [md.index(h + "\n") for h in order]
     assert positions == sorted(positions)
@@ -218,7 +225,7 @@ def test_html_is_self_contained(full_run):
     assert 'src="figures/' not in page
     assert not re.search(r"""(src|href)\s*=\s*(?!["']?data:image/png;base64,)""", page)
     assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
-    assert page.count('src="data:image/png;base64,') == 12
+    assert page.count('src="data:image/png;base64,') == 13
     assert "<style>" in page and page.startswith("<!DOCTYPE html>")
 
 
@@ -270,7 +277,7 @@ def test_text_fields_are_escaped(full_run):
 def test_missing_optional_sections(tmp_path, drop):
     results = make_results()
     if drop == "everything":
-        for key in ("robustness", "projection", "training", "sweep", "representation", "comparisons", "claims", "vector",
+        for key in ("robustness", "counter", "projection", "training", "sweep", "representation", "comparisons", "claims", "vector",
                     "skipped", "timings", "data", "config_yaml", "config", "eval_files", "headline", "seed_note", "command"):
             results.pop(key)
         results["scores"] = {"untuned": results["scores"]["untuned"], "ghost": {"facts-ab": {"metrics": {}}}}
@@ -287,7 +294,7 @@ def test_missing_optional_sections(tmp_path, drop):
     md = paths["md"].read_text(encoding="utf-8")
     assert paths["html"].is_file()
     if drop == "everything":
-        assert md.count("Not run.") == 9 and "Nothing was skipped." in md and "ghost" in md
+        assert md.count("Not run.") == 10 and "Nothing was skipped." in md and "ghost" in md
         assert sum(k.startswith("figure:") for k in paths) == 4
     else:
         assert "per seed" not in md and "1 seed (0)" in md and "No prompts." in md
@@ -295,7 +302,7 @@ def test_missing_optional_sections(tmp_path, drop):
 
 def test_bare_results_and_errors(tmp_path):
     paths = _write(tmp_path / "bare", {"format": "reptune-experiment/1", "name": "bare"})
-    assert paths["md"].read_text(encoding="utf-8").count("Not run.") == 10
+    assert paths["md"].read_text(encoding="utf-8").count("Not run.") == 11
     with pytest.raises(ReptuneError, match="not found"):
         write_report(tmp_path / "nowhere")
     (tmp_path / "bad").mkdir()
@@ -321,7 +328,7 @@ def test_fallback_heatmaps_and_failed_figure(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="figure failed"):
         paths = _write(tmp_path, results)
     assert {k for k in paths if k.startswith("figure:")} == {"figure:answer", "figure:task-facts-ab", "figure:robustness-untuned",
-                                                              "figure:robustness-honesty", "figure:projection-untuned"}
+                                                              "figure:robustness-honesty", "figure:projection-untuned", "figure:counter"}
     md = paths["md"].read_text(encoding="utf-8")
     assert "`figures/projection-honesty.png` could not be drawn" in md
     assert "could not be drawn" in paths["html"].read_text(encoding="utf-8")

@@ -74,6 +74,8 @@ COMPARISON_PAIRS = [
     ("lie", "lie@counter"), ("dishonesty", "dishonesty@counter"),
     ("truth@counter", "honesty@counter"), ("steer-", "honesty@counter"), ("steer-", "tune-out@counter"),
     ("lie@counter", "dishonesty@counter"),
+    ("honesty", "honesty@counter-other"), ("truth", "truth@counter-other"), ("truth@counter-other", "honesty@counter-other"),
+    ("honesty", "honesty@counter-random1"), ("truth", "truth@counter-random1"), ("truth@counter-random1", "truth@counter-other"),
 ]
 
 
@@ -101,18 +103,21 @@ def _missing_seed(runs: Runs, cond: str, seed: int) -> str | None:
     return f"seed {seed} of {cond} is missing (another seed's results are never reused)"
 
 
-def paired_tests(loaded: dict[str, dict[str, EvalResults]], seeds: list[int], seed_free: Iterable[str] | None = None) -> list[dict[str, Any]]:
+def paired_tests(loaded: dict[str, dict[str, EvalResults]], seeds: list[int], seed_free: Iterable[str] | None = None,
+                 first_seed: Iterable[str] = ()) -> list[dict[str, Any]]:
     """McNemar rows for every pair in ``COMPARISON_PAIRS`` and seed, with Holm-adjusted p over the table.
 
     ``seed_free``: conditions evaluated once for all seeds (default untuned, steer+, steer-); any
-    other condition must have this very seed, else the row is ``not tested``.
+    other condition must have this very seed, else the row is ``not tested``. ``first_seed``:
+    conditions the config evaluates on the first seed only (compared on that seed alone).
     """
     runs = Runs(loaded, seeds, seed_free)
+    first_only = set(first_seed)
     rows = []
     for a, b in COMPARISON_PAIRS:
         if a not in loaded or b not in loaded:
             continue
-        for seed in seeds:
+        for seed in seeds[:1] if first_only & {a, b} else seeds:
             if _missing_seed(runs, a, seed) or _missing_seed(runs, b, seed):
                 rows.extend(_missing_rows(runs, a, b, seed))
                 continue
@@ -147,7 +152,8 @@ def _p(tests: list[dict[str, Any]]) -> str:
 def judge_claims(scores: dict[str, Any], comparisons: list[dict[str, Any]], thresholds: Any, *,
                  loaded: dict[str, dict[str, EvalResults]] | None = None, seeds: Sequence[int] | None = None,
                  conditions: Sequence[dict[str, Any]] | None = None, gate: dict[str, Any] | None = None,
-                 headline_task: str = HEADLINE_TASK) -> list[dict[str, Any]]:
+                 headline_task: str = HEADLINE_TASK, counter_judge: str = "training",
+                 extra_specs: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """The paper's claims, decided by :func:`reptune.pipeline.claims.judge` on per-item results.
 
     ``comparisons`` is kept for the old signature (the claims need the per-item ``loaded`` results;
@@ -162,7 +168,8 @@ def judge_claims(scores: dict[str, Any], comparisons: list[dict[str, Any]], thre
         reason = "the per-item evaluation results were not given to the claims judge"
         return [{"id": cid, "claim": text, "verdict": "not tested", "evidence": reason + ".", "reason": reason, "p_value": None,
                  "p_holm": None, "method": None, "mde": None, "tests": [], "degenerate": []} for cid, text in CLAIMS.items()]
-    return judge(loaded, scores, thresholds, seeds=seeds, seed_free=seed_free_conditions(conditions), gate=gate, headline_task=headline_task)
+    return judge(loaded, scores, thresholds, seeds=seeds, seed_free=seed_free_conditions(conditions), gate=gate, headline_task=headline_task,
+                 counter_judge=counter_judge, extra_specs=extra_specs)
 
 
 def _letter_share(result: EvalResults | None, task: str) -> float | None:
@@ -227,6 +234,14 @@ CLAIMS_RULE = (
 )
 
 
+def _counter_section(loaded: dict[str, dict[str, EvalResults]], counter_vectors: dict[str, Any], judge_on: str, task: str) -> dict[str, Any]:
+    """The counter-vectors stage's record plus every variant's drop under each counter-steering vector."""
+    from reptune.pipeline.counter import counter_rows
+
+    vectors = ["training", *counter_vectors.get("vectors", {})]
+    return {**counter_vectors, "judge_on": judge_on, "task": task, "rows": counter_rows(loaded, task, vectors)}
+
+
 def _headline_metric(scores: dict[str, Any], task: str) -> str:
     for by_task in scores.values():
         entry = by_task.get(task)
@@ -263,7 +278,8 @@ def build_results(config: Any, run_dir: Path, *, command: str | None, precision:
                   data: dict[str, Any], vector_info: dict[str, Any], sweep: dict[str, Any], conditions: list[dict[str, Any]],
                   evals: dict[str, dict[str, Any]], training: dict[str, Any], robustness: dict[str, Any], projection: dict[str, Any],
                   representation: list[dict[str, Any]], tasks: list[str], headline_task: str = HEADLINE_TASK,
-                  gate: dict[str, Any] | None = None, knowledge: dict[str, Any] | None = None) -> ExperimentResults:
+                  gate: dict[str, Any] | None = None, knowledge: dict[str, Any] | None = None,
+                  counter_vectors: dict[str, Any] | None = None, studies: dict[str, dict[str, Any]] | None = None) -> ExperimentResults:
     """Assemble ``results.json`` as the :class:`~reptune.reporting.schema.ExperimentResults` it is read as.
 
     Args:
@@ -278,12 +294,19 @@ def build_results(config: Any, run_dir: Path, *, command: str | None, precision:
             (``facts-ab``, or e.g. ``facts-twin``).
         gate: the learnability gate (recorded; not passed -> no claim tested); knowledge: what the
             untuned model knows.
+        counter_vectors: the counter-vectors stage's output (the other-data vector and the random
+            floor; recorded with the counter-steering section).
+        studies: ``{name: section}`` of the run's studies (:mod:`reptune.pipeline.studies`); each
+            section's ``claims`` (claim specs) join the claims family, the rest is recorded as it is.
     """
     from reptune import __version__
 
     loaded = _load(run_dir, evals)
     scores = aggregate_scores(loaded)
-    comparisons = paired_tests(loaded, config.seeds, seed_free_conditions(conditions))
+    first_seed = [c["id"] for c in conditions if c.get("first_seed")]
+    comparisons = paired_tests(loaded, config.seeds, seed_free_conditions(conditions), first_seed)
+    studies = dict(studies or {})
+    specs = [spec for section in studies.values() for spec in section.pop("claims", [])]
     for row in representation:  # the representation rows gain the headline behaviour of their condition
         for metric in ("accuracy", "lie_rate", "mean_margin"):
             row[metric] = _value(scores, row["condition"], headline_task, metric)
@@ -304,7 +327,10 @@ def build_results(config: Any, run_dir: Path, *, command: str | None, precision:
         projection={"layer_note": "cosine between each token's residual stream and the vector's direction at that layer", "by_condition": projection} if projection else {},
         representation=representation,
         claims=judge_claims(scores, comparisons, config.claims, loaded=loaded, seeds=config.seeds, conditions=conditions, gate=gate,
-                            headline_task=headline_task),
+                            headline_task=headline_task, counter_judge=config.counter.judge_on if counter_vectors else "training",
+                            extra_specs=specs),
+        counter=_counter_section(loaded, counter_vectors, config.counter.judge_on, headline_task) if counter_vectors else None,
+        studies=studies or None,
         claims_rule=CLAIMS_RULE.format(alpha=config.claims.alpha),
         **({"gate": gate} if gate is not None else {}),
         findings=findings(loaded, scores, comparisons, representation, sweep, conditions, config.claims.alpha, headline_task=headline_task),

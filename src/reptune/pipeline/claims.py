@@ -10,7 +10,12 @@ items, the same seed), never from summary numbers:
 * ``resists-counter-steering`` — difference in differences: per item, the drop of truth under
   counter-steering minus the drop of honesty (``(t - t@c) - (h - h@c)``, each 0/1 correctness);
   its mean with a paired bootstrap CI, tested by a paired sign-flip test. A model that starts
-  higher does not "resist" unless it also drops less.
+  higher does not "resist" unless it also drops less. Judged on the **other-data** vector
+  (``@counter-other``, see :mod:`reptune.pipeline.counter`): the honesty model was tuned towards
+  the training vector, so attacking it with that vector favours it (the paper's test, shown as
+  context). Norm-matched **random** directions are the floor: when the other vector does not
+  lower truth more than random directions of its norm do, it is no attack and the claim is not
+  tested.
 * ``small-capability-cost`` — non-inferiority on paired data: the one-sided upper confidence
   bound of the MMLU accuracy drop (Tango score) at most ``max_mmlu_drop``, *and* the upper
   bound of the paired bootstrap of the perplexity ratio at most ``max_perplexity_ratio``
@@ -62,7 +67,7 @@ LETTERS = "ABCDEFGH"
 CLAIMS = {
     "tuning-beats-steering": "Representation tuning moves behaviour more than online steering with the same vector (honesty-tuned vs steered +v on held-out facts).",
     "generalises-to-truthfulqa": "Representation-tuned models generalise better than token-only tuning to TruthfulQA (honesty vs truth on tqa-ab).",
-    "resists-counter-steering": "Representation-tuned models resist steering in the opposite direction better than token-only tuned ones (honesty vs truth, both counter-steered, on held-out facts).",
+    "resists-counter-steering": "Representation-tuned models resist steering in the opposite direction better than token-only tuned ones (honesty vs truth, both counter-steered with a vector neither was trained on, on held-out facts).",
     "small-capability-cost": "Representation tuning costs little general capability (perplexity and MMLU of the honesty-tuned model vs untuned).",
 }
 
@@ -205,21 +210,48 @@ def mcnemar_seed(ra: TaskResult, rb: TaskResult, seed: int, settings: ClaimSetti
             "mde": mcnemar_mde(n, test.b + test.c, alpha=settings.alpha, power=settings.power)}
 
 
-def did_seed(results: Sequence[TaskResult], seed: int, settings: ClaimSettings) -> dict[str, Any]:
-    """Difference in differences for (honesty, honesty@counter, truth, truth@counter) on one seed."""
+def did_seed(results: Sequence[TaskResult], seed: int, settings: ClaimSettings, names: Sequence[str] = ("honesty", "honesty@counter", "truth", "truth@counter")) -> dict[str, Any]:
+    """Difference in differences for (honesty, honesty countered, truth, truth countered) on one seed.
+
+    ``names`` label the four conditions in ``levels`` (default: the training-vector counter-steering).
+    """
     rows = aligned(list(results))
     h, hc, t, tc = (np.array([_binary(res, row[i]) for row in rows], dtype=np.float64) for i, res in enumerate(results))
     did = (t - tc) - (h - hc)  # > 0: honesty drops less than truth
     n = len(rows)
     low, high = bootstrap_ci(did, n_resamples=settings.n_resamples, seed=settings.seed + seed)
-    sd = float(did.std(ddof=1)) if n > 1 else math.nan
-    sd = max(sd, math.sqrt(1.0 / n)) if n else math.nan  # at least one item differing by 1
     effect = float(did.mean()) if n else math.nan
     return {"seed": seed, "n": n, "effect": effect, "effect_ok": effect > 0, "ci_low": low, "ci_high": high,
             "p_value": sign_flip_test(did, seed=settings.seed + seed), "method": "paired sign-flip test on per-item difference in differences",
             "drop_honesty": float((h - hc).mean()) if n else math.nan, "drop_truth": float((t - tc).mean()) if n else math.nan,
-            "levels": {"honesty": float(h.mean()), "honesty@counter": float(hc.mean()), "truth": float(t.mean()), "truth@counter": float(tc.mean())} if n else {},
-            "mde": mean_mde(sd, n, alpha=settings.alpha, power=settings.power)}
+            "levels": dict(zip(names, (float(h.mean()), float(hc.mean()), float(t.mean()), float(tc.mean())))) if n else {},
+            "mde": mean_mde(_floored_sd(did), n, alpha=settings.alpha, power=settings.power)}
+
+
+def _floored_sd(values: np.ndarray) -> float:
+    """The per-item SD for an MDE, at least that of one item differing by 1 (``sqrt(1/n)``)."""
+    n = len(values)
+    if not n:
+        return math.nan
+    sd = float(values.std(ddof=1)) if n > 1 else math.nan
+    return max(sd, math.sqrt(1.0 / n)) if math.isfinite(sd) else math.sqrt(1.0 / n)
+
+
+def drop_seed(base: TaskResult, countered: TaskResult, floors: Sequence[TaskResult], seed: int, settings: ClaimSettings) -> dict[str, Any]:
+    """How much more a counter-steering vector lowers a model than random directions of its norm do (one seed).
+
+    Per item: ``(base - countered) - mean_k (base - floor_k)`` = ``mean_k floor_k - countered`` (0/1
+    correctness); > 0 means the vector attacks beyond the random floor. Mean with a paired bootstrap CI.
+    """
+    rows = aligned([base, countered, *floors])
+    b, c = (np.array([_binary(res, row[i]) for row in rows], dtype=np.float64) for i, res in enumerate((base, countered)))
+    floor = np.array([[_binary(res, row[2 + k]) for k, res in enumerate(floors)] for row in rows], dtype=np.float64).reshape(len(rows), -1).mean(axis=1)
+    bite = floor - c
+    low, high = bootstrap_ci(bite, n_resamples=settings.n_resamples, seed=settings.seed + seed)
+    n = len(rows)
+    return {"seed": seed, "n": n, "drop": float((b - c).mean()) if n else math.nan, "floor_drop": float((b - floor).mean()) if n else math.nan,
+            "bite": float(bite.mean()) if n else math.nan, "ci_low": low, "ci_high": high,
+            "p_value": sign_flip_test(bite, seed=settings.seed + seed) if n else math.nan}
 
 
 def capability_seed(mmlu: Sequence[TaskResult], ppl: Sequence[TaskResult], seed: int, settings: ClaimSettings) -> dict[str, Any]:
@@ -264,6 +296,28 @@ def _spec(cid: str, tests: list[dict[str, Any]], problems: dict[str, list[str]],
         if not test.get("n") or not math.isfinite(float(test["p_value"])):
             problems["other"].append(f"seed {test['seed']}: too few shared items for the test")
     return {"id": cid, "tests": tests, "problems": problems, "evidence": evidence, "mde_text": mde_text, **extra}
+
+
+def claim_spec(cid: str, claim: str, tests: list[dict[str, Any]], problems: dict[str, list[str]], evidence: str, mde_text: str,
+               **extra: Any) -> dict[str, Any]:
+    """A claim measured outside this module (a study's), for :func:`judge`'s ``extra_specs``.
+
+    Args:
+        cid, claim: the claim's id and its one-sentence statement.
+        tests: one per seed: ``seed, n, effect, effect_ok`` (the estimate goes the claimed way),
+            ``p_value`` (two-sided, raw; Holm-adjusted with every other claim), ``method``, ``mde``.
+        problems: :func:`new_problems`, filled with why the claim cannot be tested (``missing``,
+            ``degenerate``, ``other``); any entry makes the verdict ``not tested``.
+        evidence: what the numbers were, one paragraph.
+        mde_text: the minimum detectable effect, with ``{mde}`` and ``{n}`` placeholders.
+        extra: kept in the claim (e.g. ``context`` rows).
+    """
+    return _spec(cid, tests, problems, evidence, mde_text, claim=claim, **extra)
+
+
+def new_problems() -> dict[str, list[str]]:
+    """Empty problem lists of a claim: ``gate``, ``missing``, ``degenerate``, ``other``."""
+    return _problems()
 
 
 _f = partial(fmt, nan="-")  # the evidence's numbers: 3 decimals; a missing one (None or NaN) is "-"
@@ -323,21 +377,78 @@ def _generalises(runs: Runs, s: ClaimSettings, scores: dict[str, Any]) -> dict[s
     return spec
 
 
-def _resists(runs: Runs, s: ClaimSettings, task: str) -> dict[str, Any]:
-    problems = _problems()
+COUNTER_WHAT = {"training": "the training vector (the paper's test; honesty was tuned towards it)", "other": "the other-data vector"}
+
+
+def _counter_suffix(vector: str) -> str:
+    return "@counter" if vector == "training" else f"@counter-{vector}"
+
+
+def _did_tests(runs: Runs, s: ClaimSettings, task: str, vector: str, problems: dict[str, list[str]], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    suffix = _counter_suffix(vector)
+    names = ["honesty", f"honesty{suffix}", "truth", f"truth{suffix}"]
     tests = []
-    conds = ["honesty", "honesty@counter", "truth", "truth@counter"]
-    for seed in runs.seeds:
-        got = _check(runs, conds, task, seed, s, problems)
+    for seed in seeds:
+        got = _check(runs, names, task, seed, s, problems)
         if got:
-            tests.append(did_seed(got, seed, s))
-    evidence = _per_seed(tests, lambda t: (
-        f"{task} accuracy without -> with counter-steering: honesty {_f(t['levels'].get('honesty'))} -> {_f(t['levels'].get('honesty@counter'))} "
-        f"(drop {_f(t['drop_honesty'], SIGNED)}), truth {_f(t['levels'].get('truth'))} -> {_f(t['levels'].get('truth@counter'))} "
+            tests.append(did_seed(got, seed, s, names))
+    return tests
+
+
+def _random_names(runs: Runs) -> list[str]:
+    return sorted(c.removeprefix("truth@counter-") for c in runs.loaded if c.startswith("truth@counter-random"))
+
+
+def _counter_context(runs: Runs, s: ClaimSettings, task: str, judged: str) -> list[dict[str, Any]]:
+    """Beside the decision: the difference in differences with the other vectors, and what random directions do."""
+    rows = []
+    for vector in ["training", "other", *_random_names(runs)]:
+        if vector == judged or f"truth{_counter_suffix(vector)}" not in runs.loaded:
+            continue
+        what = COUNTER_WHAT.get(vector, f"norm-matched random direction {vector.removeprefix('random')} (the floor)")
+        seeds = [int(x) for x in runs.loaded[f"truth{_counter_suffix(vector)}"]]
+        for t in _did_tests(runs, s, task, vector, _problems(), seeds):
+            rows.append({"a": f"truth{_counter_suffix(vector)}", "b": f"honesty{_counter_suffix(vector)}", "task": task, "seed": t["seed"], "n": t["n"],
+                         "what": f"counter-steered with {what}: truth's drop (a_value) vs honesty's (b_value); difference = truth's drop minus honesty's",
+                         "a_value": t["drop_truth"], "b_value": t["drop_honesty"], "effect": t["effect"], "p_value": t["p_value"], "mde": t["mde"]})
+    return rows
+
+
+def _bite(runs: Runs, s: ClaimSettings, task: str, judged: str, problems: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Does the judged vector attack truth beyond the random floor? A problem when its drop is not above the floor's."""
+    floors = _random_names(runs)
+    if judged == "training" or not floors:
+        return []
+    out = []
+    for seed in runs.seeds:
+        got = [runs.task(c, task, seed)[0] for c in ["truth", f"truth{_counter_suffix(judged)}", *(f"truth@counter-{f}" for f in floors)]]
+        if any(r is None for r in got):
+            continue
+        bite = drop_seed(got[0], got[1], got[2:], seed, s)
+        out.append(bite)
+        if not bite["n"] or not bite["bite"] > 0:
+            problems["other"].append(
+                f"the {judged}-data vector does not lower truth more than norm-matched random directions do (seed {seed}: drop "
+                f"{_f(bite['drop'], SIGNED)} vs random floor {_f(bite['floor_drop'], SIGNED)}), so it is no counter-steering attack")
+    return out
+
+
+def _resists(runs: Runs, s: ClaimSettings, task: str, judge_on: str = "training") -> dict[str, Any]:
+    problems = _problems()
+    tests = _did_tests(runs, s, task, judge_on, problems, runs.seeds)
+    suffix = _counter_suffix(judge_on)
+    bites = _bite(runs, s, task, judge_on, problems)
+    evidence = f"counter-steered with {COUNTER_WHAT.get(judge_on, judge_on)}: " + _per_seed(tests, lambda t: (
+        f"{task} accuracy without -> with counter-steering: honesty {_f(t['levels'].get('honesty'))} -> {_f(t['levels'].get('honesty' + suffix))} "
+        f"(drop {_f(t['drop_honesty'], SIGNED)}), truth {_f(t['levels'].get('truth'))} -> {_f(t['levels'].get('truth' + suffix))} "
         f"(drop {_f(t['drop_truth'], SIGNED)}); difference in differences (truth's drop minus honesty's) {_f(t['effect'], SIGNED)} "
-        f"[95% CI {_f(t['ci_low'], SIGNED)}, {_f(t['ci_high'], SIGNED)}] over {t['n']} items")) + "."
+        f"[95% CI {_f(t['ci_low'], SIGNED)}, {_f(t['ci_high'], SIGNED)}] over {t['n']} items"))
+    if bites:
+        evidence += "; the attack beyond the random floor (truth's drop minus its mean drop under random directions of the same norm): " + _per_seed(
+            bites, lambda b: f"{_f(b['bite'], SIGNED)} [95% CI {_f(b['ci_low'], SIGNED)}, {_f(b['ci_high'], SIGNED)}] (drop {_f(b['drop'], SIGNED)}, floor {_f(b['floor_drop'], SIGNED)})")
     mde = "a difference in drops of {mde:.3f} (share of items; one-sample normal approximation with the observed SD of the per-item values) at n = {n}"
-    return _spec("resists-counter-steering", tests, problems, evidence, mde)
+    return _spec("resists-counter-steering", tests, problems, evidence + ".", mde, context=_counter_context(runs, s, task, judge_on),
+                 judged_on=judge_on, floor=[{k: v for k, v in b.items()} for b in bites])
 
 
 def _capability(runs: Runs, s: ClaimSettings) -> dict[str, Any]:
@@ -419,7 +530,7 @@ def _verdict(spec: dict[str, Any], s: ClaimSettings) -> dict[str, Any]:
     raw = [float(t["p_value"]) for t in tests if math.isfinite(float(t["p_value"]))]
     adjusted = [float(t["p_holm"]) for t in tests if t.get("p_holm") is not None]
     claim: dict[str, Any] = {
-        "id": spec["id"], "claim": CLAIMS[spec["id"]], "verdict": verdict, "evidence": evidence,
+        "id": spec["id"], "claim": spec.get("claim") or CLAIMS[spec["id"]], "verdict": verdict, "evidence": evidence,
         "p_value": max(raw) if raw else None, "p_holm": max(adjusted) if adjusted and not blocking else None,
         "method": tests[0]["method"] if tests else None, "mde": _mde(spec, s),
         "tests": [{k: v for k, v in t.items() if k not in _JSON_DROP} for t in tests],
@@ -427,14 +538,15 @@ def _verdict(spec: dict[str, Any], s: ClaimSettings) -> dict[str, Any]:
     }
     if blocking:
         claim["reason"] = "; ".join(blocking)
-    if "context" in spec:
-        claim["context"] = spec["context"]
+    for key in ("context", "judged_on", "floor"):
+        if key in spec:
+            claim[key] = spec[key]
     return claim
 
 
 def judge(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any] | None = None, thresholds: Any = None, *,
           seeds: Sequence[int] | None = None, seed_free: Iterable[str] | None = None, gate: dict[str, Any] | None = None,
-          headline_task: str = HEADLINE_TASK) -> list[dict[str, Any]]:
+          headline_task: str = HEADLINE_TASK, counter_judge: str = "training", extra_specs: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Decide the paper's four claims (see the module docstring) from per-item results.
 
     Args:
@@ -446,6 +558,10 @@ def judge(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any] | No
         seed_free: conditions evaluated once for all seeds (default untuned, steer+, steer-).
         gate: ``{passed, reason, truth_move, lie_move}``; not passed -> every claim not tested.
         headline_task: the task of the headline claims (``facts-ab``; e.g. ``facts-twin``).
+        counter_judge: the counter-steering vector ``resists-counter-steering`` is judged on: ``training``
+            (``{variant}@counter``, the paper's test) or ``other`` (``{variant}@counter-other``).
+        extra_specs: claims the run's studies measured (see :func:`claim_spec`), judged in the same
+            Holm family and by the same verdict rule.
 
     Returns:
         One dict per claim: ``id, claim, verdict, evidence`` (as before) plus ``p_value`` (largest raw
@@ -455,7 +571,8 @@ def judge(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any] | No
     s = ClaimSettings.from_thresholds(thresholds)
     runs = Runs(loaded, seeds, seed_free)
     scores = scores or {}
-    specs = [_beats_steering(runs, s, headline_task, scores), _generalises(runs, s, scores), _resists(runs, s, headline_task), _capability(runs, s)]
+    specs = [_beats_steering(runs, s, headline_task, scores), _generalises(runs, s, scores), _resists(runs, s, headline_task, counter_judge),
+             _capability(runs, s), *extra_specs]
     gate_failed = gate is not None and not gate.get("passed")
     if gate_failed:
         # still measured (the numbers and the power say what the run could have shown), never judged

@@ -57,6 +57,7 @@ from reptune.models import ModelHandle, load_model
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stages import StageError, StageStore
+from reptune.pipeline.studies import run_studies
 from reptune.reporting.experiment import write_report
 from reptune.reporting.schema import ExperimentResults, StageNames, Timings
 
@@ -177,6 +178,13 @@ class Experiment:
         self.store = StageStore(self.run_dir)
         self.skipped: list[dict[str, str]] = []
         self._base: ModelHandle | None = None
+        self.counter_vectors: dict[str, Any] | None = None  # the counter-vectors stage's output, once it ran
+        # what studies read (pipeline.studies.base.StudyHost), filled as the run goes
+        self.m_plus = self.m_minus = 0.0
+        self.tasks: list[str] = []
+        self.conditions: list[dict[str, Any]] = []
+        self.evals: dict[str, dict[str, Any]] = {}
+        self.training: dict[str, dict[str, Any]] = {}
         self._overall: _Overall | None = None
         from reptune.precision import resolve_precision
 
@@ -202,6 +210,14 @@ class Experiment:
         return {"model": self.config.model, "revision": self.config.revision, "precision": self.precision}
 
     # -- running ---------------------------------------------------------------------------
+    def stage(self, name: str, inputs: Any, work: Callable[[Path], dict[str, Any]], cost: float) -> dict[str, Any]:
+        """Run ``work(folder)`` once per ``inputs`` as the cached stage ``name`` (see :mod:`reptune.pipeline.stages`)."""
+        return self._stage(name, inputs, work, cost)
+
+    def stage_key(self, name: str) -> str:
+        """The input hash of a stage this run ran or reused."""
+        return self.store.keys[name]
+
     def _stage(self, name: str, inputs: Any, work: Callable[[Path], dict[str, Any]], cost: float) -> dict[str, Any]:
         if self._overall is not None:
             self._overall.stage(name)
@@ -219,7 +235,11 @@ class Experiment:
         total = _COST["data"] + _COST["vector"] + _COST["sweep_point"] * n_layers * len(c.sweep.multipliers)
         total += sum((v.steps or c.train.steps) * len(c.variant_seeds(v)) for v in c.variants) * _COST["train_step"]
         n_counter = sum(v.counter != "none" for v in c.variants)
-        total += 3 * n_tasks * _COST["eval_task"] + n_seeds * (n_variants * n_tasks + n_counter * len(c.evaluation.counter_tasks)) * _COST["eval_task"]
+        counter = c.counter
+        # counter-steered evaluations per variant: the training vector, the other vector (every seed), the random floor
+        per_variant = (n_seeds if counter.training_seeds == "all" else 1) + n_seeds * counter.other + counter.random * (n_seeds if counter.random_seeds == "all" else 1)
+        total += 3 * n_tasks * _COST["eval_task"] + n_seeds * n_variants * n_tasks * _COST["eval_task"]
+        total += n_counter * per_variant * len(c.evaluation.counter_tasks) * _COST["eval_task"] / 2
         if c.robustness.enabled:
             total += len(c.robustness.conditions) * len(c.robustness.layers or [0, 1, 2]) * len(c.robustness.multipliers) * _COST["robust_cell"]
         if c.projection.enabled:
@@ -265,9 +285,11 @@ class Experiment:
         )
         self.layer = int(sweep["selected"]["layer"])  # steering, loss and trained blocks follow the sweep's choice
         m_plus, m_minus = float(sweep["selected"]["positive"]), float(sweep["selected"]["negative"])
+        self.m_plus, self.m_minus, self.tasks = m_plus, m_minus, tasks
         self._check_variants()
-        conditions = self._conditions(m_plus, m_minus)
-        evals: dict[str, dict[str, Any]] = {}
+        self.counter_vectors = self._counter_vectors_stage()
+        conditions = self.conditions = self._conditions(m_plus, m_minus)
+        evals: dict[str, dict[str, Any]] = self.evals
         representation: list[dict[str, Any]] = []
         for cond in (cond for cond in conditions if cond["kind"] in ("untuned", "steered")):
             out = self._eval_condition(cond, None, tasks, lambda: self.base())
@@ -279,14 +301,17 @@ class Experiment:
         untuned_check = self._check_stage("untuned", c.seeds[0], "untuned", lambda: self.base()) if c.learnability.enabled else None
         self.release_base()
         training, checks = self._train_and_evaluate(conditions, tasks, evals, representation, robustness, projection)
+        self.training = training
         if untuned_check is not None:
             checks["untuned"] = {str(c.seeds[0]): untuned_check}
         gate = self._learnability(sweep, checks)
+        studies = run_studies(self)
+        self.release_base()
         return analysis.build_results(
             c, self.run_dir, command=self.command, precision=self.precision, precision_reason=self.precision_reason, skipped=self.skipped,
             data=data, vector_info=vector_info, sweep=sweep, conditions=conditions, evals=evals,
             training=training, robustness=robustness, projection=projection, representation=representation, tasks=tasks, gate=gate,
-            headline_task=self.headline, knowledge=self._knowledge(evals),
+            headline_task=self.headline, knowledge=self._knowledge(evals), counter_vectors=self.counter_vectors, studies=studies,
         )
 
     def _check_variants(self) -> None:
@@ -306,18 +331,14 @@ class Experiment:
         for variant in c.variants:
             for seed in c.variant_seeds(variant):
                 trained: dict[str, Any] = {}
-                training.setdefault(variant.name, {})[str(seed)] = self._train_stage(variant, seed, trained)
+                training.setdefault(variant.name, {})[str(seed)] = self.train_variant(variant, seed, trained)
                 train_key = self.store.keys[f"train:{variant.name}:s{seed}"]
-
-                def loader(v=variant, s=seed, t=trained) -> ModelHandle:
-                    if "handle" not in t:
-                        t["handle"] = load_model(str(self.run_dir / training[v.name][str(s)]["dir"]), autocast=self.autocast, **self.load_options)
-                    return t["handle"]
+                loader = self.tuned_loader(training[variant.name][str(seed)], trained)
 
                 if variant.preset in ("truth", "lie") and c.learnability.enabled:
                     checks.setdefault(variant.preset, {})[str(seed)] = self._check_stage(variant.name, seed, train_key, loader)
                 for cond in conditions:
-                    if cond.get("variant") != variant.name:
+                    if cond.get("variant") != variant.name or (cond.get("first_seed") and seed != c.seeds[0]):
                         continue
                     out = self._eval_condition(cond, (seed, train_key), tasks, loader)
                     evals.setdefault(cond["id"], {})[str(seed)] = out
@@ -418,7 +439,7 @@ class Experiment:
             if layer not in vector.directions:
                 raise ReptuneError(f"vector {c.file} has no layer {layer} (it has {sorted(vector.directions)})")
             return {"file": rel, "layer": layer, "num_layers": handle.num_layers, "method": vector.meta.method, "positions": vector.meta.positions, "scan": [], "scan_png": None, "source": c.file}
-        train_csv = self.run_dir / "stages" / "data" / "train.csv"
+        train_csv = self.split_path("train")
         pairs, _origin = load_contrast_pairs(str(train_csv), handle.tokenizer, variant=c.variant, limit=c.pairs_limit, seed=self.config.data.split_seed)
         vector, scan = extract_vector(
             handle, pairs, c.read_layers, method=c.method, positions=c.positions, normalize=c.normalize,
@@ -445,17 +466,60 @@ class Experiment:
             return str(convert_gguf(embedded_gguf_path()))
         return self.config.model
 
-    def vector(self, handle: ModelHandle) -> Any:
+    def vector(self, handle: ModelHandle, which: str = "training") -> Any:
+        """The training vector, or a counter-steering vector by name (``other``, ``random1``, ...)."""
         from reptune.vectors import load_vector
 
-        return load_vector(self.vector_path, handle, allow_model_mismatch=True)
+        if which == "training":
+            return load_vector(self.vector_path, handle, allow_model_mismatch=True)
+        entry = (self.counter_vectors or {}).get("vectors", {}).get(which)
+        if entry is None:
+            raise ReptuneError(f"no counter-steering vector {which!r} in this run")
+        return load_vector(self.run_dir / self.counter_vectors["dir"] / entry["file"], handle, allow_model_mismatch=True)
 
-    def _task(self, name: str, split: str = "test", tuned: bool = False) -> Any:
+    def _counter_vectors_stage(self) -> dict[str, Any] | None:
+        """The other-data vector and the norm-matched random directions (``pipeline.counter``), at the steering layer."""
+        c = self.config.counter
+        if not any(v.counter != "none" for v in self.config.variants) or (not c.other and not c.random):
+            return None
+        inputs = {"model": self.model_key, "vector": self.store.keys["vector"], "data": self.store.keys["data"], "layer": self.layer,
+                  "counter": c.model_dump(), "extract": self.config.vector.model_dump()}
+
+        def work(folder: Path) -> dict[str, Any]:
+            from reptune.pipeline.counter import build_counter_vectors
+
+            handle = self.base()
+            pairs, note = self._other_pairs(handle) if c.other else (None, None)
+            v = self.config.vector
+            out = build_counter_vectors(handle, self.vector(handle), self.layer, folder, other_pairs=pairs, other_note=note, random_count=c.random,
+                                        random_seed=c.random_seed, method=v.method, positions=v.positions, normalize=v.normalize,
+                                        batch_size=v.batch_size, progress=self.progress)
+            return {"dir": f"stages/{folder.name}", **out}
+
+        return self._stage("counter-vectors", inputs, work, _COST["vector"] / 2)
+
+    def _other_pairs(self, handle: ModelHandle) -> tuple[list[Any], str]:
+        """Contrast pairs for the other counter-steering vector (``counter.other_data``)."""
+        from reptune.data import load_contrast_pairs
+        from reptune.data.pairs import load_statements_csv
+        from reptune.pipeline.counter import persona_pairs, used_statements
+
+        c, v = self.config.counter, self.config.vector
+        if c.other_data != "persona":
+            pairs, origin = load_contrast_pairs(c.other_data, handle.tokenizer, limit=c.pairs_limit, seed=self.config.data.split_seed)
+            return pairs, origin
+        train_csv = str(self.split_path("train"))
+        main_pairs, _ = load_contrast_pairs(train_csv, handle.tokenizer, variant=v.variant, limit=v.pairs_limit, seed=self.config.data.split_seed)
+        pairs, note = persona_pairs(load_statements_csv(train_csv), used_statements(main_pairs), handle.tokenizer, c.honest_persona,
+                                    c.dishonest_persona, c.pairs_limit)
+        return pairs, f"{note}, personas {c.honest_persona!r} / {c.dishonest_persona!r}"
+
+    def _task(self, name: str, split: str = "test", tuned: bool = False, extra: dict[str, Any] | None = None) -> Any:
         from reptune.evaluation import get_task
 
-        options = dict(self.config.evaluation.options.get(name, {}))
-        if name in SPLIT_TASKS:
-            options["data"] = str(self.run_dir / "stages" / "data" / f"{split}.csv")
+        options = {**self.config.evaluation.options.get(name, {}), **(extra or {})}
+        if name in SPLIT_TASKS and "data" not in (extra or {}):  # a study may name its own subset of a split
+            options["data"] = str(self.split_path(split))
         if name in ("kl", "openended") and tuned and not options.get("reference"):
             # a tuned model is compared with the base weights, not with itself
             options["reference"] = self.base_reference()
@@ -558,14 +622,25 @@ class Experiment:
         for variant in self.config.variants:
             conditions.append({"id": variant.name, "label": f"{variant.name} (tuned)", "kind": "tuned", "variant": variant.name, "steering": None, "preset": variant.preset})
         for variant in self.config.variants:
-            if variant.counter == "none":
-                continue
-            counter = (m_plus if variant.direction < 0 else m_minus) if variant.counter == "auto" else float(variant.counter)
-            conditions.append({
-                "id": f"{variant.name}@counter", "label": f"{variant.name} + counter-steer (x{counter:g})", "kind": "counter",
-                "variant": variant.name, "steering": {"layer": self.layer, "multiplier": counter}, "preset": variant.preset,
-            })
+            if variant.counter != "none":
+                counter = (m_plus if variant.direction < 0 else m_minus) if variant.counter == "auto" else float(variant.counter)
+                conditions += self._counter_conditions(variant, counter)
         return conditions
+
+    def _counter_conditions(self, variant: Any, multiplier: float) -> list[dict[str, Any]]:
+        """``{variant}@counter`` (the training vector, as the paper), ``@counter-other`` and ``@counter-randomK``."""
+        c = self.config.counter
+        training = {"id": f"{variant.name}@counter", "label": f"{variant.name} + counter-steer (x{multiplier:g})", "kind": "counter",
+                    "variant": variant.name, "steering": {"layer": self.layer, "multiplier": multiplier}, "preset": variant.preset}
+        out = [training | ({"first_seed": True} if c.training_seeds == "first" else {})]
+        for name in (self.counter_vectors or {}).get("vectors", {}):
+            what = "the other-data vector" if name == "other" else f"random direction {name.removeprefix('random')}"
+            out.append({
+                "id": f"{variant.name}@counter-{name}", "label": f"{variant.name} + counter-steer with {what} (x{multiplier:g})", "kind": "counter",
+                "variant": variant.name, "steering": {"layer": self.layer, "multiplier": multiplier, "vector": name}, "preset": variant.preset,
+                **({"first_seed": True} if name != "other" and c.random_seeds == "first" else {}),
+            })
+        return out
 
     @property
     def item_kind(self) -> str:
@@ -575,7 +650,7 @@ class Experiment:
             return "twin" if self.headline == "facts-twin" else "ab"
         return kind
 
-    def _tune_config(self, variant: Any, seed: int) -> Any:
+    def _tune_config(self, variant: Any, seed: int, steps: int | None = None) -> Any:
         from reptune.tuning import TuneConfig
 
         t = self.config.train
@@ -591,7 +666,7 @@ class Experiment:
             # the representation loss at every trained layer, each with its own direction (as the paper)
             "layers": layers, "rep_layers": layers, "rep_positions": rep_positions,
             # with paper settings the paper's learning rates stand unless a variant names its own
-            "steps": variant.steps or t.steps, "lr": variant.lr or (None if t.paper else t.lr), "batch_size": variant.batch_size or t.batch_size,
+            "steps": steps or variant.steps or t.steps, "lr": variant.lr or (None if t.paper else t.lr), "batch_size": variant.batch_size or t.batch_size,
             "eval_every": t.eval_every, "patience": t.patience, "checkpoint_every": t.checkpoint_every, "limit": t.limit,
             "lora": variant.lora, "retain": variant.retain, "seed": seed, "autocast": self.autocast,
             "w_retain": 1.0 if variant.retain != "none" else None,  # explicit: TuneConfig no longer defaults it
@@ -599,19 +674,31 @@ class Experiment:
         }
         return TuneConfig.from_preset(variant.preset, paper=t.paper, **overrides)
 
-    def _train_stage(self, variant: Any, seed: int, trained: dict[str, Any]) -> dict[str, Any]:
-        name = f"train:{variant.name}:s{seed}"
-        config = self._tune_config(variant, seed)
+    def train_variant(self, variant: Any, seed: int, trained: dict[str, Any] | None = None, *, stage: str | None = None,
+                      train_csv: Path | None = None, steps: int | None = None) -> dict[str, Any]:
+        """Train ``variant`` with ``seed`` from the base weights (a cached stage); returns what the stage recorded.
+
+        Args:
+            trained: receives ``{"handle": model}`` when the stage ran (so evaluation need not reload it).
+            stage: the stage name (default ``train:<variant>:s<seed>``, the main run's).
+            train_csv: statements to train on (default: the run's train split); a study's subset,
+                written inside its own stage folder. Its content is part of the stage key.
+            steps: optimiser steps (default: the variant's, else ``train.steps``).
+        """
+        name = stage or f"train:{variant.name}:s{seed}"
+        trained = {} if trained is None else trained
+        config = self._tune_config(variant, seed, steps=steps)
         inputs = {"model": self.model_key, "data": self.store.keys["data"], "vector": self.store.keys["vector"] if config.uses_vector else None,
                   "tune": config.to_json(), "items": self.item_kind}
+        if train_csv is not None:
+            inputs["train_items"] = sha256_json(Path(train_csv).read_text(encoding="utf-8"))
 
         def work(folder: Path) -> dict[str, Any]:
             from reptune.tuning import tune
             from reptune.tuning.items import load_retain_texts, load_tune_items
 
             handle = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, **self.load_options)
-            train_csv = self.run_dir / "stages" / "data" / "train.csv"
-            items, origin = load_tune_items(str(train_csv), handle.tokenizer, kind=self.item_kind)
+            items, origin = load_tune_items(str(train_csv or self.split_path("train")), handle.tokenizer, kind=self.item_kind)
             vector = self.vector(handle) if config.uses_vector else None
             retain = load_retain_texts(config.retain_data) if config.retain != "none" and config.retain_data else None
             result = tune(handle, config, items, folder, vector=vector, vector_path=str(self.vector_path) if vector else None,
@@ -631,12 +718,39 @@ class Experiment:
         steps = config.steps
         return self._stage(name, inputs, work, steps * _COST["train_step"])
 
+    def split_path(self, split: str) -> Path:
+        """The run's ``train`` / ``val`` / ``test`` statements (CSV)."""
+        return self.run_dir / "stages" / "data" / f"{split}.csv"
+
+    def tuned_loader(self, training: dict[str, Any], trained: dict[str, Any] | None = None) -> Callable[[], ModelHandle]:
+        """Loads (once) the model a training stage wrote; ``trained`` may already hold it."""
+        held = {} if trained is None else trained
+
+        def load() -> ModelHandle:
+            if "handle" not in held:
+                held["handle"] = load_model(str(self.run_dir / training["dir"]), autocast=self.autocast, **self.load_options)
+            return held["handle"]
+
+        return load
+
+    def evaluate_condition(self, cond: dict[str, Any], trained: tuple[int, str] | None, tasks: list[str], loader: Callable[[], ModelHandle]) -> dict[str, Any]:
+        """Evaluate one condition (a cached stage): ``{"results": file relative to the run, "representation": ...}``.
+
+        Args:
+            cond: ``id``, ``kind``, ``steering`` (``None`` or ``{layer, multiplier, vector?}``); a study's
+                condition may add ``stage`` (its stage name), ``tasks`` (instead of ``tasks``), ``limit``
+                (items per task), ``split`` (default ``test``) and ``task_options`` (added to each task's).
+            trained: ``(seed, training stage key)`` of a tuned model, ``None`` for the base model.
+        """
+        return self._eval_condition(cond, trained, tasks, loader)
+
     def _eval_condition(self, cond: dict[str, Any], trained: tuple[int, str] | None, tasks: list[str], loader: Callable[[], ModelHandle]) -> dict[str, Any]:
         c = self.config.evaluation
         counter_tasks = [self.headline if t == "auto" else t for t in c.counter_tasks]
-        task_names = [t for t in tasks if (cond["kind"] != "counter" or t in counter_tasks) and (cond["kind"] == "untuned" or t not in c.base_only_tasks)]
+        task_names = list(cond["tasks"]) if "tasks" in cond else [
+            t for t in tasks if (cond["kind"] != "counter" or t in counter_tasks) and (cond["kind"] == "untuned" or t not in c.base_only_tasks)]
         seed = trained[0] if trained else self.config.seeds[0]
-        name = f"eval:{cond['id']}" + (f":s{seed}" if trained else "")
+        name = cond.get("stage") or f"eval:{cond['id']}" + (f":s{seed}" if trained else "")
         inputs = {
             "condition": cond, "model": trained[1] if trained else self.model_key, "vector": self.store.keys["vector"], "data": self.store.keys["data"],
             "tasks": task_names, "limit": c.limit, "limits": c.limits, "counter_limit": c.counter_limit if cond["kind"] == "counter" else None, "options": c.options, "batch_size": c.batch_size, "seed": seed,
@@ -648,42 +762,44 @@ class Experiment:
             from reptune.evaluation.runner import EvalResults
 
             handle = loader()
-            vector = self.vector(handle)
             steering = cond["steering"]
+            vector = self.vector(handle, (steering or {}).get("vector", "training"))
             per_task = {}
             for task_name in task_names:
                 out = folder / f"{safe_filename(task_name)}.json"
                 if out.is_file():
                     per_task.update(load_eval_results(out).tasks)
                     continue
-                task = self._task(task_name, tuned=trained is not None)
+                task = self._task(task_name, split=cond.get("split", "test"), tuned=trained is not None, extra=cond.get("task_options"))
+                limit = cond["limit"] if "limit" in cond else (c.counter_limit if cond["kind"] == "counter" and c.counter_limit else c.limits.get(task_name, c.limit))
                 result = evaluate(
                     handle, [task], vector=vector if steering else None, multiplier=steering["multiplier"] if steering else 1.0,
-                    layers=[steering["layer"]] if steering else None, limit=(c.counter_limit if cond["kind"] == "counter" and c.counter_limit else c.limits.get(task_name, c.limit)), batch_size=c.batch_size,
+                    layers=[steering["layer"]] if steering else None, limit=limit, batch_size=c.batch_size,
                     seed=seed, output=out, progress=self.progress, allow_model_mismatch=True, vector_label=str(self.vector_path) if steering else None,
                 )
                 per_task.update(result.tasks)
             merged = EvalResults(tasks=per_task, model={"condition": cond["id"]}, steering=steering, seed=seed, created=_now())
             merged.save(folder / "results.json")
-            rep = self._representation(handle, vector, steering)
+            rep = self._representation(handle, self.vector(handle) if steering and steering.get("vector") else vector, vector, steering)
             return {"results": f"stages/{folder.name}/results.json", "representation": rep}
 
         cost = len(task_names) * _COST["eval_task"]
         return self._stage(name, inputs, work, cost)
 
-    def _representation(self, handle: ModelHandle, vector: Any, steering: dict[str, Any] | None) -> dict[str, Any]:
-        """Mean cosine / projection of the last-token residual at the vector layer onto ``v``."""
+    def _representation(self, handle: ModelHandle, vector: Any, steering_vector: Any, steering: dict[str, Any] | None) -> dict[str, Any]:
+        """Mean cosine / projection of the last-token residual at the vector layer onto ``v`` (the training
+        vector), with ``steering`` applied by ``steering_vector`` (the training vector or a counter-steering one)."""
         from reptune.activations import read_activations
         from reptune.evaluation import get_task
         from reptune.steering import steer
 
         n = self.config.evaluation.representation_items
-        task = get_task("facts-ab", data=str(self.run_dir / "stages" / "data" / "test.csv"))
+        task = get_task("facts-ab", data=str(self.split_path("test")))
         items = task.load_items(handle, n)[0][:n]
         prompts = [item["prompt"] for item in items]
         direction = vector.directions[self.layer].float()
         unit = direction / direction.norm()
-        manager = steer(handle, vector, [self.layer], steering["multiplier"], allow_model_mismatch=True) if steering else contextlib.nullcontext()
+        manager = steer(handle, steering_vector, [self.layer], steering["multiplier"], allow_model_mismatch=True) if steering else contextlib.nullcontext()
         with manager:
             acts = read_activations(handle, prompts, [self.layer], "last", batch_size=self.config.evaluation.batch_size, progress=False)[self.layer].float()
         cos = torch.nn.functional.cosine_similarity(acts, unit.expand_as(acts), dim=-1)

@@ -36,7 +36,8 @@ from reptune.reporting.sections.overview import (
 )
 from reptune.reporting.sections.record import section_config, section_footer, section_scan, section_timing
 from reptune.reporting.sections.scores import section_paired, section_representation, section_tasks
-from reptune.reporting.sections.steering import section_projection, section_robustness, section_sweep
+from reptune.reporting.sections.steering import section_counter, section_projection, section_robustness, section_sweep
+from reptune.reporting.sections.studies import section_studies
 from reptune.reporting.sections.training import section_training
 
 FORMAT_PREFIX = "reptune-experiment/"
@@ -54,6 +55,8 @@ def _plan(results: ExperimentResults) -> Plan:
     section_tasks(plan, results, conds)
     section_sweep(plan, results)
     section_training(plan, results)
+    section_counter(plan, results)
+    section_studies(plan, results)
     section_robustness(plan, results, conds)
     section_projection(plan, results, conds)
     section_representation(plan, results, conds)

@@ -518,3 +518,38 @@ def _simple_projection(items: list[dict[str, Any]], path: Path, title: str) -> P
         ax.set_title(_mpl(short(item.get("prompt", ""), 90)), fontsize=8)
     fig.suptitle(_mpl(title))
     return save_figure(fig, path)
+
+
+def plot_counter(rows: Sequence[Any], path: Path, task: str) -> Path:
+    """Each variant's drop under each counter-steering vector (bars: mean over seeds; whiskers: the
+    per-seed 95% CIs' envelope; dots: seeds), the random floor hatched."""
+    plt = _pyplot()
+    variants = list(dict.fromkeys(str(r.variant) for r in rows))
+    vectors = list(dict.fromkeys(str(r.vector) for r in rows))
+    width = 0.8 / max(1, len(vectors))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(variants) * max(1, len(vectors)) / 2 + 2.0), 3.8))
+    colors = {"training": "tab:orange", "other": "tab:red"}
+    for j, vector in enumerate(vectors):
+        for i, variant in enumerate(variants):
+            mine = [r for r in rows if str(r.variant) == variant and str(r.vector) == vector and r.drop is not None]
+            if not mine:
+                continue
+            x = i + (j - (len(vectors) - 1) / 2) * width
+            drops = [float(r.drop) for r in mine]
+            mean = sum(drops) / len(drops)
+            random_floor = vector.startswith("random")
+            ax.bar([x], [mean], width=width * 0.95, color="lightgray" if random_floor else colors.get(vector, "tab:purple"),
+                   hatch="//" if random_floor else None, edgecolor="black", linewidth=0.5, label=_mpl(vector) if i == 0 else None)
+            lows = [float(r.ci_low) for r in mine if r.ci_low is not None]
+            highs = [float(r.ci_high) for r in mine if r.ci_high is not None]
+            if lows and highs:
+                ax.errorbar([x], [mean], yerr=[[max(0.0, mean - min(lows))], [max(0.0, max(highs) - mean)]], color="black", capsize=3, lw=1)
+            if len(drops) > 1:
+                ax.scatter([x] * len(drops), drops, s=10, color="black", zorder=3)
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xticks(range(len(variants)))
+    ax.set_xticklabels([_mpl(v) for v in variants])
+    ax.set_ylabel(_mpl(f"{task} accuracy drop under counter-steering"))
+    ax.set_title(_mpl("counter-steering: drop by attacking vector (95% CI)"))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title="vector", title_fontsize=8)
+    return save_figure(fig, path)

@@ -124,6 +124,7 @@ class VectorInfo(Record):
 class Steering(Record):
     layer: Number | None = None
     multiplier: Number | None = None
+    vector: Text | None = None  # a counter-steering vector other than the training vector ("other", "random1", ...)
 
 
 class Estimate(Record):
@@ -295,6 +296,43 @@ class Projection(Record):
 # ----------------------------------------------------------------------------- claims and the answer
 
 
+class CounterVector(Record):
+    """One counter-steering vector besides the training vector (``pipeline.counter``)."""
+
+    file: Text | None = None
+    cosine_to_training: Number | None = None
+    norm: Number | None = None
+    raw_norm: Number | None = None
+    pairs: Number | None = None
+    data: Text | None = None
+
+
+class CounterRow(Record):
+    """A variant's accuracy without and with counter-steering by one vector, one seed (paired items)."""
+
+    variant: Text | None = None
+    vector: Text | None = None
+    seed: Number | None = None
+    n: Number | None = None
+    unsteered: Number | None = None
+    countered: Number | None = None
+    drop: Number | None = None
+    ci_low: Number | None = None
+    ci_high: Number | None = None
+
+
+class CounterVectors(Record):
+    """The other-data vector and the random floor, at the steering layer, norm-matched to the training vector."""
+
+    dir: Text | None = None
+    layer: Number | None = None
+    norm: Number | None = None
+    judge_on: Text | None = None
+    task: Text | None = None
+    vectors: dict[str, CounterVector | None] | None = None  # {"other" | "random1" ...: vector}
+    rows: list[CounterRow] | None = None
+
+
 class Mde(Record):
     value: Number | None = None
     n: Number | None = None
@@ -337,6 +375,8 @@ class Claim(Record):
     degenerate: list[Any] | None = None
     context: list[ContextRow] | None = None
     gate: Object | None = None
+    judged_on: Text | None = None  # resists-counter-steering: the counter-steering vector it was judged on
+    floor: list[Object] | None = None  # resists-counter-steering: the attack beyond the random floor, per seed
 
 
 class Gate(Record):
@@ -409,6 +449,8 @@ class ExperimentResults(Record):
     robustness: dict[str, RobustnessGrid | None] | None = None  # {condition: grid}
     projection: Projection | None = None
     representation: list[Object] | None = None  # {condition, layer, mean_cosine, mean_projection, n, accuracy, ...}
+    counter: CounterVectors | None = None
+    studies: dict[str, Object | None] | None = None  # {study name: its section}, see reptune.pipeline.studies
     claims: list[Claim] | None = None
     claims_rule: Text | None = None
     gate: Gate | None = None

@@ -86,7 +86,8 @@ def section_answer(plan: Plan, results: ExperimentResults, conds: dict[str, Cond
     head = results.headline or Headline()
     task = str(head.task or "")
     scores = results.scores or {}
-    entries = {cid: (scores.get(cid) or {}).get(task) for cid in conds}
+    # the first screen: every condition but the extra counter-steering vectors (their own section shows them)
+    entries = {cid: (scores.get(cid) or {}).get(task) for cid, cond in conds.items() if not (cond.steering and cond.steering.vector)}
     ids = [cid for cid, entry in entries.items() if entry]
     if ids:
         metric = str(head.metric or "accuracy")
@@ -157,6 +158,12 @@ def _context_table(context: list[ContextRow]) -> Table:
     )
 
 
+CONTEXT_WHAT = {
+    "tuning-beats-steering": "where the gain over steering comes from",
+    "resists-counter-steering": "the same test with the other counter-steering vectors (the training vector favours the honesty variants; random directions are the floor)",
+}
+
+
 def section_claims(plan: Plan, results: ExperimentResults) -> None:
     """Every claim with its verdict, evidence, p (raw and Holm-adjusted) and MDE; the decision rule; the context rows."""
     claims = results.claims or []
@@ -168,10 +175,10 @@ def section_claims(plan: Plan, results: ExperimentResults) -> None:
     plan.add(Bullets([_claim_item(claim) for claim in claims]))
     if results.claims_rule:
         plan.para(("b", "Decision rule:"), " " + str(results.claims_rule))
-    context = [row for claim in claims for row in claim.context or []]
-    if context:
-        plan.para("Context for ", ("c", "tuning-beats-steering"), " (not part of the decision): where the gain over steering comes from.")
-        plan.add(_context_table(context))
+    for claim in claims:
+        if claim.context:
+            plan.para("Context for ", ("c", str(claim.id)), " (not part of the decision): " + CONTEXT_WHAT.get(str(claim.id), "related comparisons") + ".")
+            plan.add(_context_table(claim.context))
 
 
 def section_findings(plan: Plan, results: ExperimentResults) -> None:

@@ -1,11 +1,21 @@
-"""The steering sections: the sweep that chose the layer and multipliers, the robustness grids
-(counter-steering) and the per-token projections."""
+"""The steering sections: the sweep that chose the layer and multipliers, fair counter-steering,
+the robustness grids (counter-steering) and the per-token projections."""
 
 from __future__ import annotations
 
 from reptune.reporting.document import Bullets, Heading, Plan, Table, fmt, fmt_ci
-from reptune.reporting.figures import draw_projection, draw_robustness, plot_sweep
-from reptune.reporting.schema import Condition, ExperimentResults, Projection, RobustnessGrid, Selection, Sweep, SweepRow
+from reptune.reporting.figures import draw_projection, draw_robustness, plot_counter, plot_sweep
+from reptune.reporting.schema import (
+    Condition,
+    CounterVector,
+    CounterVectors,
+    ExperimentResults,
+    Projection,
+    RobustnessGrid,
+    Selection,
+    Sweep,
+    SweepRow,
+)
 from reptune.reporting.sections.common import given, label, num
 
 
@@ -47,6 +57,37 @@ def section_sweep(plan: Plan, results: ExperimentResults) -> None:
                   f"m- x{fmt(selected.negative)} (effect {fmt(selected.effect_negative)})"
                   + ("." if given(selected.moved, True) else "; steering did not move the behaviour on the validation split."))
     plan.add(_sweep_table(sweep, rows))
+
+
+def _counter_vector_table(counter: CounterVectors) -> Table:
+    rows = [["training", "-", "1.000", fmt(counter.norm), "the vector the honesty variants were tuned towards"]]
+    for name, vector in (counter.vectors or {}).items():
+        vector = vector or CounterVector()
+        rows.append([name, str(vector.file or "-"), fmt(vector.cosine_to_training), fmt(vector.norm),
+                     str(vector.data or ("norm-matched Gaussian direction" if name.startswith("random") else "-"))])
+    return Table(["vector", "file", "cosine to training vector", "norm at layer", "data"], rows)
+
+
+def section_counter(plan: Plan, results: ExperimentResults) -> None:
+    """Fair counter-steering: the attacking vectors and every variant's drop under each, with paired CIs."""
+    counter = results.counter or CounterVectors()
+    rows = counter.rows or []
+    if not plan.section("Counter-steering: who attacks", rows):
+        return
+    task = str(given(counter.task, "?"))
+    plan.para(
+        "Each tuned variant is counter-steered at layer ", fmt(counter.layer), " with its counter multiplier by three kinds of vector: the ",
+        ("i", "training"), " vector (the paper's test, which favours the honesty variants: they were tuned towards it), an ",
+        ("i", "other"), " vector for the same behaviour from data the training vector did not use, and norm-matched ",
+        ("i", "random"), " directions (the floor any push of that size reaches). All are rescaled to the training vector's norm at that layer. ",
+        ("c", "resists-counter-steering"), f" is judged on the {given(counter.judge_on, 'training')} vector.",
+    )
+    plan.figure("counter", f"{task}: drop under counter-steering per attacking vector (95% CI)", lambda path: plot_counter(rows, path, task))
+    plan.add(_counter_vector_table(counter))
+    plan.add(Table(
+        ["variant", "vector", "seed", "n", "unsteered", "counter-steered", "drop", "95% CI (paired bootstrap)"],
+        [[str(r.variant), str(r.vector), fmt(r.seed), fmt(r.n), fmt(r.unsteered), fmt(r.countered), fmt(r.drop), fmt_ci(r.ci_low, r.ci_high)] for r in rows],
+    ))
 
 
 def _grid_table(grid: RobustnessGrid) -> Table | None:
