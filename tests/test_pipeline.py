@@ -458,3 +458,27 @@ def test_tune_items_garbage_is_a_one_line_error_before_the_model(cli_run, tmp_pa
     result = cli_run("tune", "--preset", "truth", "--data", "honesty", "--items", "triplets", "-o", tmp_path / "out")
     assert result.code == 2 and result.error_lines() == ["error: --items must be one of ab, twin, got 'triplets'"]
     assert "Traceback" not in result.err and not (tmp_path / "out").exists()
+
+
+def test_counter_vectors_are_norm_matched_and_used(finished):
+    """Fair counter-steering: the other-data vector and the random floor, at the steering layer, with the training vector's norm."""
+    from reptune.vectors import load_vector
+
+    _, run, _ = finished
+    results = run.results
+    counter = results["counter"]
+    layer = results["sweep"]["selected"]["layer"]
+    training = load_vector(run.run_dir / results["vector"]["file"])
+    norm = float(training.directions[layer].norm())
+    assert counter["layer"] == layer and counter["norm"] == pytest.approx(norm)
+    for name in ("other", "random1"):
+        vector = load_vector(run.run_dir / counter["dir"] / counter["vectors"][name]["file"])
+        assert sorted(vector.directions) == [layer] and float(vector.directions[layer].norm()) == pytest.approx(norm, rel=1e-5)
+    # the other vector is its own direction (other data), the random one unrelated
+    assert abs(counter["vectors"]["other"]["cosine_to_training"]) < 0.9999 and abs(counter["vectors"]["random1"]["cosine_to_training"]) < 0.5
+    # each counter condition steers with its own vector at the same multiplier
+    conds = {c["id"]: c for c in results["conditions"]}
+    assert conds["honesty@counter-other"]["steering"] == {**conds["honesty@counter"]["steering"], "vector": "other"}
+    claim = next(c for c in results["claims"] if c["id"] == "resists-counter-steering")
+    assert claim["judged_on"] == "other" and "honesty@counter-other" in results["scores"]
+    assert {(r["variant"], r["vector"]) for r in counter["rows"]} == {(v, w) for v in ("truth", "honesty") for w in ("training", "other", "random1")}
