@@ -4,7 +4,7 @@ Twins are minimal edits of each other ("The capital of Uzbekistan is Tashkent." 
 Bishkek."), so most of their tokens are shared. Scored as two independent rows, those tokens run
 twice. Here every forward of a batch of pairs has three parts:
 
-1. the prompt all rows share, once, cached (batch 1, expanded to the batch);
+1. the prompt all rows share, once per call, cached (batch 1; each batch expands a copy);
 2. each pair's common tokens after it (right-padded), batch ``B``, appended to the cache;
 3. the two differing tails (the cache repeated per row), batch ``2B``.
 
@@ -16,6 +16,7 @@ a test pins. Where the model's cache or hooks do not allow it (see
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,8 +43,8 @@ def _forward(handle: ModelHandle, ids: torch.Tensor, mask: torch.Tensor, positio
     return torch.log_softmax(out.logits.float(), dim=-1), output_cache(out)
 
 
-def _prompt_cache(handle: ModelHandle, prefix: Sequence[int], batch: int) -> Any:
-    """The shared prompt's cache, expanded to ``batch`` rows (its logits are not needed: the
+def _prompt_cache(handle: ModelHandle, prefix: Sequence[int]) -> Any:
+    """The shared prompt's cache at batch 1, run once per call (its logits are not needed: the
     prompt stops one token before the replies, so every scored token is predicted later)."""
     from transformers.cache_utils import DynamicCache
 
@@ -51,7 +52,12 @@ def _prompt_cache(handle: ModelHandle, prefix: Sequence[int], batch: int) -> Any
     kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(len(prefix), device=handle.device).unsqueeze(0),
               cache_argument(handle.model): DynamicCache(), "use_cache": True}
     with handle.autocast():
-        cache = output_cache(forward_keeping_logits(handle.model, kwargs, 1)[0])
+        return output_cache(forward_keeping_logits(handle.model, kwargs, 1)[0])
+
+
+def _expanded(prompt_cache: Any, batch: int) -> Any:
+    """A copy of the batch-1 prompt cache repeated to ``batch`` rows (the batch's stages append to it)."""
+    cache = copy.deepcopy(prompt_cache)
     cache.batch_repeat_interleave(batch)
     return cache
 
@@ -66,11 +72,12 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def _score_batch(handle: ModelHandle, rows: list[tuple[list[int], int]], pairs: list[tuple[int, int]], prefix: list[int]) -> dict[int, RowScore]:
-    """Score the rows of ``pairs`` (indices of true/false rows) after the cached ``prefix``."""
+def _score_batch(handle: ModelHandle, rows: list[tuple[list[int], int]], pairs: list[tuple[int, int]], prefix: list[int],
+                 prompt_cache: Any) -> dict[int, RowScore]:
+    """Score the rows of ``pairs`` (indices of true/false rows) after ``prefix``, whose batch-1 cache is ``prompt_cache``."""
     g = len(prefix)
     pad = handle.tokenizer.pad_token_id
-    cache = _prompt_cache(handle, prefix, len(pairs))
+    cache = _expanded(prompt_cache, len(pairs))
     commons = [_common(rows[t][0], rows[f][0]) for t, f in pairs]
     ids_a, mask_a = _pad([rows[t][0][g:c] for (t, _), c in zip(pairs, commons)], pad)
     logp_a, cache = _forward(handle, ids_a, torch.cat([torch.ones(len(pairs), g, dtype=torch.long), mask_a], 1),
@@ -121,9 +128,10 @@ def twin_logprobs(
         return common, max(len(rows[2 * i][0]), len(rows[2 * i + 1][0])) - common
 
     order = sorted(range(len(twins)), key=shape)
+    prompt_cache = _prompt_cache(handle, prefix)  # once per call: every batch starts from a copy
     for start in range(0, len(order), batch_size):
         batch = [(2 * i, 2 * i + 1) for i in order[start : start + batch_size]]
-        results.update(_score_batch(handle, rows, batch, prefix))
+        results.update(_score_batch(handle, rows, batch, prefix, prompt_cache))
         if advance:
             advance(len(batch))
     return [(results[2 * i], results[2 * i + 1]) for i in range(len(twins))]
