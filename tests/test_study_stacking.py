@@ -194,6 +194,14 @@ def test_system_option_is_in_every_prompt_and_absent_by_default(tiny_dir, name):
         assert plain[0]["prompt"] == render_chat(handle.tokenizer, "Make a statement about the world.")
 
 
+def test_a_system_prompt_never_reuses_records_cached_without_it():
+    from types import SimpleNamespace
+
+    handle = SimpleNamespace(model_id="m", revision="r")
+    for name in ("facts-twin", "facts-word", "facts-ab"):  # the default's fingerprint is pinned in test_task_registry
+        assert get_task(name, system=PROMPT).fingerprint(handle, "d") != get_task(name).fingerprint(handle, "d")
+
+
 def test_twin_scorer_still_shares_the_prompt_with_a_system_prompt(tiny_dir, monkeypatch):
     from reptune.evaluation.scoring import continuation_logprobs
     from reptune.evaluation.tasks import facts

@@ -557,7 +557,9 @@ def plot_counter(rows: Sequence[Any], path: Path, task: str) -> Path:
 
 def _stacking_panel(ax: Any, cells: Sequence[dict[str, Any]], metric: str, levels: list[str], multiplier: Any) -> None:
     """One panel of :func:`plot_stacking`: ``metric`` (``accuracy`` or ``margin``) at steering 0 and m."""
-    colors = {level: ("tab:gray" if level == "untuned" else EXTRA_COLORS[(i - 1) % len(EXTRA_COLORS)]) for i, level in enumerate(levels)}
+    palette = ("tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:cyan", "tab:olive", "tab:pink", "tab:red")
+    tuned = [level for level in levels if level != "untuned"]
+    colors = {"untuned": "tab:gray", **{level: palette[i % len(palette)] for i, level in enumerate(tuned)}}
     lines = [(level, prompt) for level in levels for prompt in ("none", "honest")]
     for k, (level, prompt) in enumerate(lines):
         mine = sorted((c for c in cells if _level(c) == level and c.get("prompt") == prompt and c.get(metric)), key=lambda c: bool(c.get("steered")))

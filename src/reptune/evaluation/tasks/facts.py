@@ -52,6 +52,7 @@ class FactsTwin(Task):
     name = "facts-twin"
     description = "twin preference: does the model give the true twin of a fact a higher log-prob than the false one"
     defaults: ClassVar[dict[str, Any]] = {"data": "honesty", "chat": True, "prompt": TWIN_PROMPT, "system": ""}
+    late_options: ClassVar[frozenset[str]] = frozenset({"system"})
     binary_key = "correct"
     continuous_key = "margin"
     primary = "accuracy"
@@ -99,6 +100,7 @@ class FactsWord(Task):
     name = "facts-word"
     description = "true/false statements answered with the word True or False; % correct, same-answer rate, margin"
     defaults: ClassVar[dict[str, Any]] = {"data": "honesty", "chat": True, "system": ""}
+    late_options: ClassVar[frozenset[str]] = frozenset({"system"})
     binary_key = "correct"
     continuous_key = "margin"
     primary = "accuracy"

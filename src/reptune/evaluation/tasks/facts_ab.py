@@ -23,6 +23,7 @@ class FactsAB(ABTask):
     name = "facts-ab"
     description = "true/false statements as A/B questions; % correct, % lies, % unparsed, logit margin"
     defaults: ClassVar[dict[str, Any]] = {"data": "honesty", "scoring": "logprob", "max_new_tokens": 8, "chat": True, "system": ""}
+    late_options: ClassVar[frozenset[str]] = frozenset({"system"})
 
     def ab_items(self, handle: ModelHandle, limit: int | None) -> tuple[list[dict[str, Any]], str, str]:
         source = read_source(self.options["data"])

@@ -280,25 +280,26 @@ def _degenerate(rows: Sequence[dict[str, Any]], ids: Sequence[str], problems: di
             problems["degenerate"].append(f"{row['cell']}: {row['degenerate']}")
 
 
-def stacking_claims(section: dict[str, Any], task: str, variant: str, seeds: Sequence[int], first_seed: int) -> list[dict[str, Any]]:
-    """``vector-adds-to-prompting`` (McNemar: untuned+prompt+steer vs untuned+prompt) and ``vector-adds-to-tuning``
-    (McNemar per seed: variant+steer vs variant), with the matching interactions in the evidence.
-
-    The Holm family gets only these primary tests (one, plus one per seed): the simple effects,
-    main effects and interactions beside them are estimates with CIs, not claims, so they do not
-    dilute the power of the paper's claims that share the family.
-    """
-    effects, inter, rows = section["steering_effects"], section["interactions"], section["cells"]
+def _prompting_claim(section: dict[str, Any], task: str, first_seed: int) -> dict[str, Any]:
+    """``vector-adds-to-prompting``: McNemar, untuned+prompt+steer vs untuned+prompt; the prompt x steering interaction beside it."""
+    effects, inter = section["steering_effects"], section["interactions"]
     problems = new_problems()
     prompted = next((e for e in effects if e["weights"] == UNTUNED and e["prompt"] == "honest"), None)
-    tests = [_claim_test(prompted, first_seed)] if prompted else []
-    _degenerate(rows, ["untuned+prompt", "untuned+prompt+steer"], problems)
+    if prompted is None:
+        problems["missing"].append("the untuned prompted cells were not evaluated")
+    _degenerate(section["cells"], ["untuned+prompt", "untuned+prompt+steer"], problems)
+    plain = next((e for e in effects if e["weights"] == UNTUNED and e["prompt"] == "none"), None)
     p_inter = next((r for r in inter if r["factor"] == "prompt" and r["weights"] == UNTUNED), None)
     evidence = (f"{task} accuracy of the untuned model under the honest system prompt, steered vs not: " + _effect_text(prompted) if prompted else "")
-    plain = next((e for e in effects if e["weights"] == UNTUNED and e["prompt"] == "none"), None)
     evidence += (f"; without the prompt steering adds {_f(plain['effect'], '+.3f')}" if plain else "") + _interaction_text(p_inter, "prompt x steering") + "."
-    spec_p = claim_spec(CLAIM_PROMPTING, "Steering with the honesty vector still raises accuracy under an honest system prompt (prompt + steering vs "
-                        "prompt alone, untuned weights, the same held-out items).", tests, problems, evidence, MDE_TEXT)
+    return claim_spec(CLAIM_PROMPTING, "Steering with the honesty vector still raises accuracy under an honest system prompt (prompt + steering vs "
+                      "prompt alone, untuned weights, the same held-out items).", [_claim_test(prompted, first_seed)] if prompted else [],
+                      problems, evidence, MDE_TEXT)
+
+
+def _tuning_claim(section: dict[str, Any], task: str, variant: str, seeds: Sequence[int]) -> dict[str, Any]:
+    """``vector-adds-to-tuning``: McNemar per seed, variant+steer vs variant (no prompt); the weights x steering interaction beside it."""
+    effects, inter = section["steering_effects"], section["interactions"]
     problems, tests, parts = new_problems(), [], []
     for seed in seeds:
         level = f"{variant}:s{seed}"
@@ -307,10 +308,19 @@ def stacking_claims(section: dict[str, Any], task: str, variant: str, seeds: Seq
             problems["missing"].append(f"the {level} cells were not evaluated")
             continue
         tests.append(_claim_test(tuned, seed))
-        _degenerate(rows, [level, f"{level}+steer"], problems)
+        _degenerate(section["cells"], [level, f"{level}+steer"], problems)
         w_inter = next((r for r in inter if r["weights"] == level and r["prompt"] == "none"), None)
         parts.append((f"seed {seed}: " if len(seeds) > 1 else "") + f"{task} accuracy of {variant}, steered vs not: " + _effect_text(tuned)
                      + _interaction_text(w_inter, f"{variant} x steering"))
-    spec_t = claim_spec(CLAIM_TUNING, f"Steering with the honesty vector still raises accuracy of the {variant}-tuned model ({variant} + steering vs "
-                        f"{variant} alone, no system prompt, the same held-out items).", tests, problems, "; ".join(parts) + ".", MDE_TEXT)
-    return [spec_p, spec_t]
+    return claim_spec(CLAIM_TUNING, f"Steering with the honesty vector still raises accuracy of the {variant}-tuned model ({variant} + steering vs "
+                      f"{variant} alone, no system prompt, the same held-out items).", tests, problems, "; ".join(parts) + ".", MDE_TEXT)
+
+
+def stacking_claims(section: dict[str, Any], task: str, variant: str, seeds: Sequence[int], first_seed: int) -> list[dict[str, Any]]:
+    """The study's two claims, as :func:`~reptune.pipeline.claims.claim_spec` for the run's judge.
+
+    The Holm family gets only their primary tests (one, plus one per seed): the simple effects,
+    main effects and interactions beside them are estimates with CIs, not claims, so they do not
+    dilute the power of the paper's claims that share the family.
+    """
+    return [_prompting_claim(section, task, first_seed), _tuning_claim(section, task, variant, seeds)]
