@@ -110,7 +110,7 @@ def test_interactions_are_differences_of_differences_of_the_cells(stacked):
 def test_only_the_new_cells_ran_and_a_rerun_reuses_them(stacked, tiny_dir):
     run, run_dir = stacked
     study = sorted(name for name in run.stages_run if name.startswith("stacking:"))
-    assert study == sorted(f"stacking:{c}" for c in ("untuned+prompt", "untuned+prompt+steer", *(f"{v}:s0{s}" for v in ("truth", "honesty")
+    assert study == sorted(f"stacking:{c}" for c in ("prompts", "untuned+prompt", "untuned+prompt+steer", *(f"{v}:s0{s}" for v in ("truth", "honesty")
                                                        for s in ("+steer", "+prompt", "+prompt+steer"))))
     assert (run_dir / "figures" / "stacking.png").is_file()
     report = (run_dir / "report.md").read_text(encoding="utf-8")
@@ -120,6 +120,8 @@ def test_only_the_new_cells_ran_and_a_rerun_reuses_them(stacked, tiny_dir):
         assert f"| {cell['accuracy']['value']:.3f} |" in row
     again = run_experiment(parse_config(_config(tiny_dir)), run_dir, progress=False)
     assert not [name for name in again.stages_run if name.startswith(("stacking:", "eval:", "train:"))]
+    assert again.results["studies"]["stacking"]["prompts"] == run.results["studies"]["stacking"]["prompts"]
+    assert PROMPT in run.results["studies"]["stacking"]["prompts"]["honest"] and PROMPT not in run.results["studies"]["stacking"]["prompts"]["none"]
 
 
 def _cell(correct: list[int], margin: list[float] | None = None) -> CellData:

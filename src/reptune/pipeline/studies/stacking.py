@@ -161,13 +161,24 @@ def _item_ids(host: StudyHost) -> list[str]:
 
 
 def _prompts(host: StudyHost) -> dict[str, str]:
-    """The first item's rendered prompt under each prompt level (what ``none`` means for this model's template)."""
+    """The first item's rendered prompt under each prompt level (what ``none`` means for this model's template).
+
+    A cached stage, so a re-run whose cells are all cached does not load the model for it.
+    """
     from reptune.evaluation import get_task
 
-    options = {**host.config.evaluation.options.get(host.headline, {}), "data": str(host.split_path("test"))}
-    handle = host.base()
-    return {level: get_task(host.headline, **options, **system).load_items(handle, 1)[0][0]["prompt"]
-            for level, system in (("none", {}), ("honest", {"system": host.config.stacking.system_prompt}))}
+    config = host.config
+    own = config.evaluation.options.get(host.headline, {})
+    options = {**own, "data": str(host.split_path("test"))}
+    inputs = {"model": config.model, "revision": config.revision, "data": host.stage_key("data"), "task": host.headline, "options": own,
+              "system": config.stacking.system_prompt}
+
+    def work(folder: Any) -> dict[str, Any]:
+        handle = host.base()
+        return {level: get_task(host.headline, **options, **system).load_items(handle, 1)[0][0]["prompt"]
+                for level, system in (("none", {}), ("honest", {"system": config.stacking.system_prompt}))}
+
+    return host.stage(f"{NAME}:prompts", inputs, work, 0.1)
 
 
 def run(host: StudyHost) -> dict[str, Any]:
