@@ -234,3 +234,10 @@ def test_chatml_none_is_the_templates_default_system_prompt_and_honest_replaces_
     honest = render_chat(tokenizer, "Make a statement about the world.", system=PROMPT)
     assert none.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert honest.startswith(f"<|im_start|>system\n{PROMPT}<|im_end|>") and "SmolLM" not in honest
+
+
+def test_the_eta_counts_the_cells_evaluated_anew(tiny_dir):
+    from reptune.pipeline.studies import study_costs
+
+    assert study_costs(parse_config(_config(tiny_dir))) == {"eval_task": 2 + 3 * 2}
+    assert study_costs(parse_config(_config(tiny_dir, enabled=False))) == {}

@@ -57,7 +57,7 @@ from reptune.models import ModelHandle, load_model
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stages import StageError, StageStore
-from reptune.pipeline.studies import check_studies, run_studies
+from reptune.pipeline.studies import check_studies, run_studies, study_costs
 from reptune.reporting.experiment import write_report
 from reptune.reporting.schema import ExperimentResults, StageNames, Timings
 
@@ -244,6 +244,7 @@ class Experiment:
             total += len(c.robustness.conditions) * len(c.robustness.layers or [0, 1, 2]) * len(c.robustness.multipliers) * _COST["robust_cell"]
         if c.projection.enabled:
             total += len(c.projection.conditions) * _COST["projection"]
+        total += sum(_COST.get(unit, 0.0) * amount for unit, amount in study_costs(c).items())
         return total
 
     def run(self) -> ExperimentRun:

@@ -49,6 +49,12 @@ def enabled(config: Any) -> bool:
     return bool(config.stacking.enabled)
 
 
+def cost(config: Any) -> dict[str, float]:
+    """The cells evaluated anew (the prompted ones, and each tuned model steered), for the run's ETA."""
+    s = config.stacking
+    return {"eval_task": 2 + 3 * len(s.variants) * len(config.stacking_seeds)}
+
+
 def check(config: Any, data: dict[str, Any], headline: str) -> None:
     """Before any model work: the headline task takes a system prompt, and ``limit`` fits the main conditions' items."""
     from reptune.evaluation.registry import task_class
