@@ -241,3 +241,12 @@ def test_the_eta_counts_the_cells_evaluated_anew(tiny_dir):
 
     assert study_costs(parse_config(_config(tiny_dir))) == {"eval_task": 2 + 3 * 2}
     assert study_costs(parse_config(_config(tiny_dir, enabled=False))) == {}
+
+
+def test_shipped_study_config_is_the_demo_plus_the_study():
+    from reptune.pipeline import builtin_config, load_config
+
+    study, demo = load_config(builtin_config("study-stacking")), load_config(builtin_config("demo"))
+    assert study.stacking.enabled and not demo.stacking.enabled
+    drop = {"name", "stacking"}
+    assert study.model_dump(exclude=drop) == demo.model_dump(exclude=drop)  # the same main stages as the demo's
