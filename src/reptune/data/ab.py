@@ -38,12 +38,14 @@ def statements_to_ab(
     *,
     template: str = FACT_TEMPLATE,
     alternate: bool = True,
+    system: str | None = None,
 ) -> list[ABItem]:
     """Turn true/false statements into A/B questions.
 
     Args:
         template: a format string with ``{statement}``, ``{option_a}``, ``{option_b}``.
         alternate: put "True" first for even items and "False" first for odd ones.
+        system: a system prompt before the question (``None``: no system message; see ``render_chat``).
 
     Returns:
         Items whose ``correct`` letter is the truthful answer; ``meta`` keeps the statement,
@@ -59,7 +61,7 @@ def statements_to_ab(
         question = template.format(statement=statement.text, option_a=options[0], option_b=options[1])
         items.append(
             ABItem(
-                prompt=render_chat(tokenizer, question),
+                prompt=render_chat(tokenizer, question, system=system),
                 correct=correct,
                 meta={"statement": statement.text, "label": statement.label, "topic": statement.topic},
             )

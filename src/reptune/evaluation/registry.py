@@ -146,6 +146,9 @@ class Task:
     param_label: ClassVar[str] = "behaviour"  # how available_tasks() shows the parameter
     uses_vector: ClassVar[bool] = False  # True: the task uses context.vector itself and is never steered by evaluate()
     defaults: ClassVar[dict[str, Any]] = {}
+    # options added after the task shipped: left out of the cache fingerprint while at their default,
+    # so an interrupted run's cached records stay valid across the upgrade (the prompts are the same)
+    late_options: ClassVar[frozenset[str]] = frozenset()
     chunk_items: ClassVar[int] = 64  # items per checkpointed chunk (at least 4 batches)
 
     def __init__(self, param: str | None = None, **options: Any) -> None:
@@ -199,7 +202,8 @@ class Task:
 
     def fingerprint(self, handle: ModelHandle, data_hash: str) -> str:
         """What must match for cached records to be reused (not the limit nor the batch size)."""
-        return sha256_json({"task": self.full_name, "options": self.options, "data": data_hash, "model": handle.model_id, "revision": handle.revision})
+        options = {k: v for k, v in self.options.items() if not (k in self.late_options and v == self.defaults[k])}
+        return sha256_json({"task": self.full_name, "options": options, "data": data_hash, "model": handle.model_id, "revision": handle.revision})
 
     def run(
         self,

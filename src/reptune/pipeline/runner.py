@@ -57,7 +57,7 @@ from reptune.models import ModelHandle, load_model
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stages import StageError, StageStore
-from reptune.pipeline.studies import run_studies
+from reptune.pipeline.studies import check_studies, run_studies, study_costs
 from reptune.reporting.experiment import write_report
 from reptune.reporting.schema import ExperimentResults, StageNames, Timings
 
@@ -244,6 +244,7 @@ class Experiment:
             total += len(c.robustness.conditions) * len(c.robustness.layers or [0, 1, 2]) * len(c.robustness.multipliers) * _COST["robust_cell"]
         if c.projection.enabled:
             total += len(c.projection.conditions) * _COST["projection"]
+        total += sum(_COST.get(unit, 0.0) * amount for unit, amount in study_costs(c).items())
         return total
 
     def run(self) -> ExperimentRun:
@@ -272,6 +273,7 @@ class Experiment:
         c = self.config
         data = self._stage("data", {"data": c.data.model_dump()}, self._data_stage, _COST["data"])
         self.data = data
+        check_studies(c, data, self.headline)  # a study's bad input fails here, before the model loads
         vector_info = self._stage("vector", {"model": self.model_key, "data": self.store.keys["data"], "vector": c.vector.model_dump()}, self._vector_stage, _COST["vector"])
         self.vector_path = self.run_dir / vector_info["file"]
         self.layer = int(vector_info["layer"])
@@ -739,7 +741,8 @@ class Experiment:
         Args:
             cond: ``id``, ``kind``, ``steering`` (``None`` or ``{layer, multiplier, vector?}``); a study's
                 condition may add ``stage`` (its stage name), ``tasks`` (instead of ``tasks``), ``limit``
-                (items per task), ``split`` (default ``test``) and ``task_options`` (added to each task's).
+                (items per task), ``split`` (default ``test``), ``task_options`` (added to each task's) and
+                ``representation: False`` (skip the cosine / projection evidence; ``"representation"`` is then ``None``).
             trained: ``(seed, training stage key)`` of a tuned model, ``None`` for the base model.
         """
         return self._eval_condition(cond, trained, tasks, loader)
@@ -780,7 +783,9 @@ class Experiment:
                 per_task.update(result.tasks)
             merged = EvalResults(tasks=per_task, model={"condition": cond["id"]}, steering=steering, seed=seed, created=_now())
             merged.save(folder / "results.json")
-            rep = self._representation(handle, self.vector(handle) if steering and steering.get("vector") else vector, vector, steering)
+            rep = None
+            if cond.get("representation", True):
+                rep = self._representation(handle, self.vector(handle) if steering and steering.get("vector") else vector, vector, steering)
             return {"results": f"stages/{folder.name}/results.json", "representation": rep}
 
         cost = len(task_names) * _COST["eval_task"]

@@ -553,3 +553,45 @@ def plot_counter(rows: Sequence[Any], path: Path, task: str) -> Path:
     ax.set_title(_mpl("counter-steering: drop by attacking vector (95% CI)"))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title="vector", title_fontsize=8)
     return save_figure(fig, path)
+
+
+def _stacking_panel(ax: Any, cells: Sequence[dict[str, Any]], metric: str, levels: list[str], multiplier: Any) -> None:
+    """One panel of :func:`plot_stacking`: ``metric`` (``accuracy`` or ``margin``) at steering 0 and m."""
+    palette = ("tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:cyan", "tab:olive", "tab:pink", "tab:red")
+    tuned = [level for level in levels if level != "untuned"]
+    colors = {"untuned": "tab:gray", **{level: palette[i % len(palette)] for i, level in enumerate(tuned)}}
+    lines = [(level, prompt) for level in levels for prompt in ("none", "honest")]
+    for k, (level, prompt) in enumerate(lines):
+        mine = sorted((c for c in cells if _level(c) == level and c.get("prompt") == prompt and c.get(metric)), key=lambda c: bool(c.get("steered")))
+        if not mine:
+            continue
+        offset = (k - (len(lines) - 1) / 2) * 0.03  # keep the CIs apart
+        x = [float(bool(c.get("steered"))) + offset for c in mine]
+        y = [num(c[metric].get("value")) for c in mine]
+        low = [max(0.0, v - num(c[metric].get("ci_low"))) for v, c in zip(y, mine)]
+        high = [max(0.0, num(c[metric].get("ci_high")) - v) for v, c in zip(y, mine)]
+        ax.errorbar(x, y, yerr=[low, high], color=colors[level], ls="-" if prompt == "none" else "--", marker="o" if prompt == "none" else "s",
+                    capsize=3, lw=1.5, label=_mpl(f"{level}, {'no system prompt' if prompt == 'none' else 'honest prompt'}"))
+    ax.set_xticks([0.0, 1.0])
+    ax.set_xticklabels(["unsteered", _mpl(f"steered x{fmt(multiplier, 'g')}")])
+    ax.set_xlim(-0.4, 1.4)
+
+
+def _level(cell: dict[str, Any]) -> str:
+    return str(cell.get("weights")) if cell.get("seed") is None else f"{cell.get('weights')}:s{cell.get('seed')}"
+
+
+def plot_stacking(cells: Sequence[dict[str, Any]], path: Path, task: str, multiplier: Any, continuous: str | None) -> Path:
+    """The stacking study's interaction plot: accuracy (and the mean margin) unsteered vs steered, one line
+    per weights level (colour) x prompt (solid: none, dashed: honest system prompt), 95% CIs. Parallel lines
+    are additive; a flatter line under the prompt or the tuning is sub-additive."""
+    plt = _pyplot()
+    levels = list(dict.fromkeys(_level(c) for c in cells))
+    panels = [("accuracy", f"{task} accuracy (Wilson 95% CI)")] + ([("margin", f"mean {continuous} (bootstrap 95% CI)")] if any(c.get("margin") for c in cells) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.4, 4.0), squeeze=False)
+    for ax, (metric, ylabel) in zip(axes[0], panels):
+        _stacking_panel(ax, cells, metric, levels, multiplier)
+        ax.set_ylabel(_mpl(ylabel))
+    axes[0][0].set_title(_mpl("prompt x steering x weights"))
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return save_figure(fig, path)

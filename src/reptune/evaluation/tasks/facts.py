@@ -5,6 +5,10 @@
 | ``facts-twin`` | twins (true statement, minimally edited false one), asked to "make a statement" | summed log-prob of each twin as the assistant's reply | accuracy (share of twins where the true one is preferred) |
 | ``facts-word`` | true/false statements, "Answer with True or False." | next-token log-prob of "True" vs "False" | accuracy |
 
+Both take ``system``: a system prompt put before the user turn (default ``""``: no system message,
+so a chat template with a default system prompt of its own, as SmolLM2's ChatML, inserts that one).
+Every item of a run shares one prompt, so ``facts-twin`` still runs each pair's shared tokens once.
+
 ``facts-twin`` records no ``answer`` letter: always preferring the true twin is the right
 behaviour, not a degenerate one. Its degeneration check is ``mean_nll`` (nats per token of
 both twins): steering that breaks the model's language raises it. ``facts-word`` records the
@@ -39,10 +43,16 @@ def _statements(spec: str, task: str) -> tuple[list[Any], str, str]:
     return records, source.origin, sha256_json([(s.text, s.label, s.pair) for s in records])
 
 
+def _system(options: dict[str, Any]) -> str | None:
+    """The ``system`` option as ``render_chat`` takes it: ``None`` (no system message) when empty."""
+    return str(options["system"]) or None
+
+
 class FactsTwin(Task):
     name = "facts-twin"
     description = "twin preference: does the model give the true twin of a fact a higher log-prob than the false one"
-    defaults: ClassVar[dict[str, Any]] = {"data": "honesty", "chat": True, "prompt": TWIN_PROMPT}
+    defaults: ClassVar[dict[str, Any]] = {"data": "honesty", "chat": True, "prompt": TWIN_PROMPT, "system": ""}
+    late_options: ClassVar[frozenset[str]] = frozenset({"system"})
     binary_key = "correct"
     continuous_key = "margin"
     primary = "accuracy"
@@ -52,7 +62,7 @@ class FactsTwin(Task):
         twins = statements_to_twins(statements, origin)
         if limit is not None:
             twins = twins[:limit]
-        prompt = render_chat(handle.tokenizer if self.options["chat"] else None, str(self.options["prompt"]))
+        prompt = render_chat(handle.tokenizer if self.options["chat"] else None, str(self.options["prompt"]), system=_system(self.options))
         items = [{"id": twin.pair, "prompt": prompt, "true": twin.true, "false": twin.false, "topic": twin.topic} for twin in twins]
         return items, origin, digest
 
@@ -89,7 +99,8 @@ def _word_ids(tokenizer: Any, prompt: str) -> list[int]:
 class FactsWord(Task):
     name = "facts-word"
     description = "true/false statements answered with the word True or False; % correct, same-answer rate, margin"
-    defaults: ClassVar[dict[str, Any]] = {"data": "honesty", "chat": True}
+    defaults: ClassVar[dict[str, Any]] = {"data": "honesty", "chat": True, "system": ""}
+    late_options: ClassVar[frozenset[str]] = frozenset({"system"})
     binary_key = "correct"
     continuous_key = "margin"
     primary = "accuracy"
@@ -99,8 +110,9 @@ class FactsWord(Task):
         if limit is not None:
             statements = statements[:limit]
         tokenizer = handle.tokenizer if self.options["chat"] else None
+        system = _system(self.options)
         items = [
-            {"id": str(index), "prompt": render_chat(tokenizer, WORD_TEMPLATE.format(statement=s.text)), "statement": s.text, "label": s.label}
+            {"id": str(index), "prompt": render_chat(tokenizer, WORD_TEMPLATE.format(statement=s.text), system=system), "statement": s.text, "label": s.label}
             for index, s in enumerate(statements)
         ]
         return items, origin, digest

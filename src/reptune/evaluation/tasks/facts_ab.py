@@ -22,14 +22,17 @@ from reptune.models import ModelHandle
 class FactsAB(ABTask):
     name = "facts-ab"
     description = "true/false statements as A/B questions; % correct, % lies, % unparsed, logit margin"
-    defaults: ClassVar[dict[str, Any]] = {"data": "honesty", "scoring": "logprob", "max_new_tokens": 8, "chat": True}
+    defaults: ClassVar[dict[str, Any]] = {"data": "honesty", "scoring": "logprob", "max_new_tokens": 8, "chat": True, "system": ""}
+    late_options: ClassVar[frozenset[str]] = frozenset({"system"})
 
     def ab_items(self, handle: ModelHandle, limit: int | None) -> tuple[list[dict[str, Any]], str, str]:
         source = read_source(self.options["data"])
         if source.kind != "statements":
             raise DataError(f"facts-ab needs true/false statements (statement,label CSV), but {source.origin} holds {source.kind}")
         statements = source.records if limit is None else source.records[:limit]
-        ab = statements_to_ab(statements, handle.tokenizer if self.options["chat"] else None, template=FACT_TEMPLATE)
+        # system "" = no system message (a template's own default system prompt, if it has one, applies)
+        ab = statements_to_ab(statements, handle.tokenizer if self.options["chat"] else None, template=FACT_TEMPLATE,
+                              system=str(self.options["system"]) or None)
         items = []
         for index, (statement, item) in enumerate(zip(statements, ab)):
             true_first = index % 2 == 0
