@@ -120,8 +120,10 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 from test_distributed import build_case, fsdp_accelerator
 from reptune.tuning import trainer, tune
+from reptune.tuning.distributed import current
 
 root, how = sys.argv[1:3]
+current(device="cpu")  # gloo on the CPU also where there are GPUs; tune() takes these ranks
 original = trainer._train_step
 
 
@@ -135,7 +137,7 @@ def failing(tuner, state, output):
 
 def run(case, resume):
     handle, config, items, vector = build_case(case)
-    accelerator = fsdp_accelerator() if case == "fsdp" else None  # ddp: tune() sees the launch and makes its own
+    accelerator = fsdp_accelerator() if case == "fsdp" else None  # ddp: tune() uses the launch's ranks
     tune(handle, config, items, os.path.join(root, case + "-two"), vector=vector, resume=resume, progress=False, accelerator=accelerator)
 
 

@@ -9,7 +9,9 @@ Stages, in order (each cached by the hash of its inputs, see :mod:`reptune.pipel
 3. ``sweep``: ``facts-ab`` on the *validation* statements steered at the vector layer with every
    multiplier; the selection rule (excluding degenerate cells) picks ``m+`` and ``m-``.
 4. ``train:<variant>:s<seed>``: each tuning variant, from the base weights, on the *train*
-   statements (early stopping on the trainer's own validation slice of them).
+   statements (early stopping on the trainer's own validation slice of them). Under
+   ``accelerate launch`` every process trains its share (:mod:`reptune.pipeline.workers`); every
+   other stage runs on the first process.
 5. ``eval:<condition>[:s<seed>]``: untuned, steered ``+v`` (``m+``) and ``-v`` (``m-``), every
    variant, and every variant under counter-steering, on the configured tasks (``facts-ab`` on
    the *test* statements); plus representation-level evidence (cosine and projection onto the

@@ -19,7 +19,7 @@ from typing import Any
 
 from reptune._io import write_json_atomic
 from reptune.models import ModelHandle, load_model
-from reptune.tuning import TuneConfig, TuneResult, tune
+from reptune.tuning import TuneConfig, TuneResult
 from reptune.tuning.distributed import Ranks, current
 from reptune.tuning.items import load_retain_texts, load_tune_items
 from reptune.vectors import load_vector
@@ -66,6 +66,8 @@ def train_job(job: dict[str, Any]) -> tuple[ModelHandle, TuneResult]:
     Keys: ``config`` (``TuneConfig.to_json()``), ``model``, ``revision``, ``autocast``, ``load_options``,
     ``items`` (train CSV), ``kind`` (``ab``/``twin``), ``vector`` (path or ``None``), ``folder``, ``progress``.
     """
+    from reptune.tuning import tune  # looked up per call (tests replace it)
+
     config = TuneConfig.from_json(job["config"])
     ranks = current()
     with ranks.main_first():
