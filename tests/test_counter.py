@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from reptune.data.pairs import Statement, honesty_pairs
+from reptune.errors import ReptuneError
 from reptune.evaluation.registry import TaskResult
 from reptune.evaluation.runner import EvalResults
 from reptune.pipeline.claims import judge
 from reptune.pipeline.config import parse_config
 from reptune.pipeline.counter import counter_rows, persona_pairs, random_directions, rescaled, used_statements
-from reptune.errors import ReptuneError
 
 
 def twins(correct: list[bool]) -> TaskResult:

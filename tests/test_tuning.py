@@ -437,8 +437,8 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch)
     real_losses = trainer.Tuner.losses
     calls = {"n": 0}
 
-    def poisoned(self, batch, retain_index):
-        terms = real_losses(self, batch, retain_index)
+    def poisoned(self, batch, retain_index, **kwargs):
+        terms = real_losses(self, batch, retain_index, **kwargs)
         calls["n"] += retain_index is not None
         if retain_index is not None and retain_index >= 4:
             terms["loss"] = terms["loss"] * float("nan")
@@ -470,10 +470,10 @@ slow = sys.argv[2] == "slow"
 if slow:
     import reptune.tuning.trainer as trainer, time
     original = trainer.Tuner.losses
-    def delayed(self, batch, retain_index):
+    def delayed(self, batch, retain_index, **kwargs):
         if retain_index is not None:
             time.sleep(0.4)
-        return original(self, batch, retain_index)
+        return original(self, batch, retain_index, **kwargs)
     trainer.Tuner.losses = delayed
 tune(handle, config, items, sys.argv[1], resume=sys.argv[3] == "resume", progress=False, save_model=False)
 save_file({{k: v.contiguous() for k, v in handle.model.state_dict().items()}}, sys.argv[1] + "/final.safetensors")

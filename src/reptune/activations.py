@@ -92,7 +92,8 @@ def capture_layers(handle: ModelHandle, layers: Sequence[int], stop_after: int |
     """Record the outputs of the given blocks (layer convention of :mod:`reptune.sites`).
 
     Yields a dict that each forward pass fills with ``{layer: [batch, seq, hidden]}`` (the
-    model's dtype, not detached). With ``stop_after`` (one of ``layers``), the forward pass
+    model's dtype, not detached, on ``handle.device`` also when a ``device_map`` placed the
+    blocks elsewhere). With ``stop_after`` (one of ``layers``), the forward pass
     ends after that block is recorded (:func:`reptune.hooks.forward_until`, which
     :func:`run_until` uses, swallows the stop): the remaining blocks, the final norm and the
     LM head are skipped.
@@ -100,7 +101,9 @@ def capture_layers(handle: ModelHandle, layers: Sequence[int], stop_after: int |
     captured: dict[int, torch.Tensor] = {}
     wanted = sorted(set(layers))
     stop = stop_after if stop_after in wanted else None
-    with install(handle.layers, {layer: read(captured) for layer in wanted}, stop_after=stop):
+    # a model placed by a device_map: every layer's output is recorded on the input device
+    device = handle.device if handle.dispatched else None
+    with install(handle.layers, {layer: read(captured, device) for layer in wanted}, stop_after=stop):
         yield captured
 
 

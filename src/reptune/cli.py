@@ -43,6 +43,14 @@ PrecisionOpt = Annotated[
     str, typer.Option("--precision", help="auto (bf16 only where it is faster here), fp32, or bf16 (bf16 autocast over fp32 weights).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        help="Spread a model too big for one device over several, or offload it: auto, balanced, balanced_low_0, sequential, "
+        'or a JSON object {"MODULE": "cpu" | "cuda:N" | N | "disk"} inline or in a .json file (instead of --device).',
+    ),
+]
 PickleOpt = Annotated[
     bool, typer.Option("--allow-pickle", help="Also load pickled .bin weights (torch.load can run code); by default only safetensors load."),
 ]
@@ -125,25 +133,37 @@ def _sidecars(vector_path: Path) -> list[Path]:
 
 def _load(
     model: str | None, precision: str, device: str = "auto", layers_path: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
+    device_map: str | None = None, status: bool = True,
 ):
     from reptune.models import load_model
     from reptune.precision import resolve_precision
 
     resolved, _why = resolve_precision(precision, device)
-    with err_console.status(f"loading {model or 'embedded SmolLM2-135M-Instruct'} ..."):
+    spinner = err_console.status(f"loading {model or 'embedded SmolLM2-135M-Instruct'} ...") if status else contextlib.nullcontext()
+    with spinner:
         return load_model(
             model, device=device, autocast="bf16" if resolved == "bf16" else None, layers_path=layers_path, trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
+            allow_pickle=allow_pickle, device_map=device_map,
         )
+
+
+def _check_device_map(device_map: str | None, device: str) -> None:
+    """``--device-map`` checked before any other work (one line for a bad value or one given with ``--device``)."""
+    from reptune.models import parse_device_map
+
+    if device_map is not None and device != "auto":
+        raise ReptuneError("pass --device or --device-map, not both")
+    parse_device_map(device_map)
 
 
 @app.command()
 def info(model: ModelOpt = None, layers_path: LayersPathOpt = None, device: DeviceOpt = "auto", trust_remote_code: TrustOpt = False,
-         allow_pickle: PickleOpt = False) -> None:
+         allow_pickle: PickleOpt = False, device_map: DeviceMapOpt = None) -> None:
     """Show a model's layers, hidden size and the hook sites reptune uses."""
     from reptune.sites import SITE_CONVENTION_DOC
 
-    handle = _load(model, "fp32", device, layers_path, trust_remote_code, allow_pickle)
+    _check_device_map(device_map, device)
+    handle = _load(model, "fp32", device, layers_path, trust_remote_code, allow_pickle, device_map)
     table = Table(title=f"{handle.model_id}", show_header=False)
     for key, value in handle.describe().items():
         table.add_row(key, str(value))
@@ -174,6 +194,7 @@ def extract(
     layers_path: LayersPathOpt = None,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Extract a behaviour vector from contrast pairs (and scan layers)."""
     from reptune.data import load_contrast_pairs
@@ -184,9 +205,10 @@ def extract(
         raise ReptuneError(f"--output must end in .safetensors, got {output.name}")
     check_range("--limit", limit, 1)
     check_range("--batch-size", batch_size, 1)
+    _check_device_map(device_map, device)
     _check_outputs(*_sidecars(output))
     _precheck_data(data)
-    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle, device_map)
     pairs, origin = load_contrast_pairs(data, handle.tokenizer, variant=variant, limit=limit, seed=seed)
     result, scan_result = extract_vector(
         handle, pairs, layers, method=method, positions=positions, normalize=normalize, batch_size=batch_size,
@@ -223,6 +245,7 @@ def steer(
     layers_path: LayersPathOpt = None,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Greedy completions side by side, one column per multiplier."""
     from reptune.steering import steered_generate
@@ -231,8 +254,9 @@ def steer(
     for value in multiplier:
         check_range("--multiplier", value)
     check_range("--max-new-tokens", max_new_tokens, 1)
+    _check_device_map(device_map, device)
     loaded = load_vector(vector)  # validate the file before loading the model
-    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle, device_map)
     loaded.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
     chosen = layers if layers is not None else default_steer_layers(loaded)
     results = steered_generate(
@@ -305,7 +329,7 @@ def tune(
     early_stop_on: Annotated[str | None, typer.Option("--early-stop-on", help="Validation quantity for early stopping: loss, rep or tok.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Items per optimizer step (under accelerate launch: the global batch, shared by the processes).")] = None,
     retain: Annotated[str | None, typer.Option("--retain", help="none, kl, act or both (with --w-retain).")] = None,
     retain_data: Annotated[
         str | None, typer.Option("--retain-data", help="Retain corpus (text file or dataset argument; default: WikiText-2 train if in $REPTUNE_DATA_DIR, else shipped neutral text).")
@@ -337,7 +361,10 @@ def tune(
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
 ) -> None:
-    """Fine-tune a direction into (or out of) the weights, or run a token-only baseline."""
+    """Fine-tune a direction into (or out of) the weights, or run a token-only baseline.
+
+    Several GPUs: accelerate launch --multi_gpu --num_processes N -m reptune tune ... (or --use_fsdp --fsdp_version 2).
+    """
     _tune(dict(locals()))  # every option by name; the body reads as the steps below
 
 
@@ -347,6 +374,7 @@ def _tune(options: dict[str, Any]) -> None:
 
     from reptune.tuning import load_tune_items
     from reptune.tuning import tune as run_tune
+    from reptune.tuning.distributed import current as current_ranks
     from reptune.vectors import load_vector
 
     config = _tune_config_from_options(options)
@@ -355,9 +383,11 @@ def _tune(options: dict[str, Any]) -> None:
     if options["print_config"]:  # the config and, per loss term, what it updates where (resolved on --model when given)
         _print_tune_config(config, loaded, options)
         return
+    ranks = current_ranks(device=options["device"])  # several processes under accelerate launch / torchrun
     _check_tune_inputs(config, loaded, options)
-    handle = _load(options["model"], options["precision"], options["device"], options["layers_path"], options["trust_remote_code"],
-                   options["allow_pickle"])
+    with ranks.main_first():  # under a launch: the main process loads (and fills any cache) first
+        handle = _load(options["model"], options["precision"], ranks.load_device(options["device"]), options["layers_path"],
+                       options["trust_remote_code"], options["allow_pickle"], status=ranks.is_main)
     if loaded is not None:
         loaded.check_compatible(handle, allow_model_mismatch=options["allow_model_mismatch"])
     items, origin = load_tune_items(options["data"], handle.tokenizer, limit=config.limit, kind=options["items_kind"])
@@ -365,6 +395,8 @@ def _tune(options: dict[str, Any]) -> None:
         handle, config, items, output, vector=loaded, vector_path=str(vector) if vector else None, data_origin=origin,
         resume=options["resume"], allow_model_mismatch=options["allow_model_mismatch"],
     )
+    if not ranks.is_main:  # the main process prints
+        return
     table = Table(title=f"tuned ({options['preset']}) -> {output}", show_header=False)
     for key, value in result.metrics.items():
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
@@ -483,12 +515,16 @@ def _check_run_dir(output: Path) -> None:
 
 
 def _run_config(config, output: Path, command: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+    """Run an experiment; under ``accelerate launch`` every process calls this, the main one prints."""
     from reptune.pipeline import run_experiment
+    from reptune.tuning.distributed import current as current_ranks
 
     _check_run_dir(output)
     output.mkdir(parents=True, exist_ok=True)
     _on_interrupt(f"finished stages are kept in {output / 'stages'}; run the same command (without --fresh) to resume")
-    _print_run(run_experiment(config, output, progress=True, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle))
+    run = run_experiment(config, output, progress=True, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    if current_ranks().is_main:
+        _print_run(run)
 
 
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a config key: --set train.steps=200 --set seeds=[0,1,2].")]
@@ -505,7 +541,10 @@ def run_cmd(
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
 ) -> None:
-    """Run (or resume) a whole experiment: vector, sweep, tuning, evaluation, report."""
+    """Run (or resume) a whole experiment: vector, sweep, tuning, evaluation, report.
+
+    Under accelerate launch the training stages use every process, the other stages the first (README: Scaling out).
+    """
     from reptune.pipeline import builtin_config, load_config
 
     path = Path(experiment)
@@ -532,8 +571,10 @@ def run_cmd(
     _check_run_dir(output)  # before anything is deleted: a folder of the user's is refused, not cleaned
     if fresh:
         from reptune.pipeline.runner import clean_run
+        from reptune.tuning.distributed import current as current_ranks
 
-        clean_run(output)
+        if current_ranks().is_main:  # under accelerate launch the main process cleans, once
+            clean_run(output)
     command = " ".join(["reptune", "run", experiment, "-o", str(output), *[f"--set {s}" for s in settings]])
     _run_config(config, output, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
@@ -834,6 +875,7 @@ def eval_cmd(
     layers_path: LayersPathOpt = None,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Evaluate a model (optionally steered) on tasks; write metrics and per-item records."""
     from reptune.evaluation import evaluate
@@ -843,6 +885,7 @@ def eval_cmd(
     if batch_size < 1:
         raise ReptuneError(f"--batch-size must be at least 1, got {batch_size}")
     check_range("--multiplier", multiplier)
+    _check_device_map(device_map, device)
     _check_eval_output(output)
     task_objs = _eval_tasks(tasks, data or [], settings or [], {"judge_url": judge_url, "judge_model": judge_model, "judge_key_env": judge_key_env})
     steering_vector = None
@@ -854,7 +897,7 @@ def eval_cmd(
         f"finished items are kept in {output}.partial/; run the same command to resume" if resume
         else f"--no-resume: finished items are kept in {output}.partial/ but the next --no-resume run starts over"
     )
-    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle)
+    handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle, device_map)
     if steering_vector is not None:
         steering_vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
         layers = layers or default_steer_layers(steering_vector)
@@ -963,7 +1006,7 @@ def compare_cmd(
 def _invoke(debug: bool) -> int:
     """Run the app; return its exit code, printing one ``error:`` line for a user error."""
     try:
-        code = app(standalone_mode=False)  # typer turns Ctrl-C into a returned 130, typer.Exit(n) into n
+        code = app(standalone_mode=False, prog_name="reptune")  # typer turns Ctrl-C into a returned 130, typer.Exit(n) into n
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
     except (typer.Abort, KeyboardInterrupt):

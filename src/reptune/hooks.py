@@ -10,6 +10,10 @@ which removes the hooks on :meth:`~HookHandle.remove` or at the end of a ``with`
         forward_until(handle.model, input_ids=ids, attention_mask=mask)
     store[12]  # [batch, seq, hidden]
 
+Blocks may sit on different devices (a model loaded with a ``device_map``): every edit is made on
+the block output's own device (vectors, masks and multipliers are moved there), and readers can
+move what they record to one device.
+
 Interventions (one per layer):
 
 * :func:`read` records the block output ``[batch, seq, hidden]`` (not detached) in a dict;
@@ -51,6 +55,8 @@ class Intervention:
     Attributes:
         kind: ``read``, ``add``, ``ablate`` or ``replay``.
         store: ``read``: the dict filled with ``{layer: [batch, seq, hidden]}``.
+        device: ``read``: move what is stored there (for a model whose blocks sit on several
+            devices, :func:`reptune.models.load_model` with a ``device_map``); ``None``: leave it.
         vector: ``add``/``ablate``: the direction ``[hidden]`` (cast to the hidden state's
             dtype and device once per dtype/device).
         strength: ``add``/``ablate``: the multiplier (see :data:`Strength`).
@@ -62,6 +68,7 @@ class Intervention:
 
     kind: str
     store: dict[int, torch.Tensor] | None = None
+    device: torch.device | None = None
     vector: torch.Tensor | None = None
     strength: Strength = 1.0
     mask: TokenMask | None = None
@@ -84,9 +91,10 @@ class Intervention:
         return cached
 
 
-def read(store: dict[int, torch.Tensor]) -> Intervention:
-    """Record the block output ``[batch, seq, hidden]`` in ``store[layer]`` on every forward."""
-    return Intervention("read", store=store)
+def read(store: dict[int, torch.Tensor], device: torch.device | str | None = None) -> Intervention:
+    """Record the block output ``[batch, seq, hidden]`` in ``store[layer]`` on every forward
+    (moved to ``device`` when given; autograd follows the move)."""
+    return Intervention("read", store=store, device=None if device is None else torch.device(device))
 
 
 def add(vector: torch.Tensor, strength: Strength = 1.0, mask: TokenMask | None = None, *, tokenwise: bool = False) -> Intervention:
@@ -109,7 +117,7 @@ def _apply(intervention: Intervention, layer: int, output: Any) -> Any:
     hidden = block_output_tensor(output)
     if intervention.kind == "read":
         assert intervention.store is not None
-        intervention.store[layer] = hidden
+        intervention.store[layer] = hidden if intervention.device is None else hidden.to(intervention.device)
         return None
     if intervention.kind == "replay":
         assert intervention.value is not None

@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +126,20 @@ class ModelHandle:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the parameters' device; for a model placed by a ``device_map``, the
+        first module's device (the CPU when that module is offloaded to ``disk``/``meta``)."""
+        placement = getattr(self.model, "hf_device_map", None)
+        if placement:
+            return placement_device(next(iter(placement.values())))
         return next(self.model.parameters()).device
+
+    @property
+    def dispatched(self) -> bool:
+        """Whether a ``device_map`` split the model over several devices or offloaded part of it
+        (accelerate's hooks then move every block's inputs to the block's device)."""
+        placement = getattr(self.model, "hf_device_map", None) or {}
+        places = {str(value) for value in placement.values()}
+        return len(places) > 1 or bool(places & {"disk", "meta"})
 
     @property
     def dtype(self) -> torch.dtype:
@@ -153,8 +167,8 @@ class ModelHandle:
         return _autocast_with_fp32_head(self.model, self.device.type, self.autocast_dtype)
 
     def describe(self) -> dict[str, Any]:
-        """Summary for ``reptune info`` and artifact metadata."""
-        return {
+        """Summary for ``reptune info`` and artifact metadata (``device_map`` only for a dispatched model)."""
+        info = {
             "model_id": self.model_id,
             "revision": self.revision,
             "source": self.source,
@@ -169,6 +183,9 @@ class ModelHandle:
             "device": str(self.device),
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
         }
+        if self.dispatched:
+            info["device_map"] = {name: str(place) for name, place in self.model.hf_device_map.items()}
+        return info
 
 
 def _get_attr_path(obj: Any, path: str) -> Any:
@@ -342,6 +359,76 @@ def _resolve_source(name_or_path: str | None) -> tuple[str, str, str | None, str
     return name_or_path, name_or_path, None, "hub"
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+DEVICE_MAP_USAGE = (
+    'use auto, balanced, balanced_low_0, sequential, or a JSON object {"MODULE": "cpu" | "cuda:N" | N | "disk"} '
+    "(inline or a .json file) naming a place for every module"
+)
+
+
+def parse_device_map(value: str | dict[str, Any] | None) -> str | dict[str, str | int] | None:
+    """Check a ``device_map`` for :func:`load_model`.
+
+    Accepts ``None``, a strategy of accelerate's (``auto``, ``balanced``, ``balanced_low_0``,
+    ``sequential``), or ``{module name: place}`` with places ``cpu``, ``cuda:N`` or ``N`` (a GPU
+    index) and ``disk`` (weights offloaded to a folder and loaded block by block, parameters on
+    the ``meta`` device in between). A string may hold that object as JSON, inline or in a
+    ``.json`` file (the CLI's ``--device-map``).
+
+    Raises:
+        ModelError: anything else, or a GPU this machine lacks (one line).
+    """
+    if value is None or (isinstance(value, str) and value.strip() in DEVICE_MAP_STRATEGIES):
+        return value.strip() if isinstance(value, str) else None
+    if isinstance(value, str):
+        value = _device_map_json(value)
+    if not isinstance(value, dict) or not value:
+        raise ModelError(f"device_map {value!r}: {DEVICE_MAP_USAGE}")
+    return {str(name): _check_place(str(name), place) for name, place in value.items()}
+
+
+def _device_map_json(text: str) -> Any:
+    """The object a ``--device-map`` string holds: inline JSON, or a ``.json`` file's content."""
+    path = Path(text).expanduser()
+    source = text
+    if not text.strip().startswith("{"):
+        if path.suffix != ".json" or not path.is_file():
+            raise ModelError(f"device_map {text!r}: {DEVICE_MAP_USAGE}")
+        source = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(source)
+    except ValueError as exc:
+        raise ModelError(f"device_map {text!r} is not valid JSON ({exc.msg}): {DEVICE_MAP_USAGE}") from None
+
+
+def _check_place(name: str, place: Any) -> str | int:
+    """One module's place in a device map, checked against this machine."""
+    if isinstance(place, int) and not isinstance(place, bool):
+        place_device = torch.device("cuda", place) if place >= 0 else None
+    elif isinstance(place, str) and place == "disk":
+        return place
+    else:
+        try:
+            place_device = torch.device(place) if isinstance(place, str) else None
+        except RuntimeError:
+            place_device = None
+    if place_device is None or place_device.type not in {"cpu", "cuda", "mps", "xpu"}:
+        raise ModelError(f"device_map: {name!r} -> {place!r} is not a place: {DEVICE_MAP_USAGE}")
+    if place_device.type == "cuda" and (not torch.cuda.is_available() or (place_device.index or 0) >= torch.cuda.device_count()):
+        raise ModelError(f"device_map: {name!r} -> {place!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return place
+
+
+def placement_device(place: str | int | torch.device) -> torch.device:
+    """The device a ``device_map`` place computes on: ``N`` -> ``cuda:N``; ``disk``/``meta`` -> the CPU
+    (where a first module offloaded there takes its inputs; accelerate moves them on)."""
+    if isinstance(place, int) and not isinstance(place, bool):
+        return torch.device("cuda", place)
+    if str(place) in {"disk", "meta"}:
+        return torch.device("cpu")
+    return torch.device(place)
+
+
 def load_model(
     name_or_path: str | None = None,
     *,
@@ -352,6 +439,8 @@ def load_model(
     layers_path: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
 ) -> ModelHandle:
     """Load a causal LM and its tokenizer.
 
@@ -370,15 +459,25 @@ def load_model(
         trust_remote_code: passed to transformers; off unless you ask for it.
         allow_pickle: also load pickled weights (``pytorch_model.bin``, via ``torch.load``);
             by default only safetensors weights load (pickles can run code).
+        device_map: place the blocks on several devices or offload them (accelerate's big-model
+            inference, for models larger than one device): ``auto``, ``balanced``,
+            ``balanced_low_0``, ``sequential`` or ``{module: place}`` (see
+            :func:`parse_device_map`); exclusive with ``device``. Reading, steering and
+            evaluation work on such a model (hooks follow each block's device); tuning does not.
+        offload_folder: where ``disk`` places keep their weights (default: a temporary folder
+            removed with the model).
 
     Raises:
-        ModelError: unknown path, unreachable hub, unsupported layout (one-line message).
+        ModelError: unknown path, unreachable hub, unsupported layout, bad device map (one-line message).
     """
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # reptune shows its own progress; per-tensor bars are noise
     torch_dtype = _parse_dtype(dtype)
     target_device = _parse_device(device)
+    placement = parse_device_map(device_map)
+    if placement is not None and device not in (None, "auto"):
+        raise ModelError(f"pass a device ({device!r}) or a device map, not both")
     if isinstance(autocast, str) and autocast.lower() == "auto":
         from reptune.precision import resolve_precision
 
@@ -387,16 +486,24 @@ def load_model(
     load_from, model_id, source_revision, source = _resolve_source(name_or_path)
     if source == "local" and not allow_pickle:
         _refuse_pickled_weights(Path(load_from))
+    # disk offload without a folder given: a temporary one, removed with the model (or at exit)
+    scratch = tempfile.mkdtemp(prefix="reptune-offload-") if placement is not None and offload_folder is None else None
+    placing = {} if placement is None else {"device_map": placement, "offload_folder": str(offload_folder or scratch)}
     try:
         tokenizer, model = _from_pretrained(load_from, source, name_or_path, torch_dtype, revision=revision,
-                                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    except ModelError:
-        raise
-    except Exception as exc:
+                                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, placing=placing)
+    except BaseException as exc:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if isinstance(exc, ModelError) or not isinstance(exc, Exception):
+            raise
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         hint = "; only safetensors weights are loaded: pass --allow-pickle (allow_pickle=True) for .bin weights" if not allow_pickle and "safetensors" in first_line else ""
         raise ModelError(f"cannot load model {name_or_path!r}: {first_line}{hint}") from exc
-    model.to(target_device)
+    if scratch is not None:
+        weakref.finalize(model, shutil.rmtree, scratch, True)
+    if placement is None:
+        model.to(target_device)
     model.eval()
     model.requires_grad_(False)
     prepare_tokenizer(tokenizer)
@@ -414,14 +521,15 @@ def load_model(
 
 def _from_pretrained(
     load_from: str, source: str, name_or_path: str | None, torch_dtype: torch.dtype, *, revision: str | None, trust_remote_code: bool,
-    allow_pickle: bool,
+    allow_pickle: bool, placing: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """``(tokenizer, model)`` from ``load_from``; a hub id is tried from the local cache first, then
-    (when the hub answers) downloaded."""
+    (when the hub answers) downloaded. ``placing``: ``device_map``/``offload_folder`` for the model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
-    weights = {"use_safetensors": None if allow_pickle else True}  # None: transformers' choice, .bin included
+    # use_safetensors None: transformers' choice, .bin included
+    weights = {"use_safetensors": None if allow_pickle else True, **(placing or {})}
     if source == "hub":
         kwargs["local_files_only"] = True
     try:

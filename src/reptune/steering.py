@@ -235,7 +235,7 @@ class Steering:
             chosen = tracker.positions >= self.scope.offset
         else:
             chosen = tracker.positions >= prompt + self.scope.offset
-        return (chosen & tracker.real).unsqueeze(-1).to(hidden.dtype)
+        return (chosen & tracker.real).unsqueeze(-1).to(device=hidden.device, dtype=hidden.dtype)
 
     def _row_multiplier(self, hidden: torch.Tensor) -> torch.Tensor | float:
         if isinstance(self.multiplier, float):

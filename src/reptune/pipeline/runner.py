@@ -9,7 +9,9 @@ Stages, in order (each cached by the hash of its inputs, see :mod:`reptune.pipel
 3. ``sweep``: ``facts-ab`` on the *validation* statements steered at the vector layer with every
    multiplier; the selection rule (excluding degenerate cells) picks ``m+`` and ``m-``.
 4. ``train:<variant>:s<seed>``: each tuning variant, from the base weights, on the *train*
-   statements (early stopping on the trainer's own validation slice of them).
+   statements (early stopping on the trainer's own validation slice of them). Under
+   ``accelerate launch`` every process trains its share (:mod:`reptune.pipeline.workers`); every
+   other stage runs on the first process.
 5. ``eval:<condition>[:s<seed>]``: untuned, steered ``+v`` (``m+``) and ``-v`` (``m-``), every
    variant, and every variant under counter-steering, on the configured tasks (``facts-ab`` on
    the *test* statements); plus representation-level evidence (cosine and projection onto the
@@ -29,6 +31,7 @@ import gc
 import io
 import json
 import random
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -58,8 +61,10 @@ from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stages import StageError, StageStore
 from reptune.pipeline.studies import check_studies, run_studies, study_costs
+from reptune.pipeline.workers import Mailbox, dismiss, serve, train_job
 from reptune.reporting.experiment import write_report
 from reptune.reporting.schema import ExperimentResults, StageNames, Timings
+from reptune.tuning.distributed import current as current_ranks
 
 RESULTS_FORMAT = "reptune-experiment/1"
 # tasks that read the run's own statement splits (test for evaluation, val for sweep and checks)
@@ -170,6 +175,7 @@ class Experiment:
         allow_pickle: bool = False,
     ) -> None:
         self.config = config
+        self.mailbox: Mailbox | None = None  # set by run_experiment in a multi-process launch
         # how every model of the run loads; never from the config file (see ExperimentConfig)
         self.load_options: dict[str, Any] = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
         self.run_dir = Path(run_dir)
@@ -696,15 +702,14 @@ class Experiment:
             inputs["train_items"] = sha256_json(Path(train_csv).read_text(encoding="utf-8"))
 
         def work(folder: Path) -> dict[str, Any]:
-            from reptune.tuning import tune
-            from reptune.tuning.items import load_retain_texts, load_tune_items
-
-            handle = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, **self.load_options)
-            items, origin = load_tune_items(str(train_csv or self.split_path("train")), handle.tokenizer, kind=self.item_kind)
-            vector = self.vector(handle) if config.uses_vector else None
-            retain = load_retain_texts(config.retain_data) if config.retain != "none" and config.retain_data else None
-            result = tune(handle, config, items, folder, vector=vector, vector_path=str(self.vector_path) if vector else None,
-                          data_origin=origin, retain_texts=retain, resume=True, progress=self.progress)
+            job = {
+                "config": config.to_json(), "model": self.config.model, "revision": self.config.revision, "autocast": self.autocast,
+                "load_options": self.load_options, "items": str(train_csv or self.split_path("train")), "kind": self.item_kind,
+                "vector": str(self.vector_path) if config.uses_vector else None, "folder": str(folder), "progress": self.progress,
+            }
+            if self.mailbox is not None:  # a multi-process launch: every process trains its share (reptune.pipeline.workers)
+                self.mailbox.post({"kind": "train", "job": job})
+            handle, result = train_job(job)
             trained["handle"] = handle
             if not self.config.train.keep_checkpoints:  # ~4 bytes x 3 per trained parameter: gone once the stage succeeded
                 shutil.rmtree(folder / "checkpoints", ignore_errors=True)
@@ -940,8 +945,27 @@ def run_experiment(
     stages that depend on it. Errors are :class:`~reptune.errors.ReptuneError` naming the stage.
     ``trust_remote_code`` lets transformers run Python shipped with the model (a config file
     cannot turn it on); ``allow_pickle`` also loads pickled ``.bin`` weights.
+
+    Under ``accelerate launch``/``torchrun`` with several processes every process calls it: the
+    main one runs the experiment and returns its results, the others train their share of each
+    training stage and return an empty :class:`ExperimentRun` (see :mod:`reptune.pipeline.workers`).
     """
-    return Experiment(config, run_dir, progress=progress, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle).run()
+    experiment = Experiment(config, run_dir, progress=progress, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    ranks = current_ranks()
+    if not ranks.distributed:
+        return experiment.run()
+    mailbox = Mailbox(run_dir, ranks.broadcast_int(secrets.randbits(63) if ranks.is_main else 0))
+    if not ranks.is_main:
+        serve(mailbox, ranks)
+        return ExperimentRun(Path(run_dir), {})
+    experiment.mailbox = mailbox
+    try:
+        run = experiment.run()
+    except Exception:
+        dismiss(mailbox, ranks)  # a failed stage: the other processes leave too (Ctrl-C reached them all already)
+        raise
+    dismiss(mailbox, ranks)
+    return run
 
 
 def clean_run(run_dir: str | Path) -> None:

@@ -3,7 +3,9 @@
 * :mod:`reptune.tuning.config` — :class:`TuneConfig` and the paper's presets;
 * :mod:`reptune.tuning.items` — training items and deterministic balanced batches;
 * :mod:`reptune.tuning.losses` — representation, token and retain losses;
-* :mod:`reptune.tuning.trainer` — the loop, checkpoints, resume and outputs.
+* :mod:`reptune.tuning.trainer` — the loop, checkpoints, resume and outputs;
+* :mod:`reptune.tuning.distributed` — the same loop over several processes (DDP, FSDP2) under
+  ``accelerate launch``.
 """
 
 from reptune.tuning.config import PAPER_PARAM_GROUPS, PAPER_SETTINGS, PRESETS, ParamGroup, TuneConfig, paper_settings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ from reptune.prefix_cache import prefix_sharing_allowed, right_padded_prefix_len
 from reptune.sites import Positions, parse_layers
 from reptune.tokens import forward_keeping_logits
 from reptune.tuning.config import TuneConfig, rep_position
+from reptune.tuning.distributed import Ranks, current
 from reptune.tuning.items import (
     BalancedBatches,
     TrainItem,
@@ -229,8 +231,27 @@ def resolve_rep_layers(config: TuneConfig, trained: Sequence[int], vector: Steer
     return sorted(rep_layers)
 
 
+def _check_placement(handle: ModelHandle, config: TuneConfig, ranks: Ranks) -> None:
+    """Refuse what the loop cannot train: a model split over devices or offloaded by a ``device_map``,
+    and, with FSDP, LoRA or ``routing: paper`` (see :mod:`reptune.tuning.distributed`)."""
+    if handle.dispatched:
+        raise ReptuneError(
+            "tuning needs the whole model on one device per process, but it was loaded with a device_map that splits or offloads it: "
+            "load it without device_map, and tune across devices with accelerate launch (README: Scaling out)"
+        )
+    if ranks.fsdp and config.lora:
+        raise ReptuneError("LoRA is not supported with FSDP: launch without --use_fsdp (DDP: one full replica per process) or train full weights")
+    if ranks.fsdp and config.routing == "paper" and config.uses_vector:
+        raise ReptuneError("routing 'paper' is not supported with FSDP (its per-term gradients bypass FSDP's reduce-scatter): launch without --use_fsdp or use routing 'all'")
+
+
 class Tuner:
-    """Holds the model, the trainable parameters and the loss set-up for one run."""
+    """Holds the model, the trainable parameters and the loss set-up for one run.
+
+    With several processes (``ranks``), each holds its share of every batch and the loss terms
+    are scaled so that their mean over the processes is the one-process loss (see
+    :mod:`reptune.tuning.distributed`).
+    """
 
     def __init__(
         self,
@@ -241,10 +262,13 @@ class Tuner:
         *,
         retain_texts: Sequence[str] | None = None,
         allow_model_mismatch: bool = False,
+        ranks: Ranks | None = None,
     ) -> None:
         config.validate()
         self.handle = handle
         self.config = config
+        self.ranks = ranks or Ranks()
+        _check_placement(handle, config, self.ranks)
         self.layers = parse_layers(config.layers, handle.num_layers)
         self.blocks = [handle.layers[layer] for layer in range(handle.num_layers)]
         self.rep_vectors: dict[int, torch.Tensor] = {}
@@ -274,6 +298,7 @@ class Tuner:
         self.prefix_unsupported = False
         self._setup_trainable()
         self.retain_batches: list[_Batch] = []
+        self.retain_real: list[bool] = []  # per retain batch: False where this process holds a stand-in row
         self.retain_refs: list[dict[str, Any]] = []
         self.retain_info: dict[str, Any] | None = None
         if config.retain != "none":
@@ -322,6 +347,20 @@ class Tuner:
         )
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.param_order = [param for group in self.optimizer.param_groups for param in group["params"]]
+        if self.ranks.fsdp:
+            self._shard_model()
+
+    def _shard_model(self) -> None:
+        """FSDP2: shard the model over the processes (accelerate's ``prepare``, which also points the
+        optimizer at the shards) and re-point the trainable lists at the sharded parameters (same names)."""
+        named = self.named_params
+        self.handle.model, self.optimizer = self.ranks.prepare(self.handle.model, self.optimizer)
+        by_name = dict(self.handle.model.named_parameters())
+        self.named_params = [(name, by_name[name]) for name, _ in named]
+        self.term_params = {
+            term: self.named_params if params is named else [(name, by_name[name]) for name, _ in params] for term, params in self.term_params.items()
+        }
+        self.param_order = [param for group in self.optimizer.param_groups for param in group["params"]]
 
     def _retain_corpus(self, given: Sequence[str] | None, prompts: Sequence[str]) -> list[str]:
         """The retain texts: ``given``, else ``config.retain_data``, else the default corpus
@@ -341,9 +380,10 @@ class Tuner:
         if not texts:
             raise DataError("retain loss needs a non-empty retain corpus")
         for start in range(0, len(texts), self.config.batch_size):
-            chunk = [TrainItem(prompt=text) for text in texts[start : start + self.config.batch_size]]
-            batch = self._tokenize(chunk, rep_positions="all")
+            rows, real = self.ranks.shard(texts[start : start + self.config.batch_size])  # one process: the whole chunk
+            batch = self._tokenize([TrainItem(prompt=text) for text in rows], rep_positions="all")
             self.retain_batches.append(batch)
+            self.retain_real.append(real)
             if self.peft_model is None:  # full fine-tuning: cache the base outputs now
                 with torch.no_grad():
                     logits, hidden = self._forward(batch, capture=self.layers if self.config.retain in {"act", "both"} else [], need_logits=True)
@@ -400,7 +440,8 @@ class Tuner:
         ``keep > 0`` asks for the logits of the last ``keep`` positions only (the LM head, a large
         share of a small model's compute, then runs where a loss reads it); ``0`` = every position.
         """
-        stop = None if need_logits or not capture else max(capture)
+        # FSDP: no early exit (a pass stopped inside a sharded model would skip the root's post-forward)
+        stop = None if need_logits or not capture or self.ranks.fsdp else max(capture)
         logits = None
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids, "use_cache": False}
         # twins and chat items share their prompt's tokens: run them once (see reptune.prefix_cache)
@@ -426,13 +467,27 @@ class Tuner:
         ``REPTUNE_NO_PREFIX_CACHE`` unset, and the model's cache has held a prefix before."""
         return not self.prefix_unsupported and prefix_sharing_allowed(self.handle)
 
-    def losses(self, batch: _Batch, retain_index: int | None) -> dict[str, torch.Tensor]:
-        """All loss terms for one batch (and one retain batch); ``loss`` is the weighted total."""
+    @property
+    def twin_tokens(self) -> bool:
+        """Whether the token loss is the pairwise sequence loss on twins."""
+        return self.config.uses_tokens and self.twins and self.config.token_target in {"truth", "lie", "soft"}
+
+    def local_batch(self, items: Sequence[TrainItem]) -> tuple[_Batch, bool]:
+        """This process's share of the global batch ``items``, tokenised, and whether it holds real rows."""
+        rows, real = self.ranks.shard(items)
+        return self._tokenize(rows), real
+
+    def losses(self, batch: _Batch, retain_index: int | None, real: bool = True) -> dict[str, torch.Tensor]:
+        """All loss terms for one batch (and one retain batch); ``loss`` is the weighted total.
+
+        With several processes ``batch`` is this process's share (``real=False``: a stand-in row
+        that counts zero) and each term is this process's share of the global mean (:meth:`_share`).
+        """
         config = self.config
         need_logits = config.uses_tokens
         # twins: the replies follow one shared prompt, so only the positions from the one before
         # the first reply token on need logits
-        twin_tokens = need_logits and self.twins and config.token_target in {"truth", "lie", "soft"}
+        twin_tokens = self.twin_tokens
         first = int(batch.completion_mask.float().argmax(-1).min()) if twin_tokens else 0
         keep = batch.input_ids.shape[1] - first + 1 if twin_tokens and first > 0 else 0
         logits, hidden = self._forward(batch, list(self.rep_vectors), need_logits, keep)
@@ -457,8 +512,34 @@ class Tuner:
                 terms["tok"] = answer_loss(logits[rows, batch.last_prompt], self.letter_ids, batch.correct, config.token_target)
         if retain_index is not None and self.retain_batches:
             terms["retain"] = self._retain_loss(retain_index)
+        if self.ranks.distributed:
+            self._share(terms, batch, retain_index, real)
         terms["loss"] = config.w_tok * terms["tok"] + config.w_rep * terms["rep"] + config.w_retain * terms["retain"]
         return terms
+
+    def _units(self, batch: _Batch, retain_index: int | None, real: bool) -> torch.Tensor:
+        """What each term's local mean is over, ``[rep, tok, retain]`` float64: selected positions;
+        rows, twin pairs or completion tokens; retain positions (0 for a stand-in row)."""
+        rep = float(batch.rep_mask.sum()) if real else 0.0
+        if not real:
+            tok = 0.0
+        elif self.twin_tokens:
+            tok = batch.input_ids.shape[0] / 2
+        elif self.config.token_target == "sft":
+            tok = float(batch.completion_mask[:, 1:].sum())
+        else:
+            tok = float(batch.input_ids.shape[0])
+        retain = 0.0
+        if retain_index is not None and self.retain_batches:
+            index = retain_index % len(self.retain_batches)
+            retain = float(retain_mask(self.retain_batches[index].attention_mask).sum()) if self.retain_real[index] else 0.0
+        return torch.tensor([rep, tok, retain], dtype=torch.float64, device=self.handle.device)
+
+    def _share(self, terms: dict[str, torch.Tensor], batch: _Batch, retain_index: int | None, real: bool) -> None:
+        """Turn the local means in ``terms`` into this process's shares of the global means (in place)."""
+        scale = self.ranks.scales(self._units(batch, retain_index, real)).float()
+        for key, index in (("rep", 0), ("cos", 0), ("tok", 1), ("retain", 2)):
+            terms[key] = terms[key] * scale[index]
 
     def _retain_loss(self, index: int) -> torch.Tensor:
         batch = self.retain_batches[index % len(self.retain_batches)]
@@ -575,39 +656,53 @@ class Tuner:
 
     @torch.no_grad()
     def evaluate(self, items: Sequence[TrainItem]) -> dict[str, float]:
-        """Mean loss terms over ``items`` (no retain term), weighted by batch size."""
+        """Mean loss terms over ``items`` (no retain term), weighted by batch size.
+
+        With several processes every chunk is shared like a training batch and its terms are
+        averaged over the processes: every process gets the same numbers.
+        """
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
         for start in range(0, len(items), self.config.batch_size):
             chunk = items[start : start + self.config.batch_size]
-            terms = self.losses(self._tokenize(chunk), retain_index=None)
+            batch, real = self.local_batch(chunk)
+            values = self.logged(self.losses(batch, retain_index=None, real=real))
             for key in LOSS_KEYS:
-                sums[key] += float(terms[key]) * len(chunk)
+                sums[key] += values[key] * len(chunk)
         return {key: value / len(items) for key, value in sums.items()}
+
+    def logged(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The loss terms as numbers: this process's own, or with several processes their mean
+        over the processes, which is the loss of the whole batch (the same on every process)."""
+        if not self.ranks.distributed:
+            return {key: float(terms[key].detach()) for key in LOSS_KEYS}
+        merged = self.ranks.mean(torch.stack([terms[key].detach().float() for key in LOSS_KEYS]))
+        return dict(zip(LOSS_KEYS, merged.tolist()))
 
     # ------------------------------------------------------------------ state
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {name: param.detach().to("cpu", copy=True).contiguous() for name, param in self.named_params}
+        """CPU copies of the whole trainable tensors (FSDP shards are gathered: every process must call)."""
+        return {name: self.ranks.full(param) for name, param in self.named_params}
 
     def load_trainable(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, param in self.named_params:
                 if name not in tensors:
                     raise ReptuneError(f"checkpoint lacks parameter {name}: it belongs to another run")
-                param.copy_(tensors[name])
+                param.copy_(self.ranks.local(param, tensors[name]))
 
     def optimizer_tensors(self) -> dict[str, torch.Tensor]:
+        """The AdamW state as ``{"INDEX.KEY": tensor}`` CPU copies (FSDP shards gathered: every process must call)."""
         out = {}
         for index, param in enumerate(self.param_order):
             for key, value in self.optimizer.state.get(param, {}).items():
-                out[f"{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+                out[f"{index}.{key}"] = self.ranks.full(torch.as_tensor(value))
         return out
 
     def load_optimizer(self, tensors: dict[str, torch.Tensor]) -> None:
-        device = self.handle.device
         for index, param in enumerate(self.param_order):
             state = {key.split(".", 1)[1]: value for key, value in tensors.items() if key.split(".", 1)[0] == str(index)}
             if state:
-                self.optimizer.state[param] = {k: (v if k == "step" else v.to(device)) for k, v in state.items()}
+                self.optimizer.state[param] = {k: (v if k == "step" else self.ranks.local(param, v)) for k, v in state.items()}
 
 
 def _checkpoint_dir(output: Path) -> Path:
@@ -632,13 +727,20 @@ def run_fingerprint(tuner: Tuner) -> dict[str, str | None]:
 
 
 def _save_checkpoint(tuner: Tuner, output: Path, state: LoopState) -> None:
+    """Write ``checkpoints/step-N`` (atomically: staged, then renamed) and point ``latest.json`` at it.
+
+    Every process calls it (FSDP gathers the shards); only the main process writes.
+    """
+    trainable, optimizer = tuner.trainable_state(), tuner.optimizer_tensors()
+    if not tuner.ranks.is_main:
+        return
     root = _checkpoint_dir(output)
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".step-{state.step}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    save_file(tuner.trainable_state(), str(staging / "trainable.safetensors"))
-    save_file(tuner.optimizer_tensors() or {"empty": torch.zeros(1)}, str(staging / "optimizer.safetensors"))
+    save_file(trainable, str(staging / "trainable.safetensors"))
+    save_file(optimizer or {"empty": torch.zeros(1)}, str(staging / "optimizer.safetensors"))
     if state.best_weights is not None:
         save_file(state.best_weights, str(staging / "best.safetensors"))
     saved = {**state.to_json(), "config": tuner.config.to_json(), "fingerprint": run_fingerprint(tuner)}
@@ -695,6 +797,7 @@ def tune(
     progress: bool = True,
     allow_model_mismatch: bool = False,
     save_model: bool = True,
+    accelerator: Any | None = None,
 ) -> TuneResult:
     """Fine-tune ``handle``'s model in place and write the run to ``output_dir``.
 
@@ -708,20 +811,28 @@ def tune(
             ``checkpoints/``.
         resume: continue from the latest checkpoint in ``output_dir``.
         save_model: write the final weights (tests may skip it).
+        accelerator: an ``accelerate.Accelerator`` to share the run over its processes; by
+            default one is made when the process was started by ``accelerate launch`` or
+            ``torchrun`` with several processes (see :mod:`reptune.tuning.distributed`). Every
+            process then calls ``tune`` with the same arguments; ``config.batch_size`` is the
+            global batch, the main process writes ``output_dir`` (which every process must see).
 
     Raises:
         ReptuneError: bad settings or data (before training); TrainingDiverged on a NaN loss.
     """
     output = Path(output_dir)
+    ranks = current(accelerator)
     _check_output(output, resume)
-    tuner = Tuner(handle, config, items, vector, retain_texts=retain_texts, allow_model_mismatch=allow_model_mismatch)
-    output.mkdir(parents=True, exist_ok=True)
-    write_run_marker(output, "tune")
-    _forget_finished(output)
+    tuner = Tuner(handle, config, items, vector, retain_texts=retain_texts, allow_model_mismatch=allow_model_mismatch, ranks=ranks)
+    ranks.barrier()  # every process has checked the folder before the main one writes into it
+    if ranks.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        write_run_marker(output, "tune")
+        _forget_finished(output)
     state = (_load_checkpoint(tuner, output) if resume else None) or LoopState()
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    with progress_bar(f"tuning ({config.preset})", total=config.steps, enabled=progress) as advance:
+    with progress_bar(f"tuning ({config.preset})", total=config.steps, enabled=progress and ranks.is_main) as advance:
         advance(state.step)
         while state.step < config.steps and state.stopped is None:
             _train_step(tuner, state, output)
@@ -734,6 +845,7 @@ def tune(
         tuner.load_trainable(state.best_weights)  # end on the best validation weights
     result = TuneResult(output, config, _metrics(tuner, state, time.perf_counter() - started), state.history, state.val_history)
     _write_outputs(tuner, result, vector, vector_path, data_origin, save_model)
+    ranks.barrier()  # every process returns once the outputs are written
     return result
 
 
@@ -752,18 +864,21 @@ def _train_step(tuner: Tuner, state: LoopState, output: Path) -> None:
         TrainingDiverged: the total loss is NaN or infinite (nothing is updated; checkpoints stay).
     """
     step, config = state.step, tuner.config
-    terms = tuner.losses(tuner._tokenize(tuner.batches(step)), retain_index=step)
-    if not torch.isfinite(terms["loss"]):
+    batch, real = tuner.local_batch(tuner.batches(step))
+    terms = tuner.losses(batch, retain_index=step, real=real)
+    logged = tuner.logged(terms)  # with several processes: the whole batch's, the same on every process
+    if not math.isfinite(logged["loss"]):
         latest = _checkpoint_dir(output) / "latest.json"
         kept = f"last good checkpoint kept in {_checkpoint_dir(output)}" if latest.is_file() else "no checkpoint was written yet"
-        raise TrainingDiverged(f"loss became {float(terms['loss'].detach())} at step {step + 1}; {kept}; lower the learning rate")
+        raise TrainingDiverged(f"loss became {logged['loss']} at step {step + 1}; {kept}; lower the learning rate")
     tuner.backward(terms)
+    tuner.ranks.sync_gradients([param for _, param in tuner.named_params])
     tuner.set_learning_rates(step)
     if config.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_([param for _, param in tuner.named_params], config.max_grad_norm)
     tuner.optimizer.step()
     tuner.optimizer.zero_grad(set_to_none=True)
-    state.history.append({"step": step + 1, **{key: float(terms[key].detach()) for key in LOSS_KEYS}})
+    state.history.append({"step": step + 1, **logged})
     state.step = step + 1
 
 
@@ -803,6 +918,8 @@ def _metrics(tuner: Tuner, state: LoopState, seconds: float) -> dict[str, Any]:
         "trainable_parameters": sum(param.numel() for _, param in tuner.named_params),
         "retain_corpus": tuner.retain_info,
         "seconds": seconds,
+        "processes": tuner.ranks.world_size,
+        "parallel": tuner.ranks.mode,
     }
 
 
@@ -821,8 +938,14 @@ def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | No
     """Write the run's files; ``metrics.json`` (the completion record) goes last, after the weights.
 
     The loss-curve figure and the model card are built by reporting (through :mod:`reptune._render`).
+    Every process calls it (FSDP gathers the full state dict); only the main process writes.
     """
     output, handle = result.output_dir, tuner.handle
+    full_state = tuner.ranks.model_state(handle.model) if save_model else None
+    if not tuner.ranks.is_main:
+        if save_model and tuner.peft_model is not None:
+            handle.model = tuner.peft_model.merge_and_unload()  # every process ends with the merged model
+        return
     write_json_atomic(
         output / "tune_config.json",
         {**tuner.config.to_json(), "vector": vector_path, "data": data_origin, "base_model": handle.model_id, "plan": tuner.plan()},
@@ -841,7 +964,7 @@ def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | No
             model = tuner.peft_model.merge_and_unload()
             handle.model = model
         model.requires_grad_(False)
-        model.save_pretrained(str(staging))
+        model.save_pretrained(str(staging), state_dict=full_state)  # full_state: FSDP's gathered weights, else None
         handle.tokenizer.save_pretrained(str(staging))
         for path in staging.iterdir():
             os.replace(path, output / path.name)
