@@ -31,7 +31,9 @@ mkdir -p "$dest/dl"
 sdist="$dest/dl/llama_cpp_python-$version.tar.gz"
 if [[ ! -f "$sdist" ]]; then
   step "downloading the llama-cpp-python $version sdist (its vendored llama.cpp source) from PyPI"
-  "$python" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$dest/dl"
+  "$python" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$dest/dl" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+  [[ "${PIPESTATUS[0]}" == 0 ]] || { step "pip download failed"; exit 1; }
 fi
 if [[ ! -f "$dest/src/.version" || "$(cat "$dest/src/.version")" != "$version" ]]; then
   step "unpacking vendor/llama.cpp into $dest/src"

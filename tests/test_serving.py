@@ -12,10 +12,10 @@ import math
 import shutil
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from reptune.errors import ReptuneError

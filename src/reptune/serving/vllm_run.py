@@ -29,6 +29,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "enforce_eager": True,
     "gpu_memory_utilization": 0.1,  # on the CPU backend: the share of RAM vLLM may reserve
     "kv_cache_memory_bytes": 512 << 20,
+    "enable_prefix_caching": False,  # what the steering plugin needs; plain runs use it too, so both run the same engine
     "seed": 0,
 }
 
