@@ -62,7 +62,7 @@ cmake -S "$dest/src" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_
   -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
   -DGGML_OPENMP=ON -DGGML_CCACHE=OFF "${simd[@]}" >"$dest/cmake-configure.log" 2>&1 \
   || { step "configure failed; see $dest/cmake-configure.log"; tail -n 20 "$dest/cmake-configure.log" >&2; exit 1; }
-step "compiling llama-server and llama-completion with $jobs jobs (about 25 minutes on 2 cores on first run; log: $dest/build.log)"
+step "compiling llama-server and llama-completion with $jobs jobs (10-25 minutes on 2 cores on first run; log: $dest/build.log)"
 cmake --build "$dest/build" --config Release -j "$jobs" --target llama-server llama-completion >"$dest/build.log" 2>&1 \
   || { step "build failed; see $dest/build.log"; tail -n 30 "$dest/build.log" >&2; exit 1; }
 mkdir -p "$dest/bin"

@@ -30,7 +30,6 @@ PROMPTS = [
     "Describe yourself in one sentence.",
     "Is it safe to drink sea water?",
 ]
-EOS_FREE = "eos stripped"
 
 
 def chat_texts(handle, prompts: Sequence[str] = PROMPTS) -> list[str]:
