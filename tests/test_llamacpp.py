@@ -99,10 +99,10 @@ def test_exported_vector_steers_quantised_llama_cpp_like_reptune(llama_cpp, embe
 
     Criteria: (1) the readout, per prompt whose first greedy token differs between +x and -x in reptune:
     the log-prob gap between those two tokens, ``gap(+x) - gap(-x)``, has the same sign in llama.cpp;
-    (2) the first greedy token under +x and -x equals reptune's for at least 5 of the 6 prompts.
-    Printed, not asserted (no finished run has calibrated a threshold yet): over every token in
-    llama.cpp's top 20 at the first position under both +x and -x, how often the log-prob shift
-    ``lp(+x) - lp(-x)`` has reptune's sign, and how well the two shifts correlate.
+    (2) over every token in llama.cpp's top 20 at the first position under both +x and -x, the log-prob
+    shift ``lp(+x) - lp(-x)`` has reptune's sign for at least 85% of tokens and correlates with it at
+    0.9 or more (measured: 74 tokens, 0.973 and 0.992); (3) the first greedy token under +x and -x
+    equals reptune's for at least 5 of the 6 prompts (measured: 6 and 6).
     """
     vector = load_vector(honesty_vector_file, embedded)
     exported = export_gguf(SteeringVector({LAYER: vector.directions[LAYER]}, replace(vector.meta)), tmp_path / "honesty-14.gguf")
@@ -141,4 +141,5 @@ def test_exported_vector_steers_quantised_llama_cpp_like_reptune(llama_cpp, embe
         first_equal[scale] = result.first_token_equal
         print(f"llama.cpp Q4_1 x{scale} vs reptune (dequantised) x{scale}:", result.as_dict())
     assert readouts and all((ours > 0) == (theirs > 0) for ours, theirs in readouts)  # measured: (6.11, 6.41), (1.09, 1.00)
+    assert sign_share >= 0.85 and correlation >= 0.9
     assert first_equal[Q4_SCALE] >= len(PROMPTS) - 1 and first_equal[-Q4_SCALE] >= len(PROMPTS) - 1
