@@ -167,3 +167,34 @@ def constant_logits_model(bias: torch.Tensor) -> ModelHandle:
         head.bias.copy_(bias)
     handle.model.lm_head = head
     return handle
+
+
+# --- serving (tests/test_llamacpp.py, tests/test_vllm.py): built on first use, once per session ---
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The embedded model's converted Hugging Face directory (config.json + model.safetensors + tokenizer)."""
+    from reptune.models import convert_gguf, embedded_gguf_path
+
+    return convert_gguf(embedded_gguf_path())
+
+
+@pytest.fixture(scope="session")
+def honesty_vector_file(embedded, tmp_path_factory) -> Path:
+    """The embedded model's honesty vector (mean difference, last token, 64 pairs, layers 1-29)."""
+    from serving_reference import build_vector
+
+    path = tmp_path_factory.mktemp("serving-vector") / "honesty.safetensors"
+    build_vector(embedded, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tuned_dir(honesty_vector_file, embedded, tmp_path_factory) -> Path:
+    """`reptune tune`'s merged output for the embedded model (honesty preset, blocks 12-14, 3 steps)."""
+    from serving_reference import build_tuned
+
+    from reptune.vectors import load_vector
+
+    return build_tuned(tmp_path_factory.mktemp("serving-tuned") / "run", load_vector(honesty_vector_file, embedded))

@@ -143,3 +143,12 @@ def test_per_position_extraction_matches_single_position_runs(tiny):
     assert not torch.allclose(vectors[0][2], last[2])
     with pytest.raises(ReptuneError, match="last:N"):
         extract_vector(tiny, pairs, "1", positions="all", per_position=True, progress=False)
+
+
+def test_extract_vector_without_scan_saves_a_loadable_file(tiny, tmp_path):
+    from reptune.vectors import load_vector
+
+    vector, scan = extract_vector(tiny, _pairs(), "1,2", scan=False, progress=False)
+    assert scan is None and "best_layers" not in vector.meta.extra
+    vector.save(tmp_path / "v.safetensors")
+    assert load_vector(tmp_path / "v.safetensors", tiny).layers == [1, 2]

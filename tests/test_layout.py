@@ -8,7 +8,7 @@ The ladder (README "Layout"), bottom first; a module may import its own rung and
                                                    hands to tuning and discovery)
     models, sites, hooks, prefix_cache             hooks.py sits beside sites.py: it hooks the block
                                                    outputs sites.py defines
-    data -> activations -> vectors -> directions -> steering -> tuning -> discovery
+    data -> activations -> vectors -> directions -> steering -> serving -> tuning -> discovery
          -> evaluation -> reporting -> pipeline -> cli
 
 ``reptune/__init__.py`` is the package facade, on top: ``from reptune import NAME`` counts as an
@@ -34,6 +34,7 @@ LADDER: list[tuple[str, ...]] = [
     ("vectors",),
     ("directions",),
     ("steering",),
+    ("serving",),
     ("tuning",),
     ("discovery",),
     ("evaluation",),

@@ -299,6 +299,35 @@ def export_gguf_cmd(
     err_console.print(f"wrote {output} (layers {sorted(chosen)})")
 
 
+@app.command("export-model")
+def export_model_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory: the merged output of `reptune tune -o DIR`, or any HF causal-LM folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="GGUF model file to write (.gguf).")],
+    outtype: Annotated[str, typer.Option("--outtype", help="Weight type: f32 (exact), f16, bf16 or q8_0.")] = "f16",
+    llama_cpp: Annotated[
+        Path | None, typer.Option("--llama-cpp", help="llama.cpp tree holding convert_hf_to_gguf.py (default: $REPTUNE_LLAMA_CPP, else <venv>/llama.cpp).")
+    ] = None,
+    allow_pickle: PickleOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Export a tuned model to one GGUF file for llama.cpp (llama.cpp's own convert_hf_to_gguf.py)."""
+    from reptune.serving.llamacpp import OUTTYPES, check_model_dir, export_model, find_llama_cpp
+
+    if outtype not in OUTTYPES:
+        raise ReptuneError(f"unknown --outtype {outtype!r}: use one of {', '.join(OUTTYPES)}")
+    if output.suffix.lower() != ".gguf":
+        raise ReptuneError(f"--output must be a .gguf file, got {output}")
+    check_model_dir(model_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    _check_output(output)
+    find_llama_cpp(llama_cpp, need=("converter",))
+    _on_interrupt(f"{output} was not written (the converter writes to a temporary file); run the command again")
+    with err_console.status(f"converting {model_dir} to {outtype} GGUF with llama.cpp's converter ..."):
+        info = export_model(
+            model_dir, output, outtype=outtype, llama_cpp=llama_cpp, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        )
+    err_console.print(f"wrote {output} ({info.describe()})")
+
+
 @app.command()
 def tune(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: merged weights, config, metrics, curves, checkpoints.")],

@@ -330,7 +330,8 @@ def _vector_from_activations(
         dataset_hash=pairs_hash(pairs),
         num_pairs=len(pairs),
         extra={
-            "best_layers": layer_scan.best_layers(min(3, len(directions))) if layer_scan else None, "seed": seed,
+            # without a scan there is no best layer: the key is left out (load_vector refuses a null)
+            **({"best_layers": layer_scan.best_layers(min(3, len(directions)))} if layer_scan else {}), "seed": seed,
             "precision": handle.describe()["precision"], "machine": machine_info(),
         },
     )
