@@ -57,7 +57,7 @@ from reptune.models import ModelHandle, load_model
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stages import StageError, StageStore
-from reptune.pipeline.studies import run_studies
+from reptune.pipeline.studies import check_studies, run_studies
 from reptune.reporting.experiment import write_report
 from reptune.reporting.schema import ExperimentResults, StageNames, Timings
 
@@ -272,6 +272,7 @@ class Experiment:
         c = self.config
         data = self._stage("data", {"data": c.data.model_dump()}, self._data_stage, _COST["data"])
         self.data = data
+        check_studies(self)  # a study's input errors that need the data, before the model loads
         vector_info = self._stage("vector", {"model": self.model_key, "data": self.store.keys["data"], "vector": c.vector.model_dump()}, self._vector_stage, _COST["vector"])
         self.vector_path = self.run_dir / vector_info["file"]
         self.layer = int(vector_info["layer"])
@@ -649,6 +650,10 @@ class Experiment:
         if kind == "auto":
             return "twin" if self.headline == "facts-twin" else "ab"
         return kind
+
+    def tune_config(self, variant: Any, seed: int, steps: int | None = None) -> Any:
+        """The :class:`~reptune.tuning.TuneConfig` :meth:`train_variant` trains ``variant`` with (for studies)."""
+        return self._tune_config(variant, seed, steps)
 
     def _tune_config(self, variant: Any, seed: int, steps: int | None = None) -> Any:
         from reptune.tuning import TuneConfig

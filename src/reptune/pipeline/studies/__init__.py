@@ -13,6 +13,8 @@ A study is a module of this package with::
     NAME: str                              # its config section and its key in results.json
     def enabled(config) -> bool            # whether the experiment config asks for it
     def run(host: StudyHost) -> dict       # the section (claims under "claims")
+    def check(host: StudyHost) -> None     # optional: input errors that need the data, raised right
+                                           # after the data stage, before any model work
 
 Modules are imported only when their study is enabled.
 """
@@ -25,7 +27,7 @@ from typing import Any
 from reptune.pipeline.studies.base import StudyHost
 
 # run order; each name is a module of this package and the study's config section
-STUDIES: tuple[str, ...] = ()
+STUDIES: tuple[str, ...] = ("sample_efficiency",)
 
 
 def enabled_studies(config: Any) -> list[str]:
@@ -33,9 +35,18 @@ def enabled_studies(config: Any) -> list[str]:
     return [name for name in STUDIES if importlib.import_module(f"{__name__}.{name}").enabled(config)]
 
 
+def check_studies(host: StudyHost) -> None:
+    """Each enabled study's ``check(host)`` (if it has one): bad input that needs the data (a size larger
+    than the train split, ...) fails here, after the data stage and before the model loads."""
+    for name in enabled_studies(host.config):
+        check = getattr(importlib.import_module(f"{__name__}.{name}"), "check", None)
+        if check is not None:
+            check(host)
+
+
 def run_studies(host: StudyHost) -> dict[str, dict[str, Any]]:
     """Run every enabled study: ``{name: its results section}``."""
     return {name: importlib.import_module(f"{__name__}.{name}").run(host) for name in enabled_studies(host.config)}
 
 
-__all__ = ["STUDIES", "StudyHost", "enabled_studies", "run_studies"]
+__all__ = ["STUDIES", "StudyHost", "check_studies", "enabled_studies", "run_studies"]

@@ -13,7 +13,9 @@ from typing import Any
 from reptune.reporting.document import Heading, Plan
 from reptune.reporting.schema import ExperimentResults
 
-STUDY_SECTIONS: dict[str, str] = {}
+STUDY_SECTIONS: dict[str, str] = {
+    "sample_efficiency": "reptune.reporting.sections.sample_efficiency:section_sample_efficiency",
+}
 
 
 def section_studies(plan: Plan, results: ExperimentResults) -> None:
