@@ -57,7 +57,7 @@ from reptune.models import ModelHandle, load_model
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stages import StageError, StageStore
-from reptune.pipeline.studies import check_studies, run_studies
+from reptune.pipeline.studies import check_studies, estimate_studies, run_studies
 from reptune.reporting.experiment import write_report
 from reptune.reporting.schema import ExperimentResults, StageNames, Timings
 
@@ -244,7 +244,7 @@ class Experiment:
             total += len(c.robustness.conditions) * len(c.robustness.layers or [0, 1, 2]) * len(c.robustness.multipliers) * _COST["robust_cell"]
         if c.projection.enabled:
             total += len(c.projection.conditions) * _COST["projection"]
-        return total
+        return total + estimate_studies(c, _COST)
 
     def run(self) -> ExperimentRun:
         started = time.perf_counter()

@@ -15,6 +15,8 @@ A study is a module of this package with::
     def run(host: StudyHost) -> dict       # the section (claims under "claims")
     def check(host: StudyHost) -> None     # optional: input errors that need the data, raised right
                                            # after the data stage, before any model work
+    def cost(config, unit) -> float        # optional: rough cost for the progress ETA, in the runner's
+                                           # units (``unit["train_step"]``, ``unit["eval_task"]`` seconds)
 
 Modules are imported only when their study is enabled.
 """
@@ -44,9 +46,18 @@ def check_studies(host: StudyHost) -> None:
             check(host)
 
 
+def estimate_studies(config: Any, unit: dict[str, float]) -> float:
+    """The enabled studies' rough cost (only for the progress ETA; a study without ``cost`` counts 0)."""
+    total = 0.0
+    for name in enabled_studies(config):
+        cost = getattr(importlib.import_module(f"{__name__}.{name}"), "cost", None)
+        total += float(cost(config, unit)) if cost is not None else 0.0
+    return total
+
+
 def run_studies(host: StudyHost) -> dict[str, dict[str, Any]]:
     """Run every enabled study: ``{name: its results section}``."""
     return {name: importlib.import_module(f"{__name__}.{name}").run(host) for name in enabled_studies(host.config)}
 
 
-__all__ = ["STUDIES", "StudyHost", "check_studies", "enabled_studies", "run_studies"]
+__all__ = ["STUDIES", "StudyHost", "check_studies", "enabled_studies", "estimate_studies", "run_studies"]

@@ -129,6 +129,15 @@ def _main_limit(host: StudyHost) -> int | None:
     return ev.limits.get(host.headline, ev.limit)
 
 
+def cost(config: Any, unit: dict[str, float]) -> float:
+    """Rough cost for the progress ETA: every size below ``all`` trains and evaluates both variants per seed
+    (with ``budget: epochs`` the steps shrink with n, which this upper bound ignores)."""
+    c = config.sample_efficiency
+    runs = sum(n != "all" for n in c.sizes) * len(c.variants) * len(c.seeds or config.seeds)
+    steps = max((v.steps or config.train.steps) for v in config.variants if v.name in c.variants)
+    return runs * (steps * unit["train_step"] + unit["eval_task"])
+
+
 def check(host: StudyHost) -> None:
     """Input errors that need the data: a size above the train split, a limit above the main run's."""
     c = host.config.sample_efficiency
