@@ -70,7 +70,7 @@ def _degenerate(row: SampleEfficiencyRow) -> str:
     return "; ".join(f"seed {', '.join(seeds)}: {why}" for why, seeds in by_reason.items())
 
 
-UNITS = {"twin": "twins (one item = a true/false pair)", "ab": "statements (A/B questions)"}
+UNITS = {"twin": "twins (an item is a true/false pair)", "ab": "statements (A/B questions)"}
 
 
 def section_sample_efficiency(plan: Plan, section: dict[str, Any], results: ExperimentResults) -> None:
@@ -82,10 +82,11 @@ def section_sample_efficiency(plan: Plan, section: dict[str, Any], results: Expe
         plan.para("Not run.")
         return
     base, other = (list(study.variants or []) + ["?", "?"])[:2]
+    seeds = study.seeds or []
     plan.para(f"{other} against {base}, each trained from the base weights on nested, label-balanced subsets of n training ",
-              f"{UNITS.get(str(study.item_kind), 'items')} (of the {fmt(study.train_items)} in the train split; seeds {_list(study.seeds, 'd')}) and evaluated on ",
-              f"the same {fmt(study.items)} held-out items of ", ("c", str(given(study.task, "?"))), f". Budget: {given(study.budget, '?')}. ",
-              f"Accuracy is the {given(study.ci_rule, 'mean over seeds')}.")
+              f"{UNITS.get(str(study.item_kind), 'items')}, {fmt(study.train_items)} in the whole train split, with seed{'s' if len(seeds) > 1 else ''} ",
+              f"{_list(seeds, 'd')}, and evaluated on the same {fmt(study.items)} held-out items of ", ("c", str(given(study.task, "?"))),
+              f". Budget: {given(study.budget, '?')}. Accuracy is the {given(study.ci_rule, 'mean over seeds')}.")
     plan.figure("sample-efficiency", f"{given(study.task, '?')} accuracy against training items n (log scale; 95% CI band; dots = seeds; "
                 "dashed: untuned; dotted: target)", lambda path: plot_sample_efficiency(study, path))
     plan.add(_table(rows))
