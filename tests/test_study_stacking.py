@@ -237,10 +237,11 @@ def test_chatml_none_is_the_templates_default_system_prompt_and_honest_replaces_
 
 
 def test_the_eta_counts_the_cells_evaluated_anew(tiny_dir):
-    from reptune.pipeline.studies import study_costs
+    from reptune.pipeline.studies import estimate_studies
 
-    assert study_costs(parse_config(_config(tiny_dir))) == {"eval_task": 2 + 3 * 2}
-    assert study_costs(parse_config(_config(tiny_dir, enabled=False))) == {}
+    unit = {"eval_task": 12.0, "train_step": 1.3}
+    assert estimate_studies(parse_config(_config(tiny_dir)), unit) == (2 + 3 * 2) * 12.0
+    assert estimate_studies(parse_config(_config(tiny_dir, enabled=False)), unit) == 0.0
 
 
 def test_shipped_study_config_is_the_demo_plus_the_study():

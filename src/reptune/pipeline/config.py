@@ -347,6 +347,59 @@ class ClaimThresholds(_Strict):
     max_mmlu_drop: float = Field(0.02, ge=0)
 
 
+class SampleEfficiencyConfig(_Strict):
+    """The sample-efficiency study (``pipeline.studies.sample_efficiency``): held-out accuracy of a
+    token-only and a representation-tuned variant trained on nested, label-balanced subsets of n items.
+
+    ``variants``: two of the experiment's variants, the token-only baseline first (``truth``) and the
+    one compared with it second (``honesty``). ``sizes``: training items (twins with twin items, else
+    statements), ``all`` = the whole train split (reuses the main run's training and evaluation).
+    ``budget``: ``steps`` trains every size for the variant's own steps (equal updates, only the
+    labels differ); ``epochs`` scales them with n (the main run's passes over the data, at least 1).
+    ``limit``: test items (None: as many as the main run's headline evaluation, which is also the most).
+    ``target``: the accuracy each variant must reach; ``auto`` = the baseline's mean accuracy at
+    ``all`` minus ``tolerance``.
+    """
+
+    enabled: bool = False
+    variants: list[str] = ["truth", "honesty"]
+    sizes: list[int | Literal["all"]] = [16, 32, 64, 128, 256, "all"]
+    seeds: list[int] | None = None  # None: the experiment's seeds
+    budget: Literal["steps", "epochs"] = "steps"
+    limit: int | None = Field(None, ge=1)
+    target: float | Literal["auto"] = "auto"
+    tolerance: float = Field(0.02, ge=0, lt=1)
+
+    @field_validator("variants")
+    @classmethod
+    def _two_variants(cls, value: list[str]) -> list[str]:
+        if len(value) != 2 or value[0] == value[1]:
+            raise ValueError("needs two different variants, the token-only baseline first (e.g. [truth, honesty])")
+        return value
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise ValueError("needs a non-empty list of sizes (numbers of training items, or 'all')")
+        for n in value:
+            if n != "all" and (isinstance(n, bool) or not isinstance(n, int)):
+                raise ValueError(f"a size is a whole number of training items or 'all', not {n!r}")
+            if n != "all" and n < 2:
+                raise ValueError(f"size {n} is below 2 (a label-balanced subset needs at least one item of each label)")
+        repeated = sorted({str(n) for n in value if value.count(n) > 1})
+        if repeated:
+            raise ValueError(f"sizes repeat: {', '.join(repeated)}")
+        return sorted(value, key=lambda n: (n == "all", n if isinstance(n, int) else 0))
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0 < value <= 1:
+            raise ValueError("target must be an accuracy in (0, 1] or 'auto'")
+        return value
+
+
 class ExperimentConfig(_Strict):
     """A whole representation-tuning study (see ``reptune run --print-config``)."""
 
@@ -369,6 +422,7 @@ class ExperimentConfig(_Strict):
     learnability: LearnabilityConfig = LearnabilityConfig()
     stacking: StackingConfig = StackingConfig()
     claims: ClaimThresholds = ClaimThresholds()
+    sample_efficiency: SampleEfficiencyConfig = SampleEfficiencyConfig()
 
     @field_validator("name")
     @classmethod
@@ -419,6 +473,20 @@ class ExperimentConfig(_Strict):
     def stacking_seeds(self) -> list[int]:
         """The seeds of the stacking study's tuned cells (default: the experiment's first seed)."""
         return list(self.stacking.seeds) if self.stacking.seeds is not None else [self.seeds[0]]
+
+    @model_validator(mode="after")
+    def _sample_efficiency_names(self) -> ExperimentConfig:
+        study = self.sample_efficiency
+        if not study.enabled:
+            return self
+        names = [variant.name for variant in self.variants]
+        unknown = [name for name in study.variants if name not in names]
+        if unknown:
+            raise ValueError(f"sample_efficiency.variants: no variant {unknown[0]!r} in this experiment (its variants: {', '.join(names)})")
+        extra = sorted(set(study.seeds or []) - set(self.seeds))
+        if extra or (study.seeds is not None and (not study.seeds or len(set(study.seeds)) != len(study.seeds))):
+            raise ValueError(f"sample_efficiency.seeds must be a non-empty subset of the experiment's seeds {self.seeds} without repeats (got {study.seeds})")
+        return self
 
     def variant_seeds(self, variant: VariantConfig) -> list[int]:
         """The seeds a variant is trained with (its own subset, else every seed)."""

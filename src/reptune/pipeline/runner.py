@@ -60,7 +60,7 @@ from reptune.models import ModelHandle, load_model
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stages import StageError, StageStore
-from reptune.pipeline.studies import check_studies, run_studies, study_costs
+from reptune.pipeline.studies import check_studies, estimate_studies, run_studies
 from reptune.pipeline.workers import Mailbox, dismiss, serve, train_job
 from reptune.reporting.experiment import write_report
 from reptune.reporting.schema import ExperimentResults, StageNames, Timings
@@ -250,8 +250,7 @@ class Experiment:
             total += len(c.robustness.conditions) * len(c.robustness.layers or [0, 1, 2]) * len(c.robustness.multipliers) * _COST["robust_cell"]
         if c.projection.enabled:
             total += len(c.projection.conditions) * _COST["projection"]
-        total += sum(_COST.get(unit, 0.0) * amount for unit, amount in study_costs(c).items())
-        return total
+        return total + estimate_studies(c, _COST)
 
     def run(self) -> ExperimentRun:
         started = time.perf_counter()
@@ -279,7 +278,7 @@ class Experiment:
         c = self.config
         data = self._stage("data", {"data": c.data.model_dump()}, self._data_stage, _COST["data"])
         self.data = data
-        check_studies(c, data, self.headline)  # a study's bad input fails here, before the model loads
+        check_studies(self)  # a study's input errors that need the data, before the model loads
         vector_info = self._stage("vector", {"model": self.model_key, "data": self.store.keys["data"], "vector": c.vector.model_dump()}, self._vector_stage, _COST["vector"])
         self.vector_path = self.run_dir / vector_info["file"]
         self.layer = int(vector_info["layer"])
@@ -657,6 +656,10 @@ class Experiment:
         if kind == "auto":
             return "twin" if self.headline == "facts-twin" else "ab"
         return kind
+
+    def tune_config(self, variant: Any, seed: int, steps: int | None = None) -> Any:
+        """The :class:`~reptune.tuning.TuneConfig` :meth:`train_variant` trains ``variant`` with (for studies)."""
+        return self._tune_config(variant, seed, steps)
 
     def _tune_config(self, variant: Any, seed: int, steps: int | None = None) -> Any:
         from reptune.tuning import TuneConfig

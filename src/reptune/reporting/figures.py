@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from reptune._io import atomic_path, safe_filename
 from reptune.reporting.document import fmt, short
-from reptune.reporting.schema import Condition, Metric, RobustnessGrid, Sweep, SweepRow, TaskScore, TrainingRun
+from reptune.reporting.schema import Condition, Metric, RobustnessGrid, SampleEfficiency, Sweep, SweepRow, TaskScore, TrainingRun
 from reptune.reporting.sections.common import given, label, num
 
 if TYPE_CHECKING:
@@ -594,4 +594,42 @@ def plot_stacking(cells: Sequence[dict[str, Any]], path: Path, task: str, multip
         ax.set_ylabel(_mpl(ylabel))
     axes[0][0].set_title(_mpl("prompt x steering x weights"))
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_sample_efficiency(section: SampleEfficiency, path: Path) -> Path:
+    """Held-out accuracy against training items n (log axis), one line per variant (mean over seeds), the
+    95% band (envelope of the per-seed Wilson CIs), dots = seeds, the untuned model dashed, the target dotted."""
+    plt = _pyplot()
+    rows = section.rows or []
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    for index, variant in enumerate(section.variants or []):
+        mine = sorted((r for r in rows if r.variant == variant), key=lambda r: num(r.n))
+        if not mine:
+            continue
+        color = f"C{index % 10}"
+        xs = [num(r.n) for r in mine]
+        ax.plot(xs, [num(r.value) for r in mine], "o-", color=color, lw=1.8, label=_mpl(variant))
+        ax.fill_between(xs, [num(r.ci_low) for r in mine], [num(r.ci_high) for r in mine], color=color, alpha=0.15, lw=0)
+        shift = 1.0 + 0.03 * (index - 0.5)  # the variants' seed dots side by side, not on top of each other
+        for r in mine:
+            seeds = [num(v) for v in (r.per_seed or [])]
+            if len(seeds) > 1:
+                ax.scatter([num(r.n) * shift] * len(seeds), seeds, s=12, color=color, edgecolor="black", linewidth=0.4, zorder=3)
+    untuned = section.untuned
+    if untuned is not None and untuned.value is not None:
+        ax.axhline(num(untuned.value), color="gray", lw=1.0, ls="--", label=_mpl(f"untuned ({fmt(untuned.value)})"))
+    target = section.target
+    if target is not None and target.value is not None:
+        ax.axhline(num(target.value), color="black", lw=1.0, ls=":", label=_mpl(f"target ({fmt(target.value)})"))
+    sizes = sorted({(num(r.n), str(r.size)) for r in rows})
+    ax.set_xscale("log")
+    ax.set_xticks([n for n, _ in sizes])
+    ax.set_xticklabels([_mpl(f"all ({int(n)})" if size == "all" else size) for n, size in sizes], fontsize=8)
+    ax.minorticks_off()
+    unit = {"twin": "twins", "ab": "statements"}.get(str(section.item_kind), "items")
+    ax.set_xlabel(_mpl(f"training items n ({unit}, log scale)"))
+    ax.set_ylabel(_mpl(f"{given(section.task, '?')} accuracy (held-out)"))
+    ax.set_title(_mpl(f"sample efficiency: {given(section.task, '?')} accuracy vs n (95% CI)"))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return save_figure(fig, path)

@@ -481,3 +481,86 @@ class ExperimentResults(Record):
                 if task not in found:
                     found.append(task)
         return found
+
+
+# ----------------------------------------------------------------------------- studies (results.studies.<name>)
+
+
+class SampleEfficiencyRow(Record):
+    """One (size, variant) of the sample-efficiency study: accuracy over seeds and how each seed was trained."""
+
+    size: Text | None = None  # "16" ... or "all"
+    n: Number | None = None  # training items
+    variant: Text | None = None
+    value: Number | None = None  # mean over seeds
+    ci_low: Number | None = None  # envelope of the per-seed 95% Wilson intervals
+    ci_high: Number | None = None
+    items: Number | None = None  # test items
+    seeds: list[Number] | None = None
+    per_seed: list[Number | None] | None = None
+    seed_ci: list[list[Number | None]] | None = None
+    steps: list[Number | None] | None = None  # steps run (early stopping may end sooner)
+    best_step: list[Number | None] | None = None
+    budget_steps: list[Number | None] | None = None
+    batch_size: list[Number | None] | None = None
+    train_items: list[Number | None] | None = None
+    val_items: list[Number | None] | None = None
+    reused: list[Flag] | None = None  # the main run's training and evaluation (n = all)
+    cosine: list[Number | None] | None = None
+    degenerate: list[Text | None] | None = None
+
+
+class SampleEfficiencyDifference(Record):
+    """Per size: the compared variant minus the baseline on the same items (mean over seeds; per seed with a paired bootstrap CI)."""
+
+    size: Text | None = None
+    n: Number | None = None
+    value: Number | None = None
+    ci_low: Number | None = None
+    ci_high: Number | None = None
+    per_seed: list[Object] | None = None  # {seed, effect, ci_low, ci_high}
+
+
+class SampleEfficiencyTarget(Record):
+    value: Number | None = None
+    rule: Text | None = None
+    reference: Number | None = None
+    reference_size: Text | None = None
+    tolerance: Number | None = None
+
+
+class SampleEfficiencyReach(Record):
+    """The smallest size at which a variant's mean accuracy reaches the target (``size`` None: never)."""
+
+    variant: Text | None = None
+    size: Text | None = None
+    n: Number | None = None
+    per_seed: list[Text | None] | None = None
+    best: Number | None = None
+    best_size: Text | None = None
+    note: Text | None = None
+
+
+class SampleEfficiency(Record):
+    """``results.studies.sample_efficiency`` (:mod:`reptune.pipeline.studies.sample_efficiency`)."""
+
+    task: Text | None = None
+    split: Text | None = None
+    items: Number | None = None
+    item_kind: Text | None = None
+    train_items: Number | None = None
+    variants: list[Text] | None = None  # [baseline, compared]
+    seeds: list[Number] | None = None
+    sizes: list[Object] | None = None  # {size, n}
+    budget: Text | None = None
+    rows: list[SampleEfficiencyRow] | None = None
+    untuned: Estimate | None = None
+    target: SampleEfficiencyTarget | None = None
+    reach: list[SampleEfficiencyReach] | None = None
+    label_ratio: Number | None = None  # the baseline's n to the target over the compared variant's
+    differences: list[SampleEfficiencyDifference] | None = None
+    ci_rule: Text | None = None
+    degenerate: list[Text] | None = None
+    notes: list[Text] | None = None
+    subsets: dict[str, dict[str, Text]] | None = None  # {seed: {size: CSV}}
+    claim: Text | None = None  # the id of its claim in results.claims

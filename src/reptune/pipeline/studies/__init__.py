@@ -13,16 +13,15 @@ A study is a module of this package with::
     NAME: str                              # its config section and its key in results.json
     def enabled(config) -> bool            # whether the experiment config asks for it
     def run(host: StudyHost) -> dict       # the section (claims under "claims")
+    def check(host: StudyHost) -> None     # optional: input errors that need the data, raised right
+                                           # after the data stage, before any model work
+    def cost(config, unit) -> float        # optional: rough cost for the progress ETA, in the runner's
+                                           # units (``unit["train_step"]``, ``unit["eval_task"]`` seconds)
 
-and optionally::
-
-    def check(config, data, headline) -> None   # errors that need the data, raised before any model work
-    def cost(config) -> dict[str, float]         # its work in the runner's cost units ({"eval_task": 8}), for the ETA
-
-``check`` gets the data stage's output (``splits``, ``pairs``, ``twins``) and the resolved headline
-task; the runner calls it right after the data stage, so a study's bad input (a limit beyond the
-test split, ...) is a one-line error before the model loads. Modules are imported only when their
-study is enabled.
+``check`` sees the data stage's output as ``host.data`` (``splits``, ``pairs``, ``twins``) and the
+resolved ``host.headline``; the runner calls it right after the data stage, so a study's bad input
+(a limit beyond the test split, ...) is a one-line error before the model loads. Modules are
+imported only when their study is enabled.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from typing import Any
 from reptune.pipeline.studies.base import StudyHost
 
 # run order; each name is a module of this package and the study's config section
-STUDIES: tuple[str, ...] = ("stacking",)
+STUDIES: tuple[str, ...] = ("sample_efficiency", "stacking")
 
 
 def enabled_studies(config: Any) -> list[str]:
@@ -41,21 +40,21 @@ def enabled_studies(config: Any) -> list[str]:
     return [name for name in STUDIES if importlib.import_module(f"{__name__}.{name}").enabled(config)]
 
 
-def check_studies(config: Any, data: dict[str, Any], headline: str) -> None:
-    """Each enabled study's data-dependent checks (its optional ``check``), before any model work."""
-    for name in enabled_studies(config):
+def check_studies(host: StudyHost) -> None:
+    """Each enabled study's ``check(host)`` (if it has one): bad input that needs the data (a size larger
+    than the train split, ...) fails here, after the data stage and before the model loads."""
+    for name in enabled_studies(host.config):
         check = getattr(importlib.import_module(f"{__name__}.{name}"), "check", None)
         if check is not None:
-            check(config, data, headline)
+            check(host)
 
 
-def study_costs(config: Any) -> dict[str, float]:
-    """The enabled studies' work, summed per cost unit of the runner (only for the progress estimate)."""
-    total: dict[str, float] = {}
+def estimate_studies(config: Any, unit: dict[str, float]) -> float:
+    """The enabled studies' rough cost (only for the progress ETA; a study without ``cost`` counts 0)."""
+    total = 0.0
     for name in enabled_studies(config):
         cost = getattr(importlib.import_module(f"{__name__}.{name}"), "cost", None)
-        for unit, amount in (cost(config) if cost is not None else {}).items():
-            total[unit] = total.get(unit, 0.0) + float(amount)
+        total += float(cost(config, unit)) if cost is not None else 0.0
     return total
 
 
@@ -64,4 +63,4 @@ def run_studies(host: StudyHost) -> dict[str, dict[str, Any]]:
     return {name: importlib.import_module(f"{__name__}.{name}").run(host) for name in enabled_studies(host.config)}
 
 
-__all__ = ["STUDIES", "StudyHost", "check_studies", "enabled_studies", "run_studies", "study_costs"]
+__all__ = ["STUDIES", "StudyHost", "check_studies", "enabled_studies", "estimate_studies", "run_studies"]

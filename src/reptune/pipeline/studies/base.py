@@ -18,6 +18,9 @@ class StudyHost(Protocol):
         run_dir: the run's folder; ``progress``: whether to show progress.
         layer: the steering layer the sweep chose; ``m_plus`` / ``m_minus``: its multipliers.
         headline: the headline task (``facts-twin`` with twins, else ``facts-ab``).
+        item_kind: the training items, ``twin`` (one item = a true/false twin pair) or ``ab``
+            (one item = one statement as an A/B question).
+        data: the data stage's output (``splits`` / ``pairs``: item counts per split, ``twins``).
         tasks: the evaluation tasks whose data was found.
         training: ``{variant: {seed (str): training stage output}}`` of the main variants
             (``dir``: the tuned model's folder, relative to ``run_dir``).
@@ -32,6 +35,8 @@ class StudyHost(Protocol):
     m_plus: float
     m_minus: float
     headline: str
+    item_kind: str
+    data: dict[str, Any]
     tasks: list[str]
     training: dict[str, dict[str, dict[str, Any]]]
     evals: dict[str, dict[str, dict[str, Any]]]
@@ -47,6 +52,10 @@ class StudyHost(Protocol):
 
     def split_path(self, split: str) -> Path:
         """The run's ``train`` / ``val`` / ``test`` statements (CSV)."""
+        ...
+
+    def tune_config(self, variant: Any, seed: int, steps: int | None = None) -> Any:
+        """The :class:`~reptune.tuning.TuneConfig` ``train_variant`` would train ``variant`` with (steps, batch size, validation share)."""
         ...
 
     def train_variant(self, variant: Any, seed: int, trained: dict[str, Any] | None = None, *, stage: str | None = None,

@@ -49,16 +49,17 @@ def enabled(config: Any) -> bool:
     return bool(config.stacking.enabled)
 
 
-def cost(config: Any) -> dict[str, float]:
+def cost(config: Any, unit: dict[str, float]) -> float:
     """The cells evaluated anew (the prompted ones, and each tuned model steered), for the run's ETA."""
     s = config.stacking
-    return {"eval_task": 2 + 3 * len(s.variants) * len(config.stacking_seeds)}
+    return (2 + 3 * len(s.variants) * len(config.stacking_seeds)) * unit["eval_task"]
 
 
-def check(config: Any, data: dict[str, Any], headline: str) -> None:
+def check(host: StudyHost) -> None:
     """Before any model work: the headline task takes a system prompt, and ``limit`` fits the main conditions' items."""
     from reptune.evaluation.registry import task_class
 
+    config, data, headline = host.config, host.data, host.headline
     cls = task_class(headline)
     if cls is None or "system" not in cls.defaults:
         raise ReptuneError(f"stacking: the headline task {headline} takes no system prompt (facts-twin, facts-word and facts-ab do)")
