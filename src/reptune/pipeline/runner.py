@@ -57,7 +57,7 @@ from reptune.models import ModelHandle, load_model
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stages import StageError, StageStore
-from reptune.pipeline.studies import run_studies
+from reptune.pipeline.studies import check_studies, run_studies
 from reptune.reporting.experiment import write_report
 from reptune.reporting.schema import ExperimentResults, StageNames, Timings
 
@@ -272,6 +272,7 @@ class Experiment:
         c = self.config
         data = self._stage("data", {"data": c.data.model_dump()}, self._data_stage, _COST["data"])
         self.data = data
+        check_studies(self)  # settings that need the data (topics, subset sizes): before any model work
         vector_info = self._stage("vector", {"model": self.model_key, "data": self.store.keys["data"], "vector": c.vector.model_dump()}, self._vector_stage, _COST["vector"])
         self.vector_path = self.run_dir / vector_info["file"]
         self.layer = int(vector_info["layer"])

@@ -13,8 +13,11 @@ A study is a module of this package with::
     NAME: str                              # its config section and its key in results.json
     def enabled(config) -> bool            # whether the experiment config asks for it
     def run(host: StudyHost) -> dict       # the section (claims under "claims")
+    def check(host: StudyHost) -> None     # optional: checks that need the data, before any model work
 
-Modules are imported only when their study is enabled.
+Modules are imported only when their study is enabled. The runner calls :func:`check_studies` right
+after the ``data`` stage (the splits exist, no model is loaded yet), so a setting that does not fit
+the data (an unknown topic, a subset left empty) is a one-line error before any model work.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from reptune.pipeline.studies.base import StudyHost
 
 # run order; each name is a module of this package and the study's config section
-STUDIES: tuple[str, ...] = ()
+STUDIES: tuple[str, ...] = ("generalisation",)
 
 
 def enabled_studies(config: Any) -> list[str]:
@@ -33,9 +36,17 @@ def enabled_studies(config: Any) -> list[str]:
     return [name for name in STUDIES if importlib.import_module(f"{__name__}.{name}").enabled(config)]
 
 
+def check_studies(host: StudyHost) -> None:
+    """Every enabled study's data checks (its optional ``check(host)``); raises a one-line ReptuneError."""
+    for name in enabled_studies(host.config):
+        check = getattr(importlib.import_module(f"{__name__}.{name}"), "check", None)
+        if check is not None:
+            check(host)
+
+
 def run_studies(host: StudyHost) -> dict[str, dict[str, Any]]:
     """Run every enabled study: ``{name: its results section}``."""
     return {name: importlib.import_module(f"{__name__}.{name}").run(host) for name in enabled_studies(host.config)}
 
 
-__all__ = ["STUDIES", "StudyHost", "enabled_studies", "run_studies"]
+__all__ = ["STUDIES", "StudyHost", "check_studies", "enabled_studies", "run_studies"]

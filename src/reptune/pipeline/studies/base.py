@@ -18,6 +18,7 @@ class StudyHost(Protocol):
         run_dir: the run's folder; ``progress``: whether to show progress.
         layer: the steering layer the sweep chose; ``m_plus`` / ``m_minus``: its multipliers.
         headline: the headline task (``facts-twin`` with twins, else ``facts-ab``).
+        item_kind: what the variants train on: ``twin`` (one item per pair) or ``ab`` (one per statement).
         tasks: the evaluation tasks whose data was found.
         training: ``{variant: {seed (str): training stage output}}`` of the main variants
             (``dir``: the tuned model's folder, relative to ``run_dir``).
@@ -32,6 +33,7 @@ class StudyHost(Protocol):
     m_plus: float
     m_minus: float
     headline: str
+    item_kind: str
     tasks: list[str]
     training: dict[str, dict[str, dict[str, Any]]]
     evals: dict[str, dict[str, dict[str, Any]]]
