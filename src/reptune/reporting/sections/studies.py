@@ -13,7 +13,9 @@ from typing import Any
 from reptune.reporting.document import Heading, Plan
 from reptune.reporting.schema import ExperimentResults
 
-STUDY_SECTIONS: dict[str, str] = {}
+STUDY_SECTIONS: dict[str, str] = {
+    "generalisation": "reptune.reporting.sections.generalisation:section_generalisation",
+}
 
 
 def section_studies(plan: Plan, results: ExperimentResults) -> None:
