@@ -189,3 +189,12 @@ def test_independent_bootstrap_diff_covers_the_difference():
     assert low < diff < high and low < 0.3 < high and high - low < 0.4
     one = independent_bootstrap_diff([1.0], [0.0, 1.0])
     assert one[0] == 0.5 and np.isnan(one[1]) and np.isnan(one[2])  # too few items for an interval
+
+
+def test_folds_pool_in_distribution_items_as_per_item_means():
+    """With two folds an in-distribution item is read by each fold that trained on its topic: its value is their mean."""
+    pooled = study_module.mean_over([{"a": 1.0, "b": 0.0}, {"a": 0.0, "c": 1.0}])
+    assert pooled == {"a": 0.5, "b": 0.0, "c": 1.0}
+    row = study_module.set_row("honesty", 0, "id", "leave-topic-out", pooled, {"a": 0.0, "b": 0.0, "c": 1.0}, None)
+    assert row["n"] == 3 and row["value"] == pytest.approx(0.5) and row["gain"] == pytest.approx(0.5 / 3)
+    assert row["ci_low"] <= row["value"] <= row["ci_high"]  # a bootstrap interval (the values are not 0/1)
