@@ -9,7 +9,8 @@
   freedom. Both equal ``statsmodels``' ``mcnemar(exact=..., correction=True)``.
 * :func:`bootstrap_ci` — seeded percentile bootstrap of any statistic of per-item values;
   :func:`bootstrap_ratio_ci` for token-weighted means (``sum(num) / sum(den)``, resampling
-  whole items); :func:`paired_bootstrap_diff` for a paired difference of means.
+  whole items); :func:`paired_bootstrap_diff` for a paired difference of means,
+  :func:`independent_bootstrap_diff` for a difference of means over two different item sets.
 * :func:`holm_adjust` — Holm-Bonferroni step-down adjusted p-values (equal to
   ``statsmodels.stats.multitest.multipletests(method="holm")``).
 * :func:`paired_proportion_diff_ci` — Tango's score interval for the difference of two
@@ -181,6 +182,27 @@ def paired_bootstrap_diff(
     diff = b - a
     low, high = bootstrap_ci(diff, n_resamples=n_resamples, confidence=confidence, seed=seed)
     return (float(diff.mean()) if diff.size else math.nan, low, high)
+
+
+def independent_bootstrap_diff(
+    values_a: Sequence[float], values_b: Sequence[float], *, n_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` of two independent samples (different items) with its percentile bootstrap CI.
+
+    Each sample is resampled on its own (a stratified bootstrap): e.g. a gain on in-distribution
+    items minus the gain on held-out items. ``(diff, nan, nan)`` when a sample has fewer than 2 values.
+    """
+    a = np.asarray(values_a, dtype=np.float64).reshape(-1)
+    b = np.asarray(values_b, dtype=np.float64).reshape(-1)
+    if not a.size or not b.size:
+        return (math.nan, math.nan, math.nan)
+    diff = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return (diff, math.nan, math.nan)
+    means_a = a[_resample_indices(a.size, n_resamples, seed)].mean(axis=1)
+    means_b = b[_resample_indices(b.size, n_resamples, seed + 1)].mean(axis=1)
+    low, high = _percentiles(means_a - means_b, confidence)
+    return (diff, low, high)
 
 
 def proportion_metric(successes: int, n: int, confidence: float = 0.95) -> dict[str, float | int | str]:

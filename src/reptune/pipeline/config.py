@@ -400,6 +400,55 @@ class SampleEfficiencyConfig(_Strict):
         return value
 
 
+class GeneralisationConfig(_Strict):
+    """Out-of-distribution generalisation (study ``generalisation``, see ``pipeline/studies/generalisation.py``).
+
+    Leave-topic-out: each variant is trained again from the base weights on the train split without
+    the held-out topics, evaluated once on the whole test split, and read on the training topics
+    (in-distribution) and on the held-out ones (OOD). Easy-to-hard: trained on the train items the
+    untuned model is surest of (``easy_fraction`` with the highest headline margin), read on the
+    test items it is least sure of (``hard_fraction`` with the lowest margin). TruthfulQA, when the
+    run evaluated it, is the far target. The claim compares ``candidate`` with ``baseline`` on the
+    held-out topics.
+    """
+
+    enabled: bool = False
+    variants: list[str] = ["truth", "honesty"]  # names of the experiment's variants
+    baseline: str = "truth"  # the token-only variant of the claim
+    candidate: str = "honesty"  # the representation-tuned variant of the claim
+    seeds: list[int] | Literal["first", "all"] = "first"  # training seeds of the study's models
+    leave_topic_out: bool = True
+    holdout_topics: list[str] | Literal["auto"] = "auto"  # auto: a seeded choice of holdout_count topics per fold
+    holdout_count: int = Field(3, ge=1)
+    folds: int = Field(1, ge=1)  # auto only: disjoint groups of held-out topics, one trained model per fold
+    holdout_seed: int = 0
+    easy_to_hard: bool = True
+    easy_fraction: float = Field(0.5, gt=0, lt=1)  # share of the train items trained on (the highest untuned margins)
+    hard_fraction: float = Field(0.5, gt=0, lt=1)  # share of the test items read as hard (the lowest untuned margins)
+    steps: int | None = Field(None, ge=1)  # optimiser steps of the study's models (None: each variant's own)
+    limit: int | None = Field(None, ge=1)  # test items evaluated (None: as the main run's headline task)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> GeneralisationConfig:
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must be a non-empty list without repeats (got {self.variants})")
+        for role in ("baseline", "candidate"):
+            if getattr(self, role) not in self.variants:
+                raise ValueError(f"{role} {getattr(self, role)!r} must be one of variants {self.variants}")
+        if self.baseline == self.candidate:
+            raise ValueError("baseline and candidate must be different variants")
+        if isinstance(self.holdout_topics, list):
+            if not self.holdout_topics or len(set(self.holdout_topics)) != len(self.holdout_topics):
+                raise ValueError(f"holdout_topics must be auto or a non-empty list without repeats (got {self.holdout_topics})")
+            if self.folds != 1:
+                raise ValueError("folds > 1 needs holdout_topics: auto (a list of topics is one fold)")
+        if isinstance(self.seeds, list) and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds must be first, all or a non-empty list without repeats (got {self.seeds})")
+        if not self.leave_topic_out and not self.easy_to_hard:
+            raise ValueError("nothing to do: leave_topic_out and easy_to_hard are both off")
+        return self
+
+
 class ExperimentConfig(_Strict):
     """A whole representation-tuning study (see ``reptune run --print-config``)."""
 
@@ -423,6 +472,7 @@ class ExperimentConfig(_Strict):
     stacking: StackingConfig = StackingConfig()
     claims: ClaimThresholds = ClaimThresholds()
     sample_efficiency: SampleEfficiencyConfig = SampleEfficiencyConfig()
+    generalisation: GeneralisationConfig = GeneralisationConfig()
 
     @field_validator("name")
     @classmethod
@@ -487,6 +537,24 @@ class ExperimentConfig(_Strict):
         if extra or (study.seeds is not None and (not study.seeds or len(set(study.seeds)) != len(study.seeds))):
             raise ValueError(f"sample_efficiency.seeds must be a non-empty subset of the experiment's seeds {self.seeds} without repeats (got {study.seeds})")
         return self
+
+    @model_validator(mode="after")
+    def _generalisation_names(self) -> ExperimentConfig:
+        study = self.generalisation
+        if not study.enabled:
+            return self
+        unknown = [name for name in study.variants if name not in {v.name for v in self.variants}]
+        if unknown:
+            raise ValueError(f"generalisation.variants: no variant named {unknown[0]!r} (the experiment's: {[v.name for v in self.variants]})")
+        if isinstance(study.seeds, list) and set(study.seeds) - set(self.seeds):
+            raise ValueError(f"generalisation.seeds must be a subset of the experiment's seeds {self.seeds} (got {study.seeds})")
+        return self
+
+    def study_seeds(self, chosen: list[int] | str) -> list[int]:
+        """A study's ``seeds`` setting as seeds: ``first``, ``all`` or its own list (kept in the experiment's order)."""
+        if chosen == "first":
+            return self.seeds[:1]
+        return [seed for seed in self.seeds if chosen == "all" or seed in chosen]
 
     def variant_seeds(self, variant: VariantConfig) -> list[int]:
         """The seeds a variant is trained with (its own subset, else every seed)."""

@@ -633,3 +633,40 @@ def plot_sample_efficiency(section: SampleEfficiency, path: Path) -> Path:
     ax.set_title(_mpl(f"sample efficiency: {given(section.task, '?')} accuracy vs n (95% CI)"))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return save_figure(fig, path)
+
+
+def plot_generalisation(rows: Sequence[Any], path: Path, task: str, labels: dict[str, str]) -> Path:
+    """Per variant, the gain over the untuned model on each item set (bars: mean over seeds; whiskers:
+    the per-seed 95% CIs' envelope; dots: seeds; diamonds: the main model trained on every topic and
+    item, on the same items). 0 = the untuned model."""
+    plt = _pyplot()
+    variants = list(dict.fromkeys(str(r.variant) for r in rows))
+    sets = [s for s in labels if any(str(r.set) == s for r in rows)]
+    width = 0.8 / max(1, len(sets))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(variants) * max(1, len(sets)) / 2 + 3.0), 4.0))
+    for j, name in enumerate(sets):
+        for i, variant in enumerate(variants):
+            mine = [r for r in rows if str(r.variant) == variant and str(r.set) == name and r.gain is not None]
+            if not mine:
+                continue
+            x = i + (j - (len(sets) - 1) / 2) * width
+            gains = [float(r.gain) for r in mine]
+            mean = sum(gains) / len(gains)
+            ax.bar([x], [mean], width=width * 0.95, color=f"C{j % 10}", edgecolor="black", linewidth=0.5, label=_mpl(labels[name]) if i == 0 else None)
+            lows = [float(r.gain_low) for r in mine if r.gain_low is not None]
+            highs = [float(r.gain_high) for r in mine if r.gain_high is not None]
+            if lows and highs:
+                ax.errorbar([x], [mean], yerr=[[max(0.0, mean - min(lows))], [max(0.0, max(highs) - mean)]], color="black", capsize=3, lw=1)
+            if len(gains) > 1:
+                ax.scatter([x] * len(gains), gains, s=10, color="black", zorder=3)
+            refs = [float(r.reference_gain) for r in mine if r.reference_gain is not None]
+            if refs:
+                ax.scatter([x], [sum(refs) / len(refs)], marker="D", s=22, facecolor="white", edgecolor="black", zorder=4,
+                           label="main model (all topics and items)" if i == 0 and j == 0 else None)
+    ax.axhline(0.0, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(range(len(variants)))
+    ax.set_xticklabels([_mpl(v) for v in variants])
+    ax.set_ylabel(_mpl(f"gain over untuned ({task} accuracy)"))
+    ax.set_title(_mpl("generalisation: gain over the untuned model per item set (95% CI)"))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return save_figure(fig, path)

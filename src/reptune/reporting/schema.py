@@ -564,3 +564,55 @@ class SampleEfficiency(Record):
     notes: list[Text] | None = None
     subsets: dict[str, dict[str, Text]] | None = None  # {seed: {size: CSV}}
     claim: Text | None = None  # the id of its claim in results.claims
+
+
+class GeneralisationRow(Record):
+    """One variant's accuracy on one item set beside the untuned model's on the same items, one seed."""
+
+    variant: Text | None = None
+    seed: Number | None = None
+    set: Text | None = None  # id, ood, easy, hard, tqa-ab, tqa-mc1
+    model: Text | None = None  # leave-topic-out, easy-to-hard, main
+    n: Number | None = None
+    untuned: Number | None = None
+    value: Number | None = None
+    ci_low: Number | None = None
+    ci_high: Number | None = None
+    gain: Number | None = None
+    gain_low: Number | None = None
+    gain_high: Number | None = None
+    reference: Number | None = None  # the main run's model (trained on the whole train split) on the same items
+    reference_gain: Number | None = None
+    reference_n: Number | None = None
+
+
+class GeneralisationGap(Record):
+    """Gain on the near items minus gain on the far items (``topic``: in-distribution vs held-out; ``difficulty``: easy vs hard)."""
+
+    variant: Text | None = None
+    seed: Number | None = None
+    kind: Text | None = None
+    near_gain: Number | None = None
+    far_gain: Number | None = None
+    gap: Number | None = None
+    ci_low: Number | None = None
+    ci_high: Number | None = None
+    near_n: Number | None = None
+    far_n: Number | None = None
+
+
+class GeneralisationStudy(Record):
+    """``results.studies.generalisation`` (:mod:`reptune.pipeline.studies.generalisation`)."""
+
+    task: Text | None = None
+    split: Text | None = None
+    variants: list[Text] | None = None
+    baseline: Text | None = None
+    candidate: Text | None = None
+    seeds: list[Number] | None = None
+    steps: dict[str, Number] | None = None
+    leave_topic_out: Object | None = None  # {auto, holdout_seed, topics, folds: [{tag, holdout, train_topics, train_items, ood_items}], ood_items, id_items}
+    easy_to_hard: Object | None = None  # {file, train_items, easy_items, margin_cut, hard_items, hard_margin_cut, untuned_hard, ...}
+    far: Object | None = None  # {tasks, skipped: [{task, reason}]}
+    rows: list[GeneralisationRow] | None = None
+    gaps: list[GeneralisationGap] | None = None

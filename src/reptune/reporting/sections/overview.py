@@ -161,6 +161,7 @@ def _context_table(context: list[ContextRow]) -> Table:
 CONTEXT_WHAT = {
     "tuning-beats-steering": "where the gain over steering comes from",
     "resists-counter-steering": "the same test with the other counter-steering vectors (the training vector favours the honesty variants; random directions are the floor)",
+    "generalises-ood": "the same two variants on the training topics and, trained on the easy items, on the hard ones (the generalisation study)",
 }
 
 
