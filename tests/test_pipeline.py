@@ -283,6 +283,7 @@ def test_cli_demo_runs_the_shipped_experiment(tiny_dir, tmp_path):
         "evaluation.tasks=[facts-ab]", "evaluation.limit=8", "evaluation.representation_items=4",
         "robustness.limit=4", "robustness.conditions=[untuned]", "projection.conditions=[untuned]",
         "variants=[{name: truth, preset: truth}, {name: honesty, preset: honesty}]",
+        "sample_efficiency.sizes=[4, all]", "sample_efficiency.limit=8", "stacking.limit=8", "generalisation.steps=2",
     ]
     args = ["demo", "--model", str(tiny_dir), "-o", str(tmp_path / "demo")]
     for item in sets:
@@ -292,6 +293,8 @@ def test_cli_demo_runs_the_shipped_experiment(tiny_dir, tmp_path):
     config = yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text(encoding="utf-8"))
     assert config["name"] == "demo" and config["train"]["lr"] == 3.0e-4 and config["model"] == str(tiny_dir)
     assert (tmp_path / "demo" / "report.html").is_file()
+    results = json.loads((tmp_path / "demo" / "results.json").read_text(encoding="utf-8"))
+    assert set(results["studies"]) == {"stacking", "sample_efficiency", "generalisation"}  # the reduced studies ran
 
 
 def test_bad_variant_option_fails_before_training(tiny_dir, tmp_path):
@@ -482,3 +485,17 @@ def test_counter_vectors_are_norm_matched_and_used(finished):
     claim = next(c for c in results["claims"] if c["id"] == "resists-counter-steering")
     assert claim["judged_on"] == "other" and "honesty@counter-other" in results["scores"]
     assert {(r["variant"], r["vector"]) for r in counter["rows"]} == {(v, w) for v in ("truth", "honesty") for w in ("training", "other", "random1")}
+
+
+def test_the_demo_runs_a_reduced_version_of_every_study():
+    """Issue 12: the demo answers each question the field asks, smaller than the shipped study configs."""
+    from reptune.pipeline import builtin_config, load_config
+    from reptune.pipeline.studies import STUDIES, enabled_studies
+
+    demo = load_config(builtin_config("demo"))
+    assert demo.counter.other and demo.counter.random >= 1  # fair counter-steering: other-data vector + random floor
+    assert set(enabled_studies(demo)) == set(STUDIES)
+    for name in enabled_studies(demo):
+        full = load_config(builtin_config(f"study-{name.replace('_', '-')}"))
+        assert name in enabled_studies(full)
+        assert getattr(demo, name) != getattr(full, name)  # reduced, not the full study

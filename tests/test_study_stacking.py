@@ -248,6 +248,8 @@ def test_shipped_study_config_is_the_demo_plus_the_study():
     from reptune.pipeline import builtin_config, load_config
 
     study, demo = load_config(builtin_config("study-stacking")), load_config(builtin_config("demo"))
-    assert study.stacking.enabled and not demo.stacking.enabled
-    drop = {"name", "stacking"}
+    assert study.stacking.enabled and demo.stacking.enabled and demo.stacking.limit is not None  # the demo's is reduced
+    assert study.stacking.limit is None and study.stacking.variants == ["truth", "honesty"]
+    assert not study.sample_efficiency.enabled and not study.generalisation.enabled  # only its own study
+    drop = {"name", "stacking", "sample_efficiency", "generalisation", "gcg"}
     assert study.model_dump(exclude=drop) == demo.model_dump(exclude=drop)  # the same main stages as the demo's
