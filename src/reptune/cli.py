@@ -641,7 +641,7 @@ def discover_cmd(
     match: Annotated[list[str] | None, typer.Option("--match", help="String to look for in completions (repeat for several).")] = None,
     rank_by: Annotated[str, typer.Option("--rank-by", help="auto, method (objective / DCT alpha), diverge, logit, match, judge or side_effect.")] = "auto",
     side_effects: Annotated[str | None, typer.Option("--side-effects", help="'neutral' (shipped neutral sentences) or a prompts file: KL to the unsteered model on them per vector.")] = None,
-    side_effect_penalty: Annotated[float, typer.Option("--side-effect-penalty", help="Rank by the primary score minus this times side_effect (needs --side-effects).")] = 0.0,
+    side_effect_penalty: Annotated[float, typer.Option("--side-effect-penalty", help="Subtract this times side_effect from the objective melbo, anneal and cmaes optimise, and from the ranking score (needs --side-effects).")] = 0.0,
     sweep: Annotated[bool, typer.Option("--sweep", help="Also score random vectors on a log grid of radii (in the report).")] = False,
     budget: Annotated[int, typer.Option("--budget", help="anneal/cmaes: objective evaluations in all (vectors scored).")] = 256,
     search_objective: Annotated[str, typer.Option("--objective", help="anneal/cmaes objective: melbo, logit (--logit), match (--match) or judge (--judge-*).")] = "melbo",
