@@ -434,6 +434,16 @@ def test_discover_anneal_and_cmaes_methods(llama, tmp_path):
     assert cma.vectors[0].tensor.norm().sub(2.0).abs() < 1e-4
 
 
+def test_anneal_pool_size_defaults_leave_room_for_a_step():
+    from reptune.discovery.search import SearchSpec
+
+    assert SearchSpec(budget=64).pool_size(4) == 32  # gradient mode (melbo objective): half the budget
+    assert SearchSpec(budget=24).pool_size(8) == 8  # but at least one step of 8 chains stays in the budget
+    assert SearchSpec(budget=64, anneal_mode="free").pool_size(4) == 16  # free mode: a quarter
+    assert SearchSpec(budget=64, candidates=10).pool_size(4) == 10
+    assert SearchSpec(budget=10).pool_size(4) == 4
+
+
 @pytest.mark.parametrize(
     "method,spec,fragment",
     [

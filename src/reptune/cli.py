@@ -629,7 +629,7 @@ def discover_cmd(
     positions: Annotated[str, typer.Option("--positions", "-p", help="Token positions whose change counts: all, last:N, marker:TEXT[:K].")] = "all",
     power_p: Annotated[float, typer.Option("--p", help="MELBO exponent p (norm power per token).")] = 2.0,
     power_q: Annotated[float, typer.Option("--q", help="MELBO exponent q (root per prompt).")] = 1.0,
-    candidates: Annotated[int | None, typer.Option("--candidates", help="random: keep the best --num of this many random vectors.")] = None,
+    candidates: Annotated[int | None, typer.Option("--candidates", help="random: keep the best --num of this many random vectors; anneal: random vectors scored to pick the starts (default budget/2 in gradient mode, budget/4 free).")] = None,
     refine_steps: Annotated[int, typer.Option("--refine-steps", help="random: local MELBO steps on each kept vector.")] = 0,
     init: Annotated[Path | None, typer.Option("--init", help="melbo: start from this vector file's source-layer vector (search around it).")] = None,
     dct_iters: Annotated[int, typer.Option("--dct-iters", help="DCT gradient iterations.")] = 10,

@@ -50,7 +50,7 @@ class SearchSpec:
         budget: objective evaluations in all (vectors scored).
         objective: ``melbo``, ``logit``, ``match`` or ``judge``.
         anneal_mode: ``auto`` (gradient for melbo, else free), ``free`` or ``gradient``.
-        candidates: anneal: random vectors scored to pick the starts (default ``max(num, budget // 4)``).
+        candidates: anneal: random vectors scored to pick the starts (default :meth:`default_candidates`).
         proposals: anneal: proposals per chain per step.
         subspace: cmaes: ``span``, ``pca`` or ``full``; ``subspace_dim`` for pca;
             ``subspace_vectors`` ``[e, hidden]`` for span.
@@ -72,6 +72,17 @@ class SearchSpec:
 
     def mode(self) -> str:
         return ("gradient" if self.objective == "melbo" else "free") if self.anneal_mode == "auto" else self.anneal_mode
+
+    def pool_size(self, num: int) -> int:
+        """Random vectors the ``anneal`` method scores for ``num`` starts: ``candidates`` when given, else
+        ``max(num, budget // 4)`` (free mode) or ``max(num, min(budget // 2, budget - 2 num))`` (gradient
+        mode: a gradient step costs about three forward passes, so half the evaluations on the pool is
+        about a quarter of the work; at least one step of ``num`` chains stays within the budget)."""
+        if self.candidates is not None:
+            return self.candidates
+        if self.mode() == "gradient":
+            return max(num, min(self.budget // 2, self.budget - 2 * num))
+        return max(num, self.budget // 4)
 
     def validate(self, names: Mapping[str, str] | None = None) -> None:
         """One-line :class:`DiscoveryError` for a number out of range, before any model work.
@@ -135,7 +146,7 @@ def check_search(method: str, spec: SearchSpec, num: int, hidden: int, *, logit_
         if spec.mode() == "gradient" and spec.objective != "melbo":
             raise DiscoveryError("gradient annealing needs the melbo objective (use anneal mode free for output scores)")
         check_count(spec.proposals, "proposals")
-        pool = init_rows or (spec.candidates if spec.candidates is not None else max(num, spec.budget // 4))
+        pool = init_rows or spec.pool_size(num)
         check_count(pool, "candidates")
         if pool < num:
             raise DiscoveryError(f"candidates ({pool}) must be at least the number of vectors ({num})")
@@ -205,7 +216,7 @@ def _anneal_starts(
         if starts.shape[0] < num:
             starts = torch.cat([starts, random_vectors(hidden, num - starts.shape[0], radius, seed=seed)])
         return starts, 0, 0
-    pool_size = spec.candidates if spec.candidates is not None else max(num, spec.budget // 4)
+    pool_size = spec.pool_size(num)
     pool = random_vectors(hidden, pool_size, radius, seed=seed)
     scores = objective(pool)
     invalid = int(torch.isnan(scores).sum())
