@@ -96,9 +96,115 @@ def test_cli_discover_side_effects(tiny_dir, tmp_path, cli_run):
     )
     assert code == 0, err
     assert "side_effect" in (tmp_path / "found.discovery.md").read_text()
+    code, _, err = cli_run(
+        "discover", "--model", tiny_dir, "--method", "anneal", "--budget", 16, "--source", 1, "--target", 3, "--radius", "2", "--num", 2,
+        "--prompt", "Hello world", "--no-score", "--side-effects", "neutral", "--side-effect-penalty", "100", "--precision", "fp32",
+        "-o", tmp_path / "quiet.safetensors",
+    )
+    assert code == 0, err
+    report = (tmp_path / "quiet.discovery.md").read_text()
+    assert "objective melbo - 100 x side_effect" in report and "side effect backward passes" in report
     code, _, err = cli_run("discover", "--model", tiny_dir, "--prompt", "hi", "--side-effect-penalty", "1", "--precision", "fp32",
                            "-o", tmp_path / "x.safetensors")
     assert code == 2 and "side-effects" in err and "Traceback" not in err
+
+
+def test_side_effect_gradient_matches_finite_differences_and_the_scorer(llama):
+    texts = neutral_prompts(4)
+    scorer = SideEffects(llama, 1, texts)
+    vectors = torch.randn(2, HIDDEN, generator=torch.Generator().manual_seed(1)) * 0.5
+    values, grads = scorer.value_and_grad(vectors)
+    assert values.dtype == torch.float64 and grads.shape == (2, HIDDEN) and grads.dtype == torch.float32
+    assert torch.allclose(values, scorer(vectors), rtol=1e-6, atol=1e-12)
+    direction = torch.randn(HIDDEN, generator=torch.Generator().manual_seed(2))
+    eps = 1e-3
+    slope = (scorer(vectors[:1] + eps * direction) - scorer(vectors[:1] - eps * direction)) / (2 * eps)
+    assert float(grads[0] @ direction) == pytest.approx(float(slope), rel=0.05)
+    zero_value, zero_grad = scorer.value_and_grad(torch.zeros(1, HIDDEN))
+    assert float(zero_value) == 0.0 and float(zero_grad.abs().max()) < 1e-9  # KL is smallest at the unsteered model
+    # forward: 2 with gradients, 2 without, 2 finite differences, 1 zero vector; backward: 2 + 1
+    assert scorer.cost() == {"side_effect_forward_passes": 7, "side_effect_backward_passes": 3}
+
+
+def _side_effect_setup():
+    """The planted model, its slice and a side-effect scorer on six neutral sentences."""
+    handle, _, _ = _planted()
+    return handle, build_slices(handle, TEXTS, 1, 3), SideEffects(handle, 1, neutral_prompts(6))
+
+
+def test_a_large_penalty_lowers_the_side_effect_of_gradient_annealing_and_melbo_at_equal_budget():
+    from reptune.discovery.anneal import anneal_gradient
+    from reptune.discovery.melbo import total_objective, train_melbo
+    from reptune.discovery.side_effects import SideEffectPenalty
+
+    _, slices, scorer = _side_effect_setup()
+    starts = torch.randn(3, HIDDEN, generator=torch.Generator().manual_seed(4))
+    plain = anneal_gradient(slices, starts, 4.0, steps=12, seed=0)
+    heavy = anneal_gradient(slices, starts, 4.0, steps=12, penalty=SideEffectPenalty(scorer, 1e5), seed=0)
+    assert heavy.evaluations == plain.evaluations and heavy.cost["backward_passes"] == plain.cost["backward_passes"] == 36
+    assert heavy.cost["side_effect_forward_passes"] == 36 + 3 and heavy.cost["side_effect_backward_passes"] == 36
+    assert "side_effect" not in str(plain.cost) and heavy.settings["objective"] == "melbo - 100000 x side_effect"
+    assert float(scorer(heavy.vectors).mean()) < 0.9 * float(scorer(plain.vectors).mean())
+    # the scores are the penalised objective of the returned vectors
+    expected = total_objective(slices, heavy.vectors).double() - 1e5 * scorer(heavy.vectors)
+    assert torch.allclose(heavy.scores, expected, rtol=1e-4)
+    melbo_plain = train_melbo(slices, 3, 4.0, steps=12, lr=0.1, init=starts, seed=0)
+    melbo_heavy = train_melbo(slices, 3, 4.0, steps=12, lr=0.1, init=starts, seed=0, penalty=SideEffectPenalty(scorer, 1e5))
+    assert float(scorer(melbo_heavy.vectors).mean()) < 0.9 * float(scorer(melbo_plain.vectors).mean())
+    assert melbo_heavy.settings["side_effect_backward_passes"] == 36 and "side_effect_penalty" not in melbo_plain.settings
+    # a zero weight is no penalty: the same vectors as without one
+    same = anneal_gradient(slices, starts, 4.0, steps=12, penalty=SideEffectPenalty(scorer, 0.0), seed=0)
+    assert torch.allclose(same.vectors, plain.vectors)
+
+
+def test_discover_puts_the_penalty_inside_anneal_and_melbo_and_counts_its_passes():
+    from reptune.discovery.search import SearchSpec
+
+    handle, _, _ = _side_effect_setup()
+    common = {"source": 1, "target": 3, "radius": 4.0, "num": 2, "score": False, "side_effects": neutral_prompts(6), "seed": 0}
+    spec = SearchSpec(budget=40, candidates=8)
+    plain = discover(handle, TEXTS, method="anneal", search=spec, **common)
+    heavy = discover(handle, TEXTS, method="anneal", search=spec, side_effect_penalty=1e5, **common)
+    assert heavy.settings["cost"]["evaluations"] == plain.settings["cost"]["evaluations"] <= 40  # equal budget
+    steps = heavy.settings["steps"]
+    # 8 candidates scored with the penalty, then per chain: steps forward + backward, one final forward
+    assert heavy.settings["cost"]["side_effect_forward_passes"] == 8 + 2 * (steps + 1)
+    assert heavy.settings["cost"]["side_effect_backward_passes"] == 2 * steps
+    assert "side_effect_forward_passes" not in plain.settings["cost"]
+    assert max(row["side_effect"] for row in heavy.table()) < min(row["side_effect"] for row in plain.table())
+    assert "objective melbo - 100000 x side_effect" in heavy.markdown()
+    # ranked by the method's score, which already subtracts the penalty: not subtracted twice
+    assert [row["objective"] for row in heavy.table()] == sorted((row["objective"] for row in heavy.table()), reverse=True)
+    melbo = discover(handle, TEXTS, method="melbo", steps=6, lr=0.1, side_effect_penalty=1e5, **common)
+    unpenalised = discover(handle, TEXTS, method="melbo", steps=6, lr=0.1, **common)
+    assert melbo.settings["side_effect_backward_passes"] == 12
+    assert sum(row["side_effect"] for row in melbo.table()) < sum(row["side_effect"] for row in unpenalised.table())
+    assert "- 100000 x side_effect" in melbo.markdown()
+
+
+def test_rank_subtracts_the_penalty_once():
+    from reptune.discovery.run import _rank
+
+    own, side = torch.tensor([10.0, 9.0]), [0.0, 0.0]
+    # vector 0: objective 10 already penalised; vector 1: 9. A second subtraction with side effects 3 / 0 would flip them
+    assert _rank(own, None, "method", "anneal", [3.0, 0.0], 1.0, own_penalised=True) == [0, 1]
+    assert _rank(own, None, "method", "random", [3.0, 0.0], 1.0) == [1, 0]
+    assert _rank(own, None, "method", "anneal", side, 1.0, own_penalised=True) == [0, 1]
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
+def test_side_effect_penalty_bad_weight_is_one_line(llama, weight):
+    from reptune.discovery.side_effects import SideEffectPenalty
+
+    scorer = SideEffects(llama, 1, neutral_prompts(2))
+    for make in (lambda: SideEffectPenalty(scorer, weight), lambda: penalized(lambda v: v[:, 0], scorer, weight)):
+        with pytest.raises(DiscoveryError) as error:
+            make()
+        assert "side-effect penalty" in _one_line(error)
+    with pytest.raises(DiscoveryError) as error:
+        discover(llama, TEXTS[:1], source=1, target=3, radius=1.0, num=1, steps=0, score=False, side_effects="neutral",
+                 side_effect_penalty=weight)
+    assert "penalty" in _one_line(error)
 
 
 # --- norm tuning ----------------------------------------------------------------------------------
@@ -326,6 +432,16 @@ def test_discover_anneal_and_cmaes_methods(llama, tmp_path):
                    search=SearchSpec(budget=24, subspace="span", subspace_vectors=found, population=6), output=tmp_path / "c.safetensors")
     assert cma.settings["dim"] == 2 and "CMA-ES in the span subspace" in (tmp_path / "c.discovery.md").read_text()
     assert cma.vectors[0].tensor.norm().sub(2.0).abs() < 1e-4
+
+
+def test_anneal_pool_size_defaults_leave_room_for_a_step():
+    from reptune.discovery.search import SearchSpec
+
+    assert SearchSpec(budget=64).pool_size(4) == 32  # gradient mode (melbo objective): half the budget
+    assert SearchSpec(budget=24).pool_size(8) == 8  # but at least one step of 8 chains stays in the budget
+    assert SearchSpec(budget=64, anneal_mode="free").pool_size(4) == 16  # free mode: a quarter
+    assert SearchSpec(budget=64, candidates=10).pool_size(4) == 10
+    assert SearchSpec(budget=10).pool_size(4) == 4
 
 
 @pytest.mark.parametrize(

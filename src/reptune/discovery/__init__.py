@@ -16,7 +16,7 @@ convention (:mod:`reptune.sites`), hooks (:mod:`reptune.steering`) and vector fi
 * :mod:`~reptune.discovery.scoring` — greedy completions and metrics (divergence, logit readout,
   string match, a judge hook);
 * :mod:`~reptune.discovery.side_effects` — KL to the unsteered model on neutral text (ranking
-  column, search penalty);
+  column, search penalty, its gradient for MELBO and gradient annealing);
 * :mod:`~reptune.discovery.norm` — norm tuning: curves over a radius grid, appear / degenerate
   radius, the per-dimension growth statistic;
 * :mod:`~reptune.discovery.objectives`, :mod:`~reptune.discovery.anneal`,
@@ -49,7 +49,7 @@ from reptune.discovery.objectives import (
 from reptune.discovery.run import DiscoveredVector, DiscoveryResult, default_layers, discover, rank_path
 from reptune.discovery.scoring import CompletionScorer, VectorScores, score_vectors
 from reptune.discovery.search import SearchSpec
-from reptune.discovery.side_effects import SideEffects, neutral_prompts, penalized, side_effect_scores
+from reptune.discovery.side_effects import SideEffectPenalty, SideEffects, neutral_prompts, penalized, side_effect_scores
 from reptune.discovery.slice import LayerSlice, build_slices
 
 Judge = CompletionScorer  # the former name of CompletionScorer, kept for compatibility
@@ -72,6 +72,7 @@ __all__ = [
     "Objective",
     "RadiusSweep",
     "SearchSpec",
+    "SideEffectPenalty",
     "SideEffects",
     "VectorScores",
     "anneal",

@@ -32,6 +32,7 @@ import torch
 from reptune.discovery.common import DiscoveryError, check_count, check_radius, make_generator, to_radius
 from reptune.discovery.melbo import total_objective
 from reptune.discovery.objectives import Objective, as_objective
+from reptune.discovery.side_effects import SideEffectPenalty
 from reptune.discovery.slice import LayerSlice
 
 ADAPT_UP, ADAPT_DOWN = 1.5, 0.8  # step size after a gain / after none (the 1/5 success rule's spirit)
@@ -212,6 +213,48 @@ def _restart_stale(
     return len(moved)
 
 
+def _gradient_starts(start: torch.Tensor, radius: float | None) -> tuple[torch.Tensor, float]:
+    """``(starts [m, hidden] at norm R, R)``: R defaults to the starts' mean norm; one-line errors for bad starts."""
+    start = torch.as_tensor(start, dtype=torch.float32).detach().cpu()
+    start = start.unsqueeze(0) if start.ndim == 1 else start
+    if start.numel() == 0 or not torch.isfinite(start).all() or bool((start.norm(dim=-1) == 0).any()):
+        raise DiscoveryError("annealing needs finite, non-zero starting vectors [m, hidden]")
+    radius = check_radius(float(start.norm(dim=-1).mean()) if radius is None else radius)
+    return to_radius(start, radius), radius
+
+
+def _value_and_grad(
+    slices: Sequence[LayerSlice], current: torch.Tensor, p: float, q: float, penalty: SideEffectPenalty | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The objective ``[k]`` float64 at the rows of ``current`` ``[k, hidden]`` and its gradient
+    ``[k, hidden]`` float32 (CPU): the MELBO objective, minus ``penalty`` (weight x side effect) when given."""
+    theta = current.detach().clone().to(slices[0].device).requires_grad_(True)
+    total = sum(piece.objective(theta, p, q) for piece in slices)
+    (grad,) = torch.autograd.grad(total.sum(), theta)
+    values, grad = total.detach().double().cpu(), grad.detach().cpu().float()
+    if penalty is not None:
+        cost, cost_grad = penalty.value_and_grad(current)
+        values, grad = values - cost, grad - cost_grad
+    return values, grad
+
+
+def _final_values(slices: Sequence[LayerSlice], current: torch.Tensor, p: float, q: float, penalty: SideEffectPenalty | None) -> torch.Tensor:
+    """The (penalised) objective ``[k]`` float64 of ``current`` without gradients."""
+    values = total_objective(slices, current.to(slices[0].device), p, q).double()
+    return values if penalty is None else values - penalty(current)
+
+
+def _langevin_step(current: torch.Tensor, grad: torch.Tensor, radius: float, rate: float, temp: float, generator: torch.Generator) -> torch.Tensor:
+    """``normalise(x + rate R g + sqrt(2 temp rate) R n) R`` for each row ``x`` of ``current``
+    ``[k, hidden]``: ``g`` the unit tangent gradient, ``n`` a random unit tangent vector."""
+    units = current / radius
+    grad = _tangent(grad.clone(), units)
+    noise = _tangent(torch.randn(current.shape, generator=generator), units)
+    move = rate * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    move += math.sqrt(2 * temp * rate) * noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return to_radius((current + radius * move).detach(), radius)
+
+
 def anneal_gradient(
     slices: Sequence[LayerSlice],
     start: torch.Tensor,
@@ -225,52 +268,45 @@ def anneal_gradient(
     patience: int = 10,
     p: float = 2.0,
     q: float = 1.0,
+    penalty: SideEffectPenalty | None = None,
     seed: int = 0,
 ) -> AnnealRun:
-    """Annealed projected-gradient (Langevin) ascent of the MELBO objective from each start.
+    """Annealed projected-gradient (Langevin) ascent of the MELBO objective from each start ``[m, hidden]``.
 
     Each step moves every chain ``x <- normalise(x + lr_t R g + sqrt(2 T_t lr_t) R n) R`` with ``g``
     the unit tangent gradient of the objective and ``n`` a random unit tangent vector; ``lr_t`` and
     ``T_t`` decay geometrically (linearly to 0 when the end value is 0) over ``steps``. The best point
     of each chain is kept; a chain with no new best for ``patience`` steps restarts from the best of
-    all chains. Cost: ``steps x m`` forward and as many backward passes of the slice (plus ``m``
-    forward passes for the final scores).
+    all chains. With ``penalty`` (:class:`~reptune.discovery.side_effects.SideEffectPenalty`) the
+    objective and its gradient are ``melbo - weight x side_effect`` (the KL on the penalty's texts).
+
+    Cost: ``steps x m`` forward and as many backward passes of the slice plus ``m`` forward passes
+    for the final scores; with a penalty as many again on the side-effect texts, each over all of
+    them (``cost`` keys ``side_effect_forward_passes`` and ``side_effect_backward_passes``).
     """
     check_count(steps, "steps")
     _check_finite({"lr": lr, "lr_end": lr_end}, positive=True)
-    start = torch.as_tensor(start, dtype=torch.float32).detach().cpu()
-    start = start.unsqueeze(0) if start.ndim == 1 else start
-    if start.numel() == 0 or not torch.isfinite(start).all() or bool((start.norm(dim=-1) == 0).any()):
-        raise DiscoveryError("annealing needs finite, non-zero starting vectors [m, hidden]")
-    chains, hidden = start.shape
-    radius = check_radius(float(start.norm(dim=-1).mean()) if radius is None else radius)
+    current, radius = _gradient_starts(start, radius)
+    chains = current.shape[0]
     generator, started = make_generator(seed), time.perf_counter()
-    device = slices[0].device
-    current = to_radius(start, radius)
+    spent_before = {} if penalty is None else penalty.cost()
     best, best_values = current.clone(), torch.full((chains,), -math.inf, dtype=torch.float64)
     stale, restarts, history = torch.zeros(chains, dtype=torch.long), 0, []
     for step in range(steps):
         frac = step / max(1, steps - 1)
-        theta = current.detach().clone().to(device).requires_grad_(True)
-        total = sum(piece.objective(theta, p, q) for piece in slices)
-        (grad,) = torch.autograd.grad(total.sum(), theta)
-        values = total.detach().double().cpu()
+        values, grad = _value_and_grad(slices, current, p, q, penalty)
         best, best_values, stale = _keep_best(current, values, best, best_values, stale)
         history.append(float(best_values.max()))
-        units = current / radius
-        grad = _tangent(grad.detach().cpu().float().clone(), units)
-        noise = _tangent(torch.randn(chains, hidden, generator=generator), units)
-        rate, temp = _decay(lr, lr_end, frac), _decay(temperature, temperature_end, frac)
-        move = rate * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        move += math.sqrt(2 * temp * rate) * noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        current = to_radius((current + radius * move).detach(), radius)
+        current = _langevin_step(current, grad, radius, _decay(lr, lr_end, frac), _decay(temperature, temperature_end, frac), generator)
         restarts += _restart_stale(current, values, stale, best, best_values, patience)  # values: this step's, not read again
-    final = total_objective(slices, current.to(device), p, q).double()
-    best, best_values, _ = _keep_best(current, final, best, best_values, stale)
+    best, best_values, _ = _keep_best(current, _final_values(slices, current, p, q, penalty), best, best_values, stale)
+    cost = {"evaluations": (steps + 1) * chains, "forward_passes": (steps + 1) * chains, "backward_passes": steps * chains, "judge_calls": 0}
+    if penalty is not None:  # this run's passes on the side-effect texts
+        cost.update({key: value - spent_before[key] for key, value in penalty.cost().items()})
     return AnnealRun(
         vectors=best, scores=best_values, history=history, evaluations=(steps + 1) * chains, invalid=0, restarts=restarts, radius=radius,
-        seconds=time.perf_counter() - started,
-        cost={"evaluations": (steps + 1) * chains, "forward_passes": (steps + 1) * chains, "backward_passes": steps * chains, "judge_calls": 0},
+        seconds=time.perf_counter() - started, cost=cost,
         settings={"steps": steps, "lr": lr, "lr_end": lr_end, "temperature": temperature, "temperature_end": temperature_end,
-                  "patience": patience, "p": p, "q": q, "seed": seed, "objective": "melbo", "mode": "gradient"},
+                  "patience": patience, "p": p, "q": q, "seed": seed, "mode": "gradient",
+                  "objective": "melbo" + ("" if penalty is None else penalty.describe())},
     )

@@ -87,7 +87,10 @@ class DiscoverConfig:
         side_effects: ``"neutral"`` (the shipped neutral sentences), a prompts file or a list of
             plain texts: score every vector's KL to the unsteered model on them
             (:mod:`~reptune.discovery.side_effects`; column ``side_effect``, nats per token).
-        side_effect_penalty: rank by ``primary - penalty * side_effect`` (needs ``side_effects``).
+        side_effect_penalty: ``W >= 0``: melbo, anneal and cmaes optimise ``objective - W x side_effect``
+            (melbo and gradient annealing with its gradient: a forward and a backward pass per vector
+            and step on the side-effect texts), and vectors are ranked by ``primary - W x side_effect``
+            (subtracted once: not again from a method score that already includes it). Needs ``side_effects``.
         sweep: also score random vectors on a log grid of radii (reported).
         tune_norm: ``True`` (grid ``R x (1/4 .. 8)``) or a radius grid: each vector's effect over
             the grid (:func:`reptune.discovery.norm.norm_curves`: objective, and with ``score`` the

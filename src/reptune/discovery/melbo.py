@@ -56,6 +56,7 @@ from reptune.discovery.common import (
     random_directions,
     to_radius,
 )
+from reptune.discovery.side_effects import SideEffectPenalty
 from reptune.discovery.slice import LayerSlice
 
 PAPER_LR = 1e-3
@@ -155,6 +156,7 @@ def train_melbo(
     init: torch.Tensor | None = None,
     seed: int = 0,
     vector_batch_size: int | None = None,
+    penalty: SideEffectPenalty | None = None,
     progress: bool = False,
 ) -> MelboRun:
     """Train ``num`` MELBO vectors of norm ``radius`` at the slices' source layer.
@@ -176,6 +178,10 @@ def train_melbo(
         vector_batch_size: train at most this many vectors at once (default: all; with
             ``orthogonal`` and ``sequential`` always 1); later groups are kept orthogonal to
             earlier, frozen groups when ``orthogonal``.
+        penalty: a :class:`~reptune.discovery.side_effects.SideEffectPenalty`: train on
+            ``objective - weight x side_effect`` (its gradient from one forward and one backward
+            pass per vector per step on the penalty's texts); ``objective`` and ``history`` are
+            then the penalised values, and the settings count those passes.
 
     Raises:
         DiscoveryError: bad radius, counts, exponents, or more orthogonal vectors than dimensions.
@@ -197,10 +203,14 @@ def train_melbo(
     if sequential:
         group = 1
     started = time.perf_counter()
+    penalty = penalty if penalty is not None and penalty.weight else None
+    spent_before = {} if penalty is None else penalty.cost()
     with progress_bar("training MELBO vectors", total=num * max(steps, 1), enabled=progress) as advance:
         vectors, objective, history = _train_in_groups(
-            slices, start_rows, num, group, radius, fixed, orthogonal=orthogonal, steps=steps, lr=lr, betas=betas, p=p, q=q, advance=advance,
+            slices, start_rows, num, group, radius, fixed, orthogonal=orthogonal, steps=steps, lr=lr, betas=betas, p=p, q=q, penalty=penalty,
+            advance=advance,
         )
+    extra = {} if penalty is None else {"side_effect_penalty": penalty.weight, **{k: v - spent_before[k] for k, v in penalty.cost().items()}}
     return MelboRun(
         vectors=vectors,
         objective=objective,
@@ -208,13 +218,13 @@ def train_melbo(
         radius=radius, steps=steps, lr=lr, p=p, q=q, orthogonal=orthogonal, seed=seed,
         seconds=time.perf_counter() - started,
         settings={"betas": list(betas), "amsgrad": True, "vector_batch_size": group,
-                  "orthogonal_order": orthogonal_order if orthogonal else None},
+                  "orthogonal_order": orthogonal_order if orthogonal else None, **extra},
     )
 
 
 def _train_in_groups(
     slices: Sequence[LayerSlice], start_rows: torch.Tensor, num: int, group: int, radius: float, fixed: torch.Tensor, *, orthogonal: bool,
-    steps: int, lr: float, betas: tuple[float, float], p: float, q: float, advance: Any,
+    steps: int, lr: float, betas: tuple[float, float], p: float, q: float, penalty: SideEffectPenalty | None, advance: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(vectors [num, hidden], objective [num], history [steps, num])``: the ``start_rows`` trained
     ``group`` at a time; with ``orthogonal`` each group is kept orthogonal to ``fixed`` and to the
@@ -227,7 +237,7 @@ def _train_in_groups(
             group_fixed = orthonormal_basis(torch.cat([fixed, torch.cat(vectors)]), hidden)
         rows, objective, history = _train_group(
             slices, start_rows[first : first + group].clone(), radius, steps=steps, lr=lr, betas=betas, p=p, q=q,
-            orthogonal=orthogonal, fixed=group_fixed, device=device, advance=advance,
+            orthogonal=orthogonal, fixed=group_fixed, device=device, penalty=penalty, advance=advance,
         )
         vectors.append(rows)
         objectives.append(objective)
@@ -248,9 +258,11 @@ def _train_group(
     orthogonal: bool,
     fixed: torch.Tensor,
     device: torch.device,
+    penalty: SideEffectPenalty | None,
     advance,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Projected-gradient Adam on one group of vectors; returns (vectors, final objective, history)."""
+    """Projected-gradient Adam on one group of vectors; returns (vectors, final objective, history)
+    (objectives minus ``penalty`` when given)."""
     k = start.shape[0]
     fixed = fixed.to(device)
     if orthogonal:
@@ -269,6 +281,10 @@ def _train_group(
             objective = piece.objective(theta, p, q)
             (-objective.sum()).backward()
             total += objective.detach().cpu()
+        if penalty is not None:  # the loss is -(objective - penalty)
+            cost, cost_grad = penalty.value_and_grad(theta.detach())
+            theta.grad += cost_grad.to(device=device, dtype=theta.grad.dtype)
+            total -= cost.float()
         history[step] = total
         with torch.no_grad():
             grad = theta.grad
@@ -286,7 +302,8 @@ def _train_group(
             theta.copy_(to_radius(rows, radius))
         advance(k)
     final = to_radius(theta.detach(), radius)
-    return final.cpu(), total_objective(slices, final, p, q), history
+    objective = total_objective(slices, final, p, q)
+    return final.cpu(), objective if penalty is None else objective - penalty(final).float(), history
 
 
 def _project_out(rows: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ from reptune.discovery.melbo import train_melbo
 from reptune.discovery.norm import NormCurve, default_grid, norm_curves
 from reptune.discovery.scoring import Baseline, CompletionScorer, VectorScores, score_vectors, token_id
 from reptune.discovery.search import SEARCH_METHODS, SearchSpec, build_objective, check_search, run_search
-from reptune.discovery.side_effects import SideEffects, resolve_side_effect_prompts, side_effect_scores
+from reptune.discovery.side_effects import SideEffectPenalty, SideEffects, resolve_side_effect_prompts, side_effect_scores
 from reptune.discovery.slice import LayerSlice, build_slices, check_layers
 from reptune.models import ModelHandle
 from reptune.sites import Positions
@@ -54,6 +54,7 @@ from reptune.vectors import SteeringVector, VectorMeta
 __all__ = ["METHODS", "RANK_KEYS", "DiscoverConfig", "DiscoveredVector", "DiscoveryResult", "default_layers", "discover", "rank_path"]
 
 METHOD_SCORE = {"melbo": "objective", "random": "objective", "dct": "alpha", "anneal": "objective", "cmaes": "objective"}
+PENALISED_METHODS = ("melbo", "anneal", "cmaes")  # their objective subtracts side_effect_penalty x side_effect
 
 
 @dataclass
@@ -303,7 +304,9 @@ def discover(
     if inputs.side_texts is not None:
         measured.side_values = _timed(timings, "side_effects_s", side_effect_scores, handle, vectors, inputs.source, inputs.side_texts).tolist()
         run_settings.update({"side_effect_prompts": len(inputs.side_texts), "side_effect_penalty": float(config.side_effect_penalty)})
-    order = _rank(method_scores, measured.scores, inputs.rank_by, config.method, measured.side_values, float(config.side_effect_penalty))
+    own_penalised = _penalty_inside(config, inputs)
+    order = _rank(method_scores, measured.scores, inputs.rank_by, config.method, measured.side_values, float(config.side_effect_penalty),
+                  own_penalised=own_penalised)
     run_settings["rank_by"] = inputs.rank_by
     ranked = _ranked(handle, config, inputs, radius, vectors, method_scores, order, measured, run_settings)
     timings["total_s"] = time.perf_counter() - started
@@ -393,10 +396,19 @@ def _fit(handle: ModelHandle, slices: Sequence[LayerSlice], config: DiscoverConf
     return dct.vectors, dct.alpha, [dct.history], {"dct_iters": config.dct_iters, "response": dct.response.tolist(), "max_overlap": dct.max_overlap}
 
 
+def _penalty(handle: ModelHandle, config: DiscoverConfig, inputs: _Inputs) -> SideEffectPenalty | None:
+    """The side-effect penalty the optimising methods (melbo, anneal, cmaes) subtract from their
+    objective: ``None`` without ``side_effect_penalty`` (or without side-effect texts)."""
+    penalty = float(config.side_effect_penalty)
+    if inputs.side_texts is None or not penalty:
+        return None
+    return SideEffectPenalty(SideEffects(handle, inputs.source, inputs.side_texts), penalty)
+
+
 def _fit_melbo(handle: ModelHandle, slices: Sequence[LayerSlice], config: DiscoverConfig, inputs: _Inputs, radius: float, progress: bool) -> Fitted:
     run = train_melbo(slices, config.num, radius, steps=config.steps, lr=config.lr, p=config.p, q=config.q, orthogonal=inputs.orthogonal,
                       orthogonal_order=config.orthogonal_order, orthogonal_to=inputs.orthogonal_to, init=inputs.init, seed=config.seed,
-                      vector_batch_size=config.vector_batch_size, progress=progress)
+                      vector_batch_size=config.vector_batch_size, penalty=_penalty(handle, config, inputs), progress=progress)
     settings = {"steps": config.steps, "lr": config.lr, "p": config.p, "q": config.q, "init": _rows(inputs.init, handle.hidden_size), **run.settings}
     return run.vectors, run.objective, run.history.T.tolist(), settings
 
@@ -410,12 +422,11 @@ def _fit_random(slices: Sequence[LayerSlice], config: DiscoverConfig, inputs: _I
 
 
 def _fit_search(handle: ModelHandle, slices: Sequence[LayerSlice], config: DiscoverConfig, inputs: _Inputs, radius: float) -> Fitted:
-    penalty = float(config.side_effect_penalty)
-    side = SideEffects(handle, inputs.source, inputs.side_texts) if inputs.side_texts is not None and penalty else None
+    penalty = _penalty(handle, config, inputs)
     objective = build_objective(inputs.spec, slices, handle, inputs.source, inputs.prompts, chat=config.chat, p=config.p, q=config.q,
-                                logit_tokens=config.logit_tokens, match=config.match, judge=inputs.judge, side_effects=side, penalty=penalty)
+                                logit_tokens=config.logit_tokens, match=config.match, judge=inputs.judge, penalty=penalty)
     vectors, method_scores, found = run_search(config.method, inputs.spec, objective, slices, config.num, radius, init=inputs.init,
-                                               p=config.p, q=config.q, seed=config.seed)
+                                               p=config.p, q=config.q, seed=config.seed, penalty=penalty)
     return vectors, method_scores, [], {"p": config.p, "q": config.q, **found}
 
 
@@ -477,17 +488,26 @@ def _ranked(
     return ranked
 
 
+def _penalty_inside(config: DiscoverConfig, inputs: _Inputs) -> bool:
+    """Whether the method's own score already is ``objective - penalty x side_effect`` (:func:`_penalty`)."""
+    return config.method in PENALISED_METHODS and inputs.side_texts is not None and bool(config.side_effect_penalty)
+
+
 def _rank(
     method_scores: torch.Tensor, scores: list[VectorScores] | None, rank_by: str, method: str,
-    side_effects: list[float] | None = None, penalty: float = 0.0,
+    side_effects: list[float] | None = None, penalty: float = 0.0, *, own_penalised: bool = False,
 ) -> list[int]:
     """Indices by rank: the primary metric descending (``side_effect``: ascending), minus
-    ``penalty * side_effect`` when given; ties broken by the method's score."""
+    ``penalty * side_effect`` when given (not again when the primary is the method's own score
+    and that already subtracts it: ``own_penalised``); ties broken by the method's score."""
     count = int(method_scores.shape[0])
     own = [float(abs(value)) if method == "dct" else float(value) for value in method_scores]
+    by_own = rank_by == "method" or (scores is None and rank_by != "side_effect")
 
     def primary(index: int) -> float:
-        return base(index) - (penalty * side_effects[index] if side_effects is not None and penalty else 0.0)
+        if side_effects is None or not penalty or (by_own and own_penalised):
+            return base(index)
+        return base(index) - penalty * side_effects[index]
 
     def base(index: int) -> float:
         if rank_by == "side_effect" and side_effects is not None:

@@ -33,7 +33,7 @@ from reptune.discovery.objectives import (
     slice_objective,
 )
 from reptune.discovery.scoring import CompletionScorer
-from reptune.discovery.side_effects import SideEffects
+from reptune.discovery.side_effects import SideEffectPenalty
 from reptune.discovery.slice import LayerSlice
 from reptune.models import ModelHandle
 
@@ -50,7 +50,7 @@ class SearchSpec:
         budget: objective evaluations in all (vectors scored).
         objective: ``melbo``, ``logit``, ``match`` or ``judge``.
         anneal_mode: ``auto`` (gradient for melbo, else free), ``free`` or ``gradient``.
-        candidates: anneal: random vectors scored to pick the starts (default ``max(num, budget // 4)``).
+        candidates: anneal: random vectors scored to pick the starts (default :meth:`default_candidates`).
         proposals: anneal: proposals per chain per step.
         subspace: cmaes: ``span``, ``pca`` or ``full``; ``subspace_dim`` for pca;
             ``subspace_vectors`` ``[e, hidden]`` for span.
@@ -72,6 +72,17 @@ class SearchSpec:
 
     def mode(self) -> str:
         return ("gradient" if self.objective == "melbo" else "free") if self.anneal_mode == "auto" else self.anneal_mode
+
+    def pool_size(self, num: int) -> int:
+        """Random vectors the ``anneal`` method scores for ``num`` starts: ``candidates`` when given, else
+        ``max(num, budget // 4)`` (free mode) or ``max(num, min(budget // 2, budget - 2 num))`` (gradient
+        mode: a gradient step costs about three forward passes, so half the evaluations on the pool is
+        about a quarter of the work; at least one step of ``num`` chains stays within the budget)."""
+        if self.candidates is not None:
+            return self.candidates
+        if self.mode() == "gradient":
+            return max(num, min(self.budget // 2, self.budget - 2 * num))
+        return max(num, self.budget // 4)
 
     def validate(self, names: Mapping[str, str] | None = None) -> None:
         """One-line :class:`DiscoveryError` for a number out of range, before any model work.
@@ -135,7 +146,7 @@ def check_search(method: str, spec: SearchSpec, num: int, hidden: int, *, logit_
         if spec.mode() == "gradient" and spec.objective != "melbo":
             raise DiscoveryError("gradient annealing needs the melbo objective (use anneal mode free for output scores)")
         check_count(spec.proposals, "proposals")
-        pool = init_rows or (spec.candidates if spec.candidates is not None else max(num, spec.budget // 4))
+        pool = init_rows or spec.pool_size(num)
         check_count(pool, "candidates")
         if pool < num:
             raise DiscoveryError(f"candidates ({pool}) must be at least the number of vectors ({num})")
@@ -152,9 +163,9 @@ def check_search(method: str, spec: SearchSpec, num: int, hidden: int, *, logit_
 
 def build_objective(
     spec: SearchSpec, slices: Sequence[LayerSlice], handle: ModelHandle, layer: int, prompts: Sequence[str], *, chat: bool, p: float, q: float,
-    logit_tokens: tuple[str, str] | None, match: Sequence[str], judge: CompletionScorer | None, side_effects: SideEffects | None, penalty: float,
+    logit_tokens: tuple[str, str] | None, match: Sequence[str], judge: CompletionScorer | None, penalty: SideEffectPenalty | None = None,
 ) -> Objective:
-    """The search objective on the training prompts, minus ``penalty * side_effect`` when given."""
+    """The search objective on the training prompts, minus ``penalty`` (weight x side effect) when given."""
     if spec.objective == "melbo":
         objective = slice_objective(slices, p=p, q=q)
     elif spec.objective == "logit":
@@ -163,45 +174,71 @@ def build_objective(
         objective = match_objective(handle, layer, prompts, match, max_new_tokens=spec.max_new_tokens, chat=chat)
     else:
         objective = judge_objective(handle, layer, prompts, judge, max_new_tokens=spec.max_new_tokens, chat=chat)  # type: ignore[arg-type]
-    if side_effects is not None and penalty:
+    if penalty is not None and penalty.weight:
         inner = objective.fn
-        objective.fn = lambda vectors: torch.as_tensor(inner(vectors), dtype=torch.float64) - penalty * side_effects(vectors)
-        objective.name += f" - {penalty:g} x side_effect"
+        objective.fn = lambda vectors: torch.as_tensor(inner(vectors), dtype=torch.float64) - penalty(vectors)
+        objective.name += penalty.describe()
     return objective
 
 
 def run_search(
     method: str, spec: SearchSpec, objective: Objective, slices: Sequence[LayerSlice], num: int, radius: float, *,
-    init: torch.Tensor | None, p: float, q: float, seed: int,
+    init: torch.Tensor | None, p: float, q: float, seed: int, penalty: SideEffectPenalty | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """``(vectors [num, hidden], scores [num], settings)`` of one ``anneal`` or ``cmaes`` run."""
-    hidden = slices[0].hidden_size
+    """``(vectors [num, hidden], scores [num], settings)`` of one ``anneal`` or ``cmaes`` run.
+
+    ``penalty``: the side-effect term ``objective`` already subtracts (see :func:`build_objective`);
+    gradient annealing subtracts it (and its gradient) too, and the settings' ``cost`` counts its
+    passes on the side-effect texts (``side_effect_forward_passes``, ``side_effect_backward_passes``).
+    """
+    penalty = penalty if penalty is not None and penalty.weight else None
+    spent_before = {} if penalty is None else penalty.cost()
     if method == "cmaes":
-        basis = subspace_basis(spec.subspace, hidden, vectors=spec.subspace_vectors, slices=slices, dim=spec.subspace_dim)
+        basis = subspace_basis(spec.subspace, slices[0].hidden_size, vectors=spec.subspace_vectors, slices=slices, dim=spec.subspace_dim)
         run = cmaes_search(objective, basis, radius, num=num, budget=spec.budget, population=spec.population, sigma=spec.sigma,
                            start=init, seed=seed)
-        return run.vectors, run.scores, {**run.settings, "subspace": spec.subspace, "invalid": run.invalid, "cost": objective.cost()}
+        vectors, scores, settings = run.vectors, run.scores, {**run.settings, "subspace": spec.subspace, "invalid": run.invalid, "cost": objective.cost()}
+    else:
+        vectors, scores, settings = _run_anneal(spec, objective, slices, num, radius, init=init, p=p, q=q, seed=seed, penalty=penalty)
+    if penalty is not None:
+        settings["cost"].update({key: value - spent_before[key] for key, value in penalty.cost().items()})
+        settings["side_effect_penalty"] = penalty.weight
+    return vectors, scores, settings
+
+
+def _anneal_starts(
+    spec: SearchSpec, objective: Objective, hidden: int, num: int, radius: float, init: torch.Tensor | None, seed: int,
+) -> tuple[torch.Tensor, int, int]:
+    """``(starts [num, hidden], candidates scored, NaN scores among them)``: the given ``init`` rows
+    (topped up with random vectors), else the best ``num`` of ``spec.candidates`` random vectors."""
     if init is not None:
-        starts, pool_size, pool_invalid = torch.as_tensor(init, dtype=torch.float32).reshape(-1, hidden)[:num], 0, 0
+        starts = torch.as_tensor(init, dtype=torch.float32).reshape(-1, hidden)[:num]
         if starts.shape[0] < num:
             starts = torch.cat([starts, random_vectors(hidden, num - starts.shape[0], radius, seed=seed)])
-    else:
-        pool_size = spec.candidates if spec.candidates is not None else max(num, spec.budget // 4)
-        pool = random_vectors(hidden, pool_size, radius, seed=seed)
-        scores = objective(pool)
-        pool_invalid = int(torch.isnan(scores).sum())
-        if pool_invalid == pool_size:
-            raise DiscoveryError(f"every one of the {pool_size} candidates scored NaN (invalid): the objective gave no valid score")
-        order = torch.argsort(torch.nan_to_num(scores, nan=-math.inf), descending=True)[:num]
-        starts = pool[order]
+        return starts, 0, 0
+    pool_size = spec.pool_size(num)
+    pool = random_vectors(hidden, pool_size, radius, seed=seed)
+    scores = objective(pool)
+    invalid = int(torch.isnan(scores).sum())
+    if invalid == pool_size:
+        raise DiscoveryError(f"every one of the {pool_size} candidates scored NaN (invalid): the objective gave no valid score")
+    order = torch.argsort(torch.nan_to_num(scores, nan=-math.inf), descending=True)[:num]
+    return pool[order], pool_size, invalid
+
+
+def _run_anneal(
+    spec: SearchSpec, objective: Objective, slices: Sequence[LayerSlice], num: int, radius: float, *,
+    init: torch.Tensor | None, p: float, q: float, seed: int, penalty: SideEffectPenalty | None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The ``anneal`` method: starts (:func:`_anneal_starts`), then one chain from each, within ``spec.budget`` evaluations."""
+    starts, pool_size, pool_invalid = _anneal_starts(spec, objective, slices[0].hidden_size, num, radius, init, seed)
     left = spec.budget - pool_size
     if spec.mode() == "gradient":
-        run = anneal_gradient(slices, starts, radius, steps=max(1, left // num - 1), p=p, q=q, seed=seed)
+        run = anneal_gradient(slices, starts, radius, steps=max(1, left // num - 1), p=p, q=q, penalty=penalty, seed=seed)
         cost = {key: objective.cost()[key] + run.cost.get(key, 0) for key in ("evaluations", "forward_passes", "judge_calls")}
         cost["backward_passes"] = run.cost["backward_passes"]
     else:
         run = anneal(objective, starts, radius, budget=left, proposals=spec.proposals, seed=seed)
         cost = objective.cost()
-    settings = {**run.settings, "mode": spec.mode(), "candidates": pool_size, "invalid": run.invalid + pool_invalid, "restarts": run.restarts, "cost": cost,
-                "budget": spec.budget}
-    return run.vectors, run.scores, settings
+    return run.vectors, run.scores, {**run.settings, "mode": spec.mode(), "candidates": pool_size, "invalid": run.invalid + pool_invalid,
+                                     "restarts": run.restarts, "cost": cost, "budget": spec.budget}

@@ -47,7 +47,8 @@ def _method_rows(result: DiscoveryResult) -> list[str]:
     lines = []
     if result.method == "melbo" or settings.get("refine_steps"):
         lines.append(f"| steps, lr | {settings.get('steps', settings.get('refine_steps'))}, {settings.get('lr')} (projected Adam, amsgrad, betas (0.9, 0.98)) |")
-        lines.append(f"| objective | sum_i (sum_t \\|\\|Delta_i,t\\|\\|_2^p)^(1/q), p = {settings.get('p')}, q = {settings.get('q')} |")
+        penalty = f" - {settings['side_effect_penalty']:g} x side_effect" if result.method == "melbo" and settings.get("side_effect_penalty") else ""
+        lines.append(f"| objective | sum_i (sum_t \\|\\|Delta_i,t\\|\\|_2^p)^(1/q){penalty}, p = {settings.get('p')}, q = {settings.get('q')} |")
     if result.method == "random":
         lines.append(f"| candidates | {settings.get('candidates')} |")
     if result.method == "dct":
