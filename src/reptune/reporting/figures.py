@@ -597,11 +597,12 @@ def plot_stacking(cells: Sequence[dict[str, Any]], path: Path, task: str, multip
     return save_figure(fig, path)
 
 
+_GCG_COLORS = {"direct": "tab:red", "transfer": "tab:orange"}
+
+
 def _gcg_bars(ax: Any, rows: Sequence[dict[str, Any]], levels: list[str], metric: str, base_metric: str) -> None:
     """One panel of :func:`plot_gcg`: ``metric`` per model, direct and transfer side by side, 95% CI whiskers,
     the unattacked value (``base_metric``) as a black tick on each bar."""
-    colors = {"direct": "tab:red", "transfer": "tab:orange"}
-    labelled: set[str] = set()
     for j, mode in enumerate(("direct", "transfer")):
         for i, level in enumerate(levels):
             row = next((r for r in rows if r.get("level") == level and r.get("mode") == mode), None)
@@ -610,9 +611,8 @@ def _gcg_bars(ax: Any, rows: Sequence[dict[str, Any]], levels: list[str], metric
             x = i + (j - 0.5) * 0.38
             value = num(row[metric].get("value"))
             degenerate = bool(row.get("degenerate"))
-            ax.bar([x], [value], width=0.36, color=colors[mode], alpha=0.35 if degenerate else 0.9, hatch="//" if degenerate else None,
-                   edgecolor="black", linewidth=0.5, label=None if mode in labelled else mode)
-            labelled.add(mode)
+            ax.bar([x], [value], width=0.36, color=_GCG_COLORS[mode], alpha=0.35 if degenerate else 0.9, hatch="//" if degenerate else None,
+                   edgecolor="black", linewidth=0.5)
             low, high = num(row[metric].get("ci_low")), num(row[metric].get("ci_high"))
             if math.isfinite(low) and math.isfinite(high):
                 ax.errorbar([x], [value], yerr=[[max(0.0, value - low)], [max(0.0, high - value)]], color="black", capsize=3, lw=1)
@@ -633,8 +633,12 @@ def plot_gcg(rows: Sequence[dict[str, Any]], path: Path, budget: dict[str, Any])
     axes[0].set_ylabel("attack success rate (Wilson 95% CI)")
     _gcg_bars(axes[1], rows, levels, "mean_loss", "mean_base_loss")
     axes[1].set_ylabel("target loss reached, nats/token (95% CI)")
-    axes[0].set_title(_mpl(f"GCG {budget.get('steps')} steps x {budget.get('search_width')} x {budget.get('suffix_length')} tokens"))
-    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title="black: unattacked", title_fontsize=7)
+    axes[0].set_title(_mpl(f"GCG: {budget.get('steps')} steps x {budget.get('search_width')} candidates x {budget.get('suffix_length')} tokens"))
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=color, edgecolor="black", label=mode) for mode, color in _GCG_COLORS.items() if any(r.get("mode") == mode for r in rows)]
+    axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title="black: unattacked\nhatched: degenerate",
+                   title_fontsize=7)
     return save_figure(fig, path)
 
 
