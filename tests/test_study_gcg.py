@@ -179,6 +179,8 @@ def test_claim_is_judged_on_the_per_item_loss_and_not_tested_when_a_model_answer
     assert test["effect"] == pytest.approx(1.0 + 0.1 * 5.5) and test["effect_ok"] and test["p_value"] < 0.01
     assert test["success"]["effect"] == pytest.approx(8 / 12) and test["success"]["discordant"] == 8
     assert not any(claim["problems"].values())
+    by_success = gcg_claim(_section(runs, settings), 0, "success")["tests"][0]  # measure: success judges by McNemar
+    assert by_success["effect"] == pytest.approx(8 / 12) and by_success["method"].startswith("McNemar")
     one = _result([1.5] * 12, [False] * 12, ["False"] * 12)
     runs["honesty"] = {"direct": {"result": one}}
     claim = gcg_claim(_section(runs, settings), 0)
