@@ -284,6 +284,7 @@ def test_cli_demo_runs_the_shipped_experiment(tiny_dir, tmp_path):
         "robustness.limit=4", "robustness.conditions=[untuned]", "projection.conditions=[untuned]",
         "variants=[{name: truth, preset: truth}, {name: honesty, preset: honesty}]",
         "sample_efficiency.sizes=[4, all]", "sample_efficiency.limit=8", "stacking.limit=8", "generalisation.steps=2",
+        "gcg.limit=2", "gcg.steps=1", "gcg.search_width=4", "gcg.suffix_length=2", "gcg.topk=8",
     ]
     args = ["demo", "--model", str(tiny_dir), "-o", str(tmp_path / "demo")]
     for item in sets:
@@ -294,7 +295,7 @@ def test_cli_demo_runs_the_shipped_experiment(tiny_dir, tmp_path):
     assert config["name"] == "demo" and config["train"]["lr"] == 3.0e-4 and config["model"] == str(tiny_dir)
     assert (tmp_path / "demo" / "report.html").is_file()
     results = json.loads((tmp_path / "demo" / "results.json").read_text(encoding="utf-8"))
-    assert set(results["studies"]) == {"stacking", "sample_efficiency", "generalisation"}  # the reduced studies ran
+    assert set(results["studies"]) == {"stacking", "sample_efficiency", "generalisation", "gcg"}  # the reduced studies ran
 
 
 def test_bad_variant_option_fails_before_training(tiny_dir, tmp_path):

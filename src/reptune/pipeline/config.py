@@ -449,6 +449,53 @@ class GeneralisationConfig(_Strict):
         return self
 
 
+class GCGStudyConfig(_Strict):
+    """GCG attacks on the untuned and tuned models at one budget (the ``gcg`` study, ``pipeline.studies.gcg``).
+
+    Every model in ``models`` (``untuned`` or a variant's name, the tuned ones at ``seed``) is attacked
+    with the ``gcg`` task (nanogcg) on the first ``limit`` test statements, in ``format`` (``word``:
+    "Answer with True or False.", the target the wrong word; ``ab``: the A/B question, the wrong
+    letter), with the same ``steps`` x ``search_width`` x ``suffix_length`` (and ``topk``). With
+    ``transfer`` the suffixes found on the untuned model are also applied, item by item, to every tuned
+    model. The claim ``resists-gcg``: ``candidate`` (representation-tuned) ends the attack with a higher
+    target loss than ``baseline`` (token-only tuned) on the same items.
+    """
+
+    enabled: bool = False
+    models: list[str] = ["untuned", "truth", "honesty", "tune-out"]  # untuned, or names of the experiment's variants
+    baseline: str = "truth"  # the token-only model of the claim
+    candidate: str = "honesty"  # the representation-tuned model of the claim
+    seed: int | None = None  # training seed of the tuned models (None: the experiment's first)
+    format: Literal["word", "ab"] = "word"
+    limit: int = Field(32, ge=1)  # test statements attacked (the first ones, the same for every model)
+    steps: int = Field(250, ge=1)  # nanogcg's defaults: 250 x 512 x 20, top-256 tokens a position
+    search_width: int = Field(512, ge=1)
+    suffix_length: int = Field(20, ge=1)
+    topk: int = Field(256, ge=1)
+    early_stop: bool = False  # off: every model gets every step (the loss reached is then comparable)
+    measure: Literal["loss", "success"] = "loss"  # what resists-gcg is judged on: target loss reached (sign-flip) or success (McNemar)
+    transfer: bool = True  # also apply the untuned model's suffixes to each tuned model
+    attack_seed: int = 0
+
+    @model_validator(mode="after")
+    def _roles(self) -> GCGStudyConfig:
+        if not self.models or len(set(self.models)) != len(self.models):
+            raise ValueError(f"models must be a non-empty list without repeats (got {self.models})")
+        for role in ("baseline", "candidate"):
+            if getattr(self, role) not in self.models:
+                raise ValueError(f"{role} {getattr(self, role)!r} must be one of models {self.models}")
+        if self.baseline == self.candidate:
+            raise ValueError("baseline and candidate must be different models")
+        if self.transfer and "untuned" not in self.models:
+            raise ValueError("transfer applies the untuned model's suffixes: add untuned to models, or set transfer: false")
+        return self
+
+    @property
+    def tuned(self) -> list[str]:
+        """The variants attacked (``models`` without ``untuned``)."""
+        return [name for name in self.models if name != "untuned"]
+
+
 class ExperimentConfig(_Strict):
     """A whole representation-tuning study (see ``reptune run --print-config``)."""
 
@@ -473,6 +520,7 @@ class ExperimentConfig(_Strict):
     claims: ClaimThresholds = ClaimThresholds()
     sample_efficiency: SampleEfficiencyConfig = SampleEfficiencyConfig()
     generalisation: GeneralisationConfig = GeneralisationConfig()
+    gcg: GCGStudyConfig = GCGStudyConfig()
 
     @field_validator("name")
     @classmethod
@@ -549,6 +597,28 @@ class ExperimentConfig(_Strict):
         if isinstance(study.seeds, list) and set(study.seeds) - set(self.seeds):
             raise ValueError(f"generalisation.seeds must be a subset of the experiment's seeds {self.seeds} (got {study.seeds})")
         return self
+
+    @model_validator(mode="after")
+    def _gcg_names(self) -> ExperimentConfig:
+        """The gcg study's models must be variants this experiment trains at the study's seed (checked only when it is on)."""
+        study = self.gcg
+        if not study.enabled:
+            return self
+        variants = {v.name: v for v in self.variants}
+        unknown = [name for name in study.tuned if name not in variants]
+        if unknown:
+            raise ValueError(f"gcg.models: no variant named {unknown[0]!r} (untuned or the experiment's variants: {', '.join(variants) or 'none'})")
+        if study.seed is not None and study.seed not in self.seeds:
+            raise ValueError(f"gcg.seed {study.seed} is not one of the experiment's seeds {self.seeds}")
+        lacking = [name for name in study.tuned if self.gcg_seed not in self.variant_seeds(variants[name])]
+        if lacking:
+            raise ValueError(f"gcg.seed: variant {lacking[0]!r} is not trained with seed {self.gcg_seed} (its seeds: {self.variant_seeds(variants[lacking[0]])})")
+        return self
+
+    @property
+    def gcg_seed(self) -> int:
+        """The training seed of the gcg study's tuned models (default: the experiment's first seed)."""
+        return self.gcg.seed if self.gcg.seed is not None else self.seeds[0]
 
     def study_seeds(self, chosen: list[int] | str) -> list[int]:
         """A study's ``seeds`` setting as seeds: ``first``, ``all`` or its own list (kept in the experiment's order)."""

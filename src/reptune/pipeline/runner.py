@@ -749,7 +749,9 @@ class Experiment:
         Args:
             cond: ``id``, ``kind``, ``steering`` (``None`` or ``{layer, multiplier, vector?}``); a study's
                 condition may add ``stage`` (its stage name), ``tasks`` (instead of ``tasks``), ``limit``
-                (items per task), ``split`` (default ``test``), ``task_options`` (added to each task's) and
+                (items per task), ``split`` (default ``test``), ``task_options`` (added to each task's),
+                ``run_paths`` (the ``task_options`` keys whose values are paths relative to the run folder,
+                so a moved run keeps its stage keys) and
                 ``representation: False`` (skip the cosine / projection evidence; ``"representation"`` is then ``None``).
             trained: ``(seed, training stage key)`` of a tuned model, ``None`` for the base model.
         """
@@ -781,7 +783,7 @@ class Experiment:
                 if out.is_file():
                     per_task.update(load_eval_results(out).tasks)
                     continue
-                task = self._task(task_name, split=cond.get("split", "test"), tuned=trained is not None, extra=cond.get("task_options"))
+                task = self._task(task_name, split=cond.get("split", "test"), tuned=trained is not None, extra=self._condition_options(cond))
                 limit = cond["limit"] if "limit" in cond else (c.counter_limit if cond["kind"] == "counter" and c.counter_limit else c.limits.get(task_name, c.limit))
                 result = evaluate(
                     handle, [task], vector=vector if steering else None, multiplier=steering["multiplier"] if steering else 1.0,
@@ -798,6 +800,11 @@ class Experiment:
 
         cost = len(task_names) * _COST["eval_task"]
         return self._stage(name, inputs, work, cost)
+
+    def _condition_options(self, cond: dict[str, Any]) -> dict[str, Any]:
+        """A condition's ``task_options``, those named in ``run_paths`` resolved against the run folder."""
+        relative = set(cond.get("run_paths") or ())
+        return {key: str(self.run_dir / value) if key in relative else value for key, value in (cond.get("task_options") or {}).items()}
 
     def _representation(self, handle: ModelHandle, vector: Any, steering_vector: Any, steering: dict[str, Any] | None) -> dict[str, Any]:
         """Mean cosine / projection of the last-token residual at the vector layer onto ``v`` (the training

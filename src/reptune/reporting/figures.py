@@ -597,6 +597,51 @@ def plot_stacking(cells: Sequence[dict[str, Any]], path: Path, task: str, multip
     return save_figure(fig, path)
 
 
+_GCG_COLORS = {"direct": "tab:red", "transfer": "tab:orange"}
+
+
+def _gcg_bars(ax: Any, rows: Sequence[dict[str, Any]], levels: list[str], metric: str, base_metric: str) -> None:
+    """One panel of :func:`plot_gcg`: ``metric`` per model, direct and transfer side by side, 95% CI whiskers,
+    the unattacked value (``base_metric``) as a black tick on each bar."""
+    for j, mode in enumerate(("direct", "transfer")):
+        for i, level in enumerate(levels):
+            row = next((r for r in rows if r.get("level") == level and r.get("mode") == mode), None)
+            if row is None or not row.get(metric):
+                continue
+            x = i + (j - 0.5) * 0.38
+            value = num(row[metric].get("value"))
+            degenerate = bool(row.get("degenerate"))
+            ax.bar([x], [value], width=0.36, color=_GCG_COLORS[mode], alpha=0.35 if degenerate else 0.9, hatch="//" if degenerate else None,
+                   edgecolor="black", linewidth=0.5)
+            low, high = num(row[metric].get("ci_low")), num(row[metric].get("ci_high"))
+            if math.isfinite(low) and math.isfinite(high):
+                ax.errorbar([x], [value], yerr=[[max(0.0, value - low)], [max(0.0, high - value)]], color="black", capsize=3, lw=1)
+            if row.get(base_metric):
+                ax.plot([x - 0.16, x + 0.16], [num(row[base_metric].get("value"))] * 2, color="black", lw=2)
+    ax.set_xticks(range(len(levels)))
+    ax.set_xticklabels([_mpl(level) for level in levels], rotation=20)
+
+
+def plot_gcg(rows: Sequence[dict[str, Any]], path: Path, budget: dict[str, Any]) -> Path:
+    """The gcg study: attack success rate (Wilson 95% CI) and target loss reached (bootstrap 95% CI) per model,
+    the direct attack and the untuned model's suffixes transferred; black ticks: unattacked; hatched: degenerate."""
+    plt = _pyplot()
+    levels = list(dict.fromkeys(str(r.get("level")) for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.5, 1.4 * len(levels) * 2 + 2), 4.0))
+    _gcg_bars(axes[0], rows, levels, "attack_success_rate", "base_success_rate")
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_ylabel("attack success rate (Wilson 95% CI)")
+    _gcg_bars(axes[1], rows, levels, "mean_loss", "mean_base_loss")
+    axes[1].set_ylabel("target loss reached, nats/token (95% CI)")
+    axes[0].set_title(_mpl(f"GCG: {budget.get('steps')} steps x {budget.get('search_width')} candidates x {budget.get('suffix_length')} tokens"))
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=color, edgecolor="black", label=mode) for mode, color in _GCG_COLORS.items() if any(r.get("mode") == mode for r in rows)]
+    axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title="black: unattacked\nhatched: degenerate",
+                   title_fontsize=7)
+    return save_figure(fig, path)
+
+
 def plot_sample_efficiency(section: SampleEfficiency, path: Path) -> Path:
     """Held-out accuracy against training items n (log axis), one line per variant (mean over seeds), the
     95% band (envelope of the per-seed Wilson CIs), dots = seeds, the untuned model dashed, the target dotted."""

@@ -32,7 +32,7 @@ from typing import Any
 from reptune.pipeline.studies.base import StudyHost
 
 # run order; each name is a module of this package and the study's config section
-STUDIES: tuple[str, ...] = ("sample_efficiency", "generalisation", "stacking")
+STUDIES: tuple[str, ...] = ("sample_efficiency", "generalisation", "stacking", "gcg")
 
 
 def enabled_studies(config: Any) -> list[str]:

@@ -14,6 +14,7 @@ from reptune.reporting.document import Heading, Plan
 from reptune.reporting.schema import ExperimentResults
 
 STUDY_SECTIONS: dict[str, str] = {
+    "gcg": "reptune.reporting.sections.gcg:section_gcg",
     "generalisation": "reptune.reporting.sections.generalisation:section_generalisation",
     "sample_efficiency": "reptune.reporting.sections.sample_efficiency:section_sample_efficiency",
     "stacking": "reptune.reporting.sections.stacking:section_stacking",
