@@ -688,7 +688,7 @@ def plot_generalisation(rows: Sequence[Any], path: Path, task: str, labels: dict
     variants = list(dict.fromkeys(str(r.variant) for r in rows))
     sets = [s for s in labels if any(str(r.set) == s for r in rows)]
     width = 0.8 / max(1, len(sets))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(variants) * max(1, len(sets)) / 2 + 3.0), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.1 * len(variants) * max(1, len(sets)) / 2 + 4.5), 4.0))
     for j, name in enumerate(sets):
         for i, variant in enumerate(variants):
             mine = [r for r in rows if str(r.variant) == variant and str(r.set) == name and r.gain is not None]
@@ -712,6 +712,6 @@ def plot_generalisation(rows: Sequence[Any], path: Path, task: str, labels: dict
     ax.set_xticks(range(len(variants)))
     ax.set_xticklabels([_mpl(v) for v in variants])
     ax.set_ylabel(_mpl(f"gain over untuned ({task} accuracy)"))
-    ax.set_title(_mpl("generalisation: gain over the untuned model per item set (95% CI)"))
+    ax.set_title(_mpl("generalisation: gain over untuned\nper item set (95% CI)"), fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return save_figure(fig, path)
