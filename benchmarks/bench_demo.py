@@ -82,11 +82,30 @@ def stage_kind(name: str) -> str:
     return name.split(":", 1)[0]
 
 
+def study_of(name: str) -> str | None:
+    """The study a stage belongs to (``None``: the paper's study, counter-steering included)."""
+    if name.startswith(("se-", "train:se-", "eval:se-")):
+        return "sample_efficiency"
+    head = stage_kind(name)
+    return head if head in ("stacking", "generalisation", "gcg") else None
+
+
+def study_seconds(stages: dict[str, float]) -> dict[str, float]:
+    """Seconds per study (from the run's per-stage timings)."""
+    out: dict[str, float] = defaultdict(float)
+    for name, seconds in stages.items():
+        study = study_of(name)
+        if study is not None:
+            out[study] += seconds
+    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--emulate-avx2", action="store_true", help="AVX2-only kernels (implies fp32 unless --precision says otherwise)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="experiment override, as `reptune run --set`")
+    parser.add_argument("--no-studies", action="store_true", help="every study off, as `reptune demo --no-studies` (written to demo-<precision>[-avx2]-no-studies.json)")
     parser.add_argument("--keep", type=Path, default=None, help="run folder to keep (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -96,8 +115,10 @@ def main() -> int:
 
     from reptune._io import write_json_atomic
     from reptune.pipeline import builtin_config, load_config, run_experiment
+    from reptune.pipeline.studies import STUDIES
 
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = {f"{name}.enabled": "false" for name in STUDIES} if args.no_studies else {}
+    overrides.update(item.split("=", 1) for item in args.set)
     overrides["precision"] = args.precision
     config = load_config(builtin_config("demo"), overrides)
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,19 +131,22 @@ def main() -> int:
     for name, seconds in stages.items():
         by_kind[stage_kind(name)] += seconds
     precision = run.results.get("model", {}).get("precision", args.precision)
-    tag = f"demo-{precision}" + ("-avx2" if args.emulate_avx2 else "")
+    tag = f"demo-{precision}" + ("-avx2" if args.emulate_avx2 else "") + ("-no-studies" if args.no_studies else "")
     out = args.out or ROOT / "benchmarks" / "results" / f"{tag}.json"
     record = {
         "benchmark": "demo", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
         "matmul_ms": matmul_ms(), "requested_precision": args.precision, "precision": precision, "overrides": args.set,
         "seeds": config.seeds, "total_s": round(wall, 1), "total_min": round(wall / 60, 2),
         "by_kind_s": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "studies_s": study_seconds(stages), "no_studies": args.no_studies,
         "stages_s": {k: round(v, 2) for k, v in stages.items()},
     }
     write_json_atomic(out, record)
     print(f"demo: {wall / 60:.1f} min ({precision}, {record['machine']['processor']}, {record['machine']['cpu_capability']}) -> {out}")
     for kind, seconds in record["by_kind_s"].items():
         print(f"  {kind:<12} {seconds:8.1f} s")
+    for study, seconds in record["studies_s"].items():
+        print(f"  study {study:<18} {seconds:8.1f} s")
     return 0
 
 

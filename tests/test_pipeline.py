@@ -500,3 +500,18 @@ def test_the_demo_runs_a_reduced_version_of_every_study():
         full = load_config(builtin_config(f"study-{name.replace('_', '-')}"))
         assert name in enabled_studies(full)
         assert getattr(demo, name) != getattr(full, name)  # reduced, not the full study
+
+
+def test_no_studies_turns_every_study_off_and_set_turns_one_back_on():
+    from typer.testing import CliRunner
+
+    from reptune.cli import app
+    from reptune.pipeline.studies import STUDIES
+
+    plain = yaml.safe_load(CliRunner().invoke(app, ["run", "demo", "--print-config"]).output)
+    off = yaml.safe_load(CliRunner().invoke(app, ["run", "demo", "--no-studies", "--print-config"]).output)
+    back = yaml.safe_load(CliRunner().invoke(app, ["run", "demo", "--no-studies", "--set", "gcg.enabled=true", "--print-config"]).output)
+    assert all(plain[name]["enabled"] for name in STUDIES) and not any(off[name]["enabled"] for name in STUDIES)
+    assert back["gcg"]["enabled"] and not back["stacking"]["enabled"]
+    drop = set(STUDIES)
+    assert {k: v for k, v in off.items() if k not in drop} == {k: v for k, v in plain.items() if k not in drop}  # the main job unchanged

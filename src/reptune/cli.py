@@ -557,6 +557,22 @@ def _run_config(config, output: Path, command: str, trust_remote_code: bool = Fa
 
 
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a config key: --set train.steps=200 --set seeds=[0,1,2].")]
+NoStudiesOpt = Annotated[bool, typer.Option("--no-studies", help="Turn every study section off (stacking, sample_efficiency, generalisation, gcg): the paper's study alone; --set can turn one back on.")]
+
+
+def _overrides(settings: list[str], no_studies: bool = False, base: dict[str, str] | None = None) -> dict[str, str]:
+    """``--set KEY=VALUE`` items as config overrides, after ``base`` and, with ``no_studies``, every study off."""
+    from reptune.pipeline.studies import STUDIES
+
+    overrides = dict(base or {})
+    if no_studies:
+        overrides.update({f"{name}.enabled": "false" for name in STUDIES})
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ReptuneError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    return overrides
 
 
 @app.command("run")
@@ -567,6 +583,7 @@ def run_cmd(
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     plan: Annotated[bool, typer.Option("--plan", help="Dry run: load the model and print, per variant, which tensors each loss term updates, at which layers and positions; writes nothing.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete what an earlier run wrote in the run directory first (no reuse of finished stages).")] = False,
+    no_studies: NoStudiesOpt = False,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
 ) -> None:
@@ -579,13 +596,7 @@ def run_cmd(
     path = Path(experiment)
     if not path.exists() and "/" not in experiment and not experiment.endswith((".yaml", ".yml")):
         path = builtin_config(experiment)
-    overrides = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ReptuneError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value
-    config = load_config(path, overrides)
+    config = load_config(path, _overrides(settings, no_studies))
     if print_config:
         typer.echo(config.to_yaml())
         return
@@ -604,7 +615,7 @@ def run_cmd(
 
         if current_ranks().is_main:  # under accelerate launch the main process cleans, once
             clean_run(output)
-    command = " ".join(["reptune", "run", experiment, "-o", str(output), *[f"--set {s}" for s in settings]])
+    command = " ".join(["reptune", "run", experiment, "-o", str(output), *(["--no-studies"] if no_studies else []), *[f"--set {s}" for s in settings]])
     _run_config(config, output, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
@@ -613,20 +624,16 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory.")] = Path("runs/demo"),
     model: ModelOpt = None,
     settings: SetOpt = [],  # noqa: B006
+    no_studies: NoStudiesOpt = False,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
 ) -> None:
-    """The main job: the honesty study on the embedded model, ending in report.md / report.html."""
+    """The main job: the honesty study on the embedded model and reduced versions of the studies, ending in report.md / report.html."""
     from reptune.pipeline import builtin_config, load_config
 
-    overrides: dict[str, str] = {"model": model} if model else {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ReptuneError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value
-    config = load_config(builtin_config("demo"), overrides)
-    _run_config(config, output, command=" ".join(["reptune", "demo", "-o", str(output)]), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    config = load_config(builtin_config("demo"), _overrides(settings, no_studies, {"model": model} if model else None))
+    command = " ".join(["reptune", "demo", "-o", str(output), *(["--no-studies"] if no_studies else [])])
+    _run_config(config, output, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
 @app.command("report")
