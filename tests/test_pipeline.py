@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -515,3 +516,32 @@ def test_no_studies_turns_every_study_off_and_set_turns_one_back_on():
     assert back["gcg"]["enabled"] and not back["stacking"]["enabled"]
     drop = set(STUDIES)
     assert {k: v for k, v in off.items() if k not in drop} == {k: v for k, v in plain.items() if k not in drop}  # the main job unchanged
+
+
+def test_a_stage_worker_shares_the_stages_and_changes_no_result(tiny_dir, tmp_path, monkeypatch):
+    """workers: 2 starts a second process that walks the plan from the other end: every stage runs
+    once (in one process or the other), and the results equal a one-process run's."""
+    changes = {"seeds": [0, 1], "robustness.enabled": False, "projection.enabled": False, "evaluation.tasks": ["facts-ab", "kl"],
+               "evaluation.limit": 8, "evaluation.limits": {"kl": 2}}
+    alone = run_experiment(parse_config(_config(tiny_dir, tmp_path, **changes)), tmp_path / "alone", progress=False)
+    evaluate_base = runner_module.Experiment._evaluate_base
+
+    def after_the_worker_claims_a_training(self):  # a tiny model's stages take milliseconds: let the worker start first
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "pair" / "stages").glob("train-*.lock")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return evaluate_base(self)
+
+    monkeypatch.setattr(runner_module.Experiment, "_evaluate_base", after_the_worker_claims_a_training)
+    pair = run_experiment(parse_config(_config(tiny_dir, tmp_path, workers=2, **changes)), tmp_path / "pair", progress=False)
+    by_worker = pair.results["stages"]["by_worker"]
+    assert by_worker and set(by_worker) < set(pair.stages_run)  # both processes ran stages
+    assert any(name.startswith("train:") for name in by_worker)
+    assert sorted(pair.stages_run) == sorted(alone.stages_run) and len(set(pair.stages_run)) == len(pair.stages_run)  # each once
+    assert pair.results["timings"]["workers"] == 2 and pair.results["timings"]["worker_exit"] == 0
+    assert not list((tmp_path / "pair" / "stages").glob("*.lock"))
+    for condition, by_task in alone.results["scores"].items():
+        for task, score in by_task.items():
+            for metric, value in score["metrics"].items():
+                assert pair.results["scores"][condition][task]["metrics"][metric]["value"] == pytest.approx(value["value"], abs=1e-4), (condition, task, metric)
+    assert "Two processes ran the stages" in (tmp_path / "pair" / "report.md").read_text(encoding="utf-8")

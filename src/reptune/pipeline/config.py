@@ -503,6 +503,9 @@ class ExperimentConfig(_Strict):
     model: str | None = None  # hub id, directory, .gguf; None = the embedded SmolLM2
     revision: str | None = None
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 only where it is faster here
+    # processes walking the stages (2: a stage worker from the other end, half the threads each;
+    # auto: 2 on a CPU-only machine with 2+ cores). Results do not depend on it beyond float rounding.
+    workers: Literal["auto", 1, 2] = 1
     seeds: list[int] = [0]
     seed_note: str | None = None  # shown in the report (e.g. why only one seed)
     data: DataConfig = DataConfig()

@@ -33,6 +33,7 @@ import json
 import random
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,9 +58,11 @@ from reptune._progress import progress_display
 from reptune.data.twins import has_pairs, split_by_pair, statements_to_twins
 from reptune.errors import DataError, ReptuneError
 from reptune.models import ModelHandle, load_model
+from reptune.pipeline import stage_worker
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
-from reptune.pipeline.stages import StageError, StageStore
+from reptune.pipeline.stage_worker import StageWorker, resolve_workers
+from reptune.pipeline.stages import StageError, StageStore, run_deferring
 from reptune.pipeline.studies import check_studies, estimate_studies, run_studies
 from reptune.pipeline.workers import Mailbox, dismiss, serve, train_job
 from reptune.reporting.experiment import write_report
@@ -71,7 +74,7 @@ RESULTS_FORMAT = "reptune-experiment/1"
 SPLIT_TASKS = ("facts-ab", "facts-twin", "facts-word")
 VECTOR_FILE = "honesty.safetensors"
 # everything a run writes at the top of its folder: all that `--fresh` ever deletes
-RUN_ENTRIES = (RUN_MARKER, "config.yaml", "results.json", "report.md", "report.html", "figures", "stages")
+RUN_ENTRIES = (RUN_MARKER, "config.yaml", "results.json", "report.md", "report.html", "figures", "stages", "worker.log")
 
 # rough seconds per unit on the embedded model (2 CPU cores), only for the progress estimate
 _COST = {"data": 1.0, "vector": 30.0, "sweep_point": 4.0, "train_step": 1.3, "eval_task": 12.0, "robust_cell": 2.0, "projection": 3.0}
@@ -106,7 +109,7 @@ class _Overall:
         if self.task is not None:
             self.progress.update(self.task, description=f"experiment [bold]{name}[/]")
 
-    def advance(self, cost: float, reused: bool = False) -> None:
+    def advance(self, cost: float, reused: bool = False, by_worker: bool = False) -> None:
         from reptune._progress import format_seconds, log_line
 
         self.done = min(self.total, self.done + cost)
@@ -117,7 +120,7 @@ class _Overall:
             elapsed = now - self.started
             # the ETA scales the time so far by the estimated cost still to come
             eta = elapsed / self.done * (self.total - self.done) if self.done and not reused else None
-            took = "reused" if reused else f"done in {now - self.stage_started:.1f} s"
+            took = "reused" if reused else ("done by the stage worker" if by_worker else f"done in {now - self.stage_started:.1f} s")
             log_line(f"{self.name}: {took} · {format_seconds(elapsed)} elapsed" + (f" · ETA {format_seconds(eta)}" if eta is not None else "")
                      + f" · {100 * self.done / self.total:.0f}%")
 
@@ -172,8 +175,10 @@ class Experiment:
 
     def __init__(
         self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None, trust_remote_code: bool = False,
-        allow_pickle: bool = False,
+        allow_pickle: bool = False, session: str = "", precision: tuple[str, str] | None = None,
     ) -> None:
+        """``session`` and ``precision`` are given only to a stage worker (:mod:`reptune.pipeline.stage_worker`):
+        the main process's session id and resolved precision."""
         self.config = config
         self.mailbox: Mailbox | None = None  # set by run_experiment in a multi-process launch
         # how every model of the run loads; never from the config file (see ExperimentConfig)
@@ -181,7 +186,9 @@ class Experiment:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.command = command
-        self.store = StageStore(self.run_dir)
+        self.store = StageStore(self.run_dir, session)
+        self.worker: StageWorker | None = None  # the main process's stage worker, while it runs
+        self.is_worker = False  # True in the stage worker process (run_worker)
         self.skipped: list[dict[str, str]] = []
         self._base: ModelHandle | None = None
         self.counter_vectors: dict[str, Any] | None = None  # the counter-vectors stage's output, once it ran
@@ -195,7 +202,7 @@ class Experiment:
         from reptune.precision import resolve_precision
 
         # resolved once per run: `auto` becomes bf16 only where bf16 is faster on this machine
-        self.precision, self.precision_reason = resolve_precision(config.precision)
+        self.precision, self.precision_reason = precision or resolve_precision(config.precision)
         self.autocast = "bf16" if self.precision == "bf16" else None
 
     # -- models ---------------------------------------------------------------------------
@@ -229,7 +236,7 @@ class Experiment:
             self._overall.stage(name)
         outputs = self.store.run(name, inputs, work)
         if self._overall is not None:
-            self._overall.advance(cost, reused=name in self.store.skipped)
+            self._overall.advance(cost, reused=name in self.store.skipped, by_worker=name in self.store.by_worker)
         return outputs
 
     def _estimate(self) -> float:
@@ -258,15 +265,21 @@ class Experiment:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_run_marker(self.run_dir, "experiment")
         remove_stale_temps(self.run_dir)
+        self.store.session = secrets.token_hex(8)
+        self.store.clear_locks()
         write_text_atomic(self.run_dir / "config.yaml", self.config.to_yaml())
-        with progress_display(self.progress) as display:
-            self._overall = _Overall(display if self.progress else None, self._estimate()) if self.progress else None
-            results = self._run_stages()
+        try:
+            with progress_display(self.progress) as display:
+                self._overall = _Overall(display if self.progress else None, self._estimate()) if self.progress else None
+                results = self._run_stages()
+        finally:
+            worker_exit = self.worker.stop(wait_s=60 if sys.exc_info()[0] is None else 0) if self.worker else None
         wall = time.perf_counter() - started
         reused = sum(self.store.elapsed[name] for name in self.store.skipped)
         # total = this invocation plus the recorded time of the stages it reused
-        results.timings = Timings(total_s=round(wall + reused, 1), this_run_s=round(wall, 1), stages={k: round(v, 2) for k, v in self.store.elapsed.items()})
-        results.stages = StageNames(ran=list(self.store.ran), reused=list(self.store.skipped))
+        results.timings = Timings(total_s=round(wall + reused, 1), this_run_s=round(wall, 1), stages={k: round(v, 2) for k, v in self.store.elapsed.items()},
+                                  workers=2 if self.worker else 1, worker_exit=worker_exit)
+        results.stages = StageNames(ran=list(self.store.ran), reused=list(self.store.skipped), by_worker=list(self.store.by_worker))
         record = results.to_json()
         write_json_atomic(self.run_dir / "results.json", json_safe(record))
         report = write_report(self.run_dir)
@@ -275,6 +288,45 @@ class Experiment:
     def _run_stages(self) -> ExperimentResults:
         from reptune.pipeline import analysis
 
+        c = self.config
+        data, vector_info, sweep = self._prepare()
+        if resolve_workers(c.workers) > 1 and self.mailbox is None:
+            self.worker = stage_worker.start(self.run_dir, self.store.session, (self.precision, self.precision_reason), self.load_options)
+        representation, robustness, projection, untuned_check = self._evaluate_base()
+        training, checks = self._train_and_evaluate(self.conditions, self.tasks, self.evals, representation, robustness, projection)
+        self.training = training
+        if untuned_check is not None:
+            checks["untuned"] = {str(c.seeds[0]): untuned_check}
+        gate = self._learnability(sweep, checks)
+        studies = run_studies(self)
+        self.release_base()
+        return analysis.build_results(
+            c, self.run_dir, command=self.command, precision=self.precision, precision_reason=self.precision_reason, skipped=self.skipped,
+            data=data, vector_info=vector_info, sweep=sweep, conditions=self.conditions, evals=self.evals,
+            training=training, robustness=robustness, projection=projection, representation=representation, tasks=self.tasks, gate=gate,
+            headline_task=self.headline, knowledge=self._knowledge(self.evals), counter_vectors=self.counter_vectors, studies=studies,
+        )
+
+    def walk(self, items: list[Any]) -> list[Any]:
+        """``items`` in this process's order: reversed in a stage worker (see :meth:`run_worker`)."""
+        return list(reversed(items)) if self.is_worker else list(items)
+
+    def run_worker(self) -> None:
+        """A stage worker's walk (:mod:`reptune.pipeline.stage_worker`): the plan after the shared
+        stages from the other end (variants, seeds and studies in reverse), then the base model's
+        evaluations; every stage the main process holds or finished is waited for or reused."""
+        self.is_worker = True
+        self._prepare()
+        self.store.wait = False  # a chain or study the main process is on is put off, not waited for
+        training, _ = self._train_and_evaluate(self.conditions, self.tasks, self.evals, [], {}, {})
+        self.training = {v.name: dict(sorted(training[v.name].items(), key=lambda kv: int(kv[0]))) for v in self.config.variants}
+        self._evaluate_base()
+        run_studies(self)
+        self.release_base()
+
+    def _prepare(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The stages every later one builds on: data, vector, sweep, counter vectors; sets the
+        layer, multipliers, tasks and conditions. Returns ``(data, vector_info, sweep)``."""
         c = self.config
         data = self._stage("data", {"data": c.data.model_dump()}, self._data_stage, _COST["data"])
         self.data = data
@@ -295,31 +347,24 @@ class Experiment:
         self.m_plus, self.m_minus, self.tasks = m_plus, m_minus, tasks
         self._check_variants()
         self.counter_vectors = self._counter_vectors_stage()
-        conditions = self.conditions = self._conditions(m_plus, m_minus)
-        evals: dict[str, dict[str, Any]] = self.evals
+        self.conditions = self._conditions(m_plus, m_minus)
+        return data, vector_info, sweep
+
+    def _evaluate_base(self) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], float | None]:
+        """The untuned and steered conditions, the base model's extras and learnability check:
+        ``(representation rows, robustness, projection, untuned check)``."""
+        c = self.config
         representation: list[dict[str, Any]] = []
-        for cond in (cond for cond in conditions if cond["kind"] in ("untuned", "steered")):
-            out = self._eval_condition(cond, None, tasks, lambda: self.base())
-            evals.setdefault(cond["id"], {})[str(c.seeds[0])] = out
+        for cond in (cond for cond in self.conditions if cond["kind"] in ("untuned", "steered")):
+            out = self._eval_condition(cond, None, self.tasks, lambda: self.base())
+            self.evals.setdefault(cond["id"], {})[str(c.seeds[0])] = out
             representation.append({"condition": cond["id"], **out["representation"]})
         robustness: dict[str, Any] = {}
         projection: dict[str, Any] = {}
         self._extras("untuned", None, lambda: self.base(), robustness, projection)
         untuned_check = self._check_stage("untuned", c.seeds[0], "untuned", lambda: self.base()) if c.learnability.enabled else None
         self.release_base()
-        training, checks = self._train_and_evaluate(conditions, tasks, evals, representation, robustness, projection)
-        self.training = training
-        if untuned_check is not None:
-            checks["untuned"] = {str(c.seeds[0]): untuned_check}
-        gate = self._learnability(sweep, checks)
-        studies = run_studies(self)
-        self.release_base()
-        return analysis.build_results(
-            c, self.run_dir, command=self.command, precision=self.precision, precision_reason=self.precision_reason, skipped=self.skipped,
-            data=data, vector_info=vector_info, sweep=sweep, conditions=conditions, evals=evals,
-            training=training, robustness=robustness, projection=projection, representation=representation, tasks=tasks, gate=gate,
-            headline_task=self.headline, knowledge=self._knowledge(evals), counter_vectors=self.counter_vectors, studies=studies,
-        )
+        return representation, robustness, projection, untuned_check
 
     def _check_variants(self) -> None:
         """A bad tuning option fails now, not after an hour of evaluation."""
@@ -331,17 +376,20 @@ class Experiment:
 
     def _train_and_evaluate(self, conditions: list[dict[str, Any]], tasks: list[str], evals: dict[str, dict[str, Any]], representation: list[dict[str, Any]],
                             robustness: dict[str, Any], projection: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
-        """Every variant x seed: train, the learnability check (truth / lie), its conditions, the extras."""
+        """Every variant x seed: train, the learnability check (truth / lie), its conditions, the
+        extras (in :meth:`walk` order: a stage worker starts from the last variant's last seed)."""
         c = self.config
         training: dict[str, dict[str, Any]] = {}
         checks: dict[str, dict[str, float]] = {}
-        for variant in c.variants:
-            for seed in c.variant_seeds(variant):
-                trained: dict[str, Any] = {}
+        order = [(variant, seed) for variant in c.variants for seed in c.variant_seeds(variant)]
+
+        def chain(item: tuple[Any, int]) -> None:
+            variant, seed = item
+            trained: dict[str, Any] = {}
+            try:
                 training.setdefault(variant.name, {})[str(seed)] = self.train_variant(variant, seed, trained)
                 train_key = self.store.keys[f"train:{variant.name}:s{seed}"]
                 loader = self.tuned_loader(training[variant.name][str(seed)], trained)
-
                 if variant.preset in ("truth", "lie") and c.learnability.enabled:
                     checks.setdefault(variant.preset, {})[str(seed)] = self._check_stage(variant.name, seed, train_key, loader)
                 for cond in conditions:
@@ -353,7 +401,10 @@ class Experiment:
                         representation.append({"condition": cond["id"], **out["representation"]})
                 if seed == c.seeds[0]:
                     self._extras(variant.name, (seed, train_key), loader, robustness, projection)
+            finally:
                 _release(trained.get("handle"))
+
+        run_deferring(self.store, self.walk(order), chain)
         return training, checks
 
     def _check_stage(self, variant: str, seed: int, train_key: str, loader: Callable[[], ModelHandle]) -> float:
@@ -976,6 +1027,21 @@ def run_experiment(
         raise
     dismiss(mailbox, ranks)
     return run
+
+
+def worker_main(argv: list[str]) -> int:
+    """Entry point of a stage worker process (:func:`reptune.pipeline.stage_worker.start` runs it
+    with its spec file): the run's config from ``config.yaml``, the main process's session and precision."""
+    from reptune.pipeline.config import load_config
+
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    torch.set_num_threads(int(spec["threads"]))
+    run_dir = Path(spec["run_dir"])
+    experiment = Experiment(load_config(run_dir / "config.yaml"), run_dir, progress=False, session=spec["session"],
+                            precision=tuple(spec["precision"]), **spec["load_options"])
+    experiment.run_worker()
+    print("stage worker: done; ran", ", ".join(experiment.store.computed) or "nothing", flush=True)
+    return 0
 
 
 def clean_run(run_dir: str | Path) -> None:

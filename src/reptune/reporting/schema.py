@@ -159,11 +159,14 @@ class Timings(Record):
     total_s: Number | None = None
     this_run_s: Number | None = None
     stages: dict[str, Number] | None = None
+    workers: Number | None = None  # processes that ran stages (2: with a stage worker)
+    worker_exit: Number | None = None  # the stage worker's exit code (None: it was ended at the end of the run)
 
 
 class StageNames(Record):
     ran: list[Text] | None = None
     reused: list[Text] | None = None
+    by_worker: list[Text] | None = None  # of ``ran``: those the stage worker ran
 
 
 # ----------------------------------------------------------------------------- steering sweep and training

@@ -59,8 +59,17 @@ def estimate_studies(config: Any, unit: dict[str, float]) -> float:
 
 
 def run_studies(host: StudyHost) -> dict[str, dict[str, Any]]:
-    """Run every enabled study: ``{name: its results section}``."""
-    return {name: importlib.import_module(f"{__name__}.{name}").run(host) for name in enabled_studies(host.config)}
+    """Run every enabled study: ``{name: its results section}`` (in ``host.walk`` order: a stage worker's last first)."""
+    from reptune.pipeline.stages import run_deferring
+
+    names = enabled_studies(host.config)
+    results: dict[str, dict[str, Any]] = {}
+
+    def study(name: str) -> None:
+        results[name] = importlib.import_module(f"{__name__}.{name}").run(host)
+
+    run_deferring(host.store, host.walk(list(names)), study)
+    return {name: results[name] for name in names}
 
 
 __all__ = ["STUDIES", "StudyHost", "check_studies", "enabled_studies", "estimate_studies", "run_studies"]

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from reptune.models import ModelHandle
 from reptune.pipeline.config import ExperimentConfig
+from reptune.pipeline.stages import StageStore
 
 
 class StudyHost(Protocol):
@@ -26,6 +27,7 @@ class StudyHost(Protocol):
             (``dir``: the tuned model's folder, relative to ``run_dir``).
         evals: ``{condition: {seed (str): {"results": file relative to run_dir}}}`` of the main conditions.
         conditions: the main conditions (``id``, ``kind``, ``variant``, ``steering``...).
+        store: the run's stage store (:class:`reptune.pipeline.stages.StageStore`).
     """
 
     config: ExperimentConfig
@@ -41,6 +43,7 @@ class StudyHost(Protocol):
     training: dict[str, dict[str, dict[str, Any]]]
     evals: dict[str, dict[str, dict[str, Any]]]
     conditions: list[dict[str, Any]]
+    store: StageStore
 
     def stage(self, name: str, inputs: Any, work: Callable[[Path], dict[str, Any]], cost: float) -> dict[str, Any]:
         """Run ``work(folder)`` once per ``inputs`` (cached in ``stages/<name>/``); returns its outputs."""
@@ -56,6 +59,11 @@ class StudyHost(Protocol):
 
     def tune_config(self, variant: Any, seed: int, steps: int | None = None) -> Any:
         """The :class:`~reptune.tuning.TuneConfig` ``train_variant`` would train ``variant`` with (steps, batch size, validation share)."""
+        ...
+
+    def walk(self, items: list[Any]) -> list[Any]:
+        """``items`` in this process's order: as given, or reversed in a stage worker (each study's
+        independent trainings and evaluations are then taken from the other end)."""
         ...
 
     def train_variant(self, variant: Any, seed: int, trained: dict[str, Any] | None = None, *, stage: str | None = None,

@@ -279,10 +279,9 @@ def _leave_topic_out(host: StudyHost, variants: list[Any], seeds: list[int]) -> 
     folds = plan_folds(host.config.generalisation, [row["topic"] for row in train + test])
     files = _fold_files(host, folds, train)
     models: dict[str, dict[str, dict[int, TaskResult]]] = {}
-    for tag, path in files.items():
-        for variant in variants:
-            for seed in seeds:
-                models.setdefault(tag, {}).setdefault(variant.name, {})[seed] = _train_and_evaluate(host, variant, seed, tag, path)
+    for tag, variant, seed in host.walk([(tag, variant, seed) for tag in files for variant in variants for seed in seeds]):
+        models.setdefault(tag, {}).setdefault(variant.name, {})[seed] = _train_and_evaluate(host, variant, seed, tag, files[tag])
+    models = {tag: {v.name: dict(sorted(models[tag][v.name].items())) for v in variants} for tag in files}  # the walk's order undone
     return folds, models
 
 

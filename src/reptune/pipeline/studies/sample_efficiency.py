@@ -435,9 +435,8 @@ def run(host: StudyHost) -> dict[str, Any]:
     subsets: dict[str, dict[str, str]] = {}
     for seed in seeds:
         subsets[str(seed)] = _subsets_stage(host, seed, sizes)
-        for label, n in sizes:
-            for name in (base, other):
-                runs[(label, name, seed)] = _condition(host, name, seed, label, n, total, subsets[str(seed)].get(label), limit)
+    for seed, (label, n), name in host.walk([(seed, size, name) for seed in seeds for size in sizes for name in (base, other)]):
+        runs[(label, name, seed)] = _condition(host, name, seed, label, n, total, subsets[str(seed)].get(label), limit)
     ids, correct, degenerate = correctness(host, {key: run["results"] for key, run in runs.items()}, limit)
     settings = ClaimSettings.from_thresholds(host.config.claims)
     rows = accuracy_rows(correct, runs, degenerate, sizes, [base, other], seeds)

@@ -139,7 +139,7 @@ def _gather(host: StudyHost, cells: list[Cell], steering: dict[str, Any], ids: l
     """Every cell's results on ``ids``: read from the main run where one equals it, else evaluated (one model loaded at a time)."""
     results: dict[Cell, TaskResult] = {}
     sources: dict[Cell, dict[str, Any]] = {}
-    for level in dict.fromkeys(cell.level for cell in cells):
+    for level in host.walk(list(dict.fromkeys(cell.level for cell in cells))):
         mine = [cell for cell in cells if cell.level == level]
         held: dict[str, Any] = {}
         first = mine[0]

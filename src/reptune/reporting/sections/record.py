@@ -53,6 +53,12 @@ def section_timing(plan: Plan, results: ExperimentResults) -> None:
     machine = model.machine or {}
     plan.para(f"Total {fmt(timings.total_s)} s on {machine.get('cpu', 'this machine')} ({fmt(machine.get('cores'))} cores, torch {machine.get('cpu_capability', '?')} kernels, "
               f"precision {given(model.precision, '?')}); reused stages count the time they took when they ran.")
+    if (timings.workers or 1) > 1:
+        by_worker = len((results.stages or StageNames()).by_worker or [])
+        plan.para(f"Two processes ran the stages, the main one and a stage worker ({by_worker} stages), with half the threads each, "
+                  f"so the stage times overlap: they add up to more than this invocation's wall time, {fmt(timings.this_run_s)} s."
+                  + (f" The stage worker stopped early (exit code {fmt(timings.worker_exit)}, see worker.log); the main process ran the rest."
+                     if timings.worker_exit not in (None, 0) else ""))
     plan.add(Table(["stage", "runs", "seconds", "per run", "steps trained", "reused"], rows))
 
 

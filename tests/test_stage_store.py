@@ -1,0 +1,66 @@
+"""The stage store's claims: two processes of one run never run a stage twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from reptune.pipeline.stages import StageBusy, StageStore, run_deferring
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _hold(store: StageStore, name: str, pid: int) -> None:
+    store.root.mkdir(parents=True, exist_ok=True)
+    (store.root / f"{name}.lock").write_text(str(pid))
+
+
+def test_a_claim_of_a_dead_process_is_taken_over_and_released(tmp_path):
+    store = StageStore(tmp_path, "s1")
+    _hold(store, "vector", _dead_pid())
+    assert store.run("vector", {"a": 1}, lambda folder: {"ok": 1}) == {"ok": 1}
+    assert store.computed == ["vector"] and not list(store.root.glob("*.lock"))
+    assert json.loads((store.root / "vector" / "stage.json").read_text())["session"] == "s1"
+
+
+def test_a_held_stage_is_put_off_then_reused_as_the_other_process_left_it(tmp_path):
+    """wait=False: the item whose stage a live process holds runs after the others; by then the
+    other process has finished it, so it is reused and counted as the worker's, not re-run."""
+    store = StageStore(tmp_path, "s1")
+    store.wait = False
+    _hold(store, "b", os.getppid())  # a live process that is not this one
+    order = []
+
+    def finish_b_as_the_other_process(folder_name: str) -> None:
+        other = StageStore(tmp_path, "s1")
+        (store.root / f"{folder_name}.lock").unlink()
+        other.run(folder_name, {}, lambda folder: {"by": "other"})
+
+    def work(name: str) -> None:
+        outputs = store.run(name, {}, lambda folder: {"by": "me"})
+        order.append((name, outputs["by"]))
+        if name == "c":
+            finish_b_as_the_other_process("b")
+
+    run_deferring(store, ["a", "b", "c"], work)
+    assert order == [("a", "me"), ("c", "me"), ("b", "other")]
+    assert store.computed == ["a", "c"] and store.by_worker == ["b"] and store.wait is False
+    assert sorted(store.ran) == ["a", "b", "c"] and not store.skipped
+
+
+def test_waiting_is_the_default_and_busy_is_raised_only_without_it(tmp_path):
+    store = StageStore(tmp_path, "s1")
+    _hold(store, "b", os.getppid())
+    store.wait = False
+    with pytest.raises(StageBusy):
+        store.run("b", {}, lambda folder: {})
+    assert not (store.root / "b").exists()  # nothing ran, nothing was written
+    assert store.wait is False
