@@ -452,6 +452,8 @@ def test_gpu_config_dry_run_lists_what_each_term_trains(tmp_path, cli_run):
     ({"learnability": {"min_move": 2}}, "learnability.min_move"),
     ({"data": {"val_fraction": 0.45, "test_fraction": 0.49}}, "at least 10% for training"),
     ({"precision": "fp8"}, "precision"),
+    ({"workers": 3}, "workers"),
+    ({"workers": "many"}, "workers"),
 ])
 def test_new_config_keys_refuse_garbage_with_one_line(changes, fragment):
     with pytest.raises(ReptuneError, match=re.escape(fragment)) as info:

@@ -58,10 +58,9 @@ from reptune._progress import progress_display
 from reptune.data.twins import has_pairs, split_by_pair, statements_to_twins
 from reptune.errors import DataError, ReptuneError
 from reptune.models import ModelHandle, load_model
-from reptune.pipeline import stage_worker
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
-from reptune.pipeline.stage_worker import StageWorker, resolve_workers
+from reptune.pipeline.stage_worker import StageWorker, resolve_workers, start_worker
 from reptune.pipeline.stages import StageError, StageStore, run_deferring
 from reptune.pipeline.studies import check_studies, estimate_studies, run_studies
 from reptune.pipeline.workers import Mailbox, dismiss, serve, train_job
@@ -291,7 +290,7 @@ class Experiment:
         c = self.config
         data, vector_info, sweep = self._prepare()
         if resolve_workers(c.workers) > 1 and self.mailbox is None:
-            self.worker = stage_worker.start(self.run_dir, self.store.session, (self.precision, self.precision_reason), self.load_options)
+            self.worker = start_worker(self.run_dir, self.store.session, (self.precision, self.precision_reason), self.load_options)
         representation, robustness, projection, untuned_check = self._evaluate_base()
         training, checks = self._train_and_evaluate(self.conditions, self.tasks, self.evals, representation, robustness, projection)
         self.training = training
@@ -1030,7 +1029,7 @@ def run_experiment(
 
 
 def worker_main(argv: list[str]) -> int:
-    """Entry point of a stage worker process (:func:`reptune.pipeline.stage_worker.start` runs it
+    """Entry point of a stage worker process (:func:`reptune.pipeline.stage_worker.start_worker` runs it
     with its spec file): the run's config from ``config.yaml``, the main process's session and precision."""
     from reptune.pipeline.config import load_config
 

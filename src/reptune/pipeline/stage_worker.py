@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from reptune._process import end_process
+
 WORKER_LOG = "worker.log"
 """The worker's output, in the run folder."""
 
@@ -42,7 +44,7 @@ def resolve_workers(setting: int | str) -> int:
 
 
 class StageWorker:
-    """The running worker process (started by :func:`start`)."""
+    """The running worker process (started by :func:`start_worker`)."""
 
     def __init__(self, process: subprocess.Popen[bytes], spec_path: Path, log: Any, threads_before: int) -> None:
         self.process = process
@@ -53,14 +55,9 @@ class StageWorker:
     def stop(self, wait_s: float) -> int | None:
         """Let the worker finish for up to ``wait_s`` seconds, then end it; its exit code (``None``: ended here)."""
         try:
-            code = self.process.wait(timeout=wait_s)
+            code: int | None = self.process.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            end_process(self.process)
             code = None
         self.log.close()
         self.spec_path.unlink(missing_ok=True)
@@ -68,7 +65,7 @@ class StageWorker:
         return code
 
 
-def start(run_dir: Path, session: str, precision: tuple[str, str], load_options: dict[str, Any]) -> StageWorker:
+def start_worker(run_dir: Path, session: str, precision: tuple[str, str], load_options: dict[str, Any]) -> StageWorker:
     """Start the worker on ``run_dir`` (whose ``config.yaml`` it reads) and halve this process's threads."""
     threads_before = torch.get_num_threads()
     threads = max(1, threads_before // 2)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from reptune._io import atomic_path, loads_json
+from reptune._process import end_process
 from reptune.errors import ModelError, ReptuneError
 
 LLAMA_CPP_ENV = "REPTUNE_LLAMA_CPP"
@@ -339,13 +340,8 @@ class LlamaServer:
         return Path(self._log.name).read_text(encoding="utf-8", errors="replace")[-chars:]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            end_process(self.process)
         if self._log is not None:
             self._log.close()
             with contextlib.suppress(OSError):
