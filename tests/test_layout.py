@@ -28,6 +28,7 @@ PACKAGE = SRC / "reptune"
 LADDER: list[tuple[str, ...]] = [
     ("errors", "_version"),
     ("_io", "_process", "_progress", "_render", "precision", "tokens"),
+    ("tuned_blocks",),
     ("models", "sites", "hooks", "prefix_cache"),
     ("data",),
     ("activations",),

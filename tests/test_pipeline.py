@@ -374,7 +374,7 @@ def test_lora_and_retain_variants(tiny_dir, tmp_path):
     run = run_experiment(parse_config(_config(tiny_dir, tmp_path, **changes)), tmp_path / "run", progress=False)
     info = run.results["training"]["honesty-lora"]["0"]
     assert info["lora"] is True and info["retain"] == "kl"
-    assert (run.run_dir / info["dir"] / "adapter").is_dir() and (run.run_dir / info["dir"] / "config.json").is_file()
+    assert (run.run_dir / info["dir"] / "adapter").is_dir() and (run.run_dir / info["dir"] / "tuned_blocks.safetensors").is_file()
     assert "retain" in info["loss_curves"] and any(value > 0 for value in info["loss_curves"]["retain"])
     assert {c["id"] for c in run.results["conditions"]} >= {"honesty-lora", "honesty-lora@counter"}
 

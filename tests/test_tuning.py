@@ -233,6 +233,58 @@ def test_output_loads_with_transformers_and_reptune(tmp_path):
         assert torch.equal(param, dict(handle.model.named_parameters())[name])
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_blocks_weights_store_only_the_trained_blocks_and_load_back_to_the_tuned_model(tmp_path, tiny_dir, lora):
+    from reptune.tuned_blocks import TUNED_BLOCKS_FILE, tuned_blocks_base
+
+    handle = load_model(str(tiny_dir))
+    base_params = {name: param.detach().clone() for name, param in handle.model.named_parameters()}
+    config = TuneConfig.from_preset("truth", layers="1-2", steps=4, lr=1e-2, lora=lora, **FAST)
+    tune(handle, config, _items(handle), tmp_path / "run", progress=False, weights="blocks")
+    run = tmp_path / "run"
+    assert not (run / "model.safetensors").exists() and not (run / "config.json").exists()
+    assert tuned_blocks_base(run) == {"model": str(tiny_dir), "revision": None, "layers_path": "model.layers", "layers": [1, 2]}
+    from safetensors import safe_open
+
+    with safe_open(str(run / TUNED_BLOCKS_FILE), framework="pt") as stored:
+        names = set(stored.keys())
+    assert names and all(name.startswith(("model.layers.1.", "model.layers.2.")) for name in names)
+    reloaded = load_model(str(run))
+    assert reloaded.model_id == str(run) and reloaded.source == "tuned-blocks"
+    tuned = dict(handle.model.named_parameters())
+    for name, param in reloaded.model.named_parameters():
+        assert torch.equal(param, tuned[name]), name  # every tensor: the tuned model's, blocks and base alike
+    assert any(not torch.equal(base_params[name], tuned[name]) for name in names)  # training did change the stored blocks
+
+
+def test_blocks_weights_refuse_another_base_and_replace_an_earlier_full_save(tmp_path, tiny_dir):
+    from safetensors.torch import load_file, save_file
+
+    from reptune.errors import ModelError
+    from reptune.tuned_blocks import TUNED_BLOCKS_FILE
+
+    handle = load_model(str(tiny_dir))
+    config = TuneConfig.from_preset("truth", layers="1", steps=2, lr=1e-3, **FAST)
+    run = tmp_path / "run"
+    tune(handle, config, _items(handle), run, progress=False)  # full first
+    assert (run / "config.json").is_file()
+    tune(load_model(str(tiny_dir)), config, _items(handle), run, progress=False, weights="blocks", resume=True)
+    assert not (run / "config.json").exists()  # else the stale full model would load instead of these blocks
+    assert load_model(str(run)).source == "tuned-blocks"
+    path = run / TUNED_BLOCKS_FILE
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as stored:
+        metadata = stored.metadata()
+    tensors = load_file(str(path))
+    name = next(iter(tensors))
+    save_file({**tensors, name: torch.zeros(3, 3)}, str(path), metadata=metadata)
+    with pytest.raises(ModelError, match="was the base model changed"):
+        load_model(str(run))
+    with pytest.raises(ReptuneError, match="weights must be"):
+        tune(handle, config, _items(handle), tmp_path / "other", progress=False, weights="half")
+
+
 # --------------------------------------------------------------------- where each loss term acts
 
 

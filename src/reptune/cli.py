@@ -384,6 +384,9 @@ def tune(
     allow_blocks_beyond_rep: Annotated[
         bool, typer.Option("--allow-blocks-beyond-rep", help="Allow trained blocks deeper than every --rep-layers layer (they get only the token loss).")
     ] = False,
+    weights: Annotated[
+        str, typer.Option("--weights", help="full: the whole merged model (servable); blocks: only the trained blocks, loaded over the base model (MBs, not the model).")
+    ] = "full",
     precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     layers_path: LayersPathOpt = None,
@@ -422,7 +425,7 @@ def _tune(options: dict[str, Any]) -> None:
     items, origin = load_tune_items(options["data"], handle.tokenizer, limit=config.limit, kind=options["items_kind"])
     result = run_tune(
         handle, config, items, output, vector=loaded, vector_path=str(vector) if vector else None, data_origin=origin,
-        resume=options["resume"], allow_model_mismatch=options["allow_model_mismatch"],
+        resume=options["resume"], allow_model_mismatch=options["allow_model_mismatch"], weights=options["weights"],
     )
     if not ranks.is_main:  # the main process prints
         return
@@ -454,6 +457,8 @@ def _tune_config_from_options(options: dict[str, Any]):
     }
     if o["items_kind"] not in ITEM_KINDS:  # before any model or data work
         raise ReptuneError(f"--items must be one of {', '.join(ITEM_KINDS)}, got {o['items_kind']!r}")
+    if o["weights"] not in ("full", "blocks"):
+        raise ReptuneError(f"--weights must be full or blocks, got {o['weights']!r}")
     return TuneConfig.from_preset(o["preset"], paper=o["paper"], **overrides)
 
 
@@ -488,7 +493,7 @@ def _check_tune_inputs(config, loaded, options: dict[str, Any]) -> None:
 
         load_retain_texts(config.retain_data)
     check_output_dir(output, "tune", overwrite=options["overwrite"])  # e.g. a folder with the user's own README.md
-    names = ("config.json", "model.safetensors", "tune_config.json", "metrics.json", "loss_curves.json", "loss_curves.png", "README.md")
+    names = ("config.json", "model.safetensors", "tuned_blocks.safetensors", "tune_config.json", "metrics.json", "loss_curves.json", "loss_curves.png", "README.md")
     _check_outputs(*(output / name for name in names))
     _on_interrupt(
         f"checkpoints (every {config.checkpoint_every} steps) are kept in {output / 'checkpoints'}; "

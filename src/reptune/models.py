@@ -32,6 +32,7 @@ from torch import nn
 
 from reptune._io import dir_mode, write_json_atomic
 from reptune.errors import ModelError
+from reptune.tuned_blocks import apply_tuned_blocks, tuned_blocks_base
 
 logger = logging.getLogger(__name__)
 
@@ -445,8 +446,9 @@ def load_model(
     """Load a causal LM and its tokenizer.
 
     Args:
-        name_or_path: hub id, local model directory, ``.gguf`` file, or ``None`` for the
-            embedded SmolLM2-135M-Instruct.
+        name_or_path: hub id, local model directory, ``.gguf`` file, a tuned-blocks folder
+            (:mod:`reptune.tuned_blocks`: its base model with the trained blocks copied in), or
+            ``None`` for the embedded SmolLM2-135M-Instruct.
         dtype: weight dtype (``float32``, ``bfloat16``, ``float16``, or a ``torch.dtype``).
             Keep ``float32`` for training; use ``autocast`` for speed.
         device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
@@ -473,6 +475,10 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # reptune shows its own progress; per-tensor bars are noise
+    base = tuned_blocks_base(name_or_path) if name_or_path else None
+    if base is not None:  # a tuned-blocks folder: the base model, then the trained blocks over it
+        return _load_tuned_blocks(str(name_or_path), base, dtype=dtype, device=device, autocast=autocast, layers_path=layers_path,
+                                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, device_map=device_map, offload_folder=offload_folder)
     torch_dtype = _parse_dtype(dtype)
     target_device = _parse_device(device)
     placement = parse_device_map(device_map)
@@ -516,6 +522,18 @@ def load_model(
         autocast_dtype=autocast_dtype,
         source=source,
     )
+    return handle
+
+
+def _load_tuned_blocks(folder: str, base: dict[str, Any], **options: Any) -> ModelHandle:
+    """:func:`load_model` of a :mod:`reptune.tuned_blocks` folder: its base model with the stored blocks copied in."""
+    if options["layers_path"] is None:
+        options["layers_path"] = base.get("layers_path")
+    handle = load_model(base["model"], revision=base.get("revision"), **options)
+    if any(param.device.type == "meta" for param in handle.model.parameters()):
+        raise ModelError(f"{folder} stores tuned blocks over a base model; load it without disk offload (device_map)")
+    apply_tuned_blocks(handle.model, folder)
+    handle.model_id, handle.source = folder, "tuned-blocks"
     return handle
 
 

@@ -127,6 +127,7 @@ class TrainConfig(_Strict):
     span: int = Field(8, ge=1)
     items: Literal["auto", "ab", "twin"] = "auto"  # auto: twins when the headline task is facts-twin
     keep_checkpoints: bool = False  # optimiser checkpoints are deleted once a variant finished
+    weights: Literal["blocks", "full"] = "blocks"  # blocks: only the trained blocks are stored (reptune.tuned_blocks); full: the whole model
     steps: int = Field(100, ge=1)
     lr: float = Field(5e-5, gt=0)
     batch_size: int = Field(8, ge=1)

@@ -288,9 +288,7 @@ class Experiment:
         from reptune.pipeline import analysis
 
         c = self.config
-        data, vector_info, sweep = self._prepare()
-        if resolve_workers(c.workers) > 1 and self.mailbox is None:
-            self.worker = start_worker(self.run_dir, self.store.session, (self.precision, self.precision_reason), self.load_options)
+        data, vector_info, sweep = self._prepare()  # starts the stage worker (if any) before the sweep
         representation, robustness, projection, untuned_check = self._evaluate_base()
         training, checks = self._train_and_evaluate(self.conditions, self.tasks, self.evals, representation, robustness, projection)
         self.training = training
@@ -336,11 +334,9 @@ class Experiment:
         self.num_layers = int(vector_info["num_layers"])
         tasks = self._available_tasks()
         layers = self.sweep_layers(self.layer)
-        sweep = self._stage(
-            "sweep", {"vector": self.store.keys["vector"], "data": self.store.keys["data"], "sweep": c.sweep.model_dump(), "layers": layers,
-                      "headline": self.headline},
-            lambda folder: self._sweep_stage(folder, layers), _COST["sweep_point"] * len(layers) * len(c.sweep.multipliers),
-        )
+        if resolve_workers(c.workers) > 1 and self.mailbox is None and not self.is_worker:
+            self.worker = start_worker(self.run_dir, self.store.session, (self.precision, self.precision_reason), self.load_options)
+        sweep = self._sweep(layers)
         self.layer = int(sweep["selected"]["layer"])  # steering, loss and trained blocks follow the sweep's choice
         m_plus, m_minus = float(sweep["selected"]["positive"]), float(sweep["selected"]["negative"])
         self.m_plus, self.m_minus, self.tasks = m_plus, m_minus, tasks
@@ -634,19 +630,43 @@ class Experiment:
         spread = {round(n * share) for share in (0.3, 0.45, 0.6)}
         return sorted({min(n - 1, max(0, layer)) for layer in spread | {scan_layer}})
 
-    def _sweep_stage(self, folder: Path, layers: list[int]) -> dict[str, Any]:
+    def _sweep(self, layers: list[int]) -> dict[str, Any]:
+        """The sweep: one stage per layer (``sweep:L<layer>``, every multiplier) and one unsteered
+        (``sweep:x0``), walked from both ends when a stage worker runs, then ``sweep``, which picks
+        the layer and multipliers from their rows."""
+        c = self.config.sweep
+        inputs = {"vector": self.store.keys["vector"], "data": self.store.keys["data"], "sweep": c.model_dump(), "headline": self.headline}
+        units: list[int | None] = [None, *layers]
+        cells: dict[int | None, list[dict[str, Any]]] = {}
+        multipliers = [m for m in c.multipliers if m != 0]
+
+        def unit(layer: int | None) -> None:
+            name = "sweep:x0" if layer is None else f"sweep:L{layer}"
+            cells[layer] = self._stage(name, {**inputs, "layer": layer}, lambda folder: self._sweep_unit(folder, layer, multipliers),
+                                       _COST["sweep_point"] * (1 if layer is None else len(multipliers)))["rows"]
+
+        run_deferring(self.store, self.walk(units), unit, defer=self.is_worker)
+        rows = [row for layer in units for row in cells[layer]]
+        task_name = rows[0].pop("task")
+        for row in rows[1:]:
+            row.pop("task")
+
+        def pick(folder: Path) -> dict[str, Any]:
+            selected, rule = select_steering(rows, max_nll_rise=c.max_nll_rise, same_threshold=c.degenerate_threshold)
+            return {"task": task_name, "split": "val", "layers": layers, "layer": selected["layer"], "metric": rows[0]["metric"],
+                    "rows": rows, "rule": rule, "selected": selected}
+
+        unit_keys = [self.store.keys["sweep:x0" if layer is None else f"sweep:L{layer}"] for layer in units]
+        return self._stage("sweep", {**inputs, "layers": layers, "units": unit_keys}, pick, 0.0)
+
+    def _sweep_unit(self, folder: Path, layer: int | None, multipliers: list[float]) -> dict[str, Any]:
+        """The sweep's cells at ``layer`` (``None``: the unsteered cell): ``{"rows": [...]}``."""
         c = self.config.sweep
         handle = self.base()
         vector = self.vector(handle)
         task_name = self.headline if c.task == "auto" else c.task
-        rows = [self._sweep_cell(handle, vector, task_name, None, 0.0, folder)]
-        for layer in layers:
-            for multiplier in c.multipliers:
-                if multiplier != 0:
-                    rows.append(self._sweep_cell(handle, vector, task_name, layer, multiplier, folder))
-        selected, rule = select_steering(rows, max_nll_rise=c.max_nll_rise, same_threshold=c.degenerate_threshold)
-        return {"task": task_name, "split": "val", "layers": layers, "layer": selected["layer"], "metric": rows[0]["metric"],
-                "rows": rows, "rule": rule, "selected": selected}
+        steps = [0.0] if layer is None else multipliers
+        return {"rows": [{"task": task_name, **self._sweep_cell(handle, vector, task_name, layer, m, folder)} for m in steps]}
 
     def _sweep_cell(self, handle: ModelHandle, vector: Any, task_name: str, layer: int | None, multiplier: float, folder: Path) -> dict[str, Any]:
         """One (layer, multiplier) cell of the sweep on the validation split (``layer=None``: unsteered)."""
@@ -750,7 +770,7 @@ class Experiment:
         trained = {} if trained is None else trained
         config = self._tune_config(variant, seed, steps=steps)
         inputs = {"model": self.model_key, "data": self.store.keys["data"], "vector": self.store.keys["vector"] if config.uses_vector else None,
-                  "tune": config.to_json(), "items": self.item_kind}
+                  "tune": config.to_json(), "items": self.item_kind, "weights": self.config.train.weights}
         if train_csv is not None:
             inputs["train_items"] = sha256_json(Path(train_csv).read_text(encoding="utf-8"))
 
@@ -759,6 +779,7 @@ class Experiment:
                 "config": config.to_json(), "model": self.config.model, "revision": self.config.revision, "autocast": self.autocast,
                 "load_options": self.load_options, "items": str(train_csv or self.split_path("train")), "kind": self.item_kind,
                 "vector": str(self.vector_path) if config.uses_vector else None, "folder": str(folder), "progress": self.progress,
+                "weights": self.config.train.weights,
             }
             if self.mailbox is not None:  # a multi-process launch: every process trains its share (reptune.pipeline.workers)
                 self.mailbox.post({"kind": "train", "job": job})

@@ -3,11 +3,11 @@
 On a CPU with few cores, two processes with half the threads each get more done than one
 process with all of them: the matrix products of a small model on a short batch do not keep
 two cores busy (measured: two 1-thread evaluations of 160 twins side by side took 15.9 s each,
-one 2-thread evaluation 10.7 s; AMD EPYC, 2 cores, AVX2 kernels). So once the shared stages
-before the first training (data, vector, sweep, counter vectors) are done, the main process
-starts this worker and both walk the rest of the plan: the main process in the usual order, the
-worker from the other end (``Experiment.walk``: the variants, their seeds, the studies and each
-study's independent trainings in reverse). Each stage is claimed in the stage store before it
+one 2-thread evaluation 10.7 s; AMD EPYC, 2 cores, AVX2 kernels). So once the data and the
+vector are done, the main process starts this worker and both walk the rest of the plan: the
+sweep's layers (a stage each), then the trainings and evaluations, the main process in the usual
+order, the worker from the other end (``Experiment.walk``: the sweep's layers, the variants,
+their seeds, the studies and each study's independent trainings in reverse). Each stage is claimed in the stage store before it
 runs (:class:`reptune.pipeline.stages.StageStore`). The main process waits for a stage the worker
 holds and reuses its result; the worker puts a chain whose stage the main process holds off
 until it has nothing else to do (:func:`reptune.pipeline.stages.run_deferring`), so neither walks

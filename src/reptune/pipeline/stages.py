@@ -176,27 +176,29 @@ class StageStore:
         return outputs
 
 
-def run_deferring(store: StageStore, items: list[Any], work: Callable[[Any], None]) -> None:
+def run_deferring(store: StageStore, items: list[Any], work: Callable[[Any], None], *, defer: bool | None = None) -> None:
     """``work(item)`` for each item, in order.
 
-    Where ``store.wait`` is False (a stage worker), an item that reaches a stage the other process
-    holds (:class:`StageBusy`) is put off; the items put off run after the others, waiting this
-    time (what the other process finished meanwhile is reused). So the two processes do not walk
-    one chain in step, one of them idle.
+    With ``defer`` (default: where ``store.wait`` is False, as in a stage worker), an item that
+    reaches a stage the other process holds (:class:`StageBusy`) is put off; the items put off run
+    after the others, waiting this time (what the other process finished meanwhile is reused). So
+    the two processes do not walk one chain in step, one of them idle.
     """
-    if store.wait:
+    defer = not store.wait if defer is None else defer
+    if not defer:
         for item in items:
             work(item)
         return
-    deferred = []
-    for item in items:
-        try:
-            work(item)
-        except StageBusy:
-            deferred.append(item)
-    store.wait = True
+    saved, deferred = store.wait, []
+    store.wait = False
     try:
+        for item in items:
+            try:
+                work(item)
+            except StageBusy:
+                deferred.append(item)
+        store.wait = True
         for item in deferred:
             work(item)
     finally:
-        store.wait = False
+        store.wait = saved

@@ -64,7 +64,8 @@ def train_job(job: dict[str, Any]) -> tuple[ModelHandle, TuneResult]:
     :func:`reptune.tuning.tune` into ``job["folder"]`` (resuming its checkpoints).
 
     Keys: ``config`` (``TuneConfig.to_json()``), ``model``, ``revision``, ``autocast``, ``load_options``,
-    ``items`` (train CSV), ``kind`` (``ab``/``twin``), ``vector`` (path or ``None``), ``folder``, ``progress``.
+    ``items`` (train CSV), ``kind`` (``ab``/``twin``), ``vector`` (path or ``None``), ``folder``, ``progress``,
+    ``weights`` (``full``/``blocks``, see :func:`reptune.tuning.tune`).
     """
     from reptune.tuning import tune  # looked up per call (tests replace it)
 
@@ -76,7 +77,7 @@ def train_job(job: dict[str, Any]) -> tuple[ModelHandle, TuneResult]:
     vector = load_vector(job["vector"], handle, allow_model_mismatch=True) if job["vector"] else None
     retain = load_retain_texts(config.retain_data) if config.retain != "none" and config.retain_data else None
     result = tune(handle, config, items, job["folder"], vector=vector, vector_path=job["vector"], data_origin=origin,
-                  retain_texts=retain, resume=True, progress=job["progress"])
+                  retain_texts=retain, resume=True, progress=job["progress"], weights=job.get("weights", "full"))
     return handle, result
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -36,6 +36,7 @@ from reptune.models import ModelHandle, _autocast_with_fp32_head
 from reptune.prefix_cache import prefix_sharing_allowed, right_padded_prefix_length, split_forward
 from reptune.sites import Positions, parse_layers
 from reptune.tokens import forward_keeping_logits
+from reptune.tuned_blocks import TUNED_BLOCKS_FILE, block_tensors, save_tuned_blocks
 from reptune.tuning.config import TuneConfig, rep_position
 from reptune.tuning.distributed import Ranks, current
 from reptune.tuning.items import (
@@ -797,6 +798,7 @@ def tune(
     progress: bool = True,
     allow_model_mismatch: bool = False,
     save_model: bool = True,
+    weights: Literal["full", "blocks"] = "full",
     accelerator: Any | None = None,
 ) -> TuneResult:
     """Fine-tune ``handle``'s model in place and write the run to ``output_dir``.
@@ -811,6 +813,10 @@ def tune(
             ``checkpoints/``.
         resume: continue from the latest checkpoint in ``output_dir``.
         save_model: write the final weights (tests may skip it).
+        weights: ``full`` writes the whole merged model (``config.json`` + ``model.safetensors``,
+            for serving and ``from_pretrained``); ``blocks`` writes only the trained blocks
+            (``tuned_blocks.safetensors``, naming the base model; :mod:`reptune.tuned_blocks`),
+            which ``load_model`` loads over the base: about 14 MB a block instead of the model.
         accelerator: an ``accelerate.Accelerator`` to share the run over its processes; by
             default one is made when the process was started by ``accelerate launch`` or
             ``torchrun`` with several processes (see :mod:`reptune.tuning.distributed`). Every
@@ -821,6 +827,8 @@ def tune(
         ReptuneError: bad settings or data (before training); TrainingDiverged on a NaN loss.
     """
     output = Path(output_dir)
+    if weights not in ("full", "blocks"):
+        raise ReptuneError(f"weights must be 'full' or 'blocks', not {weights!r}")
     ranks = current(accelerator)
     _check_output(output, resume)
     tuner = Tuner(handle, config, items, vector, retain_texts=retain_texts, allow_model_mismatch=allow_model_mismatch, ranks=ranks)
@@ -844,7 +852,7 @@ def tune(
     if state.best_weights is not None:
         tuner.load_trainable(state.best_weights)  # end on the best validation weights
     result = TuneResult(output, config, _metrics(tuner, state, time.perf_counter() - started), state.history, state.val_history)
-    _write_outputs(tuner, result, vector, vector_path, data_origin, save_model)
+    _write_outputs(tuner, result, vector, vector_path, data_origin, save_model and weights)
     ranks.barrier()  # every process returns once the outputs are written
     return result
 
@@ -923,6 +931,36 @@ def _metrics(tuner: Tuner, state: LoopState, seconds: float) -> dict[str, Any]:
     }
 
 
+def _write_weights(tuner: Tuner, output: Path, full_state: dict[str, torch.Tensor] | None, weights: Literal["full", "blocks"]) -> None:
+    """The tuned weights (LoRA merged first; its adapter kept in ``adapter/``): the whole model, or its trained blocks."""
+    handle = tuner.handle
+    model = handle.model
+    if tuner.peft_model is not None:
+        tuner.peft_model.save_pretrained(str(output / ".adapter.tmp"))
+        shutil.rmtree(output / "adapter", ignore_errors=True)
+        os.replace(output / ".adapter.tmp", output / "adapter")
+        model = tuner.peft_model.merge_and_unload()
+        handle.model = model
+    model.requires_grad_(False)
+    if weights == "blocks":
+        tensors = block_tensors(full_state or model.state_dict(), handle.layers_path, tuner.layers)
+        load_name = "embedded" if handle.source == "embedded" else handle.model_id
+        base = {"model": load_name, "revision": handle.revision if handle.source == "hub" else None,
+                "layers_path": handle.layers_path, "layers": list(tuner.layers)}
+        for stale in ("config.json", "model.safetensors", "model.safetensors.index.json"):  # an earlier full save would load instead
+            (output / stale).unlink(missing_ok=True)
+        save_tuned_blocks(output, tensors, base)
+        return
+    (output / TUNED_BLOCKS_FILE).unlink(missing_ok=True)
+    staging = output / ".model.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(staging), state_dict=full_state)  # full_state: FSDP's gathered weights, else None
+    handle.tokenizer.save_pretrained(str(staging))
+    for path in staging.iterdir():
+        os.replace(path, output / path.name)
+    staging.rmdir()
+
+
 def _forget_finished(output: Path) -> None:
     """Before (re)training into ``output``: drop what a killed write left and the old completion record.
 
@@ -934,7 +972,8 @@ def _forget_finished(output: Path) -> None:
     (output / "metrics.json").unlink(missing_ok=True)
 
 
-def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | None, vector_path: str | None, data_origin: str | None, save_model: bool) -> None:
+def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | None, vector_path: str | None, data_origin: str | None,
+                   save_model: Literal["full", "blocks", False]) -> None:
     """Write the run's files; ``metrics.json`` (the completion record) goes last, after the weights.
 
     The loss-curve figure and the model card are built by reporting (through :mod:`reptune._render`).
@@ -954,21 +993,7 @@ def _write_outputs(tuner: Tuner, result: TuneResult, vector: SteeringVector | No
     if result.history:
         renderer("loss_curves")(result.history, result.val_history, output / "loss_curves.png", title=f"{tuner.config.preset} on {handle.model_id}")
     if save_model:
-        staging = output / ".model.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        model = handle.model
-        if tuner.peft_model is not None:
-            tuner.peft_model.save_pretrained(str(output / ".adapter.tmp"))
-            shutil.rmtree(output / "adapter", ignore_errors=True)
-            os.replace(output / ".adapter.tmp", output / "adapter")
-            model = tuner.peft_model.merge_and_unload()
-            handle.model = model
-        model.requires_grad_(False)
-        model.save_pretrained(str(staging), state_dict=full_state)  # full_state: FSDP's gathered weights, else None
-        handle.tokenizer.save_pretrained(str(staging))
-        for path in staging.iterdir():
-            os.replace(path, output / path.name)
-        staging.rmdir()
+        _write_weights(tuner, output, full_state, save_model)
     card = renderer("model_card")(
         tuner.config, result.metrics, model_id=handle.model_id, revision=handle.revision, layers=tuner.layers,
         rep_layers=list(tuner.rep_vectors), vector=vector, vector_path=vector_path, data_origin=data_origin,
