@@ -29,7 +29,7 @@ LADDER: list[tuple[str, ...]] = [
     ("errors", "_version"),
     ("_io", "_process", "_progress", "_render", "precision", "tokens"),
     ("tuned_blocks",),
-    ("models", "sites", "hooks", "prefix_cache"),
+    ("models", "sites", "hooks", "prefix_cache", "block_replay"),
     ("data",),
     ("activations",),
     ("vectors",),

@@ -379,6 +379,40 @@ def test_lora_and_retain_variants(tiny_dir, tmp_path):
     assert {c["id"] for c in run.results["conditions"]} >= {"honesty-lora", "honesty-lora@counter"}
 
 
+def test_block_replay_changes_no_result_and_records_once_per_item_set(tiny_dir, tmp_path, monkeypatch):
+    """Twin scoring of the tuned and steered conditions skips the base blocks below the trained
+    range (evaluation.block_replay): the scores equal a run that runs every block."""
+    from reptune.evaluation import twin_scoring
+
+    replays = []
+    real_replay = twin_scoring.replay_block_inputs
+    monkeypatch.setattr(twin_scoring, "replay_block_inputs", lambda *args: replays.append(args[2]) or real_replay(*args))
+
+    def config(replay: bool):
+        return parse_config({
+            "name": "replay", "model": str(tiny_dir), "precision": "fp32", "seeds": [0],
+            "data": {"limit": 60}, "vector": {"pairs_limit": 12}, "sweep": {"multipliers": [-4, 4], "limit": 6, "layers": [3]},
+            "train": {"steps": 2, "eval_every": 2, "batch_size": 2, "span": 2},
+            "variants": [{"name": "truth", "preset": "truth"}, {"name": "honesty", "preset": "honesty"}],
+            "evaluation": {"tasks": ["facts-twin"], "limit": 8, "representation_items": 4, "block_replay": replay},
+            "robustness": {"enabled": False}, "projection": {"enabled": False},
+        })
+
+    replayed = run_experiment(config(True), tmp_path / "replayed", progress=False)
+    plain = run_experiment(config(False), tmp_path / "plain", progress=False)
+    assert replayed.results["training"]["truth"]["0"]["layers"] == "2-3"
+    recorded = list((tmp_path / "replayed" / "block_inputs").glob("*.safetensors"))
+    # test split (8 twins), counter-steered test items, validation split: one recording each, not one per model
+    assert 1 <= len(recorded) <= 4 and not (tmp_path / "plain" / "block_inputs").exists()
+    assert len(replays) >= 6 and set(replays) == {2}  # tuned, steered and counter-steered conditions replayed from block 2
+    assert set(replayed.results["scores"]) == set(plain.results["scores"]) and len(plain.results["scores"]) > 4
+    for condition, by_task in plain.results["scores"].items():
+        for task, score in by_task.items():
+            for metric, value in score["metrics"].items():
+                got = replayed.results["scores"][condition][task]["metrics"][metric]["value"]
+                assert got == pytest.approx(value["value"], abs=1e-5), (condition, task, metric)
+
+
 def test_twin_study_by_default_sweeps_layers_gates_claims_and_records_knowledge(tiny_dir, tmp_path):
     """With twin data the headline is facts-twin, training uses twin items, the sweep is a grid."""
     config = parse_config({

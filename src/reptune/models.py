@@ -97,6 +97,9 @@ class ModelHandle:
         layers_path: attribute path of the decoder-block ``ModuleList`` (e.g. ``model.layers``).
         autocast_dtype: if set, forward passes run under ``torch.autocast`` with this dtype
             while the weights stay in their own dtype (bf16 autocast, fp32 master weights).
+        block_inputs: set by the experiment pipeline where the blocks below a start block are the
+            base model's and carry no hook: twin scoring then records or replays their output
+            (:mod:`reptune.block_replay`). ``None``: every block runs.
     """
 
     model: nn.Module
@@ -106,6 +109,7 @@ class ModelHandle:
     layers_path: str = "model.layers"
     autocast_dtype: torch.dtype | None = None
     source: str = field(default="hub")
+    block_inputs: Any = None  # a reptune.block_replay.BlockInputStore where this model's blocks below its start are the base's
 
     @property
     def layers(self) -> nn.ModuleList:

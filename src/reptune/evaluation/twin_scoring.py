@@ -16,12 +16,14 @@ a test pins. Where the model's cache or hooks do not allow it (see
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
+from reptune.block_replay import blocks_unhooked, capture_block_inputs, replay_block_inputs, replay_matches
 from reptune.evaluation.scoring import RowScore, continuation_rows, prefix_sharing_allowed, token_row_logprobs
 from reptune.models import ModelHandle
 from reptune.tokens import cache_argument, forward_keeping_logits, output_cache
@@ -128,10 +130,32 @@ def twin_logprobs(
         return common, max(len(rows[2 * i][0]), len(rows[2 * i + 1][0])) - common
 
     order = sorted(range(len(twins)), key=shape)
-    prompt_cache = _prompt_cache(handle, prefix)  # once per call: every batch starts from a copy
-    for start in range(0, len(order), batch_size):
-        batch = [(2 * i, 2 * i + 1) for i in order[start : start + batch_size]]
-        results.update(_score_batch(handle, rows, batch, prefix, prompt_cache))
-        if advance:
-            advance(len(batch))
+    with _frozen_blocks(handle, {"prompt": prompt, "twins": [list(twin) for twin in twins], "batch_size": batch_size}):
+        prompt_cache = _prompt_cache(handle, prefix)  # once per call: every batch starts from a copy
+        for start in range(0, len(order), batch_size):
+            batch = [(2 * i, 2 * i + 1) for i in order[start : start + batch_size]]
+            results.update(_score_batch(handle, rows, batch, prefix, prompt_cache))
+            if advance:
+                advance(len(batch))
     return [(results[2 * i], results[2 * i + 1]) for i in range(len(twins))]
+
+
+@contextlib.contextmanager
+def _frozen_blocks(handle: ModelHandle, call: dict[str, Any]) -> Iterator[None]:
+    """Where ``handle.block_inputs`` is set: replay this call's recorded block inputs (skipping the
+    blocks below), or record them for the next model; else nothing."""
+    store = handle.block_inputs
+    if store is None or not blocks_unhooked(handle.layers, store.start):
+        yield
+        return
+    key = store.key(call)
+    recorded = store.load(key)
+    if recorded is None:
+        with capture_block_inputs(handle.layers, store.start) as captured:
+            yield
+        store.save(key, captured)
+    elif replay_matches(handle.model, handle.layers, store.start, handle.autocast):
+        with replay_block_inputs(handle.model, handle.layers, store.start, recorded):
+            yield
+    else:
+        yield

@@ -189,6 +189,7 @@ class EvaluationConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     skip_missing_data: bool = True
     representation_items: int = Field(64, ge=1)  # test prompts for cosine / projection evidence
+    block_replay: bool = True  # twin scoring skips the base blocks below the trained range, replaying their recorded output (reptune.block_replay)
 
     @field_validator("tasks", "counter_tasks", "base_only_tasks")
     @classmethod

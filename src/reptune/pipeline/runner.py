@@ -55,6 +55,7 @@ from reptune._io import (
     write_text_atomic,
 )
 from reptune._progress import progress_display
+from reptune.block_replay import BlockInputStore
 from reptune.data.twins import has_pairs, split_by_pair, statements_to_twins
 from reptune.errors import DataError, ReptuneError
 from reptune.models import ModelHandle, load_model
@@ -66,6 +67,7 @@ from reptune.pipeline.studies import check_studies, estimate_studies, run_studie
 from reptune.pipeline.workers import Mailbox, dismiss, serve, train_job
 from reptune.reporting.experiment import write_report
 from reptune.reporting.schema import ExperimentResults, StageNames, Timings
+from reptune.sites import parse_layers
 from reptune.tuning.distributed import current as current_ranks
 
 RESULTS_FORMAT = "reptune-experiment/1"
@@ -73,7 +75,9 @@ RESULTS_FORMAT = "reptune-experiment/1"
 SPLIT_TASKS = ("facts-ab", "facts-twin", "facts-word")
 VECTOR_FILE = "honesty.safetensors"
 # everything a run writes at the top of its folder: all that `--fresh` ever deletes
-RUN_ENTRIES = (RUN_MARKER, "config.yaml", "results.json", "report.md", "report.html", "figures", "stages", "worker.log")
+BLOCK_INPUTS = "block_inputs"
+"""The run folder's recorded block inputs (:mod:`reptune.block_replay`), shared by both processes."""
+RUN_ENTRIES = (RUN_MARKER, "config.yaml", "results.json", "report.md", "report.html", "figures", "stages", "worker.log", BLOCK_INPUTS)
 
 # rough seconds per unit on the embedded model (2 CPU cores), only for the progress estimate
 _COST = {"data": 1.0, "vector": 30.0, "sweep_point": 4.0, "train_step": 1.3, "eval_task": 12.0, "robust_cell": 2.0, "projection": 3.0}
@@ -190,6 +194,7 @@ class Experiment:
         self.is_worker = False  # True in the stage worker process (run_worker)
         self.skipped: list[dict[str, str]] = []
         self._base: ModelHandle | None = None
+        self.block_store: BlockInputStore | None = None  # set once the trained range is known (after the sweep)
         self.counter_vectors: dict[str, Any] | None = None  # the counter-vectors stage's output, once it ran
         # what studies read (pipeline.studies.base.StudyHost), filled as the run goes
         self.m_plus = self.m_minus = 0.0
@@ -211,6 +216,7 @@ class Experiment:
                 self._base = load_model(self.config.model, revision=self.config.revision, autocast=self.autocast, **self.load_options)
             except ReptuneError as exc:
                 raise StageError(f"stage 'load-model' failed: {exc}") from exc
+            self._base.block_inputs = self.block_store
         return self._base
 
     def release_base(self) -> None:
@@ -341,6 +347,9 @@ class Experiment:
         m_plus, m_minus = float(sweep["selected"]["positive"]), float(sweep["selected"]["negative"])
         self.m_plus, self.m_minus, self.tasks = m_plus, m_minus, tasks
         self._check_variants()
+        self.block_store = self._block_store()
+        if self._base is not None:
+            self._base.block_inputs = self.block_store
         self.counter_vectors = self._counter_vectors_stage()
         self.conditions = self._conditions(m_plus, m_minus)
         return data, vector_info, sweep
@@ -360,6 +369,16 @@ class Experiment:
         untuned_check = self._check_stage("untuned", c.seeds[0], "untuned", lambda: self.base()) if c.learnability.enabled else None
         self.release_base()
         return representation, robustness, projection, untuned_check
+
+    def _block_store(self) -> BlockInputStore | None:
+        """Where twin scoring records and replays the input of the first trained block (``evaluation.block_replay``):
+        the lowest block any variant trains, if above 0 (:mod:`reptune.block_replay`)."""
+        if not self.config.evaluation.block_replay:
+            return None
+        start = min(min(parse_layers(self._tune_config(v, self.config.seeds[0]).layers, self.num_layers)) for v in self.config.variants)
+        if start < 1:
+            return None
+        return BlockInputStore(self.run_dir / BLOCK_INPUTS, start, {"model": self.model_key, "data": self.store.keys["data"]})
 
     def _check_variants(self) -> None:
         """A bad tuning option fails now, not after an hour of evaluation."""
@@ -810,7 +829,10 @@ class Experiment:
         def load() -> ModelHandle:
             if "handle" not in held:
                 held["handle"] = load_model(str(self.run_dir / training["dir"]), autocast=self.autocast, **self.load_options)
-            return held["handle"]
+            handle = held["handle"]
+            store = self.block_store  # only where every block below its start is the base model's
+            handle.block_inputs = store if store is not None and min(parse_layers(training["layers"], self.num_layers)) >= store.start else None
+            return handle
 
         return load
 
