@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class BlockInputStore:
     folder: Path
     start: int
     base: Any
+    counts: dict[str, int] = field(default_factory=lambda: {"recorded": 0, "replayed": 0, "plain": 0})  # scoring calls, this process
 
     def key(self, call: Any) -> str:
         """The file stem for an evaluation call described by the JSON-able ``call``."""

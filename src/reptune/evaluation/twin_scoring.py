@@ -145,8 +145,12 @@ def _frozen_blocks(handle: ModelHandle, call: dict[str, Any]) -> Iterator[None]:
     """Where ``handle.block_inputs`` is set: replay this call's recorded block inputs (skipping the
     blocks below), or record them for the next model; else nothing."""
     store = handle.block_inputs
-    if store is None or not blocks_unhooked(handle.layers, store.start):
+    if store is None:
         yield
+        return
+    if not blocks_unhooked(handle.layers, store.start):
+        yield
+        store.counts["plain"] += 1
         return
     key = store.key(call)
     recorded = store.load(key)
@@ -154,8 +158,11 @@ def _frozen_blocks(handle: ModelHandle, call: dict[str, Any]) -> Iterator[None]:
         with capture_block_inputs(handle.layers, store.start) as captured:
             yield
         store.save(key, captured)
+        store.counts["recorded"] += 1
     elif replay_matches(handle.model, handle.layers, store.start, handle.autocast):
         with replay_block_inputs(handle.model, handle.layers, store.start, recorded):
             yield
+        store.counts["replayed"] += 1
     else:
         yield
+        store.counts["plain"] += 1

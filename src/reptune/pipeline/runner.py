@@ -871,6 +871,7 @@ class Experiment:
             steering = cond["steering"]
             vector = self.vector(handle, (steering or {}).get("vector", "training"))
             per_task = {}
+            counted = dict(handle.block_inputs.counts) if handle.block_inputs is not None else None
             for task_name in task_names:
                 out = folder / f"{safe_filename(task_name)}.json"
                 if out.is_file():
@@ -889,7 +890,8 @@ class Experiment:
             rep = None
             if cond.get("representation", True):
                 rep = self._representation(handle, self.vector(handle) if steering and steering.get("vector") else vector, vector, steering)
-            return {"results": f"stages/{folder.name}/results.json", "representation": rep}
+            replay = {k: v - counted[k] for k, v in handle.block_inputs.counts.items()} if counted is not None and handle.block_inputs is not None else None
+            return {"results": f"stages/{folder.name}/results.json", "representation": rep, "block_replay": replay}
 
         cost = len(task_names) * _COST["eval_task"]
         return self._stage(name, inputs, work, cost)
