@@ -402,9 +402,11 @@ def test_block_replay_changes_no_result_and_records_once_per_item_set(tiny_dir, 
     plain = run_experiment(config(False), tmp_path / "plain", progress=False)
     assert replayed.results["training"]["truth"]["0"]["layers"] == "2-3"
     recorded = list((tmp_path / "replayed" / "block_inputs").glob("*.safetensors"))
-    # test split (8 twins), counter-steered test items, validation split: one recording each, not one per model
-    assert 1 <= len(recorded) <= 4 and not (tmp_path / "plain" / "block_inputs").exists()
-    assert len(replays) >= 6 and set(replays) == {2}  # tuned, steered and counter-steered conditions replayed from block 2
+    # the sweep's validation items (from block 3, its layer), the test split, the counter-steered test
+    # items, the validation split (from block 2, the first trained one): one recording each, not one per model
+    assert 2 <= len(recorded) <= 5 and not (tmp_path / "plain" / "block_inputs").exists()
+    assert replays.count(2) >= 6  # tuned, steered and counter-steered conditions replayed from block 2
+    assert replays.count(3) >= 1 and set(replays) == {2, 3}  # the sweep's steered cells from block 3
     assert set(replayed.results["scores"]) == set(plain.results["scores"]) and len(plain.results["scores"]) > 4
     for condition, by_task in plain.results["scores"].items():
         for task, score in by_task.items():

@@ -373,10 +373,11 @@ class Experiment:
     def _block_store(self) -> BlockInputStore | None:
         """Where twin scoring records and replays the input of the first trained block (``evaluation.block_replay``):
         the lowest block any variant trains, if above 0 (:mod:`reptune.block_replay`)."""
-        if not self.config.evaluation.block_replay:
-            return None
-        start = min(min(parse_layers(self._tune_config(v, self.config.seeds[0]).layers, self.num_layers)) for v in self.config.variants)
-        if start < 1:
+        return self._replay_store(min(min(parse_layers(self._tune_config(v, self.config.seeds[0]).layers, self.num_layers)) for v in self.config.variants))
+
+    def _replay_store(self, start: int) -> BlockInputStore | None:
+        """A :class:`BlockInputStore` from block ``start`` in the run folder (``None`` if replay is off or ``start`` is 0)."""
+        if not self.config.evaluation.block_replay or start < 1:
             return None
         return BlockInputStore(self.run_dir / BLOCK_INPUTS, start, {"model": self.model_key, "data": self.store.keys["data"]})
 
@@ -659,9 +660,12 @@ class Experiment:
         cells: dict[int | None, list[dict[str, Any]]] = {}
         multipliers = [m for m in c.multipliers if m != 0]
 
+        # steering at layer L leaves the input of block L as it was: the cells share the blocks below the lowest layer
+        replay = self._replay_store(min(layers)) if layers else None
+
         def unit(layer: int | None) -> None:
             name = "sweep:x0" if layer is None else f"sweep:L{layer}"
-            cells[layer] = self._stage(name, {**inputs, "layer": layer}, lambda folder: self._sweep_unit(folder, layer, multipliers),
+            cells[layer] = self._stage(name, {**inputs, "layer": layer}, lambda folder: self._sweep_unit(folder, layer, multipliers, replay),
                                        _COST["sweep_point"] * (1 if layer is None else len(multipliers)))["rows"]
 
         run_deferring(self.store, self.walk(units), unit, defer=self.is_worker)
@@ -678,14 +682,19 @@ class Experiment:
         unit_keys = [self.store.keys["sweep:x0" if layer is None else f"sweep:L{layer}"] for layer in units]
         return self._stage("sweep", {**inputs, "layers": layers, "units": unit_keys}, pick, 0.0)
 
-    def _sweep_unit(self, folder: Path, layer: int | None, multipliers: list[float]) -> dict[str, Any]:
-        """The sweep's cells at ``layer`` (``None``: the unsteered cell): ``{"rows": [...]}``."""
+    def _sweep_unit(self, folder: Path, layer: int | None, multipliers: list[float], replay: BlockInputStore | None) -> dict[str, Any]:
+        """The sweep's cells at ``layer`` (``None``: the unsteered cell): ``{"rows": [...]}``; twin
+        scoring replays the blocks below the sweep's lowest layer from ``replay``."""
         c = self.config.sweep
         handle = self.base()
         vector = self.vector(handle)
         task_name = self.headline if c.task == "auto" else c.task
         steps = [0.0] if layer is None else multipliers
-        return {"rows": [{"task": task_name, **self._sweep_cell(handle, vector, task_name, layer, m, folder)} for m in steps]}
+        kept, handle.block_inputs = handle.block_inputs, replay
+        try:
+            return {"rows": [{"task": task_name, **self._sweep_cell(handle, vector, task_name, layer, m, folder)} for m in steps]}
+        finally:
+            handle.block_inputs = kept
 
     def _sweep_cell(self, handle: ModelHandle, vector: Any, task_name: str, layer: int | None, multiplier: float, folder: Path) -> dict[str, Any]:
         """One (layer, multiplier) cell of the sweep on the validation split (``layer=None``: unsteered)."""
