@@ -391,6 +391,18 @@ def tune_args(tiny_dir, data, output, *extra):
             "--precision", "fp32", "-o", output, *extra]
 
 
+def test_tune_cli_weights_blocks_writes_the_trained_blocks_that_eval_loads(run, tiny_dir, statements_file, tmp_path):
+    out = tmp_path / "run"
+    result = run(*tune_args(tiny_dir, statements_file, out, "--preset", "truth", "--weights", "blocks"))
+    assert result.code == 0, result.err
+    assert (out / "tuned_blocks.safetensors").is_file() and not (out / "model.safetensors").exists()
+    tuned, base = load_model(str(out)), load_model(str(tiny_dir))
+    changed = [name for name, param in tuned.model.named_parameters() if not torch.equal(param, dict(base.model.named_parameters())[name])]
+    assert changed and all(".layers.1." in name or ".layers.2." in name for name in changed)
+    scored = run("eval", "--model", out, "--tasks", "facts-ab", "--data", statements_file, "--limit", "4", "--precision", "fp32", "-o", tmp_path / "eval.json")
+    assert scored.code == 0, scored.err
+
+
 def test_tune_cli_writes_a_loadable_run(run, tiny_dir, tiny_vector, statements_file, tmp_path):
     out = tmp_path / "run"
     result = run(*tune_args(tiny_dir, statements_file, out, "--preset", "honesty", "--vector", tiny_vector, "--rep-layers", "2"))

@@ -490,6 +490,8 @@ def test_gpu_config_dry_run_lists_what_each_term_trains(tmp_path, cli_run):
     ({"precision": "fp8"}, "precision"),
     ({"workers": 3}, "workers"),
     ({"workers": "many"}, "workers"),
+    ({"train": {"weights": "half"}}, "train.weights"),
+    ({"evaluation": {"block_replay": "sometimes"}}, "evaluation.block_replay"),
 ])
 def test_new_config_keys_refuse_garbage_with_one_line(changes, fragment):
     with pytest.raises(ReptuneError, match=re.escape(fragment)) as info:
@@ -500,6 +502,8 @@ def test_new_config_keys_refuse_garbage_with_one_line(changes, fragment):
 def test_tune_items_garbage_is_a_one_line_error_before_the_model(cli_run, tmp_path):
     result = cli_run("tune", "--preset", "truth", "--data", "honesty", "--items", "triplets", "-o", tmp_path / "out")
     assert result.code == 2 and result.error_lines() == ["error: --items must be one of ab, twin, got 'triplets'"]
+    result = cli_run("tune", "--preset", "truth", "--data", "honesty", "--weights", "half", "-o", tmp_path / "out")
+    assert result.code == 2 and result.error_lines() == ["error: --weights must be full or blocks, got 'half'"]
     assert "Traceback" not in result.err and not (tmp_path / "out").exists()
 
 
