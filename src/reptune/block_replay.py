@@ -12,7 +12,7 @@ How a skipped block stays invisible: it returns its input, and where the forward
 cache it stores zeros of the right shape for its layer, so the cache keeps one length at every
 layer (the causal mask is sized from layer 0) and nothing reads them (a layer reads only its own
 keys and values). The block at ``start`` gets the recorded hidden states through a forward
-pre-hook. :func:`replay_matches` checks the mechanism on a model once per process (a three-token
+pre-hook. :func:`replay_matches` checks the mechanism once per loaded model (a three-token
 prompt in a KV cache, then a batch of two rows, against the plain forward).
 
 The recorded inputs live in a :class:`BlockInputStore` (safetensors files, one per evaluation
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from reptune._io import atomic_path, sha256_json
+from reptune.models import text_config
 from reptune.tokens import cache_argument, output_cache
 
 REPLAY_TOLERANCE = 1e-3
@@ -124,7 +125,7 @@ class _SkippedBlock(nn.Module):
 
 def _kv_shape(model: nn.Module) -> tuple[int, int]:
     """``(key/value heads, head dim)`` of the model's attention, from its config."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -188,7 +189,7 @@ def _probe(model: nn.Module, layers: nn.ModuleList, start: int, autocast: Any, r
     from transformers.cache_utils import DynamicCache
 
     device = next(model.parameters()).device
-    vocab = int(model.config.get_text_config().vocab_size if hasattr(model.config, "get_text_config") else model.config.vocab_size)
+    vocab = int(text_config(model.config).vocab_size)
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, vocab, (1, 3), generator=generator).to(device)
     rows = torch.randint(0, vocab, (2, 4), generator=generator).to(device)

@@ -437,6 +437,7 @@ def _tune(options: dict[str, Any]) -> None:
 
 def _tune_config_from_options(options: dict[str, Any]):
     """The :class:`~reptune.tuning.TuneConfig` of the preset with the options given as overrides (unset ones keep the preset's)."""
+    from reptune.tuned_blocks import WEIGHT_FORMATS
     from reptune.tuning import TuneConfig
     from reptune.tuning.items import ITEM_KINDS
 
@@ -457,7 +458,7 @@ def _tune_config_from_options(options: dict[str, Any]):
     }
     if o["items_kind"] not in ITEM_KINDS:  # before any model or data work
         raise ReptuneError(f"--items must be one of {', '.join(ITEM_KINDS)}, got {o['items_kind']!r}")
-    if o["weights"] not in ("full", "blocks"):
+    if o["weights"] not in WEIGHT_FORMATS:
         raise ReptuneError(f"--weights must be full or blocks, got {o['weights']!r}")
     return TuneConfig.from_preset(o["preset"], paper=o["paper"], **overrides)
 

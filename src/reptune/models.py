@@ -85,6 +85,11 @@ def _autocast_with_fp32_head(model: nn.Module, device_type: str, dtype: torch.dt
             head._reptune_fp32_head = False
 
 
+def text_config(config: Any) -> Any:
+    """The language model's config: ``config.get_text_config()`` for a multimodal config, else ``config``."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 @dataclass
 class ModelHandle:
     """A loaded causal LM with what every reptune stage needs to know about it.
@@ -122,11 +127,10 @@ class ModelHandle:
 
     @property
     def hidden_size(self) -> int:
-        config = self.model.config
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        config = text_config(self.model.config)
         for key in ("hidden_size", "n_embd", "d_model"):
-            if getattr(text_config, key, None):
-                return int(getattr(text_config, key))
+            if getattr(config, key, None):
+                return int(getattr(config, key))
         raise ModelError(f"cannot tell the hidden size of {self.model_id}")
 
     @property

@@ -27,6 +27,8 @@ from reptune._io import atomic_path
 from reptune.errors import ModelError
 
 TUNED_BLOCKS_FILE = "tuned_blocks.safetensors"
+WEIGHT_FORMATS = ("full", "blocks")
+"""How a tuning run stores its weights: the whole model, or the trained blocks in :data:`TUNED_BLOCKS_FILE`."""
 _METADATA_KEY = "reptune_tuned_blocks"
 
 

@@ -37,7 +37,7 @@ from reptune.activations import capture_layers, run_until, tokenize_examples
 from reptune.data.pairs import Example
 from reptune.discovery.common import DiscoveryError
 from reptune.hooks import HookHandle
-from reptune.models import ModelHandle
+from reptune.models import ModelHandle, text_config
 from reptune.sites import Positions, block_output_tensor, normalize_layer
 
 REPLAY_TOLERANCE = 1e-2  # relative error allowed between replay(theta=0) and the model's own forward
@@ -185,8 +185,7 @@ class LayerSlice:
     def _attention_kernel(self, rows: int) -> contextlib.AbstractContextManager[Any]:
         if self.device.type != "cpu":
             return contextlib.nullcontext()
-        config = self.handle.model.config
-        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        config = text_config(self.handle.model.config)
         heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 64)
         seq = int(self.source_acts.shape[1])
         if rows * heads * seq * seq > MATH_ATTENTION_LIMIT:

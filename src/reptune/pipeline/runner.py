@@ -656,6 +656,7 @@ class Experiment:
         the layer and multipliers from their rows."""
         c = self.config.sweep
         inputs = {"vector": self.store.keys["vector"], "data": self.store.keys["data"], "sweep": c.model_dump(), "headline": self.headline}
+        task_name = self.headline if c.task == "auto" else c.task
         units: list[int | None] = [None, *layers]
         cells: dict[int | None, list[dict[str, Any]]] = {}
         multipliers = [m for m in c.multipliers if m != 0]
@@ -665,14 +666,11 @@ class Experiment:
 
         def unit(layer: int | None) -> None:
             name = "sweep:x0" if layer is None else f"sweep:L{layer}"
-            cells[layer] = self._stage(name, {**inputs, "layer": layer}, lambda folder: self._sweep_unit(folder, layer, multipliers, replay),
+            cells[layer] = self._stage(name, {**inputs, "layer": layer}, lambda folder: self._sweep_unit(folder, task_name, layer, multipliers, replay),
                                        _COST["sweep_point"] * (1 if layer is None else len(multipliers)))["rows"]
 
         run_deferring(self.store, self.walk(units), unit, defer=self.is_worker)
         rows = [row for layer in units for row in cells[layer]]
-        task_name = rows[0].pop("task")
-        for row in rows[1:]:
-            row.pop("task")
 
         def pick(folder: Path) -> dict[str, Any]:
             selected, rule = select_steering(rows, max_nll_rise=c.max_nll_rise, same_threshold=c.degenerate_threshold)
@@ -682,17 +680,15 @@ class Experiment:
         unit_keys = [self.store.keys["sweep:x0" if layer is None else f"sweep:L{layer}"] for layer in units]
         return self._stage("sweep", {**inputs, "layers": layers, "units": unit_keys}, pick, 0.0)
 
-    def _sweep_unit(self, folder: Path, layer: int | None, multipliers: list[float], replay: BlockInputStore | None) -> dict[str, Any]:
+    def _sweep_unit(self, folder: Path, task_name: str, layer: int | None, multipliers: list[float], replay: BlockInputStore | None) -> dict[str, Any]:
         """The sweep's cells at ``layer`` (``None``: the unsteered cell): ``{"rows": [...]}``; twin
         scoring replays the blocks below the sweep's lowest layer from ``replay``."""
-        c = self.config.sweep
         handle = self.base()
         vector = self.vector(handle)
-        task_name = self.headline if c.task == "auto" else c.task
         steps = [0.0] if layer is None else multipliers
         kept, handle.block_inputs = handle.block_inputs, replay
         try:
-            return {"rows": [{"task": task_name, **self._sweep_cell(handle, vector, task_name, layer, m, folder)} for m in steps]}
+            return {"rows": [self._sweep_cell(handle, vector, task_name, layer, m, folder) for m in steps]}
         finally:
             handle.block_inputs = kept
 

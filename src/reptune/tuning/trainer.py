@@ -36,7 +36,7 @@ from reptune.models import ModelHandle, _autocast_with_fp32_head
 from reptune.prefix_cache import prefix_sharing_allowed, right_padded_prefix_length, split_forward
 from reptune.sites import Positions, parse_layers
 from reptune.tokens import forward_keeping_logits
-from reptune.tuned_blocks import TUNED_BLOCKS_FILE, block_tensors, save_tuned_blocks
+from reptune.tuned_blocks import TUNED_BLOCKS_FILE, WEIGHT_FORMATS, block_tensors, save_tuned_blocks
 from reptune.tuning.config import TuneConfig, rep_position
 from reptune.tuning.distributed import Ranks, current
 from reptune.tuning.items import (
@@ -827,7 +827,7 @@ def tune(
         ReptuneError: bad settings or data (before training); TrainingDiverged on a NaN loss.
     """
     output = Path(output_dir)
-    if weights not in ("full", "blocks"):
+    if weights not in WEIGHT_FORMATS:
         raise ReptuneError(f"weights must be 'full' or 'blocks', not {weights!r}")
     ranks = current(accelerator)
     _check_output(output, resume)
