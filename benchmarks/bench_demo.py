@@ -102,6 +102,24 @@ def study_seconds(stages: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
+def process_busy(run_dir: Path, wall: float, main_pid: int | None = None) -> list[dict[str, Any]]:
+    """Per process of the run (main first): stages run, seconds busy in them, and the rest of the
+    wall time (waiting, loading, writing the report), from each stage's ``started_at`` and ``pid``."""
+    import json
+
+    by_pid: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for record_file in (run_dir / "stages").glob("*/stage.json"):
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        if "pid" in record and record.get("status") == "done":
+            by_pid[int(record["pid"])].append((float(record["started_at"]), float(record["elapsed_s"])))
+    main_pid = os.getpid() if main_pid is None else main_pid
+    rows = []
+    for pid, spans in sorted(by_pid.items(), key=lambda kv: kv[0] != main_pid):
+        busy = sum(seconds for _, seconds in spans)
+        rows.append({"process": "main" if pid == main_pid else "worker", "stages": len(spans), "busy_s": round(busy, 1), "not_in_a_stage_s": round(wall - busy, 1)})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
@@ -128,6 +146,7 @@ def main() -> int:
         started = time.perf_counter()
         run = run_experiment(config, run_dir, progress=False, command="bench_demo")
         wall = time.perf_counter() - started
+        processes = process_busy(run_dir, wall)
     stages = run.results.get("timings", {}).get("stages", {})
     by_kind: dict[str, float] = defaultdict(float)
     for name, seconds in stages.items():
@@ -143,6 +162,7 @@ def main() -> int:
         "studies_s": study_seconds(stages), "no_studies": args.no_studies,
         # with a stage worker (workers: 2) the stage seconds overlap: their sum exceeds total_s
         "workers": run.results.get("timings", {}).get("workers", 1), "stages_by_worker": len(run.results.get("stages", {}).get("by_worker") or []),
+        "processes": processes,  # busy = inside a stage; the rest waiting for the other process, loading or reporting
         "stages_s": {k: round(v, 2) for k, v in stages.items()},
     }
     write_json_atomic(out, record)
@@ -151,6 +171,8 @@ def main() -> int:
         print(f"  {kind:<12} {seconds:8.1f} s")
     for study, seconds in record["studies_s"].items():
         print(f"  study {study:<18} {seconds:8.1f} s")
+    for row in processes:
+        print(f"  {row['process']:<6} {row['stages']:3d} stages, {row['busy_s']:7.1f} s in them, {row['not_in_a_stage_s']:6.1f} s not")
     return 0
 
 

@@ -380,13 +380,13 @@ def test_lora_and_retain_variants(tiny_dir, tmp_path):
 
 
 def test_block_replay_changes_no_result_and_records_once_per_item_set(tiny_dir, tmp_path, monkeypatch):
-    """Twin scoring of the tuned and steered conditions skips the base blocks below the trained
-    range (evaluation.block_replay): the scores equal a run that runs every block."""
-    from reptune.evaluation import twin_scoring
+    """Twin scoring and the representation reading of the tuned and steered conditions skip the base
+    blocks below the trained range (evaluation.block_replay): the results equal a run that runs every block."""
+    from reptune import block_replay
 
     replays = []
-    real_replay = twin_scoring.replay_block_inputs
-    monkeypatch.setattr(twin_scoring, "replay_block_inputs", lambda *args: replays.append(args[2]) or real_replay(*args))
+    real_replay = block_replay.replay_block_inputs
+    monkeypatch.setattr(block_replay, "replay_block_inputs", lambda *args: replays.append(args[2]) or real_replay(*args))
 
     def config(replay: bool):
         return parse_config({
@@ -403,9 +403,14 @@ def test_block_replay_changes_no_result_and_records_once_per_item_set(tiny_dir, 
     assert replayed.results["training"]["truth"]["0"]["layers"] == "2-3"
     recorded = list((tmp_path / "replayed" / "block_inputs").glob("*.safetensors"))
     # the sweep's validation items (from block 3, its layer), the test split, the counter-steered test
-    # items, the validation split (from block 2, the first trained one): one recording each, not one per model
-    assert 2 <= len(recorded) <= 5 and not (tmp_path / "plain" / "block_inputs").exists()
-    assert replays.count(2) >= 6  # tuned, steered and counter-steered conditions replayed from block 2
+    # items, the validation split, the representation prompts (from block 2, the first trained one):
+    # one recording each, not one per model
+    assert 3 <= len(recorded) <= 6 and not (tmp_path / "plain" / "block_inputs").exists()
+    assert replays.count(2) >= 16  # tuned, steered and counter-steered conditions replayed from block 2, twins and representation
+    by_condition = {row["condition"]: row for row in plain.results["representation"]}
+    assert len(by_condition) >= 5 and {row["condition"] for row in replayed.results["representation"]} == set(by_condition)
+    for row in replayed.results["representation"]:
+        assert row["mean_cosine"] == pytest.approx(by_condition[row["condition"]]["mean_cosine"], abs=1e-5)
     assert replays.count(3) >= 1 and set(replays) == {2, 3}  # the sweep's steered cells from block 3
     assert set(replayed.results["scores"]) == set(plain.results["scores"]) and len(plain.results["scores"]) > 4
     for condition, by_task in plain.results["scores"].items():
@@ -582,6 +587,9 @@ def test_a_stage_worker_shares_the_stages_and_changes_no_result(tiny_dir, tmp_pa
     assert sorted(pair.stages_run) == sorted(alone.stages_run) and len(set(pair.stages_run)) == len(pair.stages_run)  # each once
     assert pair.results["timings"]["workers"] == 2 and pair.results["timings"]["worker_exit"] == 0
     assert not list((tmp_path / "pair" / "stages").glob("*.lock"))
+    pids = {json.loads(path.read_text())["pid"] for path in (tmp_path / "pair" / "stages").glob("*/stage.json")}
+    assert len(pids) == 2  # each stage records the process that ran it
+    assert [row["condition"] for row in pair.results["representation"]] == [row["condition"] for row in alone.results["representation"]]
     for condition, by_task in alone.results["scores"].items():
         for task, score in by_task.items():
             for metric, value in score["metrics"].items():

@@ -64,3 +64,32 @@ def test_waiting_is_the_default_and_busy_is_raised_only_without_it(tmp_path):
         store.run("b", {}, lambda folder: {})
     assert not (store.root / "b").exists()  # nothing ran, nothing was written
     assert store.wait is False
+
+
+def test_independent_stages_skip_the_held_one_and_the_main_process_waits_for_none(tmp_path):
+    """run_independent, as after a training: a process (here the main one, which otherwise waits)
+    takes every free stage first and comes back to the one the other process holds; a held stage
+    still held after the rest is looked at again until the other process releases it."""
+    import threading
+
+    from reptune.pipeline.stages import run_independent
+
+    store = StageStore(tmp_path, "s1")
+    assert store.wait is True
+    _hold(store, "eval-b", os.getppid())
+    order: list[tuple[str, str]] = []
+
+    def release_later() -> None:  # the other process finishes eval-b a little after this one ran the rest
+        other = StageStore(tmp_path, "s1")
+        (store.root / "eval-b.lock").unlink()
+        other.run("eval-b", {}, lambda folder: {"by": "other"})
+
+    def work(name: str) -> None:
+        outputs = store.run(name, {}, lambda folder: {"by": "me"})
+        order.append((name, outputs["by"]))
+        if name == "eval-c":
+            threading.Timer(0.4, release_later).start()
+
+    run_independent(store, [lambda n=n: work(n) for n in ("eval-a", "eval-b", "eval-c")])
+    assert order == [("eval-a", "me"), ("eval-c", "me"), ("eval-b", "other")]
+    assert store.computed == ["eval-a", "eval-c"] and store.wait is True  # the process's own setting is back

@@ -135,16 +135,19 @@ def test_twin_items_put_both_twins_in_one_batch_with_the_statement_as_completion
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma", "gpt_neox", "phi"])
-def test_twin_scoring_with_shared_tokens_equals_scoring_whole_rows(arch):
-    """Each pair's common tokens run once; the log-probs equal the plain row scorer's."""
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_twin_scoring_with_shared_tokens_equals_scoring_whole_rows(arch, batch_size):
+    """Each pair's common tokens run once; the log-probs equal the plain row scorer's (also where
+    the twins differ only in their last token, so the tails need no forward)."""
     from reptune.data.pairs import render_chat
     from reptune.evaluation.twin_scoring import twin_logprobs
 
     handle = build_model(arch, chat=True)
     twins = [("The sky is blue.", "The sky is green."), ("Water boils at 100 degrees.", "Water boils at 50 degrees."),
-             ("Cats are mammals.", "Dogs are mammals."), ("Paris is the capital of France.", "Paris is the capital of the world today.")]
+             ("Cats are mammals.", "Dogs are mammals."), ("Paris is the capital of France.", "Paris is the capital of the world today."),
+             ("Two and two make 4", "Two and two make 5"), ("The count is 7", "The count is 9")]
     prompt = render_chat(handle.tokenizer, "Make a statement.")
-    fast = twin_logprobs(handle, prompt, twins, batch_size=3)  # batches of 3 and 1 pairs: padding in both stages
+    fast = twin_logprobs(handle, prompt, twins, batch_size=batch_size)  # padding in both stages; a batch of one-token tails
     whole = continuation_logprobs(handle, [(prompt, text) for twin in twins for text in twin], share_prefix=False)
     for index, pair in enumerate(fast):
         for side, score in enumerate(pair):
@@ -167,7 +170,7 @@ def test_twin_token_loss_with_kept_logits_equals_full_logits(monkeypatch):
     # as a model class without logits_to_keep: every position comes back and is sliced
     monkeypatch.setattr(trainer, "forward_keeping_logits", lambda model, kwargs, keep: (model(**kwargs), False))
     full = tuner.losses(batch, None)["tok"]
-    assert float(kept) == pytest.approx(float(full), abs=1e-6) and float(kept) > 0
+    assert float(kept.detach()) == pytest.approx(float(full.detach()), abs=1e-6) and float(kept.detach()) > 0
 
 
 def _tuner_terms_and_grads(handle, preset: str, items, vector, rep_positions: str):

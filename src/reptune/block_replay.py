@@ -205,3 +205,33 @@ def _probe(model: nn.Module, layers: nn.ModuleList, start: int, autocast: Any, r
         second = model(input_ids=rows, attention_mask=mask, position_ids=(3 + torch.arange(4, device=device)).expand(2, -1), **{name: cache}, use_cache=True)
         out = [torch.log_softmax(first.logits.float(), -1)[0], torch.log_softmax(second.logits.float(), -1)[0], torch.log_softmax(second.logits.float(), -1)[1, :3]]
     return out, (captured if recorded is None else [])
+
+
+@contextlib.contextmanager
+def frozen_blocks(handle: Any, call: Any) -> Iterator[None]:
+    """Around the forwards of one evaluation call (``call``: JSON-able, what makes its inputs), on a
+    :class:`~reptune.models.ModelHandle` whose ``block_inputs`` store is set: replay the call's
+    recorded block inputs (skipping the blocks below), or record them for the next model. Without
+    a store, or with a hook below its start block, the forwards run plainly."""
+    store = handle.block_inputs
+    if store is None:
+        yield
+        return
+    if not blocks_unhooked(handle.layers, store.start):
+        yield
+        store.counts["plain"] += 1
+        return
+    key = store.key(call)
+    recorded = store.load(key)
+    if recorded is None:
+        with capture_block_inputs(handle.layers, store.start) as captured:
+            yield
+        store.save(key, captured)
+        store.counts["recorded"] += 1
+    elif replay_matches(handle.model, handle.layers, store.start, handle.autocast):
+        with replay_block_inputs(handle.model, handle.layers, store.start, recorded):
+            yield
+        store.counts["replayed"] += 1
+    else:
+        yield
+        store.counts["plain"] += 1

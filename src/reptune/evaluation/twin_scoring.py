@@ -6,7 +6,12 @@ twice. Here every forward of a batch of pairs has three parts:
 
 1. the prompt all rows share, once per call, cached (batch 1; each batch expands a copy);
 2. each pair's common tokens after it (right-padded), batch ``B``, appended to the cache;
-3. the two differing tails (the cache repeated per row), batch ``2B``.
+3. the two differing tails (the cache repeated per row), batch ``2B``, without their last token
+   (its logits would predict past the reply; a tail of one token needs no forward at all).
+
+Pairs are batched by tail length first (tails vary more and run at twice the batch), then by
+common length: on the demo's 316 test twins that runs 16% fewer token positions than batching
+by common length.
 
 The result equals :func:`reptune.evaluation.scoring.token_row_logprobs` on the full rows (same
 tokens, same positions; padded columns are masked and skipped by explicit position ids), which
@@ -16,14 +21,13 @@ a test pins. Where the model's cache or hooks do not allow it (see
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from reptune.block_replay import blocks_unhooked, capture_block_inputs, replay_block_inputs, replay_matches
+from reptune.block_replay import frozen_blocks
 from reptune.evaluation.scoring import RowScore, continuation_rows, prefix_sharing_allowed, token_row_logprobs
 from reptune.models import ModelHandle
 from reptune.tokens import cache_argument, forward_keeping_logits, output_cache
@@ -39,10 +43,23 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def _forward(handle: ModelHandle, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+    """The logits ``[batch, seq, vocab]`` (as the model computes them) and the grown cache."""
     with handle.autocast():
         inputs = {"input_ids": ids.to(handle.device), "attention_mask": mask.to(handle.device), "position_ids": positions.to(handle.device)}
         out = handle.model(**inputs, **{cache_argument(handle.model): cache}, use_cache=True)
-    return torch.log_softmax(out.logits.float(), dim=-1), output_cache(out)
+    return out.logits, output_cache(out)
+
+
+def _picked(logits: torch.Tensor, picks: list[tuple[int, int, int]]) -> tuple[list[float], list[bool]]:
+    """Log-prob (float64) of each ``(row, position, token)`` pick and whether it is the argmax;
+    the log-softmax runs on the picked positions only, not on padding."""
+    if not picks:
+        return [], []
+    index = torch.tensor(picks, dtype=torch.long, device=logits.device)
+    chosen = logits[index[:, 0], index[:, 1]].float()  # [picks, vocab]
+    wanted = index[:, 2:]
+    logp = torch.log_softmax(chosen, dim=-1).gather(1, wanted).squeeze(1).double()
+    return logp.tolist(), (chosen.argmax(-1, keepdim=True) == wanted).squeeze(1).tolist()
 
 
 def _prompt_cache(handle: ModelHandle, prefix: Sequence[int]) -> Any:
@@ -82,27 +99,45 @@ def _score_batch(handle: ModelHandle, rows: list[tuple[list[int], int]], pairs: 
     cache = _expanded(prompt_cache, len(pairs))
     commons = [_common(rows[t][0], rows[f][0]) for t, f in pairs]
     ids_a, mask_a = _pad([rows[t][0][g:c] for (t, _), c in zip(pairs, commons)], pad)
-    logp_a, cache = _forward(handle, ids_a, torch.cat([torch.ones(len(pairs), g, dtype=torch.long), mask_a], 1),
+    logits_a, cache = _forward(handle, ids_a, torch.cat([torch.ones(len(pairs), g, dtype=torch.long), mask_a], 1),
                              (g + torch.arange(ids_a.shape[1])).expand(len(pairs), -1), cache)
-    cache.batch_repeat_interleave(2)
-    tails = [rows[i][0][c:] for (t, f), c in zip(pairs, commons) for i in (t, f)]
-    ids_b, mask_b = _pad(tails, pad)
-    lengths_a = mask_a.sum(1).repeat_interleave(2)
-    mask = torch.cat([torch.ones(len(tails), g, dtype=torch.long), mask_a.repeat_interleave(2, 0), mask_b], 1)
-    positions = g + lengths_a.unsqueeze(1) + torch.arange(ids_b.shape[1]).unsqueeze(0)
-    logp_b, _ = _forward(handle, ids_b, mask, positions, cache)
-    out: dict[int, RowScore] = {}
+    # a tail's last token predicts nothing: each row feeds its tail up to the one before
+    tails = [rows[i][0][c:-1] for (t, f), c in zip(pairs, commons) for i in (t, f)]
+    logits_b = None
+    if any(tails):
+        cache.batch_repeat_interleave(2)
+        ids_b, mask_b = _pad(tails, pad)
+        lengths_a = mask_a.sum(1).repeat_interleave(2)
+        mask = torch.cat([torch.ones(len(tails), g, dtype=torch.long), mask_a.repeat_interleave(2, 0), mask_b], 1)
+        positions = g + lengths_a.unsqueeze(1) + torch.arange(ids_b.shape[1]).unsqueeze(0)
+        logits_b, _ = _forward(handle, ids_b, mask, positions, cache)
+    picks, owners = _scored_positions(rows, pairs, commons, g)
+    totals: dict[int, float] = {}
+    greedy: dict[int, bool] = {}
+    for logits, stage_picks, stage_owners in ((logits_a, picks[0], owners[0]), (logits_b, picks[1], owners[1])):
+        if stage_picks:
+            assert logits is not None
+            for row_index, logprob, hit in zip(stage_owners, *_picked(logits, stage_picks)):
+                totals[row_index] = totals.get(row_index, 0.0) + logprob  # in token order, as one row's sum
+                greedy[row_index] = greedy.get(row_index, True) and hit
+    return {index: RowScore(totals[index], rows[index][1], greedy[index]) for pair in pairs for index in pair}
+
+
+def _scored_positions(rows: list[tuple[list[int], int]], pairs: list[tuple[int, int]], commons: list[int], g: int
+                      ) -> tuple[tuple[list[tuple[int, int, int]], ...], tuple[list[int], ...]]:
+    """Where each scored token is predicted: ``(picks, owners)``, each a pair (stage a, tail stage);
+    a pick is ``(row in that stage's batch, position, token)``, its owner the row index in ``rows``."""
+    picks: tuple[list[tuple[int, int, int]], ...] = ([], [])
+    owners: tuple[list[int], ...] = ([], [])
     for k, ((t, f), c) in enumerate(zip(pairs, commons)):
         for side, row_index in enumerate((t, f)):
             tokens, n_target = rows[row_index]
-            total, greedy = 0.0, True
             for pos in range(len(tokens) - n_target, len(tokens)):  # token `pos` is predicted at `pos - 1`
                 at = pos - 1  # >= g: the cached prompt ends one token before the replies
-                dist = logp_a[k, at - g] if at < c else logp_b[2 * k + side, at - c]
-                total += float(dist[tokens[pos]].double())
-                greedy = greedy and int(dist.argmax()) == tokens[pos]
-            out[row_index] = RowScore(total, n_target, greedy)
-    return out
+                stage = int(at >= c)
+                picks[stage].append((k, at - g, tokens[pos]) if at < c else (2 * k + side, at - c, tokens[pos]))
+                owners[stage].append(row_index)
+    return picks, owners
 
 
 @torch.inference_mode()
@@ -124,13 +159,14 @@ def twin_logprobs(
     # the shared prompt stops one token early: that token's logits predict each reply's first token
     prefix = rows[0][0][: min(starts) - 1]
     results: dict[int, RowScore] = {}
-    # pairs of similar shape share a batch, so little of either stage is padding
+    # pairs of similar shape share a batch, so little of either stage is padding: tail length
+    # first (the tails vary more and run at twice the batch), then common length
     def shape(i: int) -> tuple[int, int]:
         common = _common(rows[2 * i][0], rows[2 * i + 1][0])
-        return common, max(len(rows[2 * i][0]), len(rows[2 * i + 1][0])) - common
+        return max(len(rows[2 * i][0]), len(rows[2 * i + 1][0])) - common, common
 
     order = sorted(range(len(twins)), key=shape)
-    with _frozen_blocks(handle, {"prompt": prompt, "twins": [list(twin) for twin in twins], "batch_size": batch_size}):
+    with frozen_blocks(handle, {"prompt": prompt, "twins": [list(twin) for twin in twins], "batch_size": batch_size}):
         prompt_cache = _prompt_cache(handle, prefix)  # once per call: every batch starts from a copy
         for start in range(0, len(order), batch_size):
             batch = [(2 * i, 2 * i + 1) for i in order[start : start + batch_size]]
@@ -138,31 +174,3 @@ def twin_logprobs(
             if advance:
                 advance(len(batch))
     return [(results[2 * i], results[2 * i + 1]) for i in range(len(twins))]
-
-
-@contextlib.contextmanager
-def _frozen_blocks(handle: ModelHandle, call: dict[str, Any]) -> Iterator[None]:
-    """Where ``handle.block_inputs`` is set: replay this call's recorded block inputs (skipping the
-    blocks below), or record them for the next model; else nothing."""
-    store = handle.block_inputs
-    if store is None:
-        yield
-        return
-    if not blocks_unhooked(handle.layers, store.start):
-        yield
-        store.counts["plain"] += 1
-        return
-    key = store.key(call)
-    recorded = store.load(key)
-    if recorded is None:
-        with capture_block_inputs(handle.layers, store.start) as captured:
-            yield
-        store.save(key, captured)
-        store.counts["recorded"] += 1
-    elif replay_matches(handle.model, handle.layers, store.start, handle.autocast):
-        with replay_block_inputs(handle.model, handle.layers, store.start, recorded):
-            yield
-        store.counts["replayed"] += 1
-    else:
-        yield
-        store.counts["plain"] += 1

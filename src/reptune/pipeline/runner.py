@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import functools
 import gc
 import io
 import json
@@ -55,14 +56,14 @@ from reptune._io import (
     write_text_atomic,
 )
 from reptune._progress import progress_display
-from reptune.block_replay import BlockInputStore
+from reptune.block_replay import BlockInputStore, frozen_blocks
 from reptune.data.twins import has_pairs, split_by_pair, statements_to_twins
 from reptune.errors import DataError, ReptuneError
 from reptune.models import ModelHandle, load_model
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stage_worker import StageWorker, resolve_workers, start_worker
-from reptune.pipeline.stages import StageError, StageStore, run_deferring
+from reptune.pipeline.stages import StageBusy, StageError, StageStore, run_deferring, run_independent
 from reptune.pipeline.studies import check_studies, estimate_studies, run_studies
 from reptune.pipeline.workers import Mailbox, dismiss, serve, train_job
 from reptune.reporting.experiment import write_report
@@ -350,9 +351,29 @@ class Experiment:
         self.block_store = self._block_store()
         if self._base is not None:
             self._base.block_inputs = self.block_store
-        self.counter_vectors = self._counter_vectors_stage()
+        self.counter_vectors = self._counter_vectors_or_train_ahead() if self.is_worker else self._counter_vectors_stage()
         self.conditions = self._conditions(m_plus, m_minus)
         return data, vector_info, sweep
+
+    def _counter_vectors_or_train_ahead(self) -> dict[str, Any] | None:
+        """A stage worker's counter vectors: while the main process builds them, it trains the
+        first model of its walk (which needs none), then takes them."""
+        saved, self.store.wait = self.store.wait, False
+        try:
+            return self._counter_vectors_stage()
+        except StageBusy:
+            order = self.walk([(variant, seed) for variant in self.config.variants for seed in self.config.variant_seeds(variant)])
+            trained: dict[str, Any] = {}
+            try:
+                if order:
+                    self.train_variant(order[0][0], order[0][1], trained)
+            except StageBusy:
+                pass
+            finally:
+                _release(trained.get("handle"))
+        finally:
+            self.store.wait = saved
+        return self._counter_vectors_stage()
 
     def _evaluate_base(self) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], float | None]:
         """The untuned and steered conditions, the base model's extras and learnability check:
@@ -405,22 +426,38 @@ class Experiment:
                 training.setdefault(variant.name, {})[str(seed)] = self.train_variant(variant, seed, trained)
                 train_key = self.store.keys[f"train:{variant.name}:s{seed}"]
                 loader = self.tuned_loader(training[variant.name][str(seed)], trained)
-                if variant.preset in ("truth", "lie") and c.learnability.enabled:
-                    checks.setdefault(variant.preset, {})[str(seed)] = self._check_stage(variant.name, seed, train_key, loader)
-                for cond in conditions:
-                    if cond.get("variant") != variant.name or (cond.get("first_seed") and seed != c.seeds[0]):
-                        continue
-                    out = self._eval_condition(cond, (seed, train_key), tasks, loader)
-                    evals.setdefault(cond["id"], {})[str(seed)] = out
+                chain_conditions = [cond for cond in conditions if cond.get("variant") == variant.name and not (cond.get("first_seed") and seed != c.seeds[0])]
+                outs = self._after_training(variant, seed, train_key, loader, chain_conditions, tasks, checks, robustness, projection)
+                for cond in chain_conditions:  # in the plan's order, whichever finished first
+                    evals.setdefault(cond["id"], {})[str(seed)] = outs[cond["id"]]
                     if seed == c.seeds[0]:
-                        representation.append({"condition": cond["id"], **out["representation"]})
-                if seed == c.seeds[0]:
-                    self._extras(variant.name, (seed, train_key), loader, robustness, projection)
+                        representation.append({"condition": cond["id"], **outs[cond["id"]]["representation"]})
             finally:
                 _release(trained.get("handle"))
 
         run_deferring(self.store, self.walk(order), chain)
         return training, checks
+
+    def _after_training(self, variant: Any, seed: int, train_key: str, loader: Callable[[], ModelHandle], chain_conditions: list[dict[str, Any]],
+                        tasks: list[str], checks: dict[str, dict[str, float]], robustness: dict[str, Any], projection: dict[str, Any]) -> dict[str, Any]:
+        """A trained model's stages: the learnability check (truth / lie), its conditions' evaluations
+        and (first seed) its extras. They are independent, so the two processes can share them
+        (:func:`run_independent`). Returns each condition's evaluation outputs by condition id."""
+        c = self.config
+        outs: dict[str, Any] = {}
+
+        def check() -> None:
+            checks.setdefault(variant.preset, {})[str(seed)] = self._check_stage(variant.name, seed, train_key, loader)
+
+        def evaluate(cond: dict[str, Any]) -> None:
+            outs[cond["id"]] = self._eval_condition(cond, (seed, train_key), tasks, loader)
+
+        works = [check] if variant.preset in ("truth", "lie") and c.learnability.enabled else []
+        works += [functools.partial(evaluate, cond) for cond in chain_conditions]
+        if seed == c.seeds[0]:
+            works.append(lambda: self._extras(variant.name, (seed, train_key), loader, robustness, projection))
+        run_independent(self.store, works)
+        return outs
 
     def _check_stage(self, variant: str, seed: int, train_key: str, loader: Callable[[], ModelHandle]) -> float:
         """The headline behaviour of a tuned model on the validation split (the learnability check)."""
@@ -920,8 +957,10 @@ class Experiment:
         direction = vector.directions[self.layer].float()
         unit = direction / direction.norm()
         manager = steer(handle, steering_vector, [self.layer], steering["multiplier"], allow_model_mismatch=True) if steering else contextlib.nullcontext()
-        with manager:
-            acts = read_activations(handle, prompts, [self.layer], "last", batch_size=self.config.evaluation.batch_size, progress=False)[self.layer].float()
+        batch_size = self.config.evaluation.batch_size
+        # the blocks below a run's trained range see the same prompts in every condition: replayed
+        with manager, frozen_blocks(handle, {"representation": prompts, "layer": self.layer, "batch_size": batch_size}):
+            acts = read_activations(handle, prompts, [self.layer], "last", batch_size=batch_size, progress=False)[self.layer].float()
         cos = torch.nn.functional.cosine_similarity(acts, unit.expand_as(acts), dim=-1)
         return {"layer": self.layer, "mean_cosine": float(cos.mean()), "mean_projection": float((acts @ unit).mean()), "n": len(prompts)}
 

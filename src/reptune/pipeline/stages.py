@@ -159,7 +159,7 @@ class StageStore:
             shutil.rmtree(folder)  # another config's (or a broken) stage: start clean
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / "stage.json", {"stage": name, "key": key, "status": "running", "inputs": inputs})
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         try:
             outputs = work(folder)
         except (KeyboardInterrupt, StageError, StageBusy):
@@ -169,7 +169,7 @@ class StageStore:
             raise StageError(f"stage {name!r} failed: {message} (finished stages are kept in {self.root} and reused on the next run)") from exc
         elapsed = time.perf_counter() - started
         write_json_atomic(folder / "stage.json", {"stage": name, "key": key, "status": "done", "inputs": inputs, "outputs": outputs, "elapsed_s": round(elapsed, 3),
-                                                  **({"session": self.session} if self.session else {})})
+                                                  "started_at": round(started_at, 3), "pid": os.getpid(), **({"session": self.session} if self.session else {})})
         self.ran.append(name)
         self.computed.append(name)
         self.elapsed[name] = elapsed
@@ -181,24 +181,39 @@ def run_deferring(store: StageStore, items: list[Any], work: Callable[[Any], Non
 
     With ``defer`` (default: where ``store.wait`` is False, as in a stage worker), an item that
     reaches a stage the other process holds (:class:`StageBusy`) is put off; the items put off run
-    after the others, waiting this time (what the other process finished meanwhile is reused). So
-    the two processes do not walk one chain in step, one of them idle.
+    after the others, each tried again in turn until it gets through (what the other process
+    finished meanwhile is reused). So the two processes do not walk one chain in step, one of them idle.
     """
     defer = not store.wait if defer is None else defer
     if not defer:
         for item in items:
             work(item)
         return
-    saved, deferred = store.wait, []
+    _until_done(store, [lambda item=item: work(item) for item in items])
+
+
+def run_independent(store: StageStore, works: list[Callable[[], None]]) -> None:
+    """Run ``works`` (each one or more stages that need none of the others' results) in order; one
+    that reaches a stage the other process holds is put off and tried again after the rest, so
+    each process takes the next free stage instead of waiting (both processes can share the
+    evaluations of one trained model)."""
+    _until_done(store, works)
+
+
+def _until_done(store: StageStore, works: list[Callable[[], None]]) -> None:
+    saved = store.wait
     store.wait = False
+    pending = list(works)
     try:
-        for item in items:
-            try:
-                work(item)
-            except StageBusy:
-                deferred.append(item)
-        store.wait = True
-        for item in deferred:
-            work(item)
+        while pending:
+            busy = []
+            for work in pending:
+                try:
+                    work()
+                except StageBusy:
+                    busy.append(work)
+            if len(busy) == len(pending):
+                time.sleep(LOCK_POLL_S)  # every one held by the other process: look again shortly
+            pending = busy
     finally:
         store.wait = saved

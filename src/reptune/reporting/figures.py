@@ -384,7 +384,8 @@ def plot_sweep(sweep: Sweep, rows: list[SweepRow], path: Path) -> Path:
     ax.set_xlabel("steering multiplier (x the vector)")
     ax.set_ylabel(_mpl(given(sweep.metric, "value")))
     ax.set_title(_mpl(f"steering sweep: {given(sweep.task, '?')} ({given(sweep.split, '?')}); red x = degenerate"))
-    ax.legend(fontsize=8, loc="best")
+    if ax.get_legend_handles_labels()[0]:  # a sweep without steered cells has nothing to name
+        ax.legend(fontsize=8, loc="best")
     return save_figure(fig, path)
 
 
