@@ -166,6 +166,24 @@ def test_rerun_reuses_every_stage_and_a_change_reruns_dependents(finished):
     assert third.results["training"]["truth"]["0"]["steps"] == 4
 
 
+def test_weights_replaced_at_the_same_path_change_every_stage_key(tiny_dir, tmp_path):
+    """A local model directory is identified by its files too: new weights at the same path give
+    a new model key (in every stage's inputs), so a rerun does not reuse the old model's stages."""
+    import shutil
+
+    from conftest import build_model
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    config = parse_config(_config(model, tmp_path))
+    first = runner_module.Experiment(config, tmp_path / "run").model_key
+    assert first == runner_module.Experiment(config, tmp_path / "run").model_key and first["files"]
+    build_model("llama", chat=True, seed=1).model.save_pretrained(model)  # other weights, same path
+    assert runner_module.Experiment(config, tmp_path / "run").model_key != first
+    embedded = parse_config({**_config(model, tmp_path), "model": None})
+    assert "files" not in runner_module.Experiment(embedded, tmp_path / "run").model_key  # a packaged model keeps its key
+
+
 def test_failed_stage_names_itself_and_earlier_stages_are_reused(tiny_dir, tmp_path, monkeypatch):
     config = parse_config(_config(tiny_dir, tmp_path, **{"variants": [{"name": "truth", "preset": "truth"}], "robustness.enabled": False, "projection.enabled": False}))
     import reptune.tuning

@@ -285,6 +285,19 @@ def _content_digest(path: Path) -> str:
     return digest
 
 
+def local_files_fingerprint(name_or_path: str | None) -> str | None:
+    """For a model given as a local directory or file: a digest of its top-level files' names,
+    sizes and modification times, so that cached work notices when the weights are replaced at
+    the same path (a copy with a new time reruns it: the safe direction). ``None`` for a hub name
+    or the embedded model."""
+    if not name_or_path or not Path(name_or_path).exists():
+        return None
+    path = Path(name_or_path)
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps(stats).encode("utf-8")).hexdigest()[:16]
+
+
 def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
     """Convert a GGUF file once into a plain safetensors model directory in the cache.
 

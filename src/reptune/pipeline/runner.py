@@ -59,7 +59,7 @@ from reptune._progress import progress_display
 from reptune.block_replay import BlockInputStore, frozen_blocks
 from reptune.data.twins import has_pairs, split_by_pair, statements_to_twins
 from reptune.errors import DataError, ReptuneError
-from reptune.models import ModelHandle, load_model
+from reptune.models import ModelHandle, load_model, local_files_fingerprint
 from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stage_worker import StageWorker, resolve_workers, start_worker
@@ -195,6 +195,7 @@ class Experiment:
         self.is_worker = False  # True in the stage worker process (run_worker)
         self.skipped: list[dict[str, str]] = []
         self._base: ModelHandle | None = None
+        self._model_files: str | None = None  # the local model's files fingerprint, once read ("" for none)
         self.block_store: BlockInputStore | None = None  # set once the trained range is known (after the sweep)
         self.counter_vectors: dict[str, Any] | None = None  # the counter-vectors stage's output, once it ran
         # what studies read (pipeline.studies.base.StudyHost), filled as the run goes
@@ -226,7 +227,12 @@ class Experiment:
 
     @property
     def model_key(self) -> dict[str, Any]:
-        return {"model": self.config.model, "revision": self.config.revision, "precision": self.precision}
+        """What identifies the model in every stage key: name, revision, precision and, for a local
+        directory, its files' fingerprint (weights replaced at the same path rerun the stages)."""
+        if self._model_files is None:
+            self._model_files = local_files_fingerprint(self.config.model) or ""
+        key = {"model": self.config.model, "revision": self.config.revision, "precision": self.precision}
+        return {**key, "files": self._model_files} if self._model_files else key
 
     # -- running ---------------------------------------------------------------------------
     def stage(self, name: str, inputs: Any, work: Callable[[Path], dict[str, Any]], cost: float) -> dict[str, Any]:
