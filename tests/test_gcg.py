@@ -284,3 +284,14 @@ def test_gcg_runs_on_a_steered_model(items_file):
     assert result.metrics["base_success_rate"]["value"] == 1.0 and result.metrics["attack_success_rate"]["value"] == 1.0
     plain = evaluate(handle, [get_task("gcg", data=str(items_file), **{**BUDGET, "steps": 1})])["gcg"]
     assert plain.metrics["base_success_rate"]["value"] == 0.0  # the hooks are gone afterwards
+
+
+def test_without_nanogcg_the_preflight_says_how_to_install_it(monkeypatch, items_file):
+    """The check finds the package without importing it (the import takes seconds, and happens
+    where the attack runs); where it is missing, one line says how to install it."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nanogcg" else real(name, *a))
+    with pytest.raises(ReptuneError, match="needs nanogcg"):
+        get_task("gcg", data=str(items_file), **BUDGET).preflight()

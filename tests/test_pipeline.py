@@ -184,6 +184,29 @@ def test_weights_replaced_at_the_same_path_change_every_stage_key(tiny_dir, tmp_
     assert "files" not in runner_module.Experiment(embedded, tmp_path / "run").model_key  # a packaged model keeps its key
 
 
+def test_the_progress_estimate_is_the_cost_of_the_stages_that_run(tiny_dir, tmp_path, monkeypatch):
+    """The ETA's total (Experiment._estimate) adds up the same stage costs the run advances by:
+    base-only tasks, single-seed variants, checks and counter vectors counted as they run."""
+    from reptune import _progress
+
+    monkeypatch.setattr(_progress, "interactive", lambda: False)
+    seen = {}
+    real_init = runner_module._Overall.__init__
+
+    def keep(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen["overall"] = self
+
+    monkeypatch.setattr(runner_module._Overall, "__init__", keep)
+    config = parse_config({**_config(tiny_dir, tmp_path, **{
+        "seeds": [0, 1], "evaluation.tasks": ["facts-ab", "kl"], "evaluation.base_only_tasks": ["kl"], "evaluation.limits": {"kl": 2},
+        "variants": [{"name": "truth", "preset": "truth"}, {"name": "honesty", "preset": "honesty", "seeds": [0]}],
+        "robustness.enabled": False, "projection.enabled": False}), "counter": {"random": 1}})
+    run_experiment(config, tmp_path / "run", progress=True)
+    overall = seen["overall"]
+    assert overall.own == pytest.approx(overall.total, rel=1e-6)
+
+
 def test_failed_stage_names_itself_and_earlier_stages_are_reused(tiny_dir, tmp_path, monkeypatch):
     config = parse_config(_config(tiny_dir, tmp_path, **{"variants": [{"name": "truth", "preset": "truth"}], "robustness.enabled": False, "projection.enabled": False}))
     import reptune.tuning

@@ -77,11 +77,12 @@ SPLIT_TASKS = ("facts-ab", "facts-twin", "facts-word")
 VECTOR_FILE = "honesty.safetensors"
 # everything a run writes at the top of its folder: all that `--fresh` ever deletes
 BLOCK_INPUTS = "block_inputs"
+WORKER_PROGRESS = ".worker-progress.json"  # in stages/: the stage worker's finished cost, for the main process's ETA
 """The run folder's recorded block inputs (:mod:`reptune.block_replay`), shared by both processes."""
 RUN_ENTRIES = (RUN_MARKER, "config.yaml", "results.json", "report.md", "report.html", "figures", "stages", "worker.log", BLOCK_INPUTS)
 
 # rough seconds per unit on the embedded model (2 CPU cores), only for the progress estimate
-_COST = {"data": 1.0, "vector": 30.0, "sweep_point": 4.0, "train_step": 1.3, "eval_task": 12.0, "robust_cell": 2.0, "projection": 3.0}
+_COST = {"data": 1.0, "vector": 15.0, "sweep_point": 2.0, "train_step": 1.3, "eval_task": 12.0, "robust_cell": 2.0, "projection": 3.0}
 
 
 @dataclass
@@ -95,14 +96,21 @@ class ExperimentRun:
     stages_skipped: list[str] = field(default_factory=list)
 
 
+MIN_ETA_ELAPSED_S = 5.0
+"""Seconds of run time before the per-stage log line gives an ETA."""
+
+
 class _Overall:
     """Overall progress: the top row of the live display, or one log line per stage without a terminal."""
 
-    def __init__(self, progress: Any, total: float) -> None:
+    def __init__(self, progress: Any, total: float, worker_done: Callable[[], float] = lambda: 0.0) -> None:
+        """``worker_done``: the estimated cost of the stages a stage worker has finished so far
+        (counted as they finish, so the ETA does not wait for this process to reach them)."""
         from reptune._progress import interactive
 
         self.progress = progress
-        self.total, self.done = max(total, 1.0), 0.0
+        self.worker_done = worker_done
+        self.total, self.own, self.done = max(total, 1.0), 0.0, 0.0
         self.started = time.perf_counter()
         self.log = not interactive()
         self.name, self.stage_started = "", self.started
@@ -116,14 +124,17 @@ class _Overall:
     def advance(self, cost: float, reused: bool = False, by_worker: bool = False) -> None:
         from reptune._progress import format_seconds, log_line
 
-        self.done = min(self.total, self.done + cost)
+        if not by_worker:  # a stage the worker ran is in worker_done already
+            self.own += cost
+        self.done = min(self.total, self.own + self.worker_done())
         if self.task is not None:
-            self.progress.update(self.task, advance=cost)
+            self.progress.update(self.task, completed=self.done)
         elif self.log:
             now = time.perf_counter()
             elapsed = now - self.started
-            # the ETA scales the time so far by the estimated cost still to come
-            eta = elapsed / self.done * (self.total - self.done) if self.done and not reused else None
+            # the ETA scales the time so far by the estimated cost still to come (not before a few
+            # seconds of work: a stage that took no time, like the data split, says nothing of speed)
+            eta = elapsed / self.done * (self.total - self.done) if self.done and not reused and elapsed >= MIN_ETA_ELAPSED_S else None
             took = "reused" if reused else ("done by the stage worker" if by_worker else f"done in {now - self.stage_started:.1f} s")
             log_line(f"{self.name}: {took} · {format_seconds(elapsed)} elapsed" + (f" · ETA {format_seconds(eta)}" if eta is not None else "")
                      + f" · {100 * self.done / self.total:.0f}%")
@@ -195,6 +206,7 @@ class Experiment:
         self.is_worker = False  # True in the stage worker process (run_worker)
         self.skipped: list[dict[str, str]] = []
         self._base: ModelHandle | None = None
+        self._worker_cost = 0.0  # in a stage worker: the cost of the stages it ran (WORKER_PROGRESS)
         self._model_files: str | None = None  # the local model's files fingerprint, once read ("" for none)
         self.block_store: BlockInputStore | None = None  # set once the trained range is known (after the sweep)
         self.counter_vectors: dict[str, Any] | None = None  # the counter-vectors stage's output, once it ran
@@ -246,25 +258,47 @@ class Experiment:
     def _stage(self, name: str, inputs: Any, work: Callable[[Path], dict[str, Any]], cost: float) -> dict[str, Any]:
         if self._overall is not None:
             self._overall.stage(name)
+        computed = len(self.store.computed)
         outputs = self.store.run(name, inputs, work)
+        if self.is_worker and len(self.store.computed) > computed:  # tell the main process's ETA
+            self._worker_cost += cost
+            write_json_atomic(self.store.root / WORKER_PROGRESS, {"session": self.store.session, "done": self._worker_cost})
         if self._overall is not None:
             self._overall.advance(cost, reused=name in self.store.skipped, by_worker=name in self.store.by_worker)
         return outputs
 
+    def _worker_done(self) -> float:
+        """The cost of the stages this run's stage worker finished so far (0 without one)."""
+        if self.worker is None:
+            return 0.0
+        try:
+            record = json.loads((self.store.root / WORKER_PROGRESS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 0.0
+        return float(record.get("done", 0.0)) if record.get("session") == self.store.session else 0.0
+
     def _estimate(self) -> float:
         """Rough cost of the whole run in the units of ``_COST`` (only for the ETA)."""
         c = self.config
-        n_variants, n_seeds = len(c.variants), len(c.seeds)
         n_tasks = len(c.evaluation.tasks)
         n_layers = len(c.sweep.layers) if isinstance(c.sweep.layers, list) else (1 if c.sweep.layers == "vector" else 4)
-        total = _COST["data"] + _COST["vector"] + _COST["sweep_point"] * n_layers * len(c.sweep.multipliers)
+        steered_points = n_layers * sum(m != 0 for m in c.sweep.multipliers)
+        total = _COST["data"] + _COST["vector"] + _COST["sweep_point"] * (1 + steered_points)  # 1: the unsteered point
         total += sum((v.steps or c.train.steps) * len(c.variant_seeds(v)) for v in c.variants) * _COST["train_step"]
-        n_counter = sum(v.counter != "none" for v in c.variants)
         counter = c.counter
-        # counter-steered evaluations per variant: the training vector, the other vector (every seed), the random floor
-        per_variant = (n_seeds if counter.training_seeds == "all" else 1) + n_seeds * counter.other + counter.random * (n_seeds if counter.random_seeds == "all" else 1)
-        total += 3 * n_tasks * _COST["eval_task"] + n_seeds * n_variants * n_tasks * _COST["eval_task"]
-        total += n_counter * per_variant * len(c.evaluation.counter_tasks) * _COST["eval_task"] / 2
+        countered = [len(c.variant_seeds(v)) for v in c.variants if v.counter != "none"]
+        # counter-steered evaluations per variant (its seeds): the training vector, the other vector (every seed), the random floor
+        n_countered = sum((n if counter.training_seeds == "all" else 1) + n * counter.other + counter.random * (n if counter.random_seeds == "all" else 1)
+                          for n in countered)
+        if countered and (counter.other or counter.random):
+            total += _COST["vector"] / 2  # the counter-vectors stage
+        # the untuned condition runs every task; the steered and tuned ones skip the base-only ones
+        n_tuned_tasks = sum(task not in c.evaluation.base_only_tasks for task in c.evaluation.tasks)
+        n_trained = sum(len(c.variant_seeds(v)) for v in c.variants)
+        total += (n_tasks + (2 + n_trained) * n_tuned_tasks) * _COST["eval_task"]
+        total += n_countered * len(c.evaluation.counter_tasks) * _COST["eval_task"] * (0.5 if c.evaluation.counter_limit else 1.0)
+        if c.learnability.enabled:  # the untuned model's check and each truth / lie model's, on the validation split
+            total += (1 + sum(len(c.variant_seeds(v)) for v in c.variants if v.preset in ("truth", "lie"))) * _COST["eval_task"] / 2
         if c.robustness.enabled:
             total += len(c.robustness.conditions) * len(c.robustness.layers or [0, 1, 2]) * len(c.robustness.multipliers) * _COST["robust_cell"]
         if c.projection.enabled:
@@ -282,7 +316,7 @@ class Experiment:
         write_text_atomic(self.run_dir / "config.yaml", self.config.to_yaml())
         try:
             with progress_display(self.progress) as display:
-                self._overall = _Overall(display if self.progress else None, self._estimate()) if self.progress else None
+                self._overall = _Overall(display if self.progress else None, self._estimate(), self._worker_done) if self.progress else None
                 results = self._run_stages()
         finally:
             worker_exit = self.worker.stop(wait_s=60 if sys.exc_info()[0] is None else 0) if self.worker else None
@@ -941,7 +975,7 @@ class Experiment:
             replay = {k: v - counted[k] for k, v in handle.block_inputs.counts.items()} if counted is not None and handle.block_inputs is not None else None
             return {"results": f"stages/{folder.name}/results.json", "representation": rep, "block_replay": replay}
 
-        cost = len(task_names) * _COST["eval_task"]
+        cost = len(task_names) * _COST["eval_task"] * (0.5 if cond["kind"] == "counter" and c.counter_limit else 1.0)  # counter_limit: about half the items
         return self._stage(name, inputs, work, cost)
 
     def _condition_options(self, cond: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ Records hold the suffix, so an interrupted run resumes item by item (one item pe
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -355,11 +356,12 @@ class GCGTask(Task):
         return 1  # every item is minutes of search on a real model: checkpoint each one
 
     def preflight(self) -> None:
-        """Before a model is loaded: nanogcg is importable, the suffixes file reads."""
+        """Before a model is loaded: nanogcg is installed (found, not imported: the import takes
+        seconds and happens where the attack runs), the suffixes file reads."""
         if self.transfer:
             load_suffixes(str(self.options["suffixes"]))
-        else:
-            _nanogcg()
+        elif importlib.util.find_spec("nanogcg") is None:
+            raise ReptuneError(f"the gcg task needs nanogcg: {INSTALL_HINT}")
 
     def load_items(self, handle: ModelHandle, limit: int | None) -> tuple[list[dict[str, Any]], str, str]:
         spec, chat = str(self.options["data"]), bool(self.options["chat"])
