@@ -577,6 +577,19 @@ def test_counter_vectors_are_norm_matched_and_used(finished):
     assert {(r["variant"], r["vector"]) for r in counter["rows"]} == {(v, w) for v in ("truth", "honesty") for w in ("training", "other", "random1")}
 
 
+def test_the_studies_say_which_main_models_they_read():
+    """A stage worker runs the studies before a chain the main process holds only when no study
+    reads that chain's model: in the demo they read truth and honesty at seed 0, never lie."""
+    from reptune.pipeline import builtin_config, load_config
+    from reptune.pipeline.studies import STUDIES, study_reads
+
+    demo = load_config(builtin_config("demo"))
+    assert study_reads(demo) == {("truth", 0), ("honesty", 0)}
+    assert study_reads(load_config(builtin_config("demo"), {f"{name}.enabled": "false" for name in STUDIES})) == set()
+    stacking = load_config(builtin_config("study-stacking"))
+    assert ("honesty", 0) in study_reads(stacking) and ("lie", 0) not in study_reads(stacking)
+
+
 def test_the_demo_runs_a_reduced_version_of_every_study():
     """Issue 12: the demo answers each question the field asks, smaller than the shipped study configs."""
     from reptune.pipeline import builtin_config, load_config

@@ -253,3 +253,14 @@ def test_shipped_study_config_is_the_demo_plus_the_study():
     assert not study.sample_efficiency.enabled and not study.generalisation.enabled  # only its own study
     drop = {"name", "stacking", "sample_efficiency", "generalisation", "gcg"}
     assert study.model_dump(exclude=drop) == demo.model_dump(exclude=drop)  # the same main stages as the demo's
+
+
+def test_with_a_stage_worker_every_stage_runs_once_and_the_study_is_the_same(tiny_dir, tmp_path):
+    """workers: 2 with a study: the worker may take the study while the main process trains the
+    models no study reads; every stage still runs once and the cells equal a one-process run's."""
+    alone = run_experiment(parse_config({**_config(tiny_dir), "seeds": [0, 1]}), tmp_path / "alone", progress=False)
+    pair = run_experiment(parse_config({**_config(tiny_dir), "seeds": [0, 1], "workers": 2}), tmp_path / "pair", progress=False)
+    assert sorted(pair.stages_run) == sorted(alone.stages_run) and len(set(pair.stages_run)) == len(pair.stages_run)
+    assert pair.results["timings"]["worker_exit"] == 0 and not list((tmp_path / "pair" / "stages").glob("*.lock"))
+    cells = {c["cell"]: c["accuracy"]["value"] for c in alone.results["studies"]["stacking"]["cells"]}
+    assert {c["cell"]: c["accuracy"]["value"] for c in pair.results["studies"]["stacking"]["cells"]} == pytest.approx(cells, abs=1e-6)

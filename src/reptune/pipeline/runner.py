@@ -64,7 +64,7 @@ from reptune.pipeline.config import ExperimentConfig
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stage_worker import StageWorker, resolve_workers, start_worker
 from reptune.pipeline.stages import StageBusy, StageError, StageStore, run_deferring, run_independent
-from reptune.pipeline.studies import check_studies, estimate_studies, run_studies
+from reptune.pipeline.studies import check_studies, estimate_studies, run_studies, study_reads
 from reptune.pipeline.workers import Mailbox, dismiss, serve, train_job
 from reptune.reporting.experiment import write_report
 from reptune.reporting.schema import ExperimentResults, StageNames, Timings
@@ -362,10 +362,17 @@ class Experiment:
         self.is_worker = True
         self._prepare()
         self.store.wait = False  # a chain or study the main process is on is put off, not waited for
-        training, _ = self._train_and_evaluate(self.conditions, self.tasks, self.evals, [], {}, {})
-        self.training = {v.name: dict(sorted(training[v.name].items(), key=lambda kv: int(kv[0]))) for v in self.config.variants}
-        self._evaluate_base()
-        run_studies(self)
+        leftover: list[Callable[[], None]] = []  # the chains the main process holds
+        training, _ = self._train_and_evaluate(self.conditions, self.tasks, self.evals, [], {}, {}, leftover=leftover)
+        self.training = training  # filled as the chains finish (a study reads only finished ones, below)
+        held = {(variant.name, seed) for variant in self.config.variants for seed in self.config.variant_seeds(variant)
+                if str(seed) not in training.get(variant.name, {})}
+        reads = study_reads(self.config)
+        if reads is not None and not held & reads:  # the studies need none of them: on to the studies while the main process trains
+            run_independent(self.store, [self._evaluate_base, lambda: run_studies(self)])
+            run_independent(self.store, leftover)
+        else:
+            run_independent(self.store, [*leftover, self._evaluate_base, lambda: run_studies(self)])
         self.release_base()
 
     def _prepare(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -451,9 +458,11 @@ class Experiment:
                 raise StageError(f"stage 'check-config' failed: variant {variant.name!r}: {exc}") from exc
 
     def _train_and_evaluate(self, conditions: list[dict[str, Any]], tasks: list[str], evals: dict[str, dict[str, Any]], representation: list[dict[str, Any]],
-                            robustness: dict[str, Any], projection: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+                            robustness: dict[str, Any], projection: dict[str, Any], leftover: list[Callable[[], None]] | None = None,
+                            ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
         """Every variant x seed: train, the learnability check (truth / lie), its conditions, the
-        extras (in :meth:`walk` order: a stage worker starts from the last variant's last seed)."""
+        extras (in :meth:`walk` order: a stage worker starts from the last variant's last seed).
+        ``leftover``: see :func:`run_deferring` (the chains put off are left to the caller)."""
         c = self.config
         training: dict[str, dict[str, Any]] = {}
         checks: dict[str, dict[str, float]] = {}
@@ -475,7 +484,7 @@ class Experiment:
             finally:
                 _release(trained.get("handle"))
 
-        run_deferring(self.store, self.walk(order), chain)
+        run_deferring(self.store, self.walk(order), chain, leftover=leftover)
         return training, checks
 
     def _after_training(self, variant: Any, seed: int, train_key: str, loader: Callable[[], ModelHandle], chain_conditions: list[dict[str, Any]],

@@ -16,6 +16,7 @@ owner is no longer alive is taken over; ``clear_locks`` removes every claim when
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -176,20 +177,35 @@ class StageStore:
         return outputs
 
 
-def run_deferring(store: StageStore, items: list[Any], work: Callable[[Any], None], *, defer: bool | None = None) -> None:
+def run_deferring(store: StageStore, items: list[Any], work: Callable[[Any], None], *, defer: bool | None = None,
+                  leftover: list[Callable[[], None]] | None = None) -> None:
     """``work(item)`` for each item, in order.
 
     With ``defer`` (default: where ``store.wait`` is False, as in a stage worker), an item that
     reaches a stage the other process holds (:class:`StageBusy`) is put off; the items put off run
     after the others, each tried again in turn until it gets through (what the other process
-    finished meanwhile is reused). So the two processes do not walk one chain in step, one of them idle.
+    finished meanwhile is reused). So the two processes do not walk one chain in step, one of them
+    idle. Given ``leftover``, the items put off are not finished here but appended to it (as
+    callables, for :func:`run_independent`), so the caller can do other work first.
     """
     defer = not store.wait if defer is None else defer
     if not defer:
         for item in items:
             work(item)
         return
-    _until_done(store, [lambda item=item: work(item) for item in items])
+    works = [functools.partial(work, item) for item in items]
+    if leftover is None:
+        _until_done(store, works)
+        return
+    saved, store.wait = store.wait, False
+    try:
+        for one in works:
+            try:
+                one()
+            except StageBusy:
+                leftover.append(one)
+    finally:
+        store.wait = saved
 
 
 def run_independent(store: StageStore, works: list[Callable[[], None]]) -> None:

@@ -15,6 +15,8 @@ A study is a module of this package with::
     def run(host: StudyHost) -> dict       # the section (claims under "claims")
     def check(host: StudyHost) -> None     # optional: input errors that need the data, raised right
                                            # after the data stage, before any model work
+    def reads(config) -> set               # optional: the main run's (variant, seed) models it reads (a stage
+                                           # worker may run the study before the other models are done)
     def cost(config, unit) -> float        # optional: rough cost for the progress ETA, in the runner's
                                            # units (``unit["train_step"]``, ``unit["eval_task"]`` seconds)
 
@@ -58,6 +60,18 @@ def estimate_studies(config: Any, unit: dict[str, float]) -> float:
     return total
 
 
+def study_reads(config: Any) -> set[tuple[str, int]] | None:
+    """The main run's ``(variant, seed)`` models whose training or evaluations the enabled studies
+    read; ``None`` where a study does not say (then it may read any)."""
+    read: set[tuple[str, int]] = set()
+    for name in enabled_studies(config):
+        reads = getattr(importlib.import_module(f"{__name__}.{name}"), "reads", None)
+        if reads is None:
+            return None
+        read |= set(reads(config))
+    return read
+
+
 def run_studies(host: StudyHost) -> dict[str, dict[str, Any]]:
     """Run every enabled study: ``{name: its results section}`` (in ``host.walk`` order: a stage worker's last first)."""
     from reptune.pipeline.stages import run_deferring
@@ -72,4 +86,4 @@ def run_studies(host: StudyHost) -> dict[str, dict[str, Any]]:
     return {name: results[name] for name in names}
 
 
-__all__ = ["STUDIES", "StudyHost", "check_studies", "enabled_studies", "estimate_studies", "run_studies"]
+__all__ = ["STUDIES", "StudyHost", "check_studies", "enabled_studies", "estimate_studies", "run_studies", "study_reads"]

@@ -36,6 +36,11 @@ def enabled(config: Any) -> bool:
     return bool(config.gcg.enabled)
 
 
+def reads(config: Any) -> set[tuple[str, int]]:
+    """The main run's (variant, seed) models this study reads (attacked at ``gcg.seed``)."""
+    return {(name, config.gcg_seed) for name in config.gcg.tuned}
+
+
 def cost(config: Any, unit: dict[str, float]) -> float:
     """Rough cost for the ETA: per model and item, ``steps`` x (``search_width`` + 3) candidate forwards
     (3: nanogcg's gradient pass), and two scoring forwards per transferred item."""

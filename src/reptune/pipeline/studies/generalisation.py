@@ -64,6 +64,12 @@ def enabled(config: Any) -> bool:
     return bool(config.generalisation.enabled)
 
 
+def reads(config: Any) -> set[tuple[str, int]]:
+    """The main run's (variant, seed) evaluations this study reads (the "main model" column)."""
+    study = config.generalisation
+    return {(name, seed) for name in study.variants for seed in config.study_seeds(study.seeds)}
+
+
 def cost(config: Any, unit: dict[str, float]) -> float:
     """Rough cost for the progress ETA: per study seed and variant one training and one test evaluation
     per leave-topic-out fold and one for easy-to-hard, plus the untuned pass over the train split."""

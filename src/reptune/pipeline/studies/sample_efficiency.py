@@ -129,6 +129,12 @@ def _main_limit(host: StudyHost) -> int | None:
     return ev.limits.get(host.headline, ev.limit)
 
 
+def reads(config: Any) -> set[tuple[str, int]]:
+    """The main run's (variant, seed) models and evaluations this study reads (its ``all`` size)."""
+    c = config.sample_efficiency
+    return {(name, seed) for name in c.variants for seed in (c.seeds or config.seeds)} if "all" in c.sizes else set()
+
+
 def cost(config: Any, unit: dict[str, float]) -> float:
     """Rough cost for the progress ETA: every size below ``all`` trains and evaluates both variants per seed
     (with ``budget: epochs`` the steps shrink with n, which this upper bound ignores)."""

@@ -49,6 +49,11 @@ def enabled(config: Any) -> bool:
     return bool(config.stacking.enabled)
 
 
+def reads(config: Any) -> set[tuple[str, int]]:
+    """The main run's (variant, seed) models and evaluations this study reads."""
+    return {(name, seed) for name in config.stacking.variants for seed in config.stacking_seeds}
+
+
 def cost(config: Any, unit: dict[str, float]) -> float:
     """The cells evaluated anew (the prompted ones, and each tuned model steered), for the run's ETA."""
     s = config.stacking
