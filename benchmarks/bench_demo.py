@@ -104,7 +104,8 @@ def study_seconds(stages: dict[str, float]) -> dict[str, float]:
 
 def process_busy(run_dir: Path, wall: float, main_pid: int | None = None) -> list[dict[str, Any]]:
     """Per process of the run (main first): stages run, seconds busy in them, and the rest of the
-    wall time (waiting, loading, writing the report), from each stage's ``started_at`` and ``pid``."""
+    wall time (waiting, loading, writing the report), from each stage's ``started_at`` and ``pid``;
+    the main process is ``main_pid`` (default: this one, which ran the experiment)."""
     import json
 
     by_pid: dict[int, list[tuple[float, float]]] = defaultdict(list)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from reptune._io import atomic_path, sha256_json
-from reptune.models import text_config
+from reptune.models import ModelHandle, text_config
 from reptune.tokens import cache_argument, output_cache
 
 REPLAY_TOLERANCE = 1e-3
@@ -208,9 +208,9 @@ def _probe(model: nn.Module, layers: nn.ModuleList, start: int, autocast: Any, r
 
 
 @contextlib.contextmanager
-def frozen_blocks(handle: Any, call: Any) -> Iterator[None]:
+def frozen_blocks(handle: ModelHandle, call: Any) -> Iterator[None]:
     """Around the forwards of one evaluation call (``call``: JSON-able, what makes its inputs), on a
-    :class:`~reptune.models.ModelHandle` whose ``block_inputs`` store is set: replay the call's
+    model whose ``block_inputs`` store is set: replay the call's
     recorded block inputs (skipping the blocks below), or record them for the next model. Without
     a store, or with a hook below its start block, the forwards run plainly."""
     store = handle.block_inputs

@@ -294,7 +294,7 @@ def local_files_fingerprint(name_or_path: str | None) -> str | None:
         return None
     path = Path(name_or_path)
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    stats = [(p.name, stat.st_size, stat.st_mtime_ns) for p in files for stat in [p.stat()]]
     return hashlib.sha256(json.dumps(stats).encode("utf-8")).hexdigest()[:16]
 
 

@@ -77,8 +77,9 @@ SPLIT_TASKS = ("facts-ab", "facts-twin", "facts-word")
 VECTOR_FILE = "honesty.safetensors"
 # everything a run writes at the top of its folder: all that `--fresh` ever deletes
 BLOCK_INPUTS = "block_inputs"
-WORKER_PROGRESS = ".worker-progress.json"  # in stages/: the stage worker's finished cost, for the main process's ETA
 """The run folder's recorded block inputs (:mod:`reptune.block_replay`), shared by both processes."""
+WORKER_PROGRESS = ".worker-progress.json"
+"""In ``stages/``: the estimated cost of the stages the stage worker finished, for the main process's ETA."""
 RUN_ENTRIES = (RUN_MARKER, "config.yaml", "results.json", "report.md", "report.html", "figures", "stages", "worker.log", BLOCK_INPUTS)
 
 # rough seconds per unit on the embedded model (2 CPU cores), only for the progress estimate
@@ -365,8 +366,7 @@ class Experiment:
         leftover: list[Callable[[], None]] = []  # the chains the main process holds
         training, _ = self._train_and_evaluate(self.conditions, self.tasks, self.evals, [], {}, {}, leftover=leftover)
         self.training = training  # filled as the chains finish (a study reads only finished ones, below)
-        held = {(variant.name, seed) for variant in self.config.variants for seed in self.config.variant_seeds(variant)
-                if str(seed) not in training.get(variant.name, {})}
+        held = {(variant.name, seed) for variant, seed in self.trainings() if str(seed) not in training.get(variant.name, {})}
         reads = study_reads(self.config)
         if reads is not None and not held & reads:  # the studies need none of them: on to the studies while the main process trains
             run_independent(self.store, [self._evaluate_base, lambda: run_studies(self)])
@@ -402,6 +402,10 @@ class Experiment:
         self.conditions = self._conditions(m_plus, m_minus)
         return data, vector_info, sweep
 
+    def trainings(self) -> list[tuple[Any, int]]:
+        """Every ``(variant, seed)`` the main plan trains, in the config's order."""
+        return [(variant, seed) for variant in self.config.variants for seed in self.config.variant_seeds(variant)]
+
     def _counter_vectors_or_train_ahead(self) -> dict[str, Any] | None:
         """A stage worker's counter vectors: while the main process builds them, it trains the
         first model of its walk (which needs none), then takes them."""
@@ -409,13 +413,13 @@ class Experiment:
         try:
             return self._counter_vectors_stage()
         except StageBusy:
-            order = self.walk([(variant, seed) for variant in self.config.variants for seed in self.config.variant_seeds(variant)])
+            order = self.walk(self.trainings())
             trained: dict[str, Any] = {}
             try:
                 if order:
-                    self.train_variant(order[0][0], order[0][1], trained)
+                    self.train_variant(*order[0], trained)
             except StageBusy:
-                pass
+                pass  # the main process trains it: nothing to do ahead
             finally:
                 _release(trained.get("handle"))
         finally:
@@ -466,7 +470,7 @@ class Experiment:
         c = self.config
         training: dict[str, dict[str, Any]] = {}
         checks: dict[str, dict[str, float]] = {}
-        order = [(variant, seed) for variant in c.variants for seed in c.variant_seeds(variant)]
+        order = self.trainings()
 
         def chain(item: tuple[Any, int]) -> None:
             variant, seed = item

@@ -16,13 +16,14 @@ owner is no longer alive is taken over; ``clear_locks`` removes every claim when
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,17 +196,10 @@ def run_deferring(store: StageStore, items: list[Any], work: Callable[[Any], Non
         return
     works = [functools.partial(work, item) for item in items]
     if leftover is None:
-        _until_done(store, works)
+        run_independent(store, works)
         return
-    saved, store.wait = store.wait, False
-    try:
-        for one in works:
-            try:
-                one()
-            except StageBusy:
-                leftover.append(one)
-    finally:
-        store.wait = saved
+    with _not_waiting(store):
+        leftover.extend(_busy_after_one_pass(works))
 
 
 def run_independent(store: StageStore, works: list[Callable[[], None]]) -> None:
@@ -213,23 +207,31 @@ def run_independent(store: StageStore, works: list[Callable[[], None]]) -> None:
     that reaches a stage the other process holds is put off and tried again after the rest, so
     each process takes the next free stage instead of waiting (both processes can share the
     evaluations of one trained model)."""
-    _until_done(store, works)
-
-
-def _until_done(store: StageStore, works: list[Callable[[], None]]) -> None:
-    saved = store.wait
-    store.wait = False
     pending = list(works)
-    try:
+    with _not_waiting(store):
         while pending:
-            busy = []
-            for work in pending:
-                try:
-                    work()
-                except StageBusy:
-                    busy.append(work)
+            busy = _busy_after_one_pass(pending)
             if len(busy) == len(pending):
                 time.sleep(LOCK_POLL_S)  # every one held by the other process: look again shortly
             pending = busy
+
+
+@contextlib.contextmanager
+def _not_waiting(store: StageStore) -> Iterator[None]:
+    """``store.wait`` off inside (a held stage raises :class:`StageBusy`), as it was after."""
+    saved, store.wait = store.wait, False
+    try:
+        yield
     finally:
         store.wait = saved
+
+
+def _busy_after_one_pass(works: list[Callable[[], None]]) -> list[Callable[[], None]]:
+    """Call each of ``works`` once; return those that reached a stage another process holds."""
+    busy = []
+    for work in works:
+        try:
+            work()
+        except StageBusy:
+            busy.append(work)
+    return busy

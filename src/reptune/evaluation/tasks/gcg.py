@@ -59,12 +59,16 @@ INSTALL_HINT = "pip install --no-deps nanogcg==0.3.0 (its pin transformers<=4.47
 _BUDGET = ("steps", "search_width", "suffix_length", "topk")
 
 
+def _missing_nanogcg() -> ReptuneError:
+    return ReptuneError(f"the gcg task needs nanogcg: {INSTALL_HINT}")
+
+
 def _nanogcg() -> Any:
     """The ``nanogcg.gcg`` module (``GCG``, ``GCGConfig``), or a one-line error saying how to install it."""
     try:
         import nanogcg.gcg
     except ImportError:
-        raise ReptuneError(f"the gcg task needs nanogcg: {INSTALL_HINT}") from None
+        raise _missing_nanogcg() from None
     return nanogcg.gcg
 
 
@@ -361,7 +365,7 @@ class GCGTask(Task):
         if self.transfer:
             load_suffixes(str(self.options["suffixes"]))
         elif importlib.util.find_spec("nanogcg") is None:
-            raise ReptuneError(f"the gcg task needs nanogcg: {INSTALL_HINT}")
+            raise _missing_nanogcg()
 
     def load_items(self, handle: ModelHandle, limit: int | None) -> tuple[list[dict[str, Any]], str, str]:
         spec, chat = str(self.options["data"]), bool(self.options["chat"])
