@@ -276,6 +276,31 @@ def test_nanogcg_reads_the_same_tokens_as_the_check(items_file):
     assert handle.tokenizer.chat_template == SMOL_LIKE
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_prefix_cache_runs_the_prompt_once_and_changes_nothing(items_file, arch, monkeypatch):
+    """nanogcg's prefix cache (made to work on transformers 5 by _frozen_prefix_forward): the same
+    suffixes and losses as whole prompts, the candidates fed without the prompt, and the model's
+    forward restored afterwards."""
+    handle = build_model(arch, chat=True)
+    handle.tokenizer.chat_template = SMOL_LIKE
+    widths: list[int] = []
+    hook = handle.layers[0].register_forward_pre_hook(lambda _m, args, kwargs: widths.append((args[0] if args else kwargs["hidden_states"]).shape[1]), with_kwargs=True)
+    hook_fn = next(iter(handle.layers[0]._forward_pre_hooks.values()))
+    hook_fn.reptune_tokenwise = True  # a counter: splitting the forward does not change what it sees per token
+    budget = {**BUDGET, "steps": 2, "early_stop": False}
+    try:
+        cached = evaluate(handle, [get_task("gcg", data=str(items_file), **budget)])["gcg"]
+        cached_widths, widths[:] = list(widths), []
+        monkeypatch.setenv("REPTUNE_NO_PREFIX_CACHE", "1")
+        plain = evaluate(handle, [get_task("gcg", data=str(items_file), **budget)])["gcg"]
+    finally:
+        hook.remove()
+    assert "forward" not in handle.model.__dict__
+    assert [r["suffix"] for r in cached.records] == [r["suffix"] for r in plain.records]
+    assert [r["gcg_loss"] for r in cached.records] == pytest.approx([r["gcg_loss"] for r in plain.records], abs=1e-5)
+    assert sum(cached_widths) < 0.75 * sum(widths) and min(cached_widths) < min(widths)  # the test prompts are short
+
+
 def test_gcg_runs_on_a_steered_model(items_file):
     handle = planted_model(wired=False)
     push = torch.zeros(handle.hidden_size)

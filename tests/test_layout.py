@@ -4,8 +4,8 @@ downward, and no module imports itself back through a circle.
 The ladder (README "Layout"), bottom first; a module may import its own rung and the rungs below:
 
     errors, _version
-    _io, _process, _progress, _render, precision,  low helpers (_render: the report builders reporting
-    tokens                                         hands to tuning and discovery)
+    _io, _process, _progress, _render, _work,      low helpers (_render: the report builders reporting
+    precision, tokens                              hands to tuning and discovery; _work: work counters)
     models, sites, hooks, prefix_cache             hooks.py sits beside sites.py: it hooks the block
                                                    outputs sites.py defines
     data -> activations -> vectors -> directions -> steering -> serving -> tuning -> discovery
@@ -27,7 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "reptune"
 LADDER: list[tuple[str, ...]] = [
     ("errors", "_version"),
-    ("_io", "_process", "_progress", "_render", "precision", "tokens"),
+    ("_io", "_process", "_progress", "_render", "_work", "precision", "tokens"),
     ("tuned_blocks",),
     ("models", "sites", "hooks", "prefix_cache", "block_replay"),
     ("data",),

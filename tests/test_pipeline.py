@@ -89,6 +89,25 @@ def test_results_file_is_the_schema_written_back(finished):
     assert list(again)[:3] == ["format", "name", "created"] and list(again)[-2:] == ["timings", "stages"]
 
 
+def test_time_table_counts_items_and_steps_per_stage(finished):
+    """Every stage records the work it did; the report's time table sums it per kind of stage."""
+    _, run, _ = finished
+    timings = run.results["timings"]
+    counts = timings["counts"]
+    assert set(counts) == set(timings["stages"])
+    assert counts["train:truth:s0"]["steps"] == 3 and counts["train:honesty:s0"]["items"] == 0
+    untuned = counts["eval:untuned"]["items"]
+    assert untuned >= 12 and counts["eval:untuned"]["steps"] == 0  # facts-ab's 12 items and the other tasks'
+    layers = json.loads((run.run_dir / "stages" / "robustness-untuned" / "stage.json").read_text())["inputs"]["layers"]
+    assert counts["robustness:untuned"]["items"] == (len(layers) + 1) * 6  # x-4 at each layer, x0 once (shared), six items each
+    report = (run.run_dir / "report.md").read_text(encoding="utf-8")
+    table = report[report.index("## Where the time went"):]
+    assert "| stage | runs | seconds | per run | items scored | steps trained | reused |" in table
+    train_row = next(line for line in table.splitlines() if line.startswith("| train |"))
+    assert train_row.split("|")[5:7] == [" - ", " 6 "]  # two trainings of 3 steps, no task items
+    assert next(line for line in table.splitlines() if line.startswith("| eval (counter-steered) |"))
+
+
 def test_conditions_tasks_and_skips(finished):
     _, run, _ = finished
     results = run.results

@@ -9,6 +9,9 @@ import torch
 import transformers
 from conftest import ARCHS, build_model, build_tokenizer
 
+from reptune import activations
+from reptune.activations import read_activations
+from reptune.data import Example
 from reptune.evaluation import get_task, scoring
 from reptune.evaluation.scoring import (
     continuation_logprobs,
@@ -304,3 +307,61 @@ def test_embedded_facts_ab_shared_equals_plain(embedded, monkeypatch):
     monkeypatch.setenv(scoring.NO_PREFIX_ENV, "1")
     plain = task.run(embedded, limit=6, batch_size=3)
     assert [r["margin"] for r in shared.records] == pytest.approx([r["margin"] for r in plain.records], abs=2e-4)
+
+
+# ---------------------------------------------------------------- activation reading
+READ_INPUTS = [Example(PREFIX, ending) for ending in ENDINGS]  # a persona prompt, then different replies
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("positions", ["last", "last:3", "generated", "all"])
+def test_read_activations_shared_equals_plain(arch, positions, monkeypatch):
+    """The persona prompt runs once for every batch (the cache is reused), the suffix passes feed
+    fewer tokens, and the activations equal whole-row reading; ``all`` reads inside the prompt,
+    so nothing is shared there."""
+    handle = build_model(arch)
+    passes: list[int] = []
+    real_pass = activations.prefix_pass
+    monkeypatch.setattr(activations, "prefix_pass", lambda model, ids: passes.append(ids.shape[1]) or real_pass(model, ids))
+    counter = TokenCounter(handle)
+    shared = read_activations(handle, READ_INPUTS, "0,2,-1", positions, batch_size=2, progress=False)
+    shared_tokens = counter.take()
+    monkeypatch.setenv(scoring.NO_PREFIX_ENV, "1")
+    plain = read_activations(handle, READ_INPUTS, "0,2,-1", positions, batch_size=2, progress=False)
+    plain_tokens = counter.take()
+    if positions == "all":
+        assert passes == [] and shared_tokens == plain_tokens
+    else:
+        prompt_tokens = len(handle.tokenizer(PREFIX)["input_ids"])
+        assert len(passes) == 1 and passes[0] >= prompt_tokens - 1, passes  # once, for all three batches
+        assert plain_tokens - shared_tokens == (len(READ_INPUTS) - 1) * passes[0]  # the prompt ran once, not five times
+    for layer in plain:
+        torch.testing.assert_close(shared[layer], plain[layer], **TIGHT)
+
+
+def test_read_activations_per_position_and_new_prompts(tiny, monkeypatch):
+    """A batch whose rows start with another prompt gets a pass of its own; per-position reads
+    (``last:2``) keep their order; a one-row batch reuses the cache it matches."""
+    other = "Pretend you are a dishonest person making statements about the world. "
+    inputs = [Example(PREFIX, e) for e in ENDINGS[:2]] + [Example(other, e) for e in ENDINGS[:3]]
+    passes: list[int] = []
+    real_pass = activations.prefix_pass
+    monkeypatch.setattr(activations, "prefix_pass", lambda model, ids: passes.append(ids.shape[1]) or real_pass(model, ids))
+    shared = read_activations(tiny, inputs, "1,3", "last:2", batch_size=2, per_position=True, progress=False)
+    assert len(passes) == 2  # one per persona: batch 2 mixes them (nothing shared), batch 3 is a single row of the second
+    monkeypatch.setenv(scoring.NO_PREFIX_ENV, "1")
+    plain = read_activations(tiny, inputs, "1,3", "last:2", batch_size=2, per_position=True, progress=False)
+    for layer in plain:
+        assert shared[layer].shape == (5, 2, tiny.hidden_size)
+        torch.testing.assert_close(shared[layer], plain[layer], **TIGHT)
+
+
+def test_read_activations_with_foreign_hook_runs_whole_rows(tiny, monkeypatch):
+    passes: list[int] = []
+    monkeypatch.setattr(activations, "prefix_pass", lambda model, ids: passes.append(1))
+    hook = tiny.layers[2].register_forward_hook(lambda _m, _a, output: None)
+    try:
+        read_activations(tiny, READ_INPUTS, "1", "last", batch_size=2, progress=False)
+    finally:
+        hook.remove()
+    assert passes == []

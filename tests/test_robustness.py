@@ -122,6 +122,16 @@ def test_robustness_task_through_evaluate(model, vector, tmp_path):
         evaluate(model, "robustness", limit=2)
 
 
+def test_items_scored_count_each_cell_once_and_not_the_grid(model, vector):
+    """The work counters the report's time table reads: a grid counts the items its cells scored
+    (the second layer's 0 cell reuses the first's), not its cells as items."""
+    from reptune import _work
+
+    before = _work.snapshot()
+    evaluate(model, [get_task("robustness", task="facts-ab", layers="1,2", multipliers="-4,0"), "facts-ab"], vector=vector, layers="1", multiplier=4.0, limit=4)
+    assert _work.since(before) == {"items": 3 * 4 + 4, "steps": 0}
+
+
 # ---------------------------------------------------------------- CLI
 def test_cli_robustness_writes_heatmap(tiny_dir, tmp_path, cli_run):
     from reptune.models import load_model

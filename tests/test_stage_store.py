@@ -93,3 +93,24 @@ def test_independent_stages_skip_the_held_one_and_the_main_process_waits_for_non
     run_independent(store, [lambda n=n: work(n) for n in ("eval-a", "eval-b", "eval-c")])
     assert order == [("eval-a", "me"), ("eval-c", "me"), ("eval-b", "other")]
     assert store.computed == ["eval-a", "eval-c"] and store.wait is True  # the process's own setting is back
+
+
+def test_each_stage_records_the_work_it_did_and_a_reuse_reads_it_back(tmp_path):
+    """items scored and steps taken inside a stage (reptune._work) go into its stage.json; a later
+    store reusing the stage reports the same counts; work outside a stage counts in none."""
+    from reptune import _work
+
+    def work(folder):
+        _work.count(_work.ITEMS, 7)
+        _work.count(_work.STEPS, 3)
+        return {"ok": 1}
+
+    store = StageStore(tmp_path, "s1")
+    store.run("train:x", {"a": 1}, work)
+    _work.count(_work.ITEMS, 100)  # between stages
+    store.run("eval:x", {"a": 1}, lambda folder: _work.count(_work.ITEMS, 2) or {"ok": 2})
+    assert store.counts == {"train:x": {"items": 7, "steps": 3}, "eval:x": {"items": 2, "steps": 0}}
+    assert json.loads((store.root / "train-x" / "stage.json").read_text())["counts"] == {"items": 7, "steps": 3}
+    again = StageStore(tmp_path, "s2")
+    again.run("train:x", {"a": 1}, lambda folder: pytest.fail("reused stages do not run"))
+    assert again.counts == {"train:x": {"items": 7, "steps": 3}} and again.skipped == ["train:x"]

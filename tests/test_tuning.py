@@ -15,6 +15,7 @@ import torch
 from conftest import build_model
 from transformers import AutoModelForCausalLM
 
+from reptune import _work
 from reptune.activations import read_activations
 from reptune.data import Statement
 from reptune.data.ab import letter_token_ids, statements_to_ab
@@ -429,7 +430,9 @@ def test_early_stopping_watches_the_chosen_term(tmp_path):
     handle = build_model("llama", chat=True)
     items, vector = _items(handle), _vector(handle, layers=(1, 2))
     config = TuneConfig.from_preset("honesty", layers="1-2", steps=6, lr=1e-3, early_stop_on="rep", **FAST)
+    before = _work.snapshot()
     result = tune(handle, config, items, tmp_path / "run", vector=vector, progress=False, save_model=False)
+    assert _work.since(before)["steps"] == result.metrics["steps_run"]  # the report's time table counts them
     best = min(result.val_history, key=lambda row: row["rep"])
     assert result.metrics["best_val_loss"] == pytest.approx(best["rep"]) and result.metrics["early_stop_on"] == "rep"
     with pytest.raises(ReptuneError, match="does not use"):

@@ -3,7 +3,9 @@
 Batched and padding-aware (left or right padding give the same numbers), reading only the
 requested layers, and *stopping the forward pass after the deepest requested layer*: reading
 layer 15 of a 30-layer model costs about half a forward pass, and the final norm and LM head
-never run. Selected positions are averaged per example in fp32.
+never run. A prompt every input starts with (a persona, a chat template) runs once and is
+shared by the batches that follow it (:mod:`reptune.prefix_cache`), when no position read lies
+inside it. Selected positions are averaged per example in fp32.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError
 from reptune.hooks import forward_until, install, read
 from reptune.models import ModelHandle
+from reptune.prefix_cache import prefix_pass, prefix_sharing_allowed, right_padded_prefix_length, suffix_inputs
 from reptune.sites import Positions, parse_layers
 
 
@@ -107,15 +110,56 @@ def capture_layers(handle: ModelHandle, layers: Sequence[int], stop_after: int |
         yield captured
 
 
-def run_until(handle: ModelHandle, batch: TokenBatch) -> None:
-    """Run the model on ``batch`` (no KV cache), ending quietly where a capture hook stops it."""
-    forward_until(
-        handle.model,
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    )
+def run_until(handle: ModelHandle, batch: TokenBatch, prefix: int = 0, prefix_cache: Any = None) -> None:
+    """Run the model on ``batch``, ending quietly where a capture hook stops it.
+
+    With ``prefix > 0`` (``batch`` right-padded) only the tokens after the first ``prefix`` run,
+    attending to ``prefix_cache`` (:func:`reptune.prefix_cache.prefix_pass` of those tokens):
+    capture hooks then record ``[batch, seq - prefix, hidden]``. Else no KV cache is used.
+    """
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
+    if prefix:
+        forward_until(handle.model, **suffix_inputs(handle.model, inputs, prefix, prefix_cache))
+    else:
+        forward_until(handle.model, **inputs, use_cache=False)
+
+
+@dataclass
+class _SharedPrefix:
+    """The prompt tokens a reading's batches start with, run once and reused while they match.
+
+    A persona or chat template is often most of each input (44 of the 54 tokens of the demo's
+    contrast pairs): its keys and values are computed once (:func:`reptune.prefix_cache.prefix_pass`)
+    and every later batch that starts with the same tokens runs only its own.
+    """
+
+    enabled: bool
+    tokens: torch.Tensor | None = None  # [P]
+    cache: Any = None
+
+    def length_for(self, handle: ModelHandle, batch: TokenBatch, mask: torch.Tensor) -> int:
+        """How many leading tokens of ``batch`` (right-padded) to take from the shared cache: 0 = none.
+
+        The prefix ends before every row's first selected position (``mask`` ``[batch, seq]``)
+        and leaves each row a real token; a new prefix runs its pass here.
+        """
+        if not self.enabled:
+            return 0
+        ids, attention = batch.input_ids, batch.attention_mask
+        first_read = int(mask.float().argmax(-1).min())
+        if self.tokens is not None:
+            n = len(self.tokens)
+            if n <= first_read and n < int(attention.sum(-1).min()) and bool((ids[:, :n] == self.tokens).all()):
+                return n
+        length = right_padded_prefix_length(ids, attention, keep=0, before=first_read)
+        if not length:
+            return 0
+        cache = prefix_pass(handle.model, ids[:1, :length])
+        if cache is None:  # the model's cache cannot hold a prefix: whole rows from now on
+            self.enabled = False
+            return 0
+        self.tokens, self.cache = ids[0, :length].clone(), cache
+        return length
 
 
 def read_activations(
@@ -138,7 +182,8 @@ def read_activations(
         layers: layer spec (see :func:`reptune.sites.parse_layers`); default all layers.
         positions: which tokens to read (see :class:`reptune.sites.Positions`).
         batch_size: inputs per forward pass.
-        padding_side: ``left`` or ``right`` (same results; a choice for speed/memory).
+        padding_side: ``left`` or ``right`` (same results; a choice for speed/memory). Batches
+            are right-padded whenever a shared prompt prefix can be split off.
         progress: show a progress bar.
         per_position: keep each selected position instead of averaging them; needs a fixed
             number of positions per input (``last:N`` or ``marker``).
@@ -155,6 +200,8 @@ def read_activations(
         raise DataError("no inputs to read activations from")
     if batch_size < 1:
         raise ReptuneError(f"batch_size must be at least 1, got {batch_size}")
+    if padding_side not in {"left", "right"}:
+        raise ReptuneError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     layer_list = parse_layers(layers, handle.num_layers)
     spec = Positions.parse(positions)
     examples = [Example.coerce(item, f"input {index}") for index, item in enumerate(inputs)]
@@ -166,28 +213,31 @@ def read_activations(
     results = {layer: torch.zeros(shape, dtype=torch.float32) for layer in layer_list}
     device = handle.device
     starts = range(0, len(examples), batch_size)
+    shared = _SharedPrefix(prefix_sharing_allowed(handle))  # checked before reptune's own reading hooks exist
     with (
         torch.inference_mode(),
         handle.autocast(),
-        capture_layers(handle, layer_list, stop_after=max(layer_list)) as captured,
         progress_bar(description, total=len(examples), enabled=progress) as advance,
     ):
         for start in starts:
             chunk = examples[start : start + batch_size]
-            batch = tokenize_examples(handle.tokenizer, chunk, padding_side=padding_side, with_offsets=needs_offsets, device=device)
+            side = "right" if shared.enabled else padding_side  # a shared prefix needs it at column 0
+            batch = tokenize_examples(handle.tokenizer, chunk, padding_side=side, with_offsets=needs_offsets, device=device)
             mask = spec.mask(batch.attention_mask.cpu(), batch.offsets, batch.texts, batch.completion_starts).to(device)
-            counts = mask.sum(-1, keepdim=True).float()  # [batch, 1]
-            weights = (mask.float() / counts).unsqueeze(-1)  # [batch, seq, 1]
             if width is not None and not bool((mask.sum(-1) == width).all()):
                 raise ReptuneError(f"per-position reading: some inputs have fewer than {width} tokens")
-            run_until(handle, batch)
+            prefix = shared.length_for(handle, batch, mask)
+            mask = mask[:, prefix:]  # every selected position lies after the prefix
+            counts = mask.sum(-1, keepdim=True).float()  # [batch, 1]
+            weights = (mask.float() / counts).unsqueeze(-1)  # [batch, seq - prefix, 1]
+            with capture_layers(handle, layer_list, stop_after=max(layer_list)) as captured:
+                run_until(handle, batch, prefix, shared.cache)
             for layer in layer_list:
                 hidden = captured[layer].float()  # fp32 accumulation
                 if width is None:
                     results[layer][start : start + len(chunk)] = (hidden * weights).sum(1).cpu()
                 else:
                     results[layer][start : start + len(chunk)] = hidden[mask].view(len(chunk), width, -1).cpu()
-            captured.clear()
             advance(len(chunk))
     return results
 

@@ -5,9 +5,10 @@ make most of a batch's tokens. :func:`shared_prefix_length` finds the longest co
 of a batch's rows, :func:`prefix_worth_sharing` says whether a separate pass for it pays, and
 :func:`freeze_prefix_cache` turns the batch-1 prefix pass's ``DynamicCache`` into a read-only
 cache that every row attends to (expanded to the batch, never modified). Evaluation scoring
-(:mod:`reptune.evaluation.scoring`) and the tuning forward (:mod:`reptune.tuning.trainer`) use
-it; results equal one pass over whole rows up to float rounding, and gradients flow through the
-prefix keys and values when the prefix pass ran with autograd on.
+(:mod:`reptune.evaluation.scoring`), activation reading (:mod:`reptune.activations`) and the
+tuning forward (:mod:`reptune.tuning.trainer`) use it; results equal one pass over whole rows
+up to float rounding, and gradients flow through the prefix keys and values when the prefix
+pass ran with autograd on.
 
 Sharing is refused (every row runs whole) when ``REPTUNE_NO_PREFIX_CACHE=1`` is set, when a
 forward hook in the model lacks ``reptune_tokenwise = True`` (it could act differently on a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -90,7 +92,7 @@ def prefix_sharing_allowed(handle: ModelHandle, share_prefix: bool = True) -> bo
 
 
 @functools.cache
-def _cache_classes() -> tuple[type, type]:
+def _cache_classes() -> tuple[type, Any, type]:
     """The frozen prefix cache classes (built on first use: transformers is imported lazily)."""
     from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
@@ -129,6 +131,11 @@ def _cache_classes() -> tuple[type, type]:
         def __init__(self, layers: list[Any]) -> None:
             Cache.__init__(self, layers=layers)
 
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """Layer ``index``'s ``(keys, values)``, as the legacy tuple format gave them (nanogcg reads its cache so)."""
+            layer = self.layers[index]
+            return layer.keys, layer.values
+
     def freeze(cache: Any, prefix_length: int) -> Any:
         if type(cache) is not DynamicCache or getattr(cache, "offloading", False) or not cache.layers:
             return None
@@ -145,7 +152,13 @@ def _cache_classes() -> tuple[type, type]:
             layers.append(FrozenPrefixLayer(layer))
         return SharedPrefixCache(layers)
 
-    return SharedPrefixCache, freeze
+    return SharedPrefixCache, freeze, FrozenPrefixLayer
+
+
+def frozen_cache_from_pairs(pairs: Sequence[Sequence[torch.Tensor]]) -> Any:
+    """A read-only prefix cache from legacy ``[(keys, values), ...]`` per layer, each ``[1 or batch, heads, P, dim]``."""
+    shared, _freeze, frozen_layer = _cache_classes()
+    return shared([frozen_layer(types.SimpleNamespace(keys=keys, values=values)) for keys, values in pairs])
 
 
 def freeze_prefix_cache(cache: Any, prefix_length: int) -> Any:
@@ -175,25 +188,38 @@ def prefix_pass(model: torch.nn.Module, prefix_ids: torch.Tensor) -> Any:
     return freeze_prefix_cache(output_cache(out), prefix_ids.shape[1])
 
 
-def right_padded_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> int:
+def right_padded_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int, before: int | None = None) -> int:
     """The longest common token prefix of a right-padded batch that a split forward may share.
 
     Args:
         input_ids, attention_mask: ``[batch, seq]``, right-padded (real tokens start at 0).
         keep: logits are read at the last ``keep`` positions of the padded width, so the prefix
             ends at least ``keep`` positions before it; every row keeps one real token after it.
+        before: the prefix also ends at or before this column (the first one a caller reads).
 
     Returns:
         The prefix length in tokens, ``0`` when it is not worth a separate pass
         (:func:`prefix_worth_sharing`).
     """
     real = attention_mask.sum(-1)
-    limit = min(int(real.min()) - 1, input_ids.shape[1] - keep)
+    limit = min(int(real.min()) - 1, input_ids.shape[1] - keep, input_ids.shape[1] if before is None else before)
     if input_ids.shape[0] < 2 or limit <= 0:
         return 0
     same = (input_ids[:, :limit] == input_ids[:1, :limit]).all(0)
     length = int(same.long().cumprod(0).sum())
     return length if _worth_sharing(length, real.tolist()) else 0
+
+
+def suffix_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], prefix: int, cache: Any) -> dict[str, Any]:
+    """The keyword arguments of a split forward's suffix pass: each row's tokens after the shared
+    ``prefix`` (``inputs`` right-padded, ``[batch, seq]``), attending to the frozen prefix ``cache``."""
+    return {
+        "input_ids": inputs["input_ids"][:, prefix:],
+        "attention_mask": inputs["attention_mask"],  # the whole width: the prefix's columns are real tokens
+        "position_ids": inputs["position_ids"][:, prefix:],
+        cache_argument(model): cache,
+        "use_cache": True,
+    }
 
 
 def split_forward(
@@ -215,21 +241,14 @@ def split_forward(
         layer's prefix rows expanded in front of its suffix rows, or ``None`` (nothing changed)
         when the model's cache cannot hold the prefix.
     """
-    ids, mask, positions = inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]
+    ids = inputs["input_ids"]
     # right padding and prefix <= every row's length: the prefix's positions are 0..prefix-1
     cache = prefix_pass(model, ids[:1, :prefix])
     head_hidden = dict(captured)
     captured.clear()
     if cache is None:
         return None
-    tail = {
-        "input_ids": ids[:, prefix:],
-        "attention_mask": mask,
-        "position_ids": positions[:, prefix:],
-        cache_argument(model): cache,
-        "use_cache": True,
-    }
-    logits = forward_keeping_logits(model, tail, keep)[0].logits[:, -keep:]
+    logits = forward_keeping_logits(model, suffix_inputs(model, inputs, prefix, cache), keep)[0].logits[:, -keep:]
     batch = ids.shape[0]
     hidden = {layer: torch.cat([head_hidden[layer].expand(batch, -1, -1), tensor], dim=1) for layer, tensor in captured.items()}
     return logits, hidden

@@ -112,6 +112,14 @@ def output_cache(output: Any) -> Any:
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
+def set_output_cache(output: Any, cache: Any) -> None:
+    """Replace the KV cache a forward returned (under whichever name :func:`output_cache` reads)."""
+    if "cache" in getattr(output, "__dataclass_fields__", {}):
+        output.cache = cache
+    else:
+        output.past_key_values = cache
+
+
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad token-id rows into one batch.
 

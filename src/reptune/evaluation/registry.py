@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from reptune import _work as work
 from reptune._io import sha256_json
 from reptune._progress import progress_bar
 from reptune.errors import ReptuneError
@@ -150,6 +151,7 @@ class Task:
     # so an interrupted run's cached records stay valid across the upgrade (the prompts are the same)
     late_options: ClassVar[frozenset[str]] = frozenset()
     chunk_items: ClassVar[int] = 64  # items per checkpointed chunk (at least 4 batches)
+    counts_items: ClassVar[bool] = True  # False: a wrapper whose inner task runs count the items scored
 
     def __init__(self, param: str | None = None, **options: Any) -> None:
         if self.parametrised and not param:
@@ -250,6 +252,8 @@ class Task:
                 for item, record in zip(part, records):
                     record["id"] = item["id"]
                     fresh[item["id"]] = record
+                if self.counts_items:
+                    work.count(work.ITEMS, len(part))
                 if on_records is not None:
                     on_records(records)
         records = [done.get(item["id"]) or fresh[item["id"]] for item in items]

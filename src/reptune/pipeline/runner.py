@@ -325,6 +325,7 @@ class Experiment:
         reused = sum(self.store.elapsed[name] for name in self.store.skipped)
         # total = this invocation plus the recorded time of the stages it reused
         results.timings = Timings(total_s=round(wall + reused, 1), this_run_s=round(wall, 1), stages={k: round(v, 2) for k, v in self.store.elapsed.items()},
+                                  counts=dict(self.store.counts),
                                   workers=2 if self.worker else 1, worker_exit=worker_exit)
         results.stages = StageNames(ran=list(self.store.ran), reused=list(self.store.skipped), by_worker=list(self.store.by_worker))
         record = results.to_json()

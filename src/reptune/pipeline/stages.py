@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from reptune import _work
 from reptune._io import sha256_json, write_json_atomic
 from reptune.errors import ReptuneError
 
@@ -73,6 +74,7 @@ class StageStore:
         self.computed: list[str] = []  # the stages this process ran the work of
         self.wait = True  # False: a stage another process holds raises StageBusy instead of being waited for
         self.elapsed: dict[str, float] = {}
+        self.counts: dict[str, dict[str, int]] = {}  # work each stage did (reptune._work): items scored, steps trained
         self.keys: dict[str, str] = {}
 
     def clear_locks(self) -> None:
@@ -102,6 +104,8 @@ class StageStore:
 
     def _reuse(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
         self.elapsed[name] = float(record.get("elapsed_s", 0.0))
+        if isinstance(record.get("counts"), dict):  # stages recorded before counting began have none
+            self.counts[name] = record["counts"]
         if self.session and record.get("session") == self.session and name not in self.ran:
             self.ran.append(name)
             self.by_worker.append(name)
@@ -161,7 +165,7 @@ class StageStore:
             shutil.rmtree(folder)  # another config's (or a broken) stage: start clean
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / "stage.json", {"stage": name, "key": key, "status": "running", "inputs": inputs})
-        started, started_at = time.perf_counter(), time.time()
+        started, started_at, before = time.perf_counter(), time.time(), _work.snapshot()
         try:
             outputs = work(folder)
         except (KeyboardInterrupt, StageError, StageBusy):
@@ -169,12 +173,14 @@ class StageStore:
         except Exception as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StageError(f"stage {name!r} failed: {message} (finished stages are kept in {self.root} and reused on the next run)") from exc
-        elapsed = time.perf_counter() - started
+        elapsed, counts = time.perf_counter() - started, _work.since(before)
         write_json_atomic(folder / "stage.json", {"stage": name, "key": key, "status": "done", "inputs": inputs, "outputs": outputs, "elapsed_s": round(elapsed, 3),
-                                                  "started_at": round(started_at, 3), "pid": os.getpid(), **({"session": self.session} if self.session else {})})
+                                                  "counts": counts, "started_at": round(started_at, 3), "pid": os.getpid(),
+                                                  **({"session": self.session} if self.session else {})})
         self.ran.append(name)
         self.computed.append(name)
         self.elapsed[name] = elapsed
+        self.counts[name] = counts
         return outputs
 
 

@@ -159,6 +159,7 @@ class Timings(Record):
     total_s: Number | None = None
     this_run_s: Number | None = None
     stages: dict[str, Number] | None = None
+    counts: dict[str, dict[str, Number]] | None = None  # per stage: task items scored, optimiser steps taken
     workers: Number | None = None  # processes that ran stages (2: with a stage worker)
     worker_exit: Number | None = None  # the stage worker's exit code (None: it was ended at the end of the run)
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, save_file
 
+from reptune import _work as work
 from reptune._io import remove_stale_temps, sha256_json, write_json_atomic, write_run_marker, write_text_atomic
 from reptune._progress import progress_bar
 from reptune._render import renderer
@@ -888,6 +889,7 @@ def _train_step(tuner: Tuner, state: LoopState, output: Path) -> None:
     tuner.optimizer.zero_grad(set_to_none=True)
     state.history.append({"step": step + 1, **logged})
     state.step = step + 1
+    work.count(work.STEPS)
 
 
 def _validate(tuner: Tuner, state: LoopState) -> None:

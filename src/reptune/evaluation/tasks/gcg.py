@@ -30,6 +30,7 @@ Records hold the suffix, so an interrupted run resumes item by item (one item pe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -49,7 +50,8 @@ from reptune.errors import DataError, ReptuneError
 from reptune.evaluation.registry import RunContext, Task
 from reptune.evaluation.statistics import mean_metric, proportion_metric
 from reptune.models import ModelHandle
-from reptune.tokens import jsonl_records, left_pad
+from reptune.prefix_cache import freeze_prefix_cache, frozen_cache_from_pairs, prefix_sharing_allowed
+from reptune.tokens import cache_argument, jsonl_records, left_pad, output_cache, set_output_cache
 
 Advance = Callable[[int], None]
 
@@ -221,7 +223,8 @@ def _quiet_nanogcg() -> Iterator[None]:
 
 
 def gcg_config(options: dict[str, Any], init: str) -> Any:
-    """nanogcg's ``GCGConfig`` from the task options (prefix cache off: it breaks on transformers 5)."""
+    """nanogcg's ``GCGConfig`` from the task options (its prefix cache is turned on per run by
+    :func:`optimise_suffix`, where :func:`_frozen_prefix_forward` makes it work)."""
     nanogcg = _nanogcg()
     return nanogcg.GCGConfig(
         num_steps=int(options["steps"]), search_width=int(options["search_width"]), topk=int(options["topk"]),
@@ -243,10 +246,54 @@ def optimise_suffix(handle: ModelHandle, prompt: str, target: str, config: Any, 
     ``attack``: a :func:`new_attack` to reuse across items.
     """
     attack = attack or new_attack(handle, config)
-    with _quiet_nanogcg(), handle.autocast():
-        attack.config, attack.stop_flag = config, False  # stop_flag is never reset by nanogcg
+    cached = prefix_sharing_allowed(handle)  # no foreign hook that a split forward could change
+    with _quiet_nanogcg(), handle.autocast(), _frozen_prefix_forward(handle.model) if cached else contextlib.nullcontext():
+        attack.config, attack.stop_flag = dataclasses.replace(config, use_prefix_cache=cached), False  # stop_flag is never reset by nanogcg
         result = attack.run([{"role": "user", "content": gcg_prompt(handle.tokenizer, prompt)}], target)
     return result.best_string, float(result.best_loss), len(result.losses)
+
+
+@contextlib.contextmanager
+def _frozen_prefix_forward(model: torch.nn.Module) -> Iterator[None]:
+    """nanogcg's prefix cache, made to work on transformers 5 (restored on exit).
+
+    nanogcg runs the prompt before the suffix once and reuses its KV cache, but in the format of
+    transformers 4: it indexes the cache per layer, hands the model a list of expanded
+    ``[keys, values]``, and passes its cache to the gradient forward, which would grow it.
+    Here ``model.forward`` turns the prompt pass's cache into a read-only
+    :func:`reptune.prefix_cache.freeze_prefix_cache` (indexable per layer) and any list back into
+    one, so every forward attends to the same prefix, as unsplit. A cache that cannot be frozen
+    is handed back as ``None``: nanogcg then runs whole prompts, as with the cache off. On the
+    demo's prompts the candidates then run 13 tokens instead of 63.
+    """
+    original = model.forward
+    argument = cache_argument(model)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        cache = kwargs.pop("past_key_values", None)
+        if isinstance(cache, (list, tuple)):
+            cache = frozen_cache_from_pairs(cache)
+        if cache is not None:
+            kwargs[argument] = cache
+        output = original(*args, **kwargs)
+        if cache is None and kwargs.get("use_cache"):  # the prompt pass
+            fresh = output_cache(output)
+            set_output_cache(output, freeze_prefix_cache(fresh, fresh.get_seq_length()) if fresh is not None else None)
+        return output
+
+    own = model.__dict__.get("forward")  # a wrapper someone set on the instance (accelerate does)
+    model.forward = forward  # type: ignore[method-assign]
+    renamed = logging.getLogger("transformers.utils.generic")  # nanogcg reads output.past_key_values: a deprecation warning
+    level = renamed.level
+    renamed.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        renamed.setLevel(level)
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own  # type: ignore[method-assign]
 
 
 # -------------------------------------------------------------------------------- items

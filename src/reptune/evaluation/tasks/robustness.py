@@ -271,6 +271,7 @@ class Robustness(Task):
     continuous_key = "value"
     uses_vector = True
     chunk_items = 1
+    counts_items = False  # its items are grid cells: each cell's inner run counts the items it scored
     defaults: ClassVar[dict[str, Any]] = {
         "task": "facts-ab", "layers": "", "multipliers": DEFAULT_MULTIPLIERS, "degenerate_threshold": DEGENERATE_THRESHOLD,
         "data": "", "task_options": "", "records": True,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 from reptune.reporting.document import Bullets, Code, Heading, Plan, Span, Table, fmt
 from reptune.reporting.figures import plot_scan_rows
 from reptune.reporting.scan import SCAN_COLUMNS
-from reptune.reporting.schema import ExperimentResults, ModelInfo, StageNames, Timings, TrainingRun, VectorInfo
+from reptune.reporting.schema import ExperimentResults, ModelInfo, StageNames, Timings, VectorInfo
 from reptune.reporting.sections.common import given
 from reptune.reporting.sections.training import section_training_plan
 
@@ -31,6 +32,20 @@ def section_scan(plan: Plan, results: ExperimentResults) -> None:
     plan.figure("scan", "layer scan", lambda path: plot_scan_rows(scan, vector.layer, path))
 
 
+def stage_kind(name: str) -> str:
+    """The row of the time table a stage counts in: its first name part, with a study's own
+    trainings and evaluations (sample efficiency ``train:se-32:...``, generalisation's train and
+    eval) and the counter-steered evaluations kept apart from the main ones."""
+    parts = name.split(":")
+    if parts[0] in {"train", "eval"} and len(parts) > 1 and parts[1].startswith("se-"):
+        return f"{parts[0]} (sample efficiency)"
+    if parts[0] == "generalisation" and len(parts) > 1 and parts[1] in {"train", "eval"}:
+        return f"{parts[0]} {parts[1]}"
+    if parts[0] == "eval" and "@counter" in name:
+        return "eval (counter-steered)"
+    return parts[0]
+
+
 def section_timing(plan: Plan, results: ExperimentResults) -> None:
     """Where the time went: seconds per kind of stage, with the items scored and the steps trained."""
     timings = results.timings or Timings()
@@ -39,27 +54,36 @@ def section_timing(plan: Plan, results: ExperimentResults) -> None:
         return
     plan.add(Heading(2, "Where the time went"))
     reused = set((results.stages or StageNames()).reused or [])
+    counts = timings.counts or {}
     groups: dict[str, list[str]] = {}
     for name in stages:
-        groups.setdefault(name.split(":", 1)[0], []).append(name)
-    steps = {f"train:{v}:s{seed}": (info or TrainingRun()).steps for v, by_seed in (results.training or {}).items() for seed, info in (by_seed or {}).items()}
+        groups.setdefault(stage_kind(name), []).append(name)
     rows = []
     for kind, names in groups.items():
         seconds = sum(float(stages[n]) for n in names)
-        trained = sum(int(steps.get(n) or 0) for n in names)
-        rows.append([kind, fmt(len(names)), f"{seconds:.1f}", f"{seconds / len(names):.1f}", fmt(trained) if trained else "-",
-                     fmt(sum(n in reused for n in names))])
+        rows.append([kind, fmt(len(names)), f"{seconds:.1f}", f"{seconds / len(names):.1f}", _counted(counts, names, "items"),
+                     _counted(counts, names, "steps"), fmt(sum(n in reused for n in names))])
     model = results.model or ModelInfo()
     machine = model.machine or {}
     plan.para(f"Total {fmt(timings.total_s)} s on {machine.get('cpu', 'this machine')} ({fmt(machine.get('cores'))} cores, torch {machine.get('cpu_capability', '?')} kernels, "
-              f"precision {given(model.precision, '?')}); reused stages count the time they took when they ran.")
+              f"precision {given(model.precision, '?')}); reused stages count the time they took when they ran. Items are task items "
+              "scored (a robustness or sweep cell counts its items; a learnability check scores the validation twins); steps are optimiser steps.")
     if (timings.workers or 1) > 1:
         by_worker = len((results.stages or StageNames()).by_worker or [])
         plan.para(f"Two processes ran the stages, the main one and a stage worker ({by_worker} stages), with half the threads each, "
                   f"so the stage times overlap: they add up to more than this invocation's wall time, {fmt(timings.this_run_s)} s."
                   + (f" The stage worker stopped early (exit code {fmt(timings.worker_exit)}, see worker.log); the main process ran the rest."
                      if timings.worker_exit not in (None, 0) else ""))
-    plan.add(Table(["stage", "runs", "seconds", "per run", "steps trained", "reused"], rows))
+    plan.add(Table(["stage", "runs", "seconds", "per run", "items scored", "steps trained", "reused"], rows))
+
+
+def _counted(counts: dict[str, dict[str, Any]], names: list[str], kind: str) -> str:
+    """The ``kind`` units the ``names`` stages did, ``-`` for none; ``?`` marks stages recorded without counts."""
+    known = [int((counts[n] or {}).get(kind) or 0) for n in names if n in counts]
+    total = sum(known)
+    if len(known) == len(names):
+        return fmt(total) if total else "-"
+    return f"{fmt(total)} (+?)" if total else "?"
 
 
 def section_config(plan: Plan, results: ExperimentResults) -> None:
