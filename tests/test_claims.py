@@ -231,3 +231,14 @@ def test_thresholds_from_a_dict_and_defaults():
     settings = ClaimSettings.from_thresholds({"alpha": 0.01, "max_mmlu_drop": 0.05})
     assert settings.alpha == 0.01 and settings.max_mmlu_drop == 0.05 and settings.power == 0.8
     assert ClaimSettings.from_thresholds(ClaimThresholds(alpha=0.1)).alpha == 0.1
+
+
+def test_a_seed_free_comparison_prints_its_p_once():
+    """Steered vs untuned is one test repeated for each seed: "What moved" prints its p once;
+    a tuned condition's seeds differ and keep one p each."""
+    from reptune.pipeline.analysis import _p
+
+    same = {"p_value": 0.118, "n": 316, "a_value": 0.788, "b_value": 0.81}
+    assert _p([dict(same, seed=s) for s in range(3)]) == "p=0.118"
+    assert _p([dict(same, seed=0), dict(same, seed=1, p_value=0.2, b_value=0.8)]) == "p=0.118, p=0.2"
+    assert _p([{"p_value": None}]) == "no test"

@@ -146,7 +146,12 @@ def _value(scores: dict[str, Any], cond: str, task: str, metric: str | None = No
 
 
 def _p(tests: list[dict[str, Any]]) -> str:
-    return ", ".join(f"p={t['p_value']:.3g}" for t in tests if t.get("p_value") is not None) or "no test"
+    """The tests' p-values, one per seed; once when every seed's test is the same one (a seed-free
+    comparison such as steered vs untuned is repeated for each seed)."""
+    tested = [t for t in tests if t.get("p_value") is not None]
+    if len({(t["p_value"], t.get("n"), t.get("a_value"), t.get("b_value")) for t in tested}) == 1:
+        tested = tested[:1]
+    return ", ".join(f"p={t['p_value']:.3g}" for t in tested) or "no test"
 
 
 def judge_claims(scores: dict[str, Any], comparisons: list[dict[str, Any]], thresholds: Any, *,
