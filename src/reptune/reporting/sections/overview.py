@@ -50,7 +50,7 @@ def section_summary(plan: Plan, results: ExperimentResults, conds: dict[str, Con
     timings = results.timings or Timings()
     if timings.total_s is not None:
         total = float(timings.total_s)
-        spans.append(f"Total time {fmt(total)} s ({int(total // 60)} min {round(total % 60)} s) over {fmt(len(timings.stages or {}))} stages. ")
+        spans.append(f"Total time {fmt(total, '.1f')} s ({int(total // 60)} min {round(total % 60)} s) over {fmt(len(timings.stages or {}))} stages. ")
     data = results.data or DataInfo()
     if data:
         splits = data.splits or {}

@@ -65,13 +65,13 @@ def section_timing(plan: Plan, results: ExperimentResults) -> None:
                      _counted(counts, names, "steps"), fmt(sum(n in reused for n in names))])
     model = results.model or ModelInfo()
     machine = model.machine or {}
-    plan.para(f"Total {fmt(timings.total_s)} s on {machine.get('cpu', 'this machine')} ({fmt(machine.get('cores'))} cores, torch {machine.get('cpu_capability', '?')} kernels, "
+    plan.para(f"Total {fmt(timings.total_s, '.1f')} s on {machine.get('cpu', 'this machine')} ({fmt(machine.get('cores'))} cores, torch {machine.get('cpu_capability', '?')} kernels, "
               f"precision {given(model.precision, '?')}); reused stages count the time they took when they ran. Items are task items "
               "scored (a robustness or sweep cell counts its items; a learnability check scores the validation twins); steps are optimiser steps.")
     if (timings.workers or 1) > 1:
         by_worker = len((results.stages or StageNames()).by_worker or [])
         plan.para(f"Two processes ran the stages, the main one and a stage worker ({by_worker} stages), with half the threads each, "
-                  f"so the stage times overlap: they add up to more than this invocation's wall time, {fmt(timings.this_run_s)} s."
+                  f"so the stage times overlap: they add up to more than this invocation's wall time, {fmt(timings.this_run_s, '.1f')} s."
                   + (f" The stage worker stopped early (exit code {fmt(timings.worker_exit)}, see worker.log); the main process ran the rest."
                      if timings.worker_exit not in (None, 0) else ""))
     plan.add(Table(["stage", "runs", "seconds", "per run", "items scored", "steps trained", "reused"], rows))
