@@ -301,6 +301,21 @@ def test_prefix_cache_runs_the_prompt_once_and_changes_nothing(items_file, arch,
     assert sum(cached_widths) < 0.75 * sum(widths) and min(cached_widths) < min(widths)  # the test prompts are short
 
 
+def test_a_cache_that_cannot_be_frozen_runs_whole_prompts(items_file, monkeypatch):
+    """Where the prompt's cache cannot be frozen, nanogcg gets none back and runs whole prompts:
+    the same suffixes as with the cache off."""
+    handle = build_model("llama", chat=True)
+    handle.tokenizer.chat_template = SMOL_LIKE
+    budget = {**BUDGET, "steps": 2, "early_stop": False}
+    monkeypatch.setenv("REPTUNE_NO_PREFIX_CACHE", "1")
+    plain = evaluate(handle, [get_task("gcg", data=str(items_file), **budget)])["gcg"]
+    monkeypatch.delenv("REPTUNE_NO_PREFIX_CACHE")
+    monkeypatch.setattr(gcg_module, "freeze_prefix_cache", lambda cache, length: None)
+    fallback = evaluate(handle, [get_task("gcg", data=str(items_file), **budget)])["gcg"]
+    assert [r["suffix"] for r in fallback.records] == [r["suffix"] for r in plain.records]
+    assert [r["gcg_loss"] for r in fallback.records] == pytest.approx([r["gcg_loss"] for r in plain.records], abs=1e-6)
+
+
 def test_gcg_runs_on_a_steered_model(items_file):
     handle = planted_model(wired=False)
     push = torch.zeros(handle.hidden_size)

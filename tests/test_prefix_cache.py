@@ -365,3 +365,24 @@ def test_read_activations_with_foreign_hook_runs_whole_rows(tiny, monkeypatch):
     finally:
         hook.remove()
     assert passes == []
+
+
+def test_read_activations_takes_a_longer_common_prompt_and_falls_back_without_a_cache(tiny, monkeypatch):
+    """A later batch whose rows share a prompt at least 8 tokens longer than the cached one gets
+    a pass of its own; a model whose cache cannot hold a prefix reads whole rows (same numbers);
+    ``share_prefix=False`` never splits."""
+    sky = "The sky is blue. The grass is green. "
+    inputs = [Example(PREFIX, "Cats"), Example(PREFIX + sky, "Paris"), Example(PREFIX + sky, "Water"), Example(PREFIX + sky, "Hello")]
+    passes: list[int] = []
+    real_pass = activations.prefix_pass
+    monkeypatch.setattr(activations, "prefix_pass", lambda model, ids: passes.append(ids.shape[1]) or real_pass(model, ids))
+    shared = read_activations(tiny, inputs, "1,3", "last", batch_size=2, progress=False)
+    assert len(passes) == 2 and passes[1] >= passes[0] + 8, passes
+    plain = read_activations(tiny, inputs, "1,3", "last", batch_size=2, progress=False, share_prefix=False)
+    assert len(passes) == 2
+    monkeypatch.setattr(activations, "prefix_pass", lambda model, ids: passes.append(-1))  # returns None: no cache
+    fallback = read_activations(tiny, inputs, "1,3", "last", batch_size=2, progress=False)
+    assert passes[2:] == [-1]  # tried once, then whole rows
+    for layer in plain:
+        torch.testing.assert_close(shared[layer], plain[layer], **TIGHT)
+        torch.testing.assert_close(fallback[layer], plain[layer], **TIGHT)

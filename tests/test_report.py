@@ -387,3 +387,29 @@ def test_a_results_file_off_the_schema_is_one_line_and_writes_nothing(tmp_path, 
     text = str(error.value)
     assert message in text and "\n" not in text and "rebuild the file" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_time_table_rows_and_stages_recorded_without_counts():
+    """Studies' trainings and evaluations and counter-steered evaluations get rows of their own;
+    a stage recorded before stages counted their work shows "?" (a main training's steps come
+    from its training record)."""
+    from reptune.reporting.document import Plan, to_markdown
+    from reptune.reporting.schema import ExperimentResults
+    from reptune.reporting.sections.record import section_timing, stage_kind
+
+    assert [stage_kind(n) for n in ("train:truth:s0", "train:se-32:truth:s0", "eval:se-all:honesty:s1", "generalisation:train:lto0:truth:s0",
+                                    "generalisation:eval:lto0:truth:s0", "eval:truth@counter-other:s1", "eval:steer+", "gcg:truth:s0")] == [
+        "train", "train (sample efficiency)", "eval (sample efficiency)", "generalisation train", "generalisation eval",
+        "eval (counter-steered)", "eval", "gcg"]
+    results = ExperimentResults.model_validate({
+        "timings": {"total_s": 100.0, "stages": {"train:truth:s0": 40.0, "eval:untuned": 20.0, "eval:steer+": 10.0, "robustness:untuned": 5.0},
+                    "counts": {"eval:untuned": {"items": 316, "steps": 0}}},
+        "training": {"truth": {"0": {"steps": 24}}},
+    })
+    plan = Plan()
+    section_timing(plan, results)
+    text = to_markdown(plan.blocks)
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows["train"][3:5] == ["-", "24"]  # steps from the training record
+    assert rows["eval"][3:5] == ["316 (+?)", "?"]  # eval:steer+ has no counts
+    assert rows["robustness"][3:5] == ["?", "?"]

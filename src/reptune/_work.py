@@ -15,7 +15,7 @@ _COUNTS: Counter[str] = Counter()
 ITEMS = "items"
 """Task items scored (a robustness grid counts each cell's items; a resumed item is not counted)."""
 STEPS = "steps"
-"""Optimiser steps taken."""
+"""Optimiser steps taken (a training resumed from a checkpoint counts only the steps this process ran)."""
 
 
 def count(kind: str, n: int = 1) -> None:

@@ -22,7 +22,7 @@ from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError
 from reptune.hooks import forward_until, install, read
 from reptune.models import ModelHandle
-from reptune.prefix_cache import prefix_pass, prefix_sharing_allowed, right_padded_prefix_length, suffix_inputs
+from reptune.prefix_cache import PREFIX_MIN_TOKENS, prefix_pass, prefix_sharing_allowed, right_padded_prefix_length, suffix_inputs
 from reptune.sites import Positions, parse_layers
 
 
@@ -147,11 +147,12 @@ class _SharedPrefix:
             return 0
         ids, attention = batch.input_ids, batch.attention_mask
         first_read = int(mask.float().argmax(-1).min())
+        length = right_padded_prefix_length(ids, attention, keep=0, before=first_read)
         if self.tokens is not None:
             n = len(self.tokens)
-            if n <= first_read and n < int(attention.sum(-1).min()) and bool((ids[:, :n] == self.tokens).all()):
+            reusable = n <= first_read and n < int(attention.sum(-1).min()) and bool((ids[:, :n] == self.tokens).all())
+            if reusable and length < n + PREFIX_MIN_TOKENS:  # a common prefix that much longer pays a pass of its own
                 return n
-        length = right_padded_prefix_length(ids, attention, keep=0, before=first_read)
         if not length:
             return 0
         cache = prefix_pass(handle.model, ids[:1, :length])
@@ -173,6 +174,7 @@ def read_activations(
     progress: bool = True,
     description: str = "reading activations",
     per_position: bool = False,
+    share_prefix: bool = True,
 ) -> dict[int, torch.Tensor]:
     """Mean residual-stream activation over the selected positions, per input and layer.
 
@@ -182,11 +184,13 @@ def read_activations(
         layers: layer spec (see :func:`reptune.sites.parse_layers`); default all layers.
         positions: which tokens to read (see :class:`reptune.sites.Positions`).
         batch_size: inputs per forward pass.
-        padding_side: ``left`` or ``right`` (same results; a choice for speed/memory). Batches
-            are right-padded whenever a shared prompt prefix can be split off.
+        padding_side: ``left`` or ``right`` (same results; a choice for speed/memory). While
+            prefix sharing is allowed, batches are right-padded whatever this says.
         progress: show a progress bar.
         per_position: keep each selected position instead of averaging them; needs a fixed
             number of positions per input (``last:N`` or ``marker``).
+        share_prefix: run a prompt the inputs share once (equal up to float rounding; see
+            :func:`reptune.prefix_cache.prefix_sharing_allowed` for when it is refused anyway).
 
     Returns:
         ``{layer: tensor [len(inputs), hidden_size]}`` in float32 on the CPU, layer indices
@@ -213,7 +217,7 @@ def read_activations(
     results = {layer: torch.zeros(shape, dtype=torch.float32) for layer in layer_list}
     device = handle.device
     starts = range(0, len(examples), batch_size)
-    shared = _SharedPrefix(prefix_sharing_allowed(handle))  # checked before reptune's own reading hooks exist
+    shared = _SharedPrefix(prefix_sharing_allowed(handle, share_prefix))  # checked before reptune's own reading hooks exist
     with (
         torch.inference_mode(),
         handle.autocast(),

@@ -145,13 +145,11 @@ def _value(scores: dict[str, Any], cond: str, task: str, metric: str | None = No
     return entry["metrics"].get(metric, {}).get("value")
 
 
-def _p(tests: list[dict[str, Any]]) -> str:
-    """The tests' p-values, one per seed; once when every seed's test is the same one (a seed-free
-    comparison such as steered vs untuned is repeated for each seed)."""
+def _p(tests: list[dict[str, Any]], seed_free: bool = False) -> str:
+    """The tests' p-values, one per seed; once for a ``seed_free`` comparison (steered vs untuned:
+    the same test, repeated for each seed)."""
     tested = [t for t in tests if t.get("p_value") is not None]
-    if len({(t["p_value"], t.get("n"), t.get("a_value"), t.get("b_value")) for t in tested}) == 1:
-        tested = tested[:1]
-    return ", ".join(f"p={t['p_value']:.3g}" for t in tested) or "no test"
+    return ", ".join(f"p={t['p_value']:.3g}" for t in (tested[:1] if seed_free else tested)) or "no test"
 
 
 def judge_claims(scores: dict[str, Any], comparisons: list[dict[str, Any]], thresholds: Any, *,
@@ -219,7 +217,8 @@ def findings(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any], 
         moved = bool(tests) and all(t["p_value"] < alpha for t in tests)
         letter = _letter_share(first.get(cid), task)
         text = f"{cond['label']}: {task} accuracy {fmt(value)} vs {reference} {fmt(ref_value)}"
-        text += f" ({'moved' if moved else 'no significant change'}, McNemar {_p(tests)})" if tests else ""
+        seed_free = cond["kind"] in SEED_FREE_KINDS and reference == "untuned"
+        text += f" ({'moved' if moved else 'no significant change'}, McNemar {_p(tests, seed_free)})" if tests else ""
         if letter is not None:
             text += f"; same letter on {letter:.0%}"
         if cid in rep and rep[cid].get("mean_cosine") is not None:

@@ -246,9 +246,11 @@ def optimise_suffix(handle: ModelHandle, prompt: str, target: str, config: Any, 
     ``attack``: a :func:`new_attack` to reuse across items.
     """
     attack = attack or new_attack(handle, config)
-    cached = prefix_sharing_allowed(handle)  # no foreign hook that a split forward could change
+    # no foreign hook that a split forward could change, and no draft model (its forward is not adapted)
+    cached = prefix_sharing_allowed(handle) and getattr(config, "probe_sampling_config", None) is None
     with _quiet_nanogcg(), handle.autocast(), _frozen_prefix_forward(handle.model) if cached else contextlib.nullcontext():
         attack.config, attack.stop_flag = dataclasses.replace(config, use_prefix_cache=cached), False  # stop_flag is never reset by nanogcg
+        attack.prefix_cache = attack.draft_prefix_cache = None  # nanogcg resets them only with the cache on: not the last item's
         result = attack.run([{"role": "user", "content": gcg_prompt(handle.tokenizer, prompt)}], target)
     return result.best_string, float(result.best_loss), len(result.losses)
 

@@ -54,7 +54,13 @@ def section_timing(plan: Plan, results: ExperimentResults) -> None:
         return
     plan.add(Heading(2, "Where the time went"))
     reused = set((results.stages or StageNames()).reused or [])
-    counts = timings.counts or {}
+    counts = dict(timings.counts or {})
+    # stages recorded before each stage counted its work: a main training's steps are still known
+    for variant, by_seed in (results.training or {}).items():
+        for seed, info in (by_seed or {}).items():
+            name = f"train:{variant}:s{seed}"
+            if name in stages and name not in counts and info is not None and info.steps is not None:
+                counts[name] = {"steps": info.steps, "items": 0}  # a training scores no task items
     groups: dict[str, list[str]] = {}
     for name in stages:
         groups.setdefault(stage_kind(name), []).append(name)
@@ -79,7 +85,7 @@ def section_timing(plan: Plan, results: ExperimentResults) -> None:
 
 def _counted(counts: dict[str, dict[str, Any]], names: list[str], kind: str) -> str:
     """The ``kind`` units the ``names`` stages did, ``-`` for none; ``?`` marks stages recorded without counts."""
-    known = [int((counts[n] or {}).get(kind) or 0) for n in names if n in counts]
+    known = [int((counts[n] or {}).get(kind) or 0) for n in names if n in counts and kind in (counts[n] or {})]
     total = sum(known)
     if len(known) == len(names):
         return fmt(total) if total else "-"
