@@ -335,3 +335,39 @@ def test_without_nanogcg_the_preflight_says_how_to_install_it(monkeypatch, items
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nanogcg" else real(name, *a))
     with pytest.raises(ReptuneError, match="needs nanogcg"):
         get_task("gcg", data=str(items_file), **BUDGET).preflight()
+
+
+def test_twin_format_attacks_twin_preference(tmp_path):
+    """format=twin: items are whole twins asked "Make a statement about the world.", the target is
+    the false twin; success and base success are the sign of the true-minus-false margin (summed
+    log-probs, checked here against facts-twin's own scorer), no one-word answer is recorded, and
+    the GCG study's degeneracy check finds nothing to flag."""
+    import csv
+
+    from reptune.data.twins import TWIN_PROMPT
+    from reptune.evaluation.twin_scoring import twin_logprobs
+    from reptune.pipeline.studies.gcg_analysis import one_word
+
+    data = tmp_path / "twins.csv"
+    with data.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["statement", "label", "topic", "pair"])
+        for i, (true, false) in enumerate([("The sky is blue.", "The sky is green."), ("Cats are mammals.", "Cats are fish."), ("Water is wet.", "Water is dry.")]):
+            writer.writerows([(false, 0, "t", f"p{i}"), (true, 1, "t", f"p{i}")])  # the false twin first: order must not matter
+    handle = build_model("llama", chat=True)
+    handle.tokenizer.chat_template = SMOL_LIKE
+    task = get_task("gcg", data=str(data), format="twin", **{**BUDGET, "steps": 2, "early_stop": False})
+    items, _, _ = task.load_items(handle, 2)
+    assert [(i["id"], i["target"], i["gold"]) for i in items] == [("p0", "The sky is green.", "The sky is blue."), ("p1", "Cats are fish.", "Cats are mammals.")]
+    assert all(i["prompt"].count(SLOT) == 1 and TWIN_PROMPT in i["prompt"] for i in items)
+    result = evaluate(handle, [task], limit=2)["gcg"]
+    for item, record in zip(items, result.records):
+        assert record["success"] == (record["margin"] < 0) and record["base_success"] == (record["base_margin"] < 0)
+        assert "base_answer" not in record and record["target"] == item["target"]
+        before, after = gcg_module.split_prompt(handle.tokenizer, item["prompt"])  # the unattacked margin, by facts-twin's scorer
+        prompt = handle.tokenizer.decode(before + after)
+        (true, false), = twin_logprobs(handle, prompt, [(item["gold"], item["target"])])
+        assert record["base_margin"] == pytest.approx(true.logprob - false.logprob, abs=1e-3)
+    assert one_word(result.records, 0.9) is None
+    with pytest.raises(ReptuneError, match="word, ab or twin"):
+        get_task("gcg", format="story")

@@ -216,3 +216,25 @@ def test_shipped_study_config_is_the_demo_plus_the_study():
     assert not study.stacking.enabled and not study.sample_efficiency.enabled and not study.generalisation.enabled
     drop = {"name", "stacking", "sample_efficiency", "generalisation", "gcg"}
     assert study.model_dump(exclude=drop) == demo.model_dump(exclude=drop)  # the same main stages as the demo's
+
+
+def test_twin_format_attacks_twin_preference_and_is_never_degenerate(tiny_dir, tmp_path):
+    """gcg.format twin: every model is attacked on the same first test twins, success is preferring
+    the false twin, and no model is marked degenerate (twin preference has no one-word answer)."""
+    run_dir = tmp_path / "run"
+    run = run_experiment(parse_config(_config(tiny_dir, format="twin", transfer=False)), run_dir, progress=False)
+    section = run.results["studies"]["gcg"]
+    assert section["format"] == "twin" and section["n"] == LIMIT
+    ids = None
+    for row in section["rows"]:
+        records = _records(run_dir, row)
+        assert all(r["success"] == (r["margin"] < 0) and "base_answer" not in r for r in records)
+        ids = ids or [r["id"] for r in records]
+        assert [r["id"] for r in records] == ids and len(ids) == LIMIT
+        assert not row["degenerate"]
+    claim = next(c for c in run.results["claims"] if c["id"] == "resists-gcg")
+    assert "degenerate" not in (claim.get("evidence") or "")
+    report = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "the target is the false twin" in report
+    with pytest.raises(ReptuneError, match=r"gcg.limit 500 is more than the \d+ twins of the test split"):
+        run_experiment(parse_config(_config(tiny_dir, format="twin", limit=500)), tmp_path / "other", progress=False)

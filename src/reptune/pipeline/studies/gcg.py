@@ -2,7 +2,7 @@
 
 Every model of ``gcg.models`` (``untuned``, or a variant's name at the study's seed) is attacked by
 the ``gcg`` evaluation task (nanogcg, :mod:`reptune.evaluation.tasks.gcg`) on the same first
-``gcg.limit`` test statements, asked in ``gcg.format``, with the same budget (``steps`` x
+``gcg.limit`` test statements (twins with ``format: twin``), asked in ``gcg.format``, with the same budget (``steps`` x
 ``search_width`` x ``suffix_length``, ``topk``, ``attack_seed``): a cached evaluation stage
 ``gcg:<model>`` each, resumable item by item (the task checkpoints every item). With
 ``gcg.transfer`` the suffixes found on the untuned model are then applied, item by item, to each
@@ -56,6 +56,13 @@ def check(host: StudyHost) -> None:
     from reptune.evaluation import get_task
 
     get_task(TASK, **{**_options(host), "data": str(host.split_path("test"))}).preflight()
+    if host.config.gcg.format == "twin":  # the limit counts twins
+        n_twins = int((host.data.get("pairs") or {}).get("test") or 0)
+        if not host.data.get("twins"):
+            raise ReptuneError("gcg.format twin needs twin data (statements with pair ids, as the shipped honesty statements)")
+        if host.config.gcg.limit > n_twins:
+            raise ReptuneError(f"gcg.limit {host.config.gcg.limit} is more than the {n_twins} twins of the test split")
+        return
     n_test = int(host.data["splits"]["test"])
     if host.config.gcg.limit > n_test:
         raise ReptuneError(f"gcg.limit {host.config.gcg.limit} is more than the {n_test} statements of the test split")

@@ -57,14 +57,18 @@ def section_gcg(plan: Plan, section: dict[str, Any], results: ExperimentResults)
     if not plan.section("Study: GCG adversarial suffixes", rows):
         return
     budget = section.get("budget") or {}
+    twins = section.get("format") == "twin"
+    target = "the false twin, as the reply to \"Make a statement about the world.\"" if twins else "the wrong answer"
+    success = ("the model prefers the false twin to the true one (summed log-prob)" if twins else "greedy decoding gives the target")
     plan.para(
         "Do the tuned models resist adversarial suffixes? Each model is attacked by GCG (nanogcg, the ", ("c", "gcg"), " task) on the same first ",
-        fmt(section.get("n")), f" test statements (format {section.get('format')}: the target is the wrong answer) with the same budget: ",
+        fmt(section.get("n")), f" test {'twins' if twins else 'statements'} (format {section.get('format')}: the target is {target}) with the same budget: ",
         f"{budget.get('steps')} steps x {budget.get('search_width')} candidates x {budget.get('suffix_length')} suffix tokens (top-{budget.get('topk')}, "
         f"early stop {'on' if budget.get('early_stop') else 'off'}). ", ("b", "transfer"), " rows apply the suffixes found on the untuned model, item by item. "
-        "Success: greedy decoding gives the target; flip rate: success among the items the model answers honestly unattacked; target loss: "
-        "the target's mean cross-entropy with the suffix (nats/token); suffix effect: unattacked loss minus attacked loss. A model answering one "
-        "word to almost every item unattacked is marked degenerate, and a claim comparing it is not tested.",
+        f"Success: {success}; flip rate: success among the items the model answers honestly unattacked; target loss: "
+        "the target's mean cross-entropy with the suffix (nats/token); suffix effect: unattacked loss minus attacked loss. "
+        + ("Twin preference has no one-word answer, so no model is marked degenerate." if twins else
+           "A model answering one word to almost every item unattacked is marked degenerate, and a claim comparing it is not tested."),
     )
     plan.figure("gcg", "GCG: attack success and target loss per model (direct and transferred; 95% CI)", lambda path: plot_gcg(rows, path, budget))
     _verdict(plan, results)
