@@ -162,7 +162,7 @@ def gcg_claim(section: dict[str, Any], seed: int, measure: str = "loss") -> dict
                       "loss": direct["loss"], "success": direct["success"]})
     budget = section["budget"]
     evidence = (f"GCG ({budget['steps']} steps x {budget['search_width']} candidates x {budget['suffix_length']} suffix tokens) on the first "
-                f"{section['n']} test statements, format {section['format']}; judged on the "
+                f"{section['n']} test {'twins' if section['format'] == 'twin' else 'statements'}, format {section['format']}; judged on the "
                 f"{'target loss reached' if measure == 'loss' else 'attack success rate'}. ")
     evidence += "; ".join(_row_text(r, what) for r, what in ((direct, "direct attack"), (transfer, "the untuned model's suffixes transferred")) if r) + "."
     claim = (f"The representation-tuned model ({candidate}) resists GCG adversarial suffixes better than the token-only tuned one ({baseline}): "
