@@ -314,9 +314,9 @@ def _statement_items(handle: ModelHandle, spec: str, fmt: str, chat: bool, limit
     items = []
     if fmt == "twin":  # whole pairs: ``limit`` counts twins
         twins = statements_to_twins(source.records, source.origin)
+        prompt = render_chat(tokenizer, TWIN_PROMPT + SLOT)  # one prompt for every twin
         for twin in twins if limit is None else twins[:limit]:
-            items.append({"id": twin.pair, "prompt": render_chat(tokenizer, TWIN_PROMPT + SLOT), "target": twin.false, "gold": twin.true,
-                          "statement": twin.true, "topic": twin.topic})
+            items.append({"id": twin.pair, "prompt": prompt, "target": twin.false, "gold": twin.true, "statement": twin.true, "topic": twin.topic})
     elif fmt == "ab":
         for index, statement in enumerate(statements):  # facts-ab's questions: option order alternating
             options = ("True", "False") if index % 2 == 0 else ("False", "True")
