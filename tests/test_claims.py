@@ -9,7 +9,7 @@ from reptune.evaluation.registry import TaskResult
 from reptune.evaluation.runner import EvalResults
 from reptune.evaluation.statistics import mcnemar_mde
 from reptune.pipeline.analysis import judge_claims, paired_tests
-from reptune.pipeline.claims import chosen_option, degeneracy, judge
+from reptune.pipeline.claims import chosen_option, claim_spec, degeneracy, judge, new_problems
 from reptune.pipeline.config import ClaimThresholds
 
 THRESHOLDS = ClaimThresholds()
@@ -159,6 +159,42 @@ def test_holm_adjusted_p_decides():
     assert claim(claims, "resists-counter-steering")["p_holm"] is None  # not tested: not in the family
 
 
+def _study_claim(cid: str, differences: list[float], p_value: float) -> dict:
+    """A study's claim (extra_specs) with one sign-flip test on ``differences``."""
+    from reptune.evaluation.statistics import sign_flip_min_p
+
+    test = {"seed": 0, "n": len(differences), "effect": float(np.mean(differences)), "effect_ok": float(np.mean(differences)) > 0,
+            "p_value": p_value, "method": "paired sign-flip test", "min_p": sign_flip_min_p(differences), "mde": 0.3}
+    return claim_spec(cid, f"{cid} holds", [test], new_problems(), "numbers.", "a difference of {mde:.3f} at n = {n}")
+
+
+def test_a_test_that_cannot_reach_alpha_is_not_tested_and_leaves_the_holm_family():
+    # two McNemar claims at p = 0.0386 each (Holm 0.077 between them, as above) and a study claim on 4 items, every one
+    # the claimed way: its sign-flip p is 0.125, the smallest 4 items allow. In the family it would make the others' Holm
+    # p 3 x 0.0386 = 0.116; it can never be rejected, so it is not tested and the others keep 2 x 0.0386.
+    steer, honesty = pair(30, 2, 10, 18)
+    truth, honesty_tqa = pair(30, 2, 10, 18, seed=4)
+    loaded = run({"steer+": {"facts-ab": ab(steer)}, "honesty": {"facts-ab": ab(honesty), "tqa-ab": ab(honesty_tqa, task="tqa-ab")},
+                  "truth": {"tqa-ab": ab(truth, task="tqa-ab")}})
+    small = _study_claim("resists-gcg", [0.5, 0.7, 0.6, 0.8], 0.125)
+    claims = judge(loaded, {}, THRESHOLDS, extra_specs=[small])
+    got = claim(claims, "resists-gcg")
+    assert got["verdict"] == "not tested" and got["p_holm"] is None and got["p_value"] == 0.125
+    assert "smallest p its test can give on these 4 items is 0.125" in got["reason"] and "Holm family" in got["reason"]
+    assert got["mde"]["value"] is None and got["mde"]["power"] == 0.0 and "none at n = 4" in got["mde"]["text"]
+    for cid in ("tuning-beats-steering", "generalises-to-truthfulqa"):
+        assert claim(claims, cid)["p_holm"] == pytest.approx(2 * claim(claims, cid)["p_value"])
+    # 6 items can reach 2/64 = 0.031 < 0.05: tested, in the family (Holm over three tests)
+    six = _study_claim("resists-gcg", [0.5, 0.7, 0.6, 0.8, 0.2, 0.4], 0.03125)
+    got = claim(judge(loaded, {}, THRESHOLDS, extra_specs=[six]), "resists-gcg")
+    assert got["verdict"] == "inconclusive" and got["p_holm"] == pytest.approx(3 * 0.03125) and "reason" not in got
+    # McNemar with 4 discordant items of 60 (all four the claimed way): p = 0.125 at best, whatever n is
+    steer, honesty = pair(40, 0, 4, 16)
+    got = claim(judge(run({"steer+": {"facts-ab": ab(steer)}, "honesty": {"facts-ab": ab(honesty)}}), {}, THRESHOLDS), "tuning-beats-steering")
+    assert got["verdict"] == "not tested" and "60 items (4 discordant) is 0.125" in got["reason"] and got["tests"][0]["min_p"] == 0.125
+    assert got["short_reason"] == "its test cannot reach alpha at this n"
+
+
 def test_degenerate_option_text_never_supports():
     steer, honesty = pair(40, 2, 30, 28)
     always_false = ab(steer, always="False")  # letters alternate (50% "A"), the text is always "False"
@@ -167,6 +203,7 @@ def test_degenerate_option_text_never_supports():
     loaded = run({"steer+": {"facts-ab": always_false}, "honesty": {"facts-ab": ab(honesty)}})
     got = claim(judge(loaded, {}, THRESHOLDS), "tuning-beats-steering")
     assert got["verdict"] == "not tested" and "the same option text (False)" in got["reason"] and got["degenerate"]
+    assert got["short_reason"] == "a compared condition is degenerate"
     twins = [{"id": str(i), "twin": "first", "correct": i % 3 == 0} for i in range(50)]
     assert "the same twin" in degeneracy(twins)
 

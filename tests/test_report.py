@@ -133,7 +133,8 @@ def make_results() -> dict:
              "evidence": "honesty 0.610 vs steer+ 0.550 on facts-ab (McNemar p<0.001)"},
             {"id": "counter", "claim": "Counter-steering undoes tuning.", "verdict": "not supported", "evidence": "see paired tests"},
             {"id": "robust", "claim": "Tuned effect is robust.", "verdict": "inconclusive", "evidence": "CIs overlap"},
-            {"id": "tqa", "claim": "TruthfulQA improves.", "verdict": "not tested", "evidence": "tqa-ab skipped"},
+            {"id": "tqa", "claim": "TruthfulQA improves.", "verdict": "not tested", "evidence": "tqa-ab skipped",
+             "short_reason": "a condition, task or seed was not evaluated"},
         ],
         "headline": {"task": "facts-ab", "metric": "accuracy", "rows": headline_rows},
     }
@@ -214,6 +215,7 @@ def test_sections_in_order(full_run):
     positions = [md.index(h + "\n") for h in order]
     assert positions == sorted(positions)
     assert "**supported**" in md and "**not supported**" in md and "**inconclusive**" in md and "**not tested**" in md
+    assert "**not tested** — `tqa`: a condition, task or seed was not evaluated\n" in md  # the first screen says why
     assert "largest \\|x\\|" not in md and "largest |x|" in md  # rule text printed as is outside tables
     assert "TruthfulQA not found" in md and "```yaml\nname: demo" in md and "reptune run experiments/demo.yaml" in md
     assert "Not run." not in md

@@ -14,6 +14,7 @@ from reptune.evaluation.statistics import (
     bootstrap_ratio_ci,
     holm_adjust,
     mcnemar_mde,
+    mcnemar_min_p,
     mcnemar_test,
     mean_mde,
     noninferiority_mde,
@@ -22,6 +23,7 @@ from reptune.evaluation.statistics import (
     paired_noninferiority,
     paired_proportion_diff_ci,
     paired_ratio_noninferiority,
+    sign_flip_min_p,
     sign_flip_test,
     tango_score,
     wilson_interval,
@@ -180,6 +182,26 @@ def test_sign_flip_test_matches_scipy_permutation():
     many = np.array([1.0] * 30 + [-1.0] * 10)
     assert sign_flip_test(many, seed=1) == sign_flip_test(many, seed=1)
     assert sign_flip_test(many) == pytest.approx(stats.binomtest(30, 40).pvalue, abs=0.01)
+
+
+def test_smallest_attainable_p_is_what_the_tests_give_at_the_extreme():
+    # every item the same way is the most extreme outcome: the test's p there is the floor
+    for values in ([0.3, 1.2, 0.7, 2.0], [1.0, 0.0, 1.0, 0.0, 0.0, 1.0], [5.0], np.linspace(0.1, 1.6, 16)):
+        assert sign_flip_min_p(values) == pytest.approx(sign_flip_test(values), abs=1e-12)
+        assert sign_flip_min_p(values) == sign_flip_min_p(-np.asarray(values))  # the signs do not matter
+    assert sign_flip_min_p([0.3, 1.2, 0.7, 2.0]) == 0.125 and sign_flip_min_p([1, 0, 0, -1]) == 0.5
+    assert sign_flip_min_p([0, 0]) == 1.0 and sign_flip_min_p([1.0] * 17, n_resamples=999) == 1e-3
+    assert sign_flip_test(np.linspace(0.1, 1.7, 17), n_resamples=999) >= sign_flip_min_p(np.ones(17), n_resamples=999)
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # never above any p the test gives on the same non-zero count
+        x = rng.normal(size=int(rng.integers(1, 12)))
+        assert sign_flip_test(x) >= sign_flip_min_p(x) - 1e-12
+    for d in (0, 1, 4, 6, 24, 25, 40):
+        assert mcnemar_min_p(d) == pytest.approx(mcnemar_test(d, 0).pvalue if d else 1.0)
+        assert all(mcnemar_test(b, d - b).pvalue >= mcnemar_min_p(d) - 1e-12 for b in range(d + 1))
+    assert mcnemar_min_p(4) == 0.125 and mcnemar_min_p(6) == pytest.approx(2 / 64)
+    with pytest.raises(ReptuneError):
+        mcnemar_min_p(-1)
 
 
 def test_minimum_detectable_effects_have_the_stated_power():

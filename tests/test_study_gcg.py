@@ -174,7 +174,7 @@ def test_claim_is_judged_on_the_per_item_loss_and_not_tested_when_a_model_answer
     truth = _result([0.5] * 12, [True] * 8 + [False] * 4, varied)
     honesty = _result([1.5 + 0.1 * i for i in range(12)], [False] * 12, varied)
     runs = {"untuned": {"direct": {"result": truth}}, "truth": {"direct": {"result": truth}}, "honesty": {"direct": {"result": honesty}}}
-    claim = gcg_claim(_section(runs, settings), 0)
+    claim = gcg_claim(_section(runs, settings), 0, "loss")
     (test,) = claim["tests"]
     assert test["effect"] == pytest.approx(1.0 + 0.1 * 5.5) and test["effect_ok"] and test["p_value"] < 0.01
     assert test["success"]["effect"] == pytest.approx(8 / 12) and test["success"]["discordant"] == 8
@@ -186,6 +186,33 @@ def test_claim_is_judged_on_the_per_item_loss_and_not_tested_when_a_model_answer
     claim = gcg_claim(_section(runs, settings), 0)
     assert claim["problems"]["degenerate"] and "answers 'False' unattacked on 100% of 12 items" in claim["problems"]["degenerate"][0]
     assert one_word(truth.records, 0.9) is None
+
+
+def _moved(base: list[float], loss: list[float]) -> TaskResult:
+    records = [{"id": str(i), "loss": after, "success": False, "base_loss": before, "base_success": False, "base_answer": None, "suffix": "x"}
+               for i, (before, after) in enumerate(zip(base, loss))]
+    return TaskResult(task="gcg", metrics={}, records=records, primary="attack_success_rate", binary_key="success", continuous_key="loss")
+
+
+def test_by_default_resisting_is_moving_less_not_starting_farther_away():
+    settings = ClaimSettings(n_resamples=300)
+    base = [3.0 + 0.25 * i for i in range(12)]  # binary fractions: the differences below are exact
+    truth = _moved(base, [b - 0.5 for b in base])
+    # honesty starts 1 nat/token farther from the target and the attack pulls it up as far: it ends higher, but does not resist
+    honesty = _moved([b + 1.0 for b in base], [b + 0.5 for b in base])
+    runs = {"untuned": {"direct": {"result": truth}}, "truth": {"direct": {"result": truth}}, "honesty": {"direct": {"result": honesty}}}
+    by_loss = gcg_claim(_section(runs, settings), 0, "loss")["tests"][0]
+    assert by_loss["effect"] == pytest.approx(1.0) and by_loss["effect_ok"] and by_loss["p_value"] < 0.001
+    (test,) = gcg_claim(_section(runs, settings), 0)["tests"]  # the default: the suffix effect
+    assert test["effect"] == pytest.approx(0.0, abs=1e-12) and not test["effect_ok"] and test["p_value"] == 1.0
+    assert test["method"] == "paired sign-flip test on the per-item suffix effect" and test["min_p"] == 1.0  # no item differs
+    # honesty moved 0.25 less on every item: it resists, a - b = +0.25; 12 items all one way, p = 2 / 4096
+    runs["honesty"] = {"direct": {"result": _moved(base, [b - 0.25 for b in base])}}
+    claim = gcg_claim(_section(runs, settings), 0)
+    (test,) = claim["tests"]
+    assert test["effect"] == pytest.approx(0.25) and test["effect_ok"] and test["p_value"] == pytest.approx(2 / 4096)
+    assert test["min_p"] == pytest.approx(2 / 4096) and test["suffix_effect"]["a_value"] == pytest.approx(0.5)
+    assert "suffix effect honesty 0.250 vs truth 0.500" in claim["evidence"] and "moves it less" in claim["claim"]
 
 
 def test_the_claim_is_not_tested_in_the_run_when_its_models_answer_one_word(attacked):

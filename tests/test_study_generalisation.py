@@ -91,7 +91,11 @@ def test_claim_reuse_far_column_and_report(finished):
     claim = next(c for c in results["claims"] if c["id"] == "generalises-ood")
     section = results["studies"]["generalisation"]
     assert "claims" not in section  # the claim joined the run's claims (one Holm family)
-    assert claim["tests"][0]["n"] == section["leave_topic_out"]["ood_items"] and claim["mde"]["value"] > 0
+    assert claim["tests"][0]["n"] == section["leave_topic_out"]["ood_items"]
+    if claim["tests"][0]["min_p"] > 0.05:  # too few items differ between the two tiny models for any p below alpha
+        assert claim["verdict"] == "not tested" and claim["mde"]["power"] == 0.0 and "smallest p its test can give" in claim["reason"]
+    else:
+        assert claim["mde"]["value"] > 0
     assert {row["what"].split(" (")[0] for row in claim["context"]} == {"training topics", "hard test items"}
     assert section["far"]["tasks"] == [] and {s["task"] for s in section["far"]["skipped"]} == {"tqa-ab", "tqa-mc1"}
     # the study trains from the base weights on its own subsets; the main evaluations are read, not redone

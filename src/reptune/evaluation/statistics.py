@@ -22,6 +22,9 @@
   (exact below 17 non-zero items, else seeded Monte Carlo).
 * :func:`mcnemar_mde`, :func:`mean_mde`, :func:`noninferiority_mde` — minimum detectable
   effects at a run's n, alpha and power (normal approximations, stated in every claim).
+* :func:`mcnemar_min_p`, :func:`sign_flip_min_p` — the smallest p-value the discrete tests can
+  give at their n (Tarone 1990): a test whose smallest p exceeds alpha has no power at all, at
+  any effect size, and leaves the multiple-testing family instead of inflating it.
 """
 
 from __future__ import annotations
@@ -105,6 +108,19 @@ def mcnemar_test(b: int, c: int, *, exact: bool | None = None) -> McNemarResult:
     statistic = (abs(b - c) - 1.0) ** 2 / n  # as statsmodels (no flooring at |b - c| = 0)
     pvalue = math.erfc(math.sqrt(statistic / 2.0))  # chi-square survival function, 1 d.o.f.
     return McNemarResult(b, c, statistic, pvalue, "chi2-cc")
+
+
+def mcnemar_min_p(discordant: int, *, exact: bool | None = None) -> float:
+    """The smallest two-sided p :func:`mcnemar_test` can give with ``discordant`` (``b + c``) items.
+
+    The test is conditional on the discordant count: with ``d`` of them the most extreme split
+    (all ``d`` one way) gives ``2 / 2^d`` exactly, or the chi-square p of ``(d - 1)^2 / d``.
+    """
+    if discordant < 0:
+        raise ReptuneError(f"discordant count must be non-negative, got {discordant}")
+    if discordant == 0:
+        return 1.0
+    return mcnemar_test(discordant, 0, exact=exact).pvalue
 
 
 def paired_mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool], *, exact: bool | None = None) -> McNemarResult:
@@ -418,3 +434,18 @@ def sign_flip_test(differences: Sequence[float], *, n_resamples: int = 10000, se
     signs = rng.choice(np.array([1.0, -1.0]), size=(n_resamples, values.size))
     hits = int(np.sum(np.abs(signs @ values) >= observed))
     return (1 + hits) / (1 + n_resamples)
+
+
+def sign_flip_min_p(differences: Sequence[float], *, n_resamples: int = 10000) -> float:
+    """The smallest p :func:`sign_flip_test` can give on these differences, whatever their signs.
+
+    Only the ``k`` non-zero items count: exactly, every item the same way is reached by 2 of the
+    ``2^k`` sign assignments, so ``min(1, 2 / 2^k)``; by Monte Carlo (``k > 16``) ``1 / (1 + n_resamples)``.
+    ``[1, 0, 0, 1]`` (two of four paired 0/1 items differ) can never go below p = 0.5.
+    """
+    k = int(np.count_nonzero(np.asarray(differences, dtype=np.float64)))
+    if k == 0:
+        return 1.0
+    if k <= EXACT_FLIPS_UP_TO:
+        return min(1.0, 2.0 / float(1 << k))
+    return 1.0 / (1 + n_resamples)

@@ -233,8 +233,9 @@ CLAIMS_RULE = (
     "the one-sided upper bound of the MMLU drop within its margin and of the perplexity ratio within its limit). supported: the estimate "
     "goes the claimed way on every seed and every Holm-Bonferroni adjusted p (family: the tested claims x seeds) is below {alpha:g}; "
     "not supported: it goes the other way; inconclusive: otherwise; not tested: a condition, task or seed is missing, a compared "
-    "condition is degenerate (the same letter, option text or twin on more than 90% of items), or the learnability gate failed. "
-    "The minimum detectable effect is given at each claim's n, alpha and power 0.8."
+    "condition is degenerate (the same letter, option text or twin on more than 90% of items), the learnability gate failed, or "
+    "the test cannot give p below {alpha:g} at its n (a sign-flip test on 4 items, McNemar with 4 discordant items: p = 0.125 at "
+    "best; such tests have no power and leave the Holm family). The minimum detectable effect is given at each claim's n, alpha and power 0.8."
 )
 
 

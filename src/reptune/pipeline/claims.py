@@ -27,7 +27,8 @@ Holm-Bonferroni adjusted p is below alpha (family: the primary test of every tes
 seed); ``not supported`` when the estimate goes the other way on some seed; ``inconclusive``
 otherwise; ``not tested`` when a condition, a task or a seed is missing, when a condition it
 compares is degenerate (the same answer letter, the same option text or the same twin on more
-than 90% of items), or when the learnability gate failed. Each claim states its minimum
+than 90% of items), when the learnability gate failed, or when a test cannot give p below alpha
+at its n (4 paired items: a sign-flip p of 0.125 at best); such tests leave the Holm family. Each claim states its minimum
 detectable effect at the run's n, alpha and power, so "not supported" is read with power.
 """
 
@@ -48,11 +49,13 @@ from reptune.evaluation.statistics import (
     bootstrap_ci,
     holm_adjust,
     mcnemar_mde,
+    mcnemar_min_p,
     mean_mde,
     noninferiority_mde,
     paired_mcnemar,
     paired_noninferiority,
     paired_ratio_noninferiority,
+    sign_flip_min_p,
     sign_flip_test,
     wilson_interval,
 )
@@ -206,7 +209,7 @@ def mcnemar_seed(ra: TaskResult, rb: TaskResult, seed: int, settings: ClaimSetti
     test = paired_mcnemar(xs, ys)
     a_value, b_value = (sum(xs) / n, sum(ys) / n) if n else (math.nan, math.nan)
     return {"seed": seed, "n": n, "a_value": a_value, "b_value": b_value, "effect": b_value - a_value, "effect_ok": b_value > a_value,
-            "p_value": test.pvalue, "method": f"McNemar ({test.method})", "discordant": test.b + test.c,
+            "p_value": test.pvalue, "method": f"McNemar ({test.method})", "discordant": test.b + test.c, "min_p": mcnemar_min_p(test.b + test.c),
             "mde": mcnemar_mde(n, test.b + test.c, alpha=settings.alpha, power=settings.power)}
 
 
@@ -223,6 +226,7 @@ def did_seed(results: Sequence[TaskResult], seed: int, settings: ClaimSettings, 
     effect = float(did.mean()) if n else math.nan
     return {"seed": seed, "n": n, "effect": effect, "effect_ok": effect > 0, "ci_low": low, "ci_high": high,
             "p_value": sign_flip_test(did, seed=settings.seed + seed), "method": "paired sign-flip test on per-item difference in differences",
+            "min_p": sign_flip_min_p(did),
             "drop_honesty": float((h - hc).mean()) if n else math.nan, "drop_truth": float((t - tc).mean()) if n else math.nan,
             "levels": dict(zip(names, (float(h.mean()), float(hc.mean()), float(t.mean()), float(tc.mean())))) if n else {},
             "mde": mean_mde(_floored_sd(did), n, alpha=settings.alpha, power=settings.power)}
@@ -288,7 +292,7 @@ def _z_one_sided(settings: ClaimSettings) -> tuple[float, float]:
 
 
 def _problems() -> dict[str, list[str]]:
-    return {"gate": [], "missing": [], "degenerate": [], "other": []}
+    return {"gate": [], "missing": [], "degenerate": [], "other": [], "power": []}
 
 
 def _spec(cid: str, tests: list[dict[str, Any]], problems: dict[str, list[str]], evidence: str, mde_text: str, **extra: Any) -> dict[str, Any]:
@@ -305,7 +309,9 @@ def claim_spec(cid: str, claim: str, tests: list[dict[str, Any]], problems: dict
     Args:
         cid, claim: the claim's id and its one-sentence statement.
         tests: one per seed: ``seed, n, effect, effect_ok`` (the estimate goes the claimed way),
-            ``p_value`` (two-sided, raw; Holm-adjusted with every other claim), ``method``, ``mde``.
+            ``p_value`` (two-sided, raw; Holm-adjusted with every other claim), ``method``, ``mde``,
+            and for a discrete test ``min_p``, the smallest p it can give on these items
+            (:func:`~reptune.evaluation.statistics.sign_flip_min_p`, ``mcnemar_min_p``).
         problems: :func:`new_problems`, filled with why the claim cannot be tested (``missing``,
             ``degenerate``, ``other``); any entry makes the verdict ``not tested``.
         evidence: what the numbers were, one paragraph.
@@ -316,7 +322,8 @@ def claim_spec(cid: str, claim: str, tests: list[dict[str, Any]], problems: dict
 
 
 def new_problems() -> dict[str, list[str]]:
-    """Empty problem lists of a claim: ``gate``, ``missing``, ``degenerate``, ``other``."""
+    """Empty problem lists of a claim: ``gate``, ``missing``, ``degenerate``, ``other``, ``power``
+    (filled by :func:`judge`: a test that cannot reach alpha at its n)."""
     return _problems()
 
 
@@ -490,13 +497,39 @@ def _blocking(spec: dict[str, Any]) -> list[str]:
     problems = spec["problems"]
     out = list(dict.fromkeys(problems["gate"] + problems["missing"] + problems["other"]))
     out += [f"degenerate condition: {d}" for d in dict.fromkeys(problems["degenerate"])]
+    out += list(dict.fromkeys(problems.get("power", [])))
     if not spec["tests"] and not out:
         out.append("no paired items")
     return out
 
 
+def _unreachable(spec: dict[str, Any], s: ClaimSettings) -> list[str]:
+    """Each test of ``spec`` whose smallest attainable p exceeds alpha, as a sentence.
+
+    Such a test has no power at any effect size (4 paired items give a sign-flip p of 0.125 at
+    best), so its claim is *not tested* and its tests leave the Holm family, where they could
+    never be rejected and would only raise every other test's threshold (Tarone 1990). Valid
+    because the smallest p depends only on what the test conditions on (the discordant count,
+    the non-zero differences), not on the signs it tests.
+    """
+    out = []
+    for t in spec["tests"]:
+        low = t.get("min_p")
+        if low is None or not low > s.alpha:
+            continue
+        where = f"seed {t['seed']}: " if len(spec["tests"]) > 1 else ""
+        count = f" ({t['discordant']} discordant)" if t.get("discordant") is not None else ""
+        out.append(f"{where}the smallest p its test can give on these {t['n']} items{count} is {low:.3g}, above alpha {s.alpha:g}: "
+                   "no effect of any size could reach significance (left out of the Holm family)")
+    return out
+
+
 def _mde(spec: dict[str, Any], s: ClaimSettings) -> dict[str, Any] | None:
     tests = [t for t in spec["tests"] if t.get("mde") is not None]
+    if spec["problems"].get("power"):
+        n = min((int(t["n"]) for t in spec["tests"]), default=0)
+        return {"value": None, "n": n, "alpha": s.alpha, "power": 0.0,
+                "text": f"Minimum detectable effect: none at n = {n}: the test cannot give p below alpha {s.alpha:g} on these items (power 0)."}
     if not tests:
         return None
     value = max(float(t["mde"]) for t in tests)
@@ -511,6 +544,19 @@ def _mde(spec: dict[str, Any], s: ClaimSettings) -> dict[str, Any] | None:
 
 
 _JSON_DROP = ("effect_ok",)
+
+
+_SHORT = {"gate": "the learnability check did not pass", "missing": "a condition, task or seed was not evaluated",
+          "degenerate": "a compared condition is degenerate", "power": "its test cannot reach alpha at this n"}
+
+
+def _short_reason(problems: dict[str, list[str]]) -> str:
+    """Why a claim is not tested, in a few words for the report's first screen (the first kind of problem it has)."""
+    for kind in ("gate", "missing", "degenerate", "power"):
+        if problems.get(kind):
+            return _SHORT[kind]
+    first = next(iter(problems.get("other") or []), "no paired items")
+    return first.split(" (")[0]
 
 
 def _verdict(spec: dict[str, Any], s: ClaimSettings) -> dict[str, Any]:
@@ -538,6 +584,7 @@ def _verdict(spec: dict[str, Any], s: ClaimSettings) -> dict[str, Any]:
     }
     if blocking:
         claim["reason"] = "; ".join(blocking)
+        claim["short_reason"] = _short_reason(spec["problems"])
     for key in ("context", "judged_on", "floor"):
         if key in spec:
             claim[key] = spec[key]
@@ -579,6 +626,9 @@ def judge(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any] | No
         reason = str(gate.get("reason") or "the learnability gate did not pass")
         for spec in specs:
             spec["problems"]["gate"] = [reason]
+    for spec in specs:
+        if not _blocking(spec):
+            spec["problems"]["power"] = _unreachable(spec, s)
     family = [t for spec in specs if not _blocking(spec) for t in spec["tests"]]
     for test, adjusted in zip(family, holm_adjust([float(t["p_value"]) for t in family])):
         test["p_holm"] = adjusted

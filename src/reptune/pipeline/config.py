@@ -476,7 +476,9 @@ class GCGStudyConfig(_Strict):
     suffix_length: int = Field(20, ge=1)
     topk: int = Field(256, ge=1)
     early_stop: bool = False  # off: every model gets every step (the loss reached is then comparable)
-    measure: Literal["loss", "success"] = "loss"  # what resists-gcg is judged on: target loss reached (sign-flip) or success (McNemar)
+    # what resists-gcg is judged on: how far the attack moved the model (suffix effect, sign-flip), the
+    # target loss it reached (sign-flip; favours a model that starts farther away) or success (McNemar)
+    measure: Literal["effect", "loss", "success"] = "effect"
     transfer: bool = True  # also apply the untuned model's suffixes to each tuned model
     attack_seed: int = 0
 

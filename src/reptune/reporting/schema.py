@@ -371,6 +371,7 @@ class Claim(Record):
     verdict: Text | None = None
     evidence: Text | None = None
     reason: Text | None = None
+    short_reason: Text | None = None  # not tested: why, in a few words (the first screen)
     p_value: Number | None = None
     p_holm: Number | None = None
     method: Text | None = None

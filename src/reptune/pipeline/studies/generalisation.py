@@ -45,6 +45,7 @@ from reptune.evaluation.statistics import (
     independent_bootstrap_diff,
     mean_mde,
     paired_bootstrap_diff,
+    sign_flip_min_p,
     sign_flip_test,
     wilson_interval,
 )
@@ -413,7 +414,7 @@ def compare(a: Values, b: Values, seed: int, settings: ClaimSettings) -> dict[st
     sd = max(float(diff.std(ddof=1)) if diff.size > 1 else 0.0, float(np.sqrt(1.0 / max(diff.size, 1))))
     effect = float(diff.mean()) if diff.size else float("nan")
     return {"seed": seed, "n": len(ids), "a_value": float(x.mean()) if ids else None, "b_value": float(y.mean()) if ids else None,
-            "effect": effect, "effect_ok": effect > 0, "p_value": sign_flip_test(diff, seed=settings.seed + seed),
+            "effect": effect, "effect_ok": effect > 0, "p_value": sign_flip_test(diff, seed=settings.seed + seed), "min_p": sign_flip_min_p(diff),
             "method": "paired sign-flip test on per-item mean correctness", "mde": mean_mde(sd, len(ids), alpha=settings.alpha, power=settings.power)}
 
 

@@ -43,7 +43,7 @@ import numpy as np
 from reptune._io import write_text_atomic
 from reptune.data.pairs import Statement, load_statements_csv
 from reptune.errors import ReptuneError
-from reptune.evaluation.statistics import bootstrap_ci, mean_mde, sign_flip_test, wilson_interval
+from reptune.evaluation.statistics import bootstrap_ci, mean_mde, sign_flip_min_p, sign_flip_test, wilson_interval
 from reptune.pipeline.claims import ClaimSettings, _floored_sd, claim_spec, degeneracy, new_problems
 from reptune.pipeline.studies.base import StudyHost
 
@@ -341,7 +341,7 @@ def low_data_test(diff: np.ndarray, seed: int, settings: ClaimSettings) -> dict[
     low, high = bootstrap_ci(diff, n_resamples=settings.n_resamples, seed=settings.seed + seed)
     effect = float(diff.mean()) if n else math.nan
     return {"seed": seed, "n": n, "effect": effect, "effect_ok": effect > 0, "ci_low": low, "ci_high": high,
-            "p_value": sign_flip_test(diff, seed=settings.seed + seed) if n else math.nan, "method": METHOD,
+            "p_value": sign_flip_test(diff, seed=settings.seed + seed) if n else math.nan, "method": METHOD, "min_p": sign_flip_min_p(diff),
             "mde": mean_mde(_floored_sd(diff), n, alpha=settings.alpha, power=settings.power)}
 
 

@@ -24,11 +24,13 @@ from reptune.evaluation.registry import TaskResult
 from reptune.evaluation.statistics import (
     bootstrap_ci,
     mcnemar_mde,
+    mcnemar_min_p,
     mean_mde,
     mean_metric,
     paired_bootstrap_diff,
     paired_mcnemar,
     proportion_metric,
+    sign_flip_min_p,
     sign_flip_test,
 )
 from reptune.pipeline.claims import ClaimSettings, claim_spec, degeneracy, new_problems
@@ -130,8 +132,8 @@ def paired_effect(a: CellData, b: CellData, settings: ClaimSettings, seed: int) 
     diff, low, high = paired_bootstrap_diff(a.correct, b.correct, n_resamples=settings.n_resamples, seed=settings.seed + seed)
     return {"n": n, "a_value": float(a.correct.mean()) if n else math.nan, "b_value": float(b.correct.mean()) if n else math.nan,
             "effect": diff, "effect_ok": diff > 0, "ci_low": low, "ci_high": high, "p_value": test.pvalue, "method": f"McNemar ({test.method})",
-            "discordant": test.b + test.c, "mde": mcnemar_mde(n, test.b + test.c, alpha=settings.alpha, power=settings.power),
-            "margin": _margin_diff(a.margin, b.margin, settings, seed)}
+            "discordant": test.b + test.c, "min_p": mcnemar_min_p(test.b + test.c),
+            "mde": mcnemar_mde(n, test.b + test.c, alpha=settings.alpha, power=settings.power), "margin": _margin_diff(a.margin, b.margin, settings, seed)}
 
 
 def _floored_sd(values: np.ndarray) -> float:
@@ -146,7 +148,7 @@ def mean_estimate(values: np.ndarray, settings: ClaimSettings, seed: int) -> dic
     low, high = bootstrap_ci(values, n_resamples=settings.n_resamples, seed=settings.seed + seed)
     n = len(values)
     return {"n": n, "effect": float(values.mean()) if n else math.nan, "ci_low": low, "ci_high": high,
-            "p_value": sign_flip_test(values, seed=settings.seed + seed) if n else math.nan,
+            "p_value": sign_flip_test(values, seed=settings.seed + seed) if n else math.nan, "min_p": sign_flip_min_p(values),
             "mde": mean_mde(_floored_sd(values), n, alpha=settings.alpha, power=settings.power) if n else None}
 
 
@@ -270,7 +272,7 @@ def _interaction_text(row: dict[str, Any] | None, what: str) -> str:
 
 
 def _claim_test(effect: dict[str, Any], seed: int) -> dict[str, Any]:
-    keep = ("n", "a_value", "b_value", "effect", "effect_ok", "ci_low", "ci_high", "p_value", "method", "discordant", "mde", "margin")
+    keep = ("n", "a_value", "b_value", "effect", "effect_ok", "ci_low", "ci_high", "p_value", "method", "discordant", "min_p", "mde", "margin")
     return {"seed": seed, **{k: effect[k] for k in keep}}
 
 

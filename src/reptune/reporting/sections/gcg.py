@@ -32,15 +32,19 @@ def _model_table(rows: list[dict[str, Any]]) -> Table:
                   "suffix effect", "95% CI", "degenerate"], body)
 
 
+MEASURES = {"effect": "the suffix effect", "loss": "the target loss reached", "success": "the success rate"}
+
+
 def _comparison_table(rows: list[dict[str, Any]]) -> Table:
     body = []
     for r in rows:
-        loss, success = r.get("loss") or {}, r.get("success") or {}
+        loss, success, effect = r.get("loss") or {}, r.get("success") or {}, r.get("effect") or {}
         body.append([f"{r.get('b')} vs {r.get('a')}" + (" (claim)" if r.get("claim") else ""), str(r.get("mode")), fmt(r.get("n")),
+                     fmt(effect.get("effect"), "+.3f"), fmt_ci(effect.get("ci_low"), effect.get("ci_high")), fmt_p(effect.get("p_value")),
                      fmt(loss.get("effect"), "+.3f"), fmt_ci(loss.get("ci_low"), loss.get("ci_high")), fmt_p(loss.get("p_value")), fmt(loss.get("mde")),
                      fmt(success.get("effect"), "+.3f"), fmt_ci(success.get("ci_low"), success.get("ci_high")), fmt_p(success.get("p_value")),
                      fmt(success.get("discordant"))])
-    return Table(["b vs a", "suffixes", "n", "loss b - a", "95% CI", "sign-flip p", "MDE", "success a - b", "95% CI", "McNemar p", "discordant"], body)
+    return Table(["b vs a", "suffixes", "n", "suffix effect a - b", "95% CI", "sign-flip p", "loss b - a", "95% CI", "sign-flip p", "MDE", "success a - b", "95% CI", "McNemar p", "discordant"], body)
 
 
 def _verdict(plan: Plan, results: ExperimentResults) -> None:
@@ -73,7 +77,11 @@ def section_gcg(plan: Plan, section: dict[str, Any], results: ExperimentResults)
     plan.figure("gcg", "GCG: attack success and target loss per model (direct and transferred; 95% CI)", lambda path: plot_gcg(rows, path, budget))
     _verdict(plan, results)
     plan.add(Heading(3, "Models"), _model_table(rows))
-    plan.add(Heading(3, "Paired comparisons"), _comparison_table(section.get("comparisons") or []))
+    plan.add(Heading(3, "Paired comparisons"))
+    measure = str(section.get("measure") or "effect")
+    plan.para("Per item, b against a on the same items. Suffix effect a - b > 0: the attack moved b less; loss b - a > 0: b ends farther from "
+              "the target; success a - b > 0: the attack succeeds on b less often. The claim is judged on ", ("b", MEASURES.get(measure, measure)), ".")
+    plan.add(_comparison_table(section.get("comparisons") or []))
     examples = [f"{r.get('level')}: {r.get('example_suffix')!r}" for r in rows if r.get("mode") == "direct" and r.get("example_suffix") is not None]
     if examples:
         plan.para("The suffix found for the first item, per model:")

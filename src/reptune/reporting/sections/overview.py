@@ -76,6 +76,8 @@ def _verdict_item(claim: Claim) -> list[Span]:
     item: list[Span] = [("b", str(claim.verdict or "not tested")), ("", " — "), ("c", str(claim.id or "?"))]
     if claim.p_value is not None:
         item.append(("", f" (p = {fmt_p(claim.p_value)}" + (f", Holm {fmt_p(claim.p_holm)}" if claim.p_holm is not None else "") + ")"))
+    if claim.short_reason and (claim.verdict or "not tested") == "not tested":
+        item.append(("", f": {claim.short_reason}"))
     return item
 
 
