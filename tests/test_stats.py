@@ -200,6 +200,8 @@ def test_smallest_attainable_p_is_what_the_tests_give_at_the_extreme():
         assert mcnemar_min_p(d) == pytest.approx(mcnemar_test(d, 0).pvalue if d else 1.0)
         assert all(mcnemar_test(b, d - b).pvalue >= mcnemar_min_p(d) - 1e-12 for b in range(d + 1))
     assert mcnemar_min_p(4) == 0.125 and mcnemar_min_p(6) == pytest.approx(2 / 64)
+    # a non-finite difference (inf - inf losses) is no test, not p = 0
+    assert math.isnan(sign_flip_test([1.0, float("nan"), 2.0])) and math.isnan(sign_flip_min_p([1.0, float("inf")]))
     with pytest.raises(ReptuneError):
         mcnemar_min_p(-1)
 

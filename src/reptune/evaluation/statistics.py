@@ -420,9 +420,11 @@ def sign_flip_test(differences: Sequence[float], *, n_resamples: int = 10000, se
     Under H0 each item's difference is as likely negated; p is the share of sign assignments
     whose |mean| reaches the observed one. Exact (all ``2^k`` flips of the ``k`` non-zero
     items) for ``k <= 16``, else ``(1 + hits) / (1 + n_resamples)`` over seeded random flips.
-    Returns 1.0 when every difference is zero.
+    Returns 1.0 when every difference is zero, NaN when one is not finite (no test).
     """
     values = np.asarray(differences, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(values)):
+        return math.nan
     values = values[values != 0.0]
     if values.size == 0:
         return 1.0
@@ -441,9 +443,13 @@ def sign_flip_min_p(differences: Sequence[float], *, n_resamples: int = 10000) -
 
     Only the ``k`` non-zero items count: exactly, every item the same way is reached by 2 of the
     ``2^k`` sign assignments, so ``min(1, 2 / 2^k)``; by Monte Carlo (``k > 16``) ``1 / (1 + n_resamples)``.
-    ``[1, 0, 0, 1]`` (two of four paired 0/1 items differ) can never go below p = 0.5.
+    ``[1, 0, 0, 1]`` (two of four paired 0/1 items differ) can never go below p = 0.5. NaN when
+    a difference is not finite (as the test).
     """
-    k = int(np.count_nonzero(np.asarray(differences, dtype=np.float64)))
+    values = np.asarray(differences, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        return math.nan
+    k = int(np.count_nonzero(values))
     if k == 0:
         return 1.0
     if k <= EXACT_FLIPS_UP_TO:

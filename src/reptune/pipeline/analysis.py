@@ -169,7 +169,7 @@ def judge_claims(scores: dict[str, Any], comparisons: list[dict[str, Any]], thre
         return judge({}, scores, thresholds, gate=gate)
     if loaded is None:
         reason = "the per-item evaluation results were not given to the claims judge"
-        return [{"id": cid, "claim": text, "verdict": "not tested", "evidence": reason + ".", "reason": reason, "p_value": None,
+        return [{"id": cid, "claim": text, "verdict": "not tested", "evidence": reason + ".", "reason": reason, "short_reason": reason, "p_value": None,
                  "p_holm": None, "method": None, "mde": None, "tests": [], "degenerate": []} for cid, text in CLAIMS.items()]
     return judge(loaded, scores, thresholds, seeds=seeds, seed_free=seed_free_conditions(conditions), gate=gate, headline_task=headline_task,
                  counter_judge=counter_judge, extra_specs=extra_specs)

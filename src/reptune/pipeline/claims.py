@@ -298,7 +298,7 @@ def _problems() -> dict[str, list[str]]:
 def _spec(cid: str, tests: list[dict[str, Any]], problems: dict[str, list[str]], evidence: str, mde_text: str, **extra: Any) -> dict[str, Any]:
     for test in tests:
         if not test.get("n") or not math.isfinite(float(test["p_value"])):
-            problems["other"].append(f"seed {test['seed']}: too few shared items for the test")
+            problems["other"].append(f"seed {test['seed']}: too few shared items (or a non-finite value) for the test")
     return {"id": cid, "tests": tests, "problems": problems, "evidence": evidence, "mde_text": mde_text, **extra}
 
 
@@ -503,6 +503,11 @@ def _blocking(spec: dict[str, Any]) -> list[str]:
     return out
 
 
+def _powerless(spec: dict[str, Any], s: ClaimSettings) -> list[dict[str, Any]]:
+    """The tests of ``spec`` that cannot give p below alpha (``supported`` needs p < alpha) at their n."""
+    return [t for t in spec["tests"] if t.get("min_p") is not None and math.isfinite(float(t["min_p"])) and float(t["min_p"]) >= s.alpha]
+
+
 def _unreachable(spec: dict[str, Any], s: ClaimSettings) -> list[str]:
     """Each test of ``spec`` whose smallest attainable p exceeds alpha, as a sentence.
 
@@ -513,13 +518,15 @@ def _unreachable(spec: dict[str, Any], s: ClaimSettings) -> list[str]:
     the non-zero differences), not on the signs it tests.
     """
     out = []
-    for t in spec["tests"]:
-        low = t.get("min_p")
-        if low is None or not low > s.alpha:
-            continue
+    for t in _powerless(spec, s):
+        low = float(t["min_p"])
         where = f"seed {t['seed']}: " if len(spec["tests"]) > 1 else ""
-        count = f" ({t['discordant']} discordant)" if t.get("discordant") is not None else ""
-        out.append(f"{where}the smallest p its test can give on these {t['n']} items{count} is {low:.3g}, above alpha {s.alpha:g}: "
+        # what the test conditions on: McNemar's discordant items, or the sign-flip test's non-zero differences (2 / 2^k)
+        if t.get("discordant") is not None:
+            count = f" ({t['discordant']} discordant)"
+        else:
+            count = f" ({round(math.log2(2.0 / low))} non-zero differences)" if low < 1.0 else " (at most one non-zero difference)"
+        out.append(f"{where}the smallest p its test can give on these {t['n']} items{count} is {low:.3g}, not below alpha {s.alpha:g}: "
                    "no effect of any size could reach significance (left out of the Holm family)")
     return out
 
@@ -527,7 +534,7 @@ def _unreachable(spec: dict[str, Any], s: ClaimSettings) -> list[str]:
 def _mde(spec: dict[str, Any], s: ClaimSettings) -> dict[str, Any] | None:
     tests = [t for t in spec["tests"] if t.get("mde") is not None]
     if spec["problems"].get("power"):
-        n = min((int(t["n"]) for t in spec["tests"]), default=0)
+        n = min((int(t["n"]) for t in _powerless(spec, s)), default=0)
         return {"value": None, "n": n, "alpha": s.alpha, "power": 0.0,
                 "text": f"Minimum detectable effect: none at n = {n}: the test cannot give p below alpha {s.alpha:g} on these items (power 0)."}
     if not tests:

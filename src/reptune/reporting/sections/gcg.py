@@ -40,11 +40,11 @@ def _comparison_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         loss, success, effect = r.get("loss") or {}, r.get("success") or {}, r.get("effect") or {}
         body.append([f"{r.get('b')} vs {r.get('a')}" + (" (claim)" if r.get("claim") else ""), str(r.get("mode")), fmt(r.get("n")),
-                     fmt(effect.get("effect"), "+.3f"), fmt_ci(effect.get("ci_low"), effect.get("ci_high")), fmt_p(effect.get("p_value")),
+                     fmt(effect.get("effect"), "+.3f"), fmt_ci(effect.get("ci_low"), effect.get("ci_high")), fmt_p(effect.get("p_value")), fmt(effect.get("mde")),
                      fmt(loss.get("effect"), "+.3f"), fmt_ci(loss.get("ci_low"), loss.get("ci_high")), fmt_p(loss.get("p_value")), fmt(loss.get("mde")),
                      fmt(success.get("effect"), "+.3f"), fmt_ci(success.get("ci_low"), success.get("ci_high")), fmt_p(success.get("p_value")),
                      fmt(success.get("discordant"))])
-    return Table(["b vs a", "suffixes", "n", "suffix effect a - b", "95% CI", "sign-flip p", "loss b - a", "95% CI", "sign-flip p", "MDE", "success a - b", "95% CI", "McNemar p", "discordant"], body)
+    return Table(["b vs a", "suffixes", "n", "suffix effect a - b", "95% CI", "sign-flip p", "MDE", "loss b - a", "95% CI", "sign-flip p", "MDE", "success a - b", "95% CI", "McNemar p", "discordant"], body)
 
 
 def _verdict(plan: Plan, results: ExperimentResults) -> None:
