@@ -213,6 +213,11 @@ def test_by_default_resisting_is_moving_less_not_starting_farther_away():
     assert test["effect"] == pytest.approx(0.25) and test["effect_ok"] and test["p_value"] == pytest.approx(2 / 4096)
     assert test["min_p"] == pytest.approx(2 / 4096) and test["suffix_effect"]["a_value"] == pytest.approx(0.5)
     assert "suffix effect honesty 0.250 vs truth 0.500" in claim["evidence"] and "moves it less" in claim["claim"]
+    assert test["mde"] is None  # every item moved 0.25 less: no spread to size an effect from
+    # on 4 items no effect is detectable: the comparison has no MDE (the report's table shows "-")
+    few = {m: {"direct": {"result": _moved(base[:4], [b - shift for b in base[:4]])}} for m, shift in (("untuned", 0.5), ("truth", 0.5), ("honesty", 0.25))}
+    row = next(r for r in comparisons(few, "truth", "honesty", settings) if r["mode"] == "direct")
+    assert row["effect"]["min_p"] == 0.125 and row["effect"]["mde"] is None and row["loss"]["mde"] is None and row["success"]["mde"] is None
 
 
 def test_the_claim_is_not_tested_in_the_run_when_its_models_answer_one_word(attacked):

@@ -90,9 +90,12 @@ def _loss_test(a: np.ndarray, b: np.ndarray, settings: ClaimSettings, seed: int)
     diff, low, high = paired_bootstrap_diff(a, b, n_resamples=settings.n_resamples, seed=settings.seed + seed)
     d = b - a
     sd = float(d.std(ddof=1)) if len(d) > 1 else math.nan
+    min_p = sign_flip_min_p(d)
+    # no MDE when no effect is detectable at this n, or every item differs alike (no spread to size one from)
+    powered = math.isfinite(sd) and sd > 0 and min_p < settings.alpha
     return {"a_value": float(a.mean()), "b_value": float(b.mean()), "effect": diff, "effect_ok": diff > 0, "ci_low": low, "ci_high": high,
-            "p_value": sign_flip_test(d, seed=settings.seed + seed), "method": "paired sign-flip test on the per-item target loss", "min_p": sign_flip_min_p(d),
-            "mde": mean_mde(max(sd, 1e-12), len(d), alpha=settings.alpha, power=settings.power) if math.isfinite(sd) else None}
+            "p_value": sign_flip_test(d, seed=settings.seed + seed), "method": "paired sign-flip test on the per-item target loss", "min_p": min_p,
+            "mde": mean_mde(sd, len(d), alpha=settings.alpha, power=settings.power) if powered else None}
 
 
 def _effect_test(a: np.ndarray, b: np.ndarray, settings: ClaimSettings, seed: int) -> dict[str, Any]:
@@ -108,7 +111,8 @@ def _success_test(a: np.ndarray, b: np.ndarray, settings: ClaimSettings, seed: i
     diff, low, high = paired_bootstrap_diff(b, a, n_resamples=settings.n_resamples, seed=settings.seed + seed)
     return {"a_value": float(a.mean()), "b_value": float(b.mean()), "effect": diff, "effect_ok": diff > 0, "ci_low": low, "ci_high": high,
             "p_value": test.pvalue, "method": f"McNemar ({test.method})", "discordant": test.b + test.c, "min_p": mcnemar_min_p(test.b + test.c),
-            "mde": mcnemar_mde(len(a), test.b + test.c, alpha=settings.alpha, power=settings.power)}
+            # even all n items discordant cannot reach alpha (n <= 5): no effect is detectable, no MDE
+            "mde": mcnemar_mde(len(a), test.b + test.c, alpha=settings.alpha, power=settings.power) if mcnemar_min_p(len(a)) < settings.alpha else None}
 
 
 def _pick(runs: dict[str, dict[str, dict[str, Any]]], model: str, mode: str) -> TaskResult | None:
