@@ -7,7 +7,7 @@ import pytest
 
 from reptune.evaluation.registry import TaskResult
 from reptune.evaluation.runner import EvalResults
-from reptune.evaluation.statistics import mcnemar_mde
+from reptune.evaluation.statistics import holm_adjust, mcnemar_mde
 from reptune.pipeline.analysis import judge_claims, paired_tests
 from reptune.pipeline.claims import chosen_option, claim_spec, degeneracy, judge, new_problems
 from reptune.pipeline.config import ClaimThresholds
@@ -197,6 +197,23 @@ def test_a_test_that_cannot_reach_alpha_is_not_tested_and_leaves_the_holm_family
     got = claim(judge(run({"steer+": {"facts-ab": ab(steer)}, "honesty": {"facts-ab": ab(honesty)}}), {}, THRESHOLDS), "tuning-beats-steering")
     assert got["verdict"] == "not tested" and "60 items (4 discordant) is 0.125" in got["reason"] and got["tests"][0]["min_p"] == 0.125
     assert got["short_reason"] == "its test cannot reach alpha at this n"
+
+
+def test_paired_table_leaves_rows_without_power_out_of_its_holm_column():
+    honesty = [True] * 40 + [False] * 20
+    steer = [not x if i < 4 else x for i, x in enumerate(reversed(honesty))][::-1]  # differs from honesty on 4 items
+    truth = [False] * 10 + [True] * 2 + honesty[12:]  # differs on 12: 10 honesty right, 2 truth right (p = 0.0386)
+    truth[40:42] = [True, True]
+    loaded = run({"steer+": {"facts-ab": ab(steer)}, "honesty": {"facts-ab": ab(honesty)}, "truth": {"facts-ab": ab(truth)}})
+    rows = {(r["a"], r["b"]): r for r in paired_tests(loaded, [0]) if r["status"] == "tested"}
+    weak, strong = rows[("steer+", "honesty")], rows[("truth", "honesty")]
+    assert weak["discordant"] == 4 and weak["p_value"] == 0.125 and "p_holm" not in weak
+    assert "4 discordant items cannot give p below 0.05" in weak["reason"]
+    assert strong["discordant"] == 12 and strong["p_value"] == pytest.approx(0.0386, abs=1e-4) and "reason" not in strong
+    in_family = [r for r in rows.values() if "p_holm" in r]
+    assert strong in in_family and all(r["discordant"] > 5 for r in in_family)
+    adjusted = holm_adjust([r["p_value"] for r in in_family])  # the family without the row that cannot reach alpha
+    assert [r["p_holm"] for r in in_family] == pytest.approx(adjusted) and len(in_family) < len(rows)
 
 
 def test_degenerate_option_text_never_supports():

@@ -350,6 +350,9 @@ def test_claims_show_holm_mde_context_and_gate(tmp_path):
     results["comparisons"][0]["p_holm"] = 0.5
     results["comparisons"].append({"task": "facts-ab", "a": "truth", "b": "honesty", "seed": 1, "n": None, "metric": None, "a_value": None,
                                    "b_value": None, "p_value": None, "method": None, "status": "not tested", "reason": "seed 1 of truth is missing"})
+    results["comparisons"].append({"task": "facts-ab", "a": "steer+", "b": "honesty", "seed": 0, "n": 57, "metric": "correct", "a_value": 0.5,
+                                   "b_value": 0.55, "p_value": 0.125, "method": "exact", "status": "tested", "discordant": 4,
+                                   "reason": "4 discordant items cannot give p below 0.05: left out of the Holm column"})
     md = _write(tmp_path, results)["md"].read_text(encoding="utf-8")
     claims = md.split("## Claims", 1)[1].split("## What moved", 1)[0].split("## Results per task", 1)[0]
     assert "p = 0.0386 (Holm-adjusted 0.0772), McNemar (exact)." in claims and "Minimum detectable effect: a difference of 0.160" in claims
@@ -358,6 +361,7 @@ def test_claims_show_holm_mde_context_and_gate(tmp_path):
     assert "**Decision rule:** decided on the Holm-adjusted p" in claims
     paired = md.split("## Paired tests", 1)[1]
     assert "| 0.500 |" in paired and "not tested: seed 1 of truth is missing" in paired
+    assert "| 0.125 | - | exact; 4 discordant items cannot give p below 0.05: left out of the Holm column |" in paired
 
 
 def test_schema_round_trip_keeps_keys_order_and_number_types():

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from reptune.evaluation.runner import EvalResults, compare_results, load_eval_results
-from reptune.evaluation.statistics import holm_adjust
+from reptune.evaluation.statistics import holm_adjust, mcnemar_min_p
 from reptune.evaluation.tasks.robustness import same_letter_rate
 from reptune.pipeline.claims import CLAIMS, HEADLINE_TASK, SEED_FREE_KINDS, Runs, judge
 from reptune.reporting.document import fmt
@@ -104,12 +104,14 @@ def _missing_seed(runs: Runs, cond: str, seed: int) -> str | None:
 
 
 def paired_tests(loaded: dict[str, dict[str, EvalResults]], seeds: list[int], seed_free: Iterable[str] | None = None,
-                 first_seed: Iterable[str] = ()) -> list[dict[str, Any]]:
+                 first_seed: Iterable[str] = (), alpha: float = 0.05) -> list[dict[str, Any]]:
     """McNemar rows for every pair in ``COMPARISON_PAIRS`` and seed, with Holm-adjusted p over the table.
 
     ``seed_free``: conditions evaluated once for all seeds (default untuned, steer+, steer-); any
     other condition must have this very seed, else the row is ``not tested``. ``first_seed``:
-    conditions the config evaluates on the first seed only (compared on that seed alone).
+    conditions the config evaluates on the first seed only (compared on that seed alone). A row
+    whose discordant items cannot give p below ``alpha`` (5 or fewer) gets no Holm p and leaves the
+    table's family, as a claim's test does (:func:`reptune.pipeline.claims.judge`).
     """
     runs = Runs(loaded, seeds, seed_free)
     first_only = set(first_seed)
@@ -129,9 +131,12 @@ def paired_tests(loaded: dict[str, dict[str, EvalResults]], seeds: list[int], se
                 rows.append({
                     "task": row["task"], "a": a, "b": b, "seed": seed, "n": row["n"], "metric": row["metric"],
                     "a_value": row["a"], "b_value": row["b"], "p_value": row["mcnemar"]["pvalue"], "method": row["mcnemar"]["method"],
-                    "status": "tested",
+                    "status": "tested", "discordant": row["mcnemar"]["b"] + row["mcnemar"]["c"],
                 })
-    tested = [row for row in rows if row["p_value"] is not None]
+    for row in rows:
+        if row["p_value"] is not None and mcnemar_min_p(row["discordant"]) >= alpha:
+            row["reason"] = f"{row['discordant']} discordant items cannot give p below {alpha:g}: left out of the Holm column"
+    tested = [row for row in rows if row["p_value"] is not None and not row.get("reason")]
     for row, adjusted in zip(tested, holm_adjust([row["p_value"] for row in tested])):
         row["p_holm"] = adjusted
     return rows
@@ -309,7 +314,7 @@ def build_results(config: Any, run_dir: Path, *, command: str | None, precision:
     loaded = _load(run_dir, evals)
     scores = aggregate_scores(loaded)
     first_seed = [c["id"] for c in conditions if c.get("first_seed")]
-    comparisons = paired_tests(loaded, config.seeds, seed_free_conditions(conditions), first_seed)
+    comparisons = paired_tests(loaded, config.seeds, seed_free_conditions(conditions), first_seed, alpha=config.claims.alpha)
     studies = dict(studies or {})
     specs = [spec for section in studies.values() for spec in section.pop("claims", [])]
     for row in representation:  # the representation rows gain the headline behaviour of their condition

@@ -266,6 +266,7 @@ class Comparison(Record):
     status: Text | None = None
     p_holm: Number | None = None
     reason: Text | None = None
+    discordant: Number | None = None
 
 
 class RobustnessCell(SteeringCell):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reptune.reporting.document import Bullets, Heading, Plan, Table, fmt, fmt_ci, fmt_p
 from reptune.reporting.figures import plot_task
-from reptune.reporting.schema import Condition, ExperimentResults, Metric, TaskScore
+from reptune.reporting.schema import Comparison, Condition, ExperimentResults, Metric, TaskScore
 from reptune.reporting.sections.common import given, grouped, label
 
 
@@ -73,6 +73,13 @@ def section_representation(plan: Plan, results: ExperimentResults, conds: dict[s
     plan.add(Table(keys, [[str(r.get(k)) if k == "condition" else fmt(r.get(k)) for k in keys] for r in rows]))
 
 
+def _method(row: Comparison) -> str:
+    """The test, and why a row is not tested or has no Holm p."""
+    if not row.method:
+        return "not tested: " + str(row.reason) if row.reason else "-"
+    return str(row.method) + (f"; {row.reason}" if row.reason else "")
+
+
 def section_paired(plan: Plan, results: ExperimentResults) -> None:
     """The McNemar table: every compared pair of conditions per task and seed, raw and Holm-adjusted p."""
     rows = results.comparisons or []
@@ -80,7 +87,8 @@ def section_paired(plan: Plan, results: ExperimentResults) -> None:
         return
     plan.para(
         "McNemar tests on per-item outcomes of two conditions (same items, same seed); Holm = Holm-Bonferroni adjusted p over this "
-        "table (exploratory; the claims have their own family). A row whose seed is missing is not tested (no other seed stands in)."
+        "table (exploratory; the claims have their own family), without the rows whose discordant items cannot give p below alpha "
+        "(5 or fewer). A row whose seed is missing is not tested (no other seed stands in)."
     )
     header = ["task", "a", "b", "seed", "n", "metric", "a_value", "b_value", "p", "Holm", "method"]
     plan.add(
@@ -89,7 +97,7 @@ def section_paired(plan: Plan, results: ExperimentResults) -> None:
             [
                 [str(r.task), str(r.a), str(r.b), fmt(r.seed), fmt(r.n), str(r.metric or "-"),
                  fmt(r.a_value), fmt(r.b_value), fmt_p(r.p_value), fmt_p(r.p_holm),
-                 str(r.method or ("not tested: " + str(r.reason) if r.reason else "-"))]
+                 _method(r)]
                 for r in rows
             ],
         )
