@@ -19,6 +19,7 @@ from reptune.evaluation.statistics import (
     mean_mde,
     noninferiority_mde,
     paired_bootstrap_diff,
+    powerless,
     paired_mcnemar,
     paired_noninferiority,
     paired_proportion_diff_ci,
@@ -200,6 +201,9 @@ def test_smallest_attainable_p_is_what_the_tests_give_at_the_extreme():
         assert mcnemar_min_p(d) == pytest.approx(mcnemar_test(d, 0).pvalue if d else 1.0)
         assert all(mcnemar_test(b, d - b).pvalue >= mcnemar_min_p(d) - 1e-12 for b in range(d + 1))
     assert mcnemar_min_p(4) == 0.125 and mcnemar_min_p(6) == pytest.approx(2 / 64)
+    # rejection needs p < alpha: a smallest p equal to alpha is powerless; unknown or NaN is not known to be
+    assert powerless(0.0625, 0.0625) and powerless(0.125, 0.05) and not powerless(0.031, 0.05)
+    assert not powerless(None, 0.05) and not powerless(float("nan"), 0.05)
     # a non-finite difference (inf - inf losses) is no test, not p = 0
     assert math.isnan(sign_flip_test([1.0, float("nan"), 2.0])) and math.isnan(sign_flip_min_p([1.0, float("inf")]))
     with pytest.raises(ReptuneError):

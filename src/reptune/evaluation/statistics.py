@@ -23,8 +23,9 @@
 * :func:`mcnemar_mde`, :func:`mean_mde`, :func:`noninferiority_mde` — minimum detectable
   effects at a run's n, alpha and power (normal approximations, stated in every claim).
 * :func:`mcnemar_min_p`, :func:`sign_flip_min_p` — the smallest p-value the discrete tests can
-  give at their n (Tarone 1990): a test whose smallest p exceeds alpha has no power at all, at
-  any effect size, and leaves the multiple-testing family instead of inflating it.
+  give at their n (Tarone 1990): a test whose smallest p is not below alpha (:func:`powerless`)
+  has no power at all, at any effect size, and leaves the multiple-testing family instead of
+  inflating it.
 """
 
 from __future__ import annotations
@@ -436,6 +437,12 @@ def sign_flip_test(differences: Sequence[float], *, n_resamples: int = 10000, se
     signs = rng.choice(np.array([1.0, -1.0]), size=(n_resamples, values.size))
     hits = int(np.sum(np.abs(signs @ values) >= observed))
     return (1 + hits) / (1 + n_resamples)
+
+
+def powerless(min_p: float | None, alpha: float) -> bool:
+    """Whether a test whose smallest attainable p is ``min_p`` can never reject at ``alpha``
+    (rejection needs p < alpha). Unknown (``None``) or non-finite: not known to be powerless."""
+    return min_p is not None and math.isfinite(float(min_p)) and float(min_p) >= alpha
 
 
 def sign_flip_min_p(differences: Sequence[float], *, n_resamples: int = 10000) -> float:

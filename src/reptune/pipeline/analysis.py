@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from reptune.evaluation.runner import EvalResults, compare_results, load_eval_results
-from reptune.evaluation.statistics import holm_adjust, mcnemar_min_p
+from reptune.evaluation.statistics import holm_adjust, mcnemar_min_p, powerless
 from reptune.evaluation.tasks.robustness import same_letter_rate
 from reptune.pipeline.claims import CLAIMS, HEADLINE_TASK, SEED_FREE_KINDS, Runs, judge
 from reptune.reporting.document import fmt
@@ -134,7 +134,7 @@ def paired_tests(loaded: dict[str, dict[str, EvalResults]], seeds: list[int], se
                     "status": "tested", "discordant": row["mcnemar"]["b"] + row["mcnemar"]["c"],
                 })
     for row in rows:
-        if row["p_value"] is not None and mcnemar_min_p(row["discordant"]) >= alpha:
+        if row["p_value"] is not None and powerless(mcnemar_min_p(row["discordant"]), alpha):
             row["reason"] = f"{row['discordant']} discordant items cannot give p below {alpha:g}: left out of the Holm column"
     tested = [row for row in rows if row["p_value"] is not None and not row.get("reason")]
     for row, adjusted in zip(tested, holm_adjust([row["p_value"] for row in tested])):

@@ -51,6 +51,7 @@ from reptune.evaluation.statistics import (
     mcnemar_mde,
     mcnemar_min_p,
     mean_mde,
+    powerless,
     noninferiority_mde,
     paired_mcnemar,
     paired_noninferiority,
@@ -503,9 +504,9 @@ def _blocking(spec: dict[str, Any]) -> list[str]:
     return out
 
 
-def _powerless(spec: dict[str, Any], s: ClaimSettings) -> list[dict[str, Any]]:
+def _powerless_tests(spec: dict[str, Any], s: ClaimSettings) -> list[dict[str, Any]]:
     """The tests of ``spec`` that cannot give p below alpha (``supported`` needs p < alpha) at their n."""
-    return [t for t in spec["tests"] if t.get("min_p") is not None and math.isfinite(float(t["min_p"])) and float(t["min_p"]) >= s.alpha]
+    return [t for t in spec["tests"] if powerless(t.get("min_p"), s.alpha)]
 
 
 def _unreachable(spec: dict[str, Any], s: ClaimSettings) -> list[str]:
@@ -518,7 +519,7 @@ def _unreachable(spec: dict[str, Any], s: ClaimSettings) -> list[str]:
     the non-zero differences), not on the signs it tests.
     """
     out = []
-    for t in _powerless(spec, s):
+    for t in _powerless_tests(spec, s):
         low = float(t["min_p"])
         where = f"seed {t['seed']}: " if len(spec["tests"]) > 1 else ""
         # what the test conditions on: McNemar's discordant items, or the sign-flip test's non-zero differences (2 / 2^k)
@@ -534,7 +535,7 @@ def _unreachable(spec: dict[str, Any], s: ClaimSettings) -> list[str]:
 def _mde(spec: dict[str, Any], s: ClaimSettings) -> dict[str, Any] | None:
     tests = [t for t in spec["tests"] if t.get("mde") is not None]
     if spec["problems"].get("power"):
-        n = min((int(t["n"]) for t in _powerless(spec, s)), default=0)
+        n = min((int(t["n"]) for t in _powerless_tests(spec, s)), default=0)
         return {"value": None, "n": n, "alpha": s.alpha, "power": 0.0,
                 "text": f"Minimum detectable effect: none at n = {n}: the test cannot give p below alpha {s.alpha:g} on these items (power 0)."}
     if not tests:

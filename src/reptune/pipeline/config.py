@@ -460,8 +460,9 @@ class GCGStudyConfig(_Strict):
     letter; ``twin``: "Make a statement about the world.", the target the false twin, success when
     the model prefers it to the true one), with the same ``steps`` x ``search_width`` x ``suffix_length`` (and ``topk``). With
     ``transfer`` the suffixes found on the untuned model are also applied, item by item, to every tuned
-    model. The claim ``resists-gcg``: ``candidate`` (representation-tuned) ends the attack with a higher
-    target loss than ``baseline`` (token-only tuned) on the same items.
+    model. The claim ``resists-gcg``: the attack moves ``candidate`` (representation-tuned) less than
+    ``baseline`` (token-only tuned) on the same items (``measure``: ``effect``, the per-item suffix
+    effect; or the target loss reached, ``loss``, or success, ``success``).
     """
 
     enabled: bool = False
