@@ -120,6 +120,7 @@ def test_a_moved_run_keeps_its_attacks(attacked, tiny_dir, tmp_path):
     ({"models": ["truth", "honesty"]}, "transfer applies the untuned model's suffixes"),
     ({"seed": 3}, "gcg.seed 3 is not one of the experiment's seeds"),
     ({"format": "mc"}, "gcg.format"),
+    ({"measure": "distance"}, "gcg.measure"),
 ])
 def test_bad_gcg_config_is_a_one_line_error_naming_the_key(tiny_dir, gcg, fragment):
     with pytest.raises(ReptuneError, match=re.escape(fragment)) as info:
