@@ -41,9 +41,12 @@ def _free_port() -> int:
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    """The launched processes see this checkout, no accelerate config of the user's, and no hub."""
+    """The launched processes see this checkout, no accelerate config of the user's, and no hub.
+
+    ``TMPDIR`` keeps the launcher's per-run log folders (``torchelastic_*``) inside the test's folder
+    instead of leaving one in the machine's /tmp per launch."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "REPTUNE_DEBUG": "0"}
+            "OMP_NUM_THREADS": "1", "REPTUNE_DEBUG": "0", "TMPDIR": str(tmp_path)}
 
 
 def _torchrun(script: Path, *args: object, tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
