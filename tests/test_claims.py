@@ -248,6 +248,11 @@ def test_every_tested_claim_states_its_mde():
     got = claim(judge(loaded, {}, THRESHOLDS), "tuning-beats-steering")
     assert got["mde"]["value"] == pytest.approx(mcnemar_mde(57, 12)) and got["mde"]["n"] == 57
     assert got["mde"]["alpha"] == 0.05 and got["mde"]["power"] == 0.8 and "Minimum detectable effect" in got["mde"]["text"]
+    # 7 discordant items can reach p < 0.05 (tested), but no difference they allow has power 0.8: no MDE number
+    steer, honesty = pair(200, 0, 7, 109)
+    got = claim(judge(run({"steer+": {"facts-ab": ab(steer)}, "honesty": {"facts-ab": ab(honesty)}}), {}, THRESHOLDS), "tuning-beats-steering")
+    assert got["verdict"] == "supported" and got["mde"]["value"] is None and got["mde"]["n"] == 316
+    assert "none at n = 316 with 7 discordant items" in got["mde"]["text"]
 
 
 # ------------------------------------------------------------------ for the lead: gate and headline task

@@ -89,6 +89,11 @@ def test_bootstrap_seeded_and_close_to_scipy():
     assert all(math.isnan(v) for v in bootstrap_ci([1.0]))
 
 
+def test_bootstrap_of_a_non_finite_value_is_no_interval():
+    assert all(math.isnan(x) for x in bootstrap_ci([1.0, float("inf"), 2.0, 3.0]))
+    assert all(math.isnan(x) for x in bootstrap_ci([1.0, float("nan"), 2.0]))
+
+
 def test_ratio_and_paired_bootstrap():
     rng = np.random.default_rng(2)
     den = rng.integers(50, 100, size=200).astype(float)
@@ -124,6 +129,13 @@ def test_holm_matches_statsmodels():
         assert holm_adjust(p) == pytest.approx(list(ref), abs=1e-12)
     assert holm_adjust([]) == []
     assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    # a NaN p counts as 1 in any position (Python's sort has no order for NaN)
+    nan = float("nan")
+    for p in ([0.01, nan, 0.04, 0.03], [0.04, 0.03, nan, 0.01], [nan, 0.01, 0.03, 0.04]):
+        expected = dict(zip([0.01, 0.03, 0.04], holm_adjust([0.01, 0.03, 0.04, 1.0])))
+        got = holm_adjust(p)
+        assert [g for g, q in zip(got, p) if math.isnan(q)] == [1.0]
+        assert all(g == pytest.approx(expected[q]) for g, q in zip(got, p) if not math.isnan(q))
 
 
 @pytest.mark.parametrize(("b", "c"), [(7, 2), (0, 5), (12, 12), (30, 4), (1, 0)])
@@ -185,6 +197,22 @@ def test_sign_flip_test_matches_scipy_permutation():
     assert sign_flip_test(many) == pytest.approx(stats.binomtest(30, 40).pvalue, abs=0.01)
 
 
+def test_sign_flip_test_does_not_depend_on_scale_and_ignores_float_noise():
+    x = np.array([1.0] * 10 + [-1.0])
+    for scale in (1e-12, 1e-10, 1e-3, 1.0, 1e9):
+        assert sign_flip_test(x * scale) == pytest.approx(sign_flip_test(x), abs=1e-12)
+        assert sign_flip_min_p(x * scale) == sign_flip_min_p(x) == pytest.approx(2 / 2 ** 11)
+    # a float-noise difference is no item: the test and its floor agree (5 items, not 6)
+    noisy = [1.0] * 5 + [1e-12]
+    assert sign_flip_test(noisy) == sign_flip_min_p(noisy) == sign_flip_test([1.0] * 5) == 0.0625
+    # Monte Carlo: resamples in chunks of one seeded stream, the same p as one draw of them all
+    many = np.linspace(-0.5, 1.5, 40)
+    rng = np.random.default_rng(3)
+    signs = rng.choice(np.array([1.0, -1.0]), size=(2500, many.size))
+    observed = abs(many.sum()) - 1e-9 * np.abs(many).sum()
+    assert sign_flip_test(many, n_resamples=2500, seed=3) == (1 + int(np.sum(np.abs(signs @ many) >= observed))) / 2501
+
+
 def test_smallest_attainable_p_is_what_the_tests_give_at_the_extreme():
     # every item the same way is the most extreme outcome: the test's p there is the floor
     for values in ([0.3, 1.2, 0.7, 2.0], [1.0, 0.0, 1.0, 0.0, 0.0, 1.0], [5.0], np.linspace(0.1, 1.6, 16)):
@@ -226,4 +254,10 @@ def test_minimum_detectable_effects_have_the_stated_power():
         hits.append(mcnemar_test(int(b), int(c), exact=False).pvalue < 0.05)
     assert 0.72 <= np.mean(hits) <= 0.86
     assert mcnemar_mde(0, 0) is None
+    # a difference cannot exceed the discordance: where even "all of it one way" is not detectable
+    # by the approximation, no MDE (it once returned 0.062 for 5 discordant items of 100, and 1.96 for n = 1)
+    for n, d in ((100, 5), (100, 0), (1, 1), (3, 3), (160, 3)):
+        assert mcnemar_mde(n, d) is None, (n, d)
+    for n, d in ((100, 8), (160, 12), (316, 40), (57, 12)):
+        assert 0 < mcnemar_mde(n, d) <= d / n, (n, d)
     assert noninferiority_mde(100, 10) == pytest.approx((stats.norm.ppf(0.95) + stats.norm.ppf(0.8)) * math.sqrt(0.1 / 100))

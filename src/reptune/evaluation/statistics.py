@@ -156,10 +156,11 @@ def bootstrap_ci(
     """Seeded percentile bootstrap CI of ``statistic`` (default: the mean) over items.
 
     ``statistic`` receives a ``[n_resamples, n]`` float64 array and returns ``[n_resamples]``
-    (it must work along axis 1). Returns ``(nan, nan)`` for fewer than 2 values.
+    (it must work along axis 1). Returns ``(nan, nan)`` for fewer than 2 values or a value
+    that is not finite (a resample holding it has no finite mean, so no interval is meaningful).
     """
     data = np.asarray(values, dtype=np.float64).reshape(-1)
-    if data.size < 2:
+    if data.size < 2 or not np.all(np.isfinite(data)):
         return (math.nan, math.nan)
     indices = _resample_indices(data.size, n_resamples, seed)
     fn = statistic or (lambda x: x.mean(axis=1))
@@ -242,14 +243,16 @@ def holm_adjust(pvalues: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values, in the input order (family = all of ``pvalues``).
 
     ``p_(i)`` sorted ascending becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``; rejecting
-    where the adjusted p is below alpha controls the family-wise error rate at alpha.
+    where the adjusted p is below alpha controls the family-wise error rate at alpha. A p that is
+    not a number (NaN) counts as 1: it sorts last and is never rejected, whatever the input order.
     """
     m = len(pvalues)
-    order = sorted(range(m), key=lambda i: float(pvalues[i]))
+    values = [float(p) if not math.isnan(float(p)) else 1.0 for p in pvalues]
+    order = sorted(range(m), key=lambda i: values[i])
     adjusted = [1.0] * m
     running = 0.0
     for rank, index in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * float(pvalues[index])))
+        running = max(running, min(1.0, (m - rank) * values[index]))
         adjusted[index] = running
     return adjusted
 
@@ -266,21 +269,28 @@ def mcnemar_mde(n: int, discordant: int, *, alpha: float = 0.05, power: float = 
 
     Connor's (1987) approximation with the observed discordance rate ``psi = discordant / n``
     (at least one discordant item is assumed): the ``delta`` solving
-    ``delta sqrt(n) = z_{1-alpha/2} sqrt(psi) + z_power sqrt(psi - delta^2)``. ``None`` when ``n < 1``.
+    ``delta sqrt(n) = z_{1-alpha/2} sqrt(psi) + z_power sqrt(psi - delta^2)``. A difference cannot
+    exceed the discordance (``|delta| <= psi``: every discordant item one way), so ``None`` when
+    even ``delta = psi`` is not detectable by the approximation (a handful of discordant items,
+    about ``z^2``), and when ``n < 1``.
     """
     if n < 1:
         return None
     z_a, z_b = _z_power(alpha, power, True)
     psi = max(int(discordant), 1) / n
-    low, high = 0.0, math.sqrt(psi)
-    if z_a * math.sqrt(psi) >= high * math.sqrt(n):  # no difference this discordance allows is detectable
-        return float(z_a * math.sqrt(psi / n))
+
+    def detectable(delta: float) -> bool:
+        return delta * math.sqrt(n) >= z_a * math.sqrt(psi) + z_b * math.sqrt(max(psi - delta * delta, 0.0))
+
+    if not detectable(psi):
+        return None
+    low, high = 0.0, psi
     for _ in range(100):
         mid = (low + high) / 2.0
-        if mid * math.sqrt(n) < z_a * math.sqrt(psi) + z_b * math.sqrt(max(psi - mid * mid, 0.0)):
-            low = mid
-        else:
+        if detectable(mid):
             high = mid
+        else:
+            low = mid
     return float(high)
 
 
@@ -421,22 +431,37 @@ def sign_flip_test(differences: Sequence[float], *, n_resamples: int = 10000, se
     Under H0 each item's difference is as likely negated; p is the share of sign assignments
     whose |mean| reaches the observed one. Exact (all ``2^k`` flips of the ``k`` non-zero
     items) for ``k <= 16``, else ``(1 + hits) / (1 + n_resamples)`` over seeded random flips.
+    A difference below ``1e-9`` of the total ``sum |d|`` counts as zero (float noise: flipping it
+    cannot change the statistic), so the test does not depend on the differences' scale.
     Returns 1.0 when every difference is zero, NaN when one is not finite (no test).
     """
-    values = np.asarray(differences, dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(values)):
+    values = _nonzero(differences)
+    if values is None:
         return math.nan
-    values = values[values != 0.0]
     if values.size == 0:
         return 1.0
-    observed = abs(values.sum()) - 1e-9 * max(1.0, float(np.abs(values).sum()))
+    observed = abs(values.sum()) - _TIE * float(np.abs(values).sum())
     if values.size <= EXACT_FLIPS_UP_TO:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=int(values.size))))
         return float(np.mean(np.abs(signs @ values) >= observed))
     rng = np.random.default_rng(seed)
-    signs = rng.choice(np.array([1.0, -1.0]), size=(n_resamples, values.size))
-    hits = int(np.sum(np.abs(signs @ values) >= observed))
+    hits = 0
+    for start in range(0, n_resamples, _FLIP_CHUNK):  # chunks of one seeded stream: memory ~ chunk x k, not n_resamples x k
+        signs = rng.choice(np.array([1.0, -1.0]), size=(min(_FLIP_CHUNK, n_resamples - start), values.size))
+        hits += int(np.sum(np.abs(signs @ values) >= observed))
     return (1 + hits) / (1 + n_resamples)
+
+
+_TIE = 1e-9  # relative to sum |d|: below it a difference is float noise, and observed sums within it are ties
+_FLIP_CHUNK = 1000
+
+
+def _nonzero(differences: Sequence[float]) -> np.ndarray | None:
+    """The differences the sign-flip test counts (``[k]`` float64), ``None`` when one is not finite."""
+    values = np.asarray(differences, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(values)):
+        return None
+    return values[np.abs(values) > _TIE * float(np.abs(values).sum())]
 
 
 def powerless(min_p: float | None, alpha: float) -> bool:
@@ -448,15 +473,15 @@ def powerless(min_p: float | None, alpha: float) -> bool:
 def sign_flip_min_p(differences: Sequence[float], *, n_resamples: int = 10000) -> float:
     """The smallest p :func:`sign_flip_test` can give on these differences, whatever their signs.
 
-    Only the ``k`` non-zero items count: exactly, every item the same way is reached by 2 of the
+    Only the ``k`` items the test counts (non-zero beyond float noise, as there) matter: exactly, every item the same way is reached by 2 of the
     ``2^k`` sign assignments, so ``min(1, 2 / 2^k)``; by Monte Carlo (``k > 16``) ``1 / (1 + n_resamples)``.
     ``[1, 0, 0, 1]`` (two of four paired 0/1 items differ) can never go below p = 0.5. NaN when
     a difference is not finite (as the test).
     """
-    values = np.asarray(differences, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
+    values = _nonzero(differences)
+    if values is None:
         return math.nan
-    k = int(np.count_nonzero(values))
+    k = int(values.size)
     if k == 0:
         return 1.0
     if k <= EXACT_FLIPS_UP_TO:

@@ -538,6 +538,12 @@ def _mde(spec: dict[str, Any], s: ClaimSettings) -> dict[str, Any] | None:
         n = min((int(t["n"]) for t in _powerless_tests(spec, s)), default=0)
         return {"value": None, "n": n, "alpha": s.alpha, "power": 0.0,
                 "text": f"Minimum detectable effect: none at n = {n}: the test cannot give p below alpha {s.alpha:g} on these items (power 0)."}
+    undetectable = [t for t in spec["tests"] if t.get("mde") is None and t.get("discordant") is not None and t.get("n")]
+    if undetectable:  # McNemar with so few discordant items that no difference they allow has power (mcnemar_mde)
+        t = min(undetectable, key=lambda t: int(t["discordant"]))
+        return {"value": None, "n": int(t["n"]), "alpha": s.alpha, "power": s.power,
+                "text": f"Minimum detectable effect: none at n = {t['n']} with {t['discordant']} discordant items: even all of them one way "
+                        f"is not detectable with power {s.power:g} at alpha {s.alpha:g} (normal approximation)."}
     if not tests:
         return None
     value = max(float(t["mde"]) for t in tests)
