@@ -93,6 +93,8 @@ def test_scan_finds_planted_layer_and_reports_label_probe():
     assert scan.num_test + scan.num_train == num
     record = scan.to_json()
     assert record["layers"][4]["layer"] == 4 and 4 in record["best_layers"]
+    # best first, not in layer order: the first is what `steer` and `eval` default to
+    assert record["best_layers"] == scan.best_layers(3) == [s.layer for s in scan.ranked()[:3]] and record["best_layers"][0] == 4
 
 
 def test_scan_needs_pairs():

@@ -393,6 +393,17 @@ def test_export_gguf_round_trip(tmp_path):
     assert fields["controlvector.layer_count"].contents() == 3
 
 
+def test_export_gguf_layers_default_to_all_but_layer_zero(tmp_path):
+    vector = make_vector((0, 1, 3))  # an "all layers" vector holds layer 0, which llama.cpp has no slot for
+    assert sorted(read_gguf_control_vector(export_gguf(vector, tmp_path / "all.gguf"))) == [1, 3]
+    assert sorted(read_gguf_control_vector(export_gguf(vector, tmp_path / "one.gguf", layers="3"))) == [3]
+    with pytest.raises(VectorError, match="layer 0"):
+        export_gguf(vector, tmp_path / "zero.gguf", layers=[0, 1])
+    with pytest.raises(VectorError, match="no layer >= 1"):
+        export_gguf(make_vector((0,)), tmp_path / "only-zero.gguf")
+    assert not (tmp_path / "zero.gguf").exists() and not (tmp_path / "only-zero.gguf").exists()
+
+
 def test_export_gguf_default_hint(tmp_path):
     path = export_gguf(make_vector((2,)), tmp_path / "c.gguf")
     assert gguf.GGUFReader(str(path)).fields["controlvector.model_hint"].contents() == "llama"
@@ -401,7 +412,7 @@ def test_export_gguf_default_hint(tmp_path):
 def test_export_gguf_refuses_layer_zero(tmp_path):
     vector = make_vector((0, 1))
     with pytest.raises(VectorError, match="layer 0"):
-        export_gguf(vector, tmp_path / "c.gguf")
+        export_gguf(vector, tmp_path / "c.gguf", layers="0-1")
     assert list(tmp_path.iterdir()) == []
     # selecting layers >= 1 first works
     subset = SteeringVector(vector.select("1"), replace(vector.meta))

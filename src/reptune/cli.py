@@ -288,15 +288,12 @@ def export_gguf_cmd(
     model_hint: Annotated[str, typer.Option("--model-hint", help="llama.cpp architecture name.")] = "llama",
 ) -> None:
     """Export a vector as a llama.cpp control vector (direction.L = reptune layer L)."""
-    from dataclasses import replace
-
-    from reptune.vectors import SteeringVector, export_gguf, load_vector
+    from reptune.vectors import export_gguf, load_vector, read_gguf_control_vector
 
     loaded = load_vector(vector)
     _check_output(output)
-    chosen = loaded.select(layers) if layers is not None else {k: v for k, v in loaded.directions.items() if k != 0}
-    export_gguf(SteeringVector(chosen, replace(loaded.meta)), output, model_hint=model_hint)
-    err_console.print(f"wrote {output} (layers {sorted(chosen)})")
+    export_gguf(loaded, output, layers=layers, model_hint=model_hint)
+    err_console.print(f"wrote {output} (layers {sorted(read_gguf_control_vector(output))})")
 
 
 @app.command("export-model")

@@ -168,10 +168,10 @@ class LayerScan:
         return sorted(middle, key=lambda s: (round(s.pair_acc, 2), s.effect), reverse=True)
 
     def best_layers(self, k: int = 1) -> list[int]:
-        """The ``k`` best layers by the rule, in ascending order."""
+        """The ``k`` best layers by the rule, best first (``steer``'s default layer is the first)."""
         if k < 1:
             raise ReptuneError("k must be at least 1")
-        return sorted(score.layer for score in self.ranked()[:k])
+        return [score.layer for score in self.ranked()[:k]]
 
     def to_json(self) -> dict[str, Any]:
         return {

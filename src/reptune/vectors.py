@@ -247,25 +247,32 @@ def load_vector(path: str | os.PathLike[str], handle: Any | None = None, *, allo
     return vector
 
 
-def export_gguf(vector: SteeringVector, path: str | os.PathLike[str], *, model_hint: str = "llama") -> Path:
+def export_gguf(
+    vector: SteeringVector, path: str | os.PathLike[str], *, layers: str | int | list[int] | None = None, model_hint: str = "llama",
+) -> Path:
     """Write a llama.cpp control-vector GGUF (``--control-vector FILE``).
 
     Layer mapping: reptune layer L -> tensor ``direction.L`` (llama.cpp adds it to the output
-    of its block L, the same block). Layer 0 has no llama.cpp slot and is refused.
+    of its block L, the same block). Layer 0 has no llama.cpp slot.
 
     Args:
+        layers: the layers to write (a layer spec); ``None`` = every layer the vector has but
+            layer 0, as ``reptune export-gguf`` does. Naming layer 0 is refused.
         model_hint: llama.cpp architecture name stored as ``controlvector.model_hint``.
     """
     import gguf
 
     path = Path(path)
-    if 0 in vector.directions:
+    chosen = vector.select(layers) if layers is not None else {k: v for k, v in vector.directions.items() if k != 0}
+    if 0 in chosen:
         raise VectorError("llama.cpp control vectors cannot hold layer 0; select layers >= 1 before exporting")
+    if not chosen:
+        raise VectorError("the vector has no layer >= 1 to export (llama.cpp control vectors cannot hold layer 0)")
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "controlvector")
         writer.add_string("controlvector.model_hint", model_hint)
-        writer.add_uint32("controlvector.layer_count", len(vector.directions))
-        for layer, tensor in vector.directions.items():
+        writer.add_uint32("controlvector.layer_count", len(chosen))
+        for layer, tensor in chosen.items():
             writer.add_tensor(f"direction.{layer}", tensor.numpy().astype("float32"))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
