@@ -515,6 +515,18 @@ def test_written_files_respect_the_umask(cli_run, tiny_dir, tmp_path, umask_027)
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
 
 
+def test_tuned_weights_and_checkpoints_respect_the_umask(cli_run, tiny_dir, statements_file, tmp_path, umask_027):
+    import stat
+
+    run = tmp_path / "run"  # safetensors writes its files 0600: the weights and every checkpoint file were private
+    result = cli_run(*tune_args(tiny_dir, statements_file, run, "--checkpoint-every", "1"))
+    assert result.code == 0, result.err
+    written = [run, *run.rglob("*")]
+    assert {"model.safetensors", "trainable.safetensors", "optimizer.safetensors"} <= {p.name for p in written}
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640), path
+
+
 # ----------------------------------------------------------------------------- 13. pickled weights
 @pytest.fixture()
 def pickled_model_dir(tiny_dir, tmp_path) -> Path:

@@ -69,11 +69,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_path
         if tmp_path.exists():
-            os.chmod(tmp_path, file_mode())
+            os.chmod(tmp_path, file_mode())  # also undoes safetensors' private mode for a file it wrote here
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def set_plain_modes(folder: str | os.PathLike[str]) -> None:
+    """Give every file below ``folder`` the mode ``open()`` would (``0o666 & ~umask``) and every
+    folder ``mkdir``'s, before a staged folder is renamed into place: ``safetensors`` writes its
+    files private (``0o600``), unlike every other file reptune writes."""
+    root = Path(folder)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, dir_mode() if path.is_dir() else file_mode())
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

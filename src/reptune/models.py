@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reptune._io import dir_mode, write_json_atomic
+from reptune._io import dir_mode, set_plain_modes, write_json_atomic
 from reptune.errors import ModelError
 from reptune.tuned_blocks import apply_tuned_blocks, tuned_blocks_base
 
@@ -342,6 +342,7 @@ def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "SOURCE").write_text(f"converted from {gguf_path}\n", encoding="utf-8")
+        set_plain_modes(staging)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reptune import _work as work
-from reptune._io import remove_stale_temps, sha256_json, write_json_atomic, write_run_marker, write_text_atomic
+from reptune._io import remove_stale_temps, set_plain_modes, sha256_json, write_json_atomic, write_run_marker, write_text_atomic
 from reptune._progress import progress_bar
 from reptune._render import renderer
 from reptune.activations import capture_layers, tokenize_examples
@@ -747,6 +747,7 @@ def _save_checkpoint(tuner: Tuner, output: Path, state: LoopState) -> None:
         save_file(state.best_weights, str(staging / "best.safetensors"))
     saved = {**state.to_json(), "config": tuner.config.to_json(), "fingerprint": run_fingerprint(tuner)}
     (staging / "state.json").write_text(json.dumps(saved), encoding="utf-8")
+    set_plain_modes(staging)
     final = root / f"step-{state.step}"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
@@ -939,6 +940,7 @@ def _write_weights(tuner: Tuner, output: Path, full_state: dict[str, torch.Tenso
     model = handle.model
     if tuner.peft_model is not None:
         tuner.peft_model.save_pretrained(str(output / ".adapter.tmp"))
+        set_plain_modes(output / ".adapter.tmp")
         shutil.rmtree(output / "adapter", ignore_errors=True)
         os.replace(output / ".adapter.tmp", output / "adapter")
         model = tuner.peft_model.merge_and_unload()
@@ -958,6 +960,7 @@ def _write_weights(tuner: Tuner, output: Path, full_state: dict[str, torch.Tenso
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(str(staging), state_dict=full_state)  # full_state: FSDP's gathered weights, else None
     handle.tokenizer.save_pretrained(str(staging))
+    set_plain_modes(staging)
     for path in staging.iterdir():
         os.replace(path, output / path.name)
     staging.rmdir()
