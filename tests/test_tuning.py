@@ -162,6 +162,14 @@ def test_tune_in_raises_cosine_and_freezes_the_rest(tmp_path):
     assert (tmp_path / "run" / "loss_curves.png").is_file() and (tmp_path / "run" / "metrics.json").is_file()
 
 
+def test_config_limit_is_the_number_of_items_trained_on_in_python_too(tmp_path):
+    handle = build_model("llama", chat=True)
+    config = TuneConfig.from_preset("truth", layers="1", steps=1, limit=12, val_fraction=0.25, **FAST)
+    result = tune(handle, config, _items(handle, 24), tmp_path / "run", progress=False, save_model=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train_items"] + metrics["val_items"] == 12 and result.config.limit == 12
+
+
 def test_tune_out_drives_abs_cosine_down(tmp_path):
     handle = build_model("llama", chat=True)
     items = _items(handle)

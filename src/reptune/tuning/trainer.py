@@ -808,7 +808,8 @@ def tune(
     Args:
         handle: the model to tune (its weights change; load a fresh one for the base).
         config: a :class:`TuneConfig` (e.g. ``TuneConfig.from_preset("honesty", layers="10-17")``).
-        items: training items (see :func:`reptune.tuning.data.load_tune_items`).
+        items: training items (see :func:`reptune.tuning.data.load_tune_items`); with
+            ``config.limit`` only the first ``limit`` of them, as ``load_tune_items(limit=)`` keeps.
         output_dir: gets the merged weights (``config.json`` + safetensors: loadable by
             ``load_model`` and ``AutoModelForCausalLM.from_pretrained``), ``adapter/`` with LoRA,
             ``tune_config.json``, ``metrics.json``, ``loss_curves.{json,png}``, ``README.md`` and
@@ -833,6 +834,8 @@ def tune(
         raise ReptuneError(f"weights must be 'full' or 'blocks', not {weights!r}")
     ranks = current(accelerator)
     _check_output(output, resume)
+    if config.limit is not None:  # the recorded limit is the one trained with, however the items came
+        items = list(items)[: config.limit]
     tuner = Tuner(handle, config, items, vector, retain_texts=retain_texts, allow_model_mismatch=allow_model_mismatch, ranks=ranks)
     ranks.barrier()  # every process has checked the folder before the main one writes into it
     if ranks.is_main:
