@@ -106,6 +106,25 @@ def test_validate_speaks_python_or_the_flags(settings, python, flags):
         config.validate(names)
 
 
+@pytest.mark.parametrize("mode, num", [("free", 1), ("free", 2), ("free", 5), ("gradient", 2), ("gradient", 5)])
+def test_a_too_small_anneal_budget_names_the_smallest_that_works(mode, num):
+    from dataclasses import replace
+
+    from reptune.discovery.search import check_search
+
+    def check(budget: int) -> None:
+        spec = SearchSpec(budget=budget, anneal_mode=mode, objective="melbo")
+        check_search("anneal", spec, num, 16, logit_tokens=None, match=[], judge=None, init_rows=0)
+
+    with pytest.raises(DiscoveryError, match="need a budget of at least") as error:
+        check(3)
+    smallest = int(str(error.value).split()[-1])
+    check(smallest)  # works
+    for budget in range(3, smallest):  # and nothing between fits
+        with pytest.raises(DiscoveryError):
+            check(budget)
+
+
 def test_discover_with_a_config_equals_discover_with_keywords(llama, tmp_path):
     config = DiscoverConfig(method="random", source=1, target=3, radius=1.0, num=2, score=False, chat=False, seed=3)
     output = tmp_path / "found.safetensors"

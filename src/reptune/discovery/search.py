@@ -14,9 +14,10 @@ slice, a logit readout, string match or a judge, optionally minus a side-effect 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -132,6 +133,14 @@ def _subspace_dim(spec: SearchSpec, hidden: int) -> int:
     return dim
 
 
+def _anneal_budget_fits(spec: SearchSpec, num: int, init_rows: int) -> bool:
+    """Whether ``spec.budget`` scores the candidates (none with ``init_rows`` starts given), the ``num``
+    chain starts and one annealing step (``num x proposals`` in free mode, ``num`` gradient steps)."""
+    scored = 0 if init_rows else spec.pool_size(num)
+    step = num * (spec.proposals if spec.mode() == "free" else 1)
+    return spec.budget - scored >= num + step
+
+
 def check_search(method: str, spec: SearchSpec, num: int, hidden: int, *, logit_tokens: Any, match: Sequence[str], judge: CompletionScorer | None, init_rows: int) -> None:
     """One-line errors for bad search settings, before the model runs."""
     check_count(spec.budget, "budget")
@@ -150,9 +159,12 @@ def check_search(method: str, spec: SearchSpec, num: int, hidden: int, *, logit_
         check_count(pool, "candidates")
         if pool < num:
             raise DiscoveryError(f"candidates ({pool}) must be at least the number of vectors ({num})")
-        step = num * (spec.proposals if spec.mode() == "free" else 1)
-        if spec.budget - (0 if init_rows else pool) < num + step:
-            raise DiscoveryError(f"budget {spec.budget} is below the candidates ({pool}) plus one annealing step of {num} chain(s)")
+        if not _anneal_budget_fits(spec, num, init_rows):
+            smallest = next(b for b in itertools.count(spec.budget + 1) if _anneal_budget_fits(replace(spec, budget=b), num, init_rows))
+            per = f"{num} chain(s) x {spec.proposals} proposals" if spec.mode() == "free" else f"{num} chain(s)"
+            what = "" if init_rows else f"the random candidates ({pool} at this budget), "
+            raise DiscoveryError(f"budget {spec.budget} is too small: {what}the {num} chain start(s) and one annealing step of {per} "
+                                 f"need a budget of at least {smallest}")
     else:
         if spec.subspace not in SUBSPACES:
             raise DiscoveryError(f"unknown subspace {spec.subspace!r}: use span, pca or full")
