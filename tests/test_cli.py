@@ -456,3 +456,14 @@ def test_tune_data_without_labels(run, tiny_dir, pairs_file, tmp_path):
     result = run(*tune_args(tiny_dir, pairs_file, tmp_path / "run", "--preset", "truth"))
     assert_user_error(result, "needs A/B items")
     assert files_under(tmp_path / "run") == []
+
+
+def test_eval_help_lists_every_task(run, monkeypatch):
+    from reptune.evaluation.registry import available_tasks
+
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps help at the terminal's width
+    result = run("eval", "--help")
+    assert result.code == 0
+    text = " ".join(result.out.split())
+    for name in available_tasks():
+        assert name in text, name

@@ -175,7 +175,7 @@ def info(model: ModelOpt = None, layers_path: LayersPathOpt = None, device: Devi
 
 @app.command()
 def extract(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Vector file to write (.safetensors); VEC.json and VEC.scan.{json,md} go beside it.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Vector file to write (.safetensors); VEC.json and VEC.scan.{json,md,png} go beside it.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Pairs .jsonl, statements .csv, CAA .json, 'honesty', 'facts', 'caa:<behaviour>' or a hub id.")] = "honesty",
     model: ModelOpt = None,
     layers: Annotated[str, typer.Option("--layers", "-l", help="Layer spec: 15, -1, 10-17, -8..-1, 3,5,7, all, middle.")] = "all",
@@ -335,7 +335,7 @@ def tune(
     layers: Annotated[str | None, typer.Option("--layers", "-l", help="Trained blocks (layer spec), e.g. 10-17.")] = None,
     rep_layers: Annotated[str | None, typer.Option("--rep-layers", help="Layers the representation loss reads (default: trained layers the vector has).")] = None,
     rep_positions: Annotated[
-        str | None, typer.Option("--rep-positions", help="last, last:N, all (prompt tokens), generated, or pos:K (one token K from the end; needs STEM.posK vector).")
+        str | None, typer.Option("--rep-positions", help="last, last:N, all (prompt tokens), generated, or pos:K (one token K from the end; needs the STEM.pos-K.safetensors vector of extract --per-position).")
     ] = None,
     train_modules: Annotated[str | None, typer.Option("--train-modules", help="Regex: which parameters of the trained blocks train (default all).")] = None,
     param_group: Annotated[
@@ -670,7 +670,7 @@ def discover_cmd(
     power_q: Annotated[float, typer.Option("--q", help="MELBO exponent q (root per prompt).")] = 1.0,
     candidates: Annotated[int | None, typer.Option("--candidates", help="random: keep the best --num of this many random vectors; anneal: random vectors scored to pick the starts (default budget/2 in gradient mode, budget/4 free).")] = None,
     refine_steps: Annotated[int, typer.Option("--refine-steps", help="random: local MELBO steps on each kept vector.")] = 0,
-    init: Annotated[Path | None, typer.Option("--init", help="melbo: start from this vector file's source-layer vector (search around it).")] = None,
+    init: Annotated[Path | None, typer.Option("--init", help="melbo, anneal, cmaes: start from this vector file's source-layer vector (search around it).")] = None,
     dct_iters: Annotated[int, typer.Option("--dct-iters", help="DCT gradient iterations.")] = 10,
     eval_prompts: Annotated[Path | None, typer.Option("--eval-prompts", help="Held-out prompts file for scoring (default: the training prompts).")] = None,
     score: Annotated[bool, typer.Option("--score/--no-score", help="Generate and score completions for every vector.")] = True,
@@ -705,7 +705,7 @@ def discover_cmd(
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
 ) -> None:
-    """Discover steering vectors without labels (MELBO, random search or DCT), score and rank them."""
+    """Discover steering vectors without labels (MELBO, random search, DCT, annealing or CMA-ES), score and rank them."""
     _discover(dict(locals()))  # every option by name; the body reads as the steps below
 
 
@@ -893,7 +893,7 @@ def _task_options(names: list[str], data: list[str], settings: list[str]) -> dic
 
 @app.command("eval")
 def eval_cmd(
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks: facts-ab, tqa-ab, tqa-mc1, tqa-mc2, mmlu, perplexity, kl, caa:<behaviour>, openended, robustness, projection, gcg, lm-eval:<task>.")],
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated tasks: facts-twin, facts-word, facts-ab, tqa-ab, tqa-mc1, tqa-mc2, mmlu, perplexity, kl, caa:<behaviour>, openended, robustness, projection, gcg, lm-eval:<task>.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Results JSON (per-item records included); an interrupted run resumes from OUTPUT.partial/.")],
     model: ModelOpt = None,
     vector: Annotated[Path | None, typer.Option("--vector", "-v", help="Steer with this vector file while evaluating.")] = None,
