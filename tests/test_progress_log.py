@@ -54,3 +54,21 @@ def test_the_stage_workers_finished_stages_count_as_they_finish_and_only_once(mo
     lines = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines()]
     assert lines[0].endswith("50%") and "ETA 1:00" in lines[0]  # 20 of 40 units in 60 s
     assert lines[1].startswith("train:tune-out:s0: done by the stage worker") and lines[1].endswith("50%")
+
+
+def test_a_bar_of_its_own_says_it_started_once_it_runs_past_the_quiet_time(monkeypatch, capsys):
+    import time
+
+    monkeypatch.setattr(_progress, "interactive", lambda: False)
+    monkeypatch.setattr(_progress, "QUIET_S", 0.05)
+    with _progress.progress_bar("reading activations", total=3) as advance:
+        time.sleep(0.3)  # a slow first item: without the start line the log shows nothing until the 30 s count
+        advance(3)
+    lines = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    assert lines[0] == "reading activations: started (3 to do)" and lines[-1].startswith("reading activations: 3/3 in")
+    with _progress.progress_bar("quick", total=2) as advance:  # a quick loop stays quiet
+        advance(2)
+    with _progress.progress_display(), _progress.progress_bar("inside an experiment", total=1) as advance:
+        time.sleep(0.3)  # the stage lines say what runs: no start line
+        advance(1)
+    assert "started" not in capsys.readouterr().err

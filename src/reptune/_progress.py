@@ -5,14 +5,17 @@ pipeline's single display) every :func:`progress_bar` becomes a row of that disp
 a display of its own, so nested loops show up together under one live view.
 
 Without a terminal (output redirected to a log file, CI) a live display prints nothing, so
-there every bar prints plain lines instead: one when it starts, one at most every
-``LOG_EVERY_S`` seconds with its count, elapsed time and ETA, and one when it ends.
+there every bar prints plain lines instead: one at most every ``LOG_EVERY_S`` seconds with its
+count, elapsed time and ETA, and one when it ends; a loop that ends within ``QUIET_S`` prints
+nothing. A bar of its own (not inside an experiment, whose stage lines say what runs) also says
+that it started once it has run ``QUIET_S``, so a slow first item is not a silent log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -21,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 _ACTIVE: list[Progress] = []  # the display opened by progress_display(), if any
 LOG_EVERY_S = 30.0
+QUIET_S = 2.0
 
 
 def interactive() -> bool:
@@ -41,10 +45,15 @@ def log_line(message: str) -> None:
 class _LineBar:
     """A progress bar for logs: start, throttled count/ETA lines, end."""
 
-    def __init__(self, description: str, total: int) -> None:
+    def __init__(self, description: str, total: int, announce: bool = False) -> None:
         self.description, self.total, self.done = description, max(total, 1), 0
         self.started = self.last = time.perf_counter()
         self.status: str | None = None
+        self._announce: threading.Timer | None = None
+        if announce:
+            self._announce = threading.Timer(QUIET_S, lambda: log_line(f"{self.description}: started ({self.total} to do)"))
+            self._announce.daemon = True
+            self._announce.start()
 
     def advance(self, n: int = 1, status: str | None = None) -> None:
         self.done += n
@@ -57,8 +66,10 @@ class _LineBar:
             log_line(f"{self.description}: {self.done}/{self.total} · {format_seconds(elapsed)} elapsed · ETA {format_seconds(eta)}" + (f" · {self.status}" if self.status else ""))
 
     def close(self) -> None:
+        if self._announce is not None:
+            self._announce.cancel()
         elapsed = time.perf_counter() - self.started
-        if elapsed >= 2.0:  # quick loops stay quiet; the stage line says they ran
+        if elapsed >= QUIET_S:  # quick loops stay quiet; the stage line says they ran
             log_line(f"{self.description}: {self.done}/{self.total} in {format_seconds(elapsed)}" + (f" · {self.status}" if self.status else ""))
 
 
@@ -96,7 +107,7 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield lambda _n=1, status=None: None
         return
     if not interactive():
-        bar = _LineBar(description, total)
+        bar = _LineBar(description, total, announce=not _ACTIVE)
         try:
             yield bar.advance
         finally:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from reptune._progress import interactive, log_line
 from reptune.errors import ReptuneError, check_range
 
 app = typer.Typer(
@@ -139,7 +140,10 @@ def _load(
     from reptune.precision import resolve_precision
 
     resolved, _why = resolve_precision(precision, device)
-    spinner = err_console.status(f"loading {model or 'embedded SmolLM2-135M-Instruct'} ...") if status else contextlib.nullcontext()
+    what = f"loading {model or 'embedded SmolLM2-135M-Instruct'} ({resolved}) ..."
+    if status and not interactive():  # a log file gets a line where a terminal gets the spinner
+        log_line(what)
+    spinner = err_console.status(what) if status and interactive() else contextlib.nullcontext()
     with spinner:
         return load_model(
             model, device=device, autocast="bf16" if resolved == "bf16" else None, layers_path=layers_path, trust_remote_code=trust_remote_code,

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from reptune._progress import progress_bar
 from reptune.discovery.common import (
     DiscoveryError,
     check_count,
@@ -122,16 +123,26 @@ def calibrate_radius(
     points: int = 9,
     bisections: int = 10,
     seed: int = 0,
+    progress: bool = False,
 ) -> Calibration:
     """Find ``R`` with nonlinear/linear response ratio ``ratio`` (the DCT calibration, ``lambda``).
 
     Searches a log grid from 1/64 to 16 times the mean source-activation norm (widened up to
     three times by 16x each way if the ratio does not cross), then bisects in ``log R``.
 
+    ``progress`` shows a bar over the ``points + bisections`` radii it usually tries.
+
     Raises:
         DiscoveryError: ``ratio`` outside (0, 1), or the ratio never crosses it (the slice is
             almost linear or saturated everywhere): pass an explicit radius instead.
     """
+    with progress_bar("calibrating the radius", total=points + bisections, enabled=progress) as advance:
+        return _calibrate(slices, ratio, num_directions, points, bisections, seed, advance)
+
+
+def _calibrate(
+    slices: Sequence[LayerSlice], ratio: float, num_directions: int, points: int, bisections: int, seed: int, advance: Callable[..., None],
+) -> Calibration:
     if not 0 < ratio < 1:
         raise DiscoveryError(f"calibration ratio must be in (0, 1), got {ratio}")
     num_directions = check_count(num_directions, "calibration directions")
@@ -146,6 +157,7 @@ def calibrate_radius(
     def at(radius: float) -> float:
         if radius not in grid:
             grid[radius] = response_ratio(slices, units, linear, radius)
+            advance(1)
         return grid[radius]
 
     low, high = scale / 64, scale * 16

@@ -293,7 +293,7 @@ def discover(
     radius = inputs.radius
     if radius is None:
         calibration = _timed(timings, "calibrate_s", calibrate_radius, slices, ratio=config.calibration_ratio,
-                             num_directions=config.calibration_directions, seed=config.seed)
+                             num_directions=config.calibration_directions, seed=config.seed, progress=progress)
         radius = calibration.radius
     vectors, method_scores, history, found = _timed(timings, "train_s", _fit, handle, slices, config, inputs, radius, progress)
     run_settings = _base_settings(config, inputs) | found
