@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
 import sys
 import warnings
@@ -1092,11 +1093,18 @@ def _quiet_libraries(debug: bool) -> Iterator[None]:
     if debug:
         yield
         return
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    for variable in ("TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY", "DATASETS_VERBOSITY"):  # read when each is first imported
+        os.environ.setdefault(variable, "error")
     hf_logging = sys.modules.get("transformers.utils.logging")
     level = hf_logging.get_verbosity() if hf_logging is not None else None
     if hf_logging is not None:
         hf_logging.set_verbosity_error()
+    # the hub client logs every retry of an unreachable hub as a warning (11 lines before the one error);
+    # the variables above cover a first import, the levels below a library imported already
+    loggers = {name: logging.getLogger(name) for name in ("huggingface_hub", "datasets", "lm_eval")}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    for logger in loggers.values():
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=QUIET_MODULES)
@@ -1106,6 +1114,8 @@ def _quiet_libraries(debug: bool) -> Iterator[None]:
     finally:
         if hf_logging is not None and level is not None:
             hf_logging.set_verbosity(level)
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
 
 
 def main() -> None:
