@@ -31,7 +31,7 @@ def test_parse_layers(spec, expected):
     assert parse_layers(spec, 8) == expected
 
 
-@pytest.mark.parametrize("spec", ["8", "-9", "3-", "a", "4-2", "1,,2", "2..99", [9]])
+@pytest.mark.parametrize("spec", ["8", "-9", "3-", "a", "4-2", "1,,2", "2..99", [9], "", "  "])
 def test_parse_layers_rejects(spec):
     with pytest.raises(ReptuneError):
         parse_layers(spec, 8)

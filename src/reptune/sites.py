@@ -47,7 +47,8 @@ def parse_layers(spec: str | int | Iterable[int] | None, num_layers: int) -> lis
 
     Args:
         spec: ``None``/``"all"`` (every block), an int, an iterable of ints, or a string
-            like ``"10-17"``, ``"-8..-1"``, ``"3,5,-1"``, ``"middle"``.
+            like ``"10-17"``, ``"-8..-1"``, ``"3,5,-1"``, ``"middle"`` (the middle third,
+            ``n // 3 <= L < 2n // 3``). An empty string is refused.
         num_layers: number of decoder blocks of the model.
 
     Raises:
@@ -65,7 +66,9 @@ def parse_layers(spec: str | int | Iterable[int] | None, num_layers: int) -> lis
             raise ReptuneError("empty layer list")
         return sorted(set(layers))
     text = spec.strip().lower()
-    if text in {"", "all"}:
+    if not text:  # an unset shell variable (--layers "$L"), not a wish for every layer
+        raise ReptuneError("empty layer spec: name layers (e.g. 15, 10-17) or all")
+    if text == "all":
         return list(range(num_layers))
     if text == "middle":
         return list(range(num_layers // 3, max(num_layers // 3 + 1, (2 * num_layers) // 3)))
