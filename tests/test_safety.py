@@ -217,7 +217,7 @@ def _interrupt(*_args, **_kwargs):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("command, fragment", [("tune", "--resume"), ("eval", ".partial"), ("info", "nothing was saved")])
+@pytest.mark.parametrize("command, fragment", [("tune", "--resume"), ("eval", "no item had finished"), ("info", "nothing was saved")])
 def test_ctrl_c_exits_130_and_says_what_was_kept(cli_run, tiny_dir, statements_file, tmp_path, monkeypatch, command, fragment):
     from reptune import models
 
@@ -232,6 +232,19 @@ def test_ctrl_c_exits_130_and_says_what_was_kept(cli_run, tiny_dir, statements_f
     lines = [line for line in result.err.splitlines() if line.strip() and not line.startswith("[reptune ")]  # progress lines of a log
     assert len(lines) == 1 and lines[0].startswith("interrupted: ") and fragment in lines[0], result.err
     assert "Traceback" not in result.err
+
+
+def test_an_interrupted_eval_counts_what_it_kept(tmp_path):
+    from reptune.cli import _eval_interrupted
+
+    output = tmp_path / "r.json"
+    assert "no item had finished" in _eval_interrupted(output, True)
+    partial = tmp_path / "r.json.partial"
+    partial.mkdir()
+    (partial / "facts-ab.jsonl").write_text('{"id": 1}\n{"id": 2}\n', encoding="utf-8")
+    (partial / "tqa-ab.jsonl").write_text('{"id": 1}\n', encoding="utf-8")
+    assert _eval_interrupted(output, True) == f"3 finished item(s) are kept in {partial}/; run the same command to resume"
+    assert _eval_interrupted(output, False).startswith("--no-resume: 3 finished item(s)")
 
 
 def test_explicit_exit_code_is_kept(cli_run, monkeypatch):

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,12 +63,18 @@ TrustOpt = Annotated[
 
 
 # what a Ctrl-C leaves behind, set by each command once it knows its outputs (see main())
-_INTERRUPTED = {"note": "nothing was saved; run the command again"}
+_INTERRUPTED: dict[str, str | Callable[[], str]] = {"note": "nothing was saved; run the command again"}
 
 
-def _on_interrupt(note: str) -> None:
-    """Say what an interruption from now on keeps and how to resume (printed as ``interrupted: NOTE``)."""
+def _on_interrupt(note: str | Callable[[], str]) -> None:
+    """Say what an interruption from now on keeps and how to resume (printed as ``interrupted: NOTE``);
+    a callable is asked at the interruption, when it can count what was kept."""
     _INTERRUPTED["note"] = note
+
+
+def _interrupted_note() -> str:
+    note = _INTERRUPTED["note"]
+    return note() if callable(note) else note
 
 
 @app.callback()
@@ -937,10 +943,7 @@ def eval_cmd(
         from reptune.vectors import load_vector
 
         steering_vector = load_vector(vector)
-    _on_interrupt(
-        f"finished items are kept in {output}.partial/; run the same command to resume" if resume
-        else f"--no-resume: finished items are kept in {output}.partial/ but the next --no-resume run starts over"
-    )
+    _on_interrupt(lambda: _eval_interrupted(output, resume))
     handle = _load(model, precision, device, layers_path, trust_remote_code, allow_pickle, device_map)
     if steering_vector is not None:
         steering_vector.check_compatible(handle, allow_model_mismatch=allow_model_mismatch)
@@ -1118,6 +1121,19 @@ def _quiet_libraries(debug: bool) -> Iterator[None]:
             logger.setLevel(levels[name])
 
 
+def _eval_interrupted(output: Path, resume: bool) -> str:
+    """What an interrupted ``eval`` kept: the items finished so far, in ``OUTPUT.partial/``."""
+    partial = output.with_name(output.name + ".partial")
+    with contextlib.suppress(OSError):
+        kept = sum(len(path.read_text(encoding="utf-8").splitlines()) for path in partial.glob("*.jsonl")) if partial.is_dir() else 0
+        if not kept:
+            return "no item had finished, so nothing was saved; run the command again"
+        if resume:
+            return f"{kept} finished item(s) are kept in {partial}/; run the same command to resume"
+        return f"--no-resume: {kept} finished item(s) are kept in {partial}/ but the next --no-resume run starts over"
+    return f"finished items, if any, are kept in {partial}/; run the same command to resume"
+
+
 def main() -> None:
     """Console entry point: one-line errors with exit code 2 (tracebacks with --debug).
 
@@ -1131,7 +1147,7 @@ def main() -> None:
     except KeyboardInterrupt:  # a second Ctrl-C while an error was being handled
         code = 130
     if code == 130:
-        err_console.print(Text("interrupted: ", style="yellow") + Text(_INTERRUPTED["note"]), soft_wrap=True)
+        err_console.print(Text("interrupted: ", style="yellow") + Text(_interrupted_note()), soft_wrap=True)
     sys.exit(code)
 
 
