@@ -467,3 +467,13 @@ def test_eval_help_lists_every_task(run, monkeypatch):
     text = " ".join(result.out.split())
     for name in available_tasks():
         assert name in text, name
+
+
+def test_eval_title_says_which_tasks_were_steered():
+    from reptune.cli import _eval_title
+
+    assert _eval_title("m", None, 1.0, None, ["facts-ab"]) == "m"
+    assert _eval_title("m", {"layers": [3]}, 4.0, "3", ["facts-ab"]) == "m steered x4 at 3"
+    own = {"not_applied_to": ["robustness"]}
+    assert _eval_title("m", own, 1.0, "3", ["robustness"]) == "m (unsteered; robustness use(s) the vector their own way)"
+    assert _eval_title("m", own, 1.0, "3", ["facts-ab", "robustness"]) == "m steered x1 at 3, except robustness (the vector used its own way)"

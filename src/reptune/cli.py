@@ -953,7 +953,7 @@ def eval_cmd(
         seed=seed, output=output, resume=resume, progress=True, allow_model_mismatch=allow_model_mismatch,
         vector_label=str(vector) if vector is not None else None,
     )
-    _print_eval(results, f"{handle.model_id}" + (f" steered x{multiplier:g} at {layers}" if vector is not None else ""))
+    _print_eval(results, _eval_title(handle.model_id, results.steering, multiplier, layers, list(results.tasks)))
     from reptune.reporting.figures import write_eval_figures
 
     figures = write_eval_figures(results, output)  # robustness / projection heatmaps: OUTPUT_STEM.<task>.png
@@ -994,6 +994,20 @@ def _eval_tasks(tasks: str, data: list[str], settings: list[str], judge_flags: d
         if callable(preflight):
             preflight()
     return task_objs
+
+
+def _eval_title(model_id: str, steering: dict[str, Any] | None, multiplier: float, layers: str | None, tasks: list[str]) -> str:
+    """The results table's title: the model, and how it was steered (tasks that use the vector
+    their own way, robustness and projection, are not steered by ``--multiplier``)."""
+    if steering is None:
+        return model_id
+    own = [task for task in tasks if task in set(steering.get("not_applied_to") or [])]
+    steered = f" steered x{multiplier:g} at {layers}"
+    if not own:
+        return model_id + steered
+    if len(own) == len(tasks):
+        return model_id + f" (unsteered; {', '.join(own)} use(s) the vector their own way)"
+    return model_id + f"{steered}, except {', '.join(own)} (the vector used its own way)"
 
 
 def _print_eval(results, title: str) -> None:
