@@ -123,7 +123,9 @@ def fit_direction(positive: torch.Tensor, negative: torch.Tensor, method: str = 
         raw, _ = fit_logistic(features, targets)
     norm = raw.norm()
     if not torch.isfinite(norm) or norm == 0:
-        raise ReptuneError(f"{method} direction is zero or not finite: positive and negative activations do not differ")
+        raise ReptuneError(f"{method} direction is zero or not finite: positive and negative activations do not differ "
+                           "(with positions last, last:N or marker:TEXT, read where the two sides differ: a position before "
+                           "the first differing token sees the same text on both sides)")
     unit = raw / norm
     gap = float((diffs @ unit).mean())
     if gap < 0:  # orient: positives project higher
