@@ -477,3 +477,18 @@ def test_eval_title_says_which_tasks_were_steered():
     own = {"not_applied_to": ["robustness"]}
     assert _eval_title("m", own, 1.0, "3", ["robustness"]) == "m (unsteered; robustness use(s) the vector their own way)"
     assert _eval_title("m", own, 1.0, "3", ["facts-ab", "robustness"]) == "m steered x1 at 3, except robustness (the vector used its own way)"
+
+
+def test_output_into_a_pipe_is_not_cut_at_80_columns(tiny_dir):
+    """`reptune ... | less` or `> log`: whole option names and table cells, not "--allow-model-mism…"."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "REPTUNE_DEBUG": "0", "HF_HUB_OFFLINE": "1"}
+    env.pop("COLUMNS", None)
+    env.pop("TERMINAL_WIDTH", None)
+    helped = subprocess.run([sys.executable, "-m", "reptune.cli", "steer", "--help"], capture_output=True, text=True, env=env, check=False, timeout=120)
+    assert helped.returncode == 0 and "--allow-model-mismatch" in helped.stdout and "…" not in helped.stdout
+    info = subprocess.run([sys.executable, "-m", "reptune.cli", "info", "--model", str(tiny_dir)], capture_output=True, text=True, env=env, check=False, timeout=120)
+    assert info.returncode == 0 and "…" not in info.stdout

@@ -31,7 +31,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+# piped into a file or `less`, rich would cut tables and help at 80 columns ("--allow-model-mism…");
+# a log is read in an editor, so it gets lines as wide as the content needs up to LOG_WIDTH
+LOG_WIDTH = 160
+
+
+def _log_width(stream: Any) -> int | None:
+    """The width for output that is not a terminal (``None``: rich's own choice, the terminal's or ``COLUMNS``)."""
+    isatty = getattr(stream, "isatty", None)
+    return None if (callable(isatty) and isatty()) or os.environ.get("COLUMNS") else LOG_WIDTH
+
+
+console = Console(width=_log_width(sys.stdout))
 err_console = Console(stderr=True, soft_wrap=True)
 
 ModelOpt = Annotated[
@@ -1155,6 +1166,10 @@ def main() -> None:
     """
     debug = "--debug" in sys.argv[1:] or os.environ.get("REPTUNE_DEBUG") == "1"
     _on_interrupt("nothing was saved; run the command again")
+    if _log_width(sys.stdout) and not os.environ.get("TERMINAL_WIDTH"):  # --help into a pipe: whole option names
+        from typer import rich_utils
+
+        rich_utils.MAX_WIDTH = LOG_WIDTH
     try:
         with _quiet_libraries(debug):
             code = _invoke(debug)
