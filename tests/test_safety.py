@@ -72,6 +72,21 @@ def test_fresh_with_a_bad_config_deletes_nothing(cli_run, tmp_path):
     assert tree(run_dir) == before
 
 
+def test_fresh_keeps_the_users_files_and_the_folder_stays_usable(tmp_path):
+    from reptune._io import check_output_dir
+    from reptune.pipeline.runner import clean_run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / RUN_MARKER).write_text(json.dumps({"format": "reptune-output/1", "kind": "experiment"}), encoding="utf-8")
+    (run_dir / "results.json").write_text("{}", encoding="utf-8")
+    (run_dir / "my_notes.txt").write_text("mine\n", encoding="utf-8")
+    clean_run(run_dir)
+    # the run's files go, the user's stay, and the run that --fresh starts next may write here (it was refused)
+    assert sorted(p.name for p in run_dir.iterdir()) == [RUN_MARKER, "my_notes.txt"]
+    check_output_dir(run_dir, "experiment")
+
+
 def test_clean_run_deletes_only_what_a_run_wrote(tmp_path):
     from reptune.pipeline.runner import clean_run
 
@@ -83,7 +98,7 @@ def test_clean_run_deletes_only_what_a_run_wrote(tmp_path):
     (run_dir / ".results.json.abc.tmp").write_text("half", encoding="utf-8")
     (run_dir / "notes.txt").write_text("mine\n", encoding="utf-8")  # the user's, beside a legacy run
     clean_run(run_dir)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [RUN_MARKER, "notes.txt"]  # still a run folder: the fresh run may use it
     with pytest.raises(ReptuneError, match="refusing to delete"):
         clean_run(user_folder(tmp_path))
     assert (tmp_path / "victim" / "important" / "thesis.txt").is_file()

@@ -1203,9 +1203,13 @@ def clean_run(run_dir: str | Path) -> None:
     if any(run_dir.iterdir()) and not is_reptune_output(run_dir, "experiment"):
         raise ReptuneError(f"refusing to delete {run_dir}: it holds no reptune run (no {RUN_MARKER} marker); remove it yourself or choose another -o")
     for name in RUN_ENTRIES:
+        if name == RUN_MARKER:
+            continue
         path = run_dir / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
     remove_stale_temps(run_dir)
+    if any(run_dir.iterdir()):  # files of the user's stay beside it: the folder stays marked, so the fresh run may write there
+        write_run_marker(run_dir, "experiment")
