@@ -668,3 +668,13 @@ def test_a_stage_worker_shares_the_stages_and_changes_no_result(tiny_dir, tmp_pa
             for metric, value in score["metrics"].items():
                 assert pair.results["scores"][condition][task]["metrics"][metric]["value"] == pytest.approx(value["value"], abs=1e-4), (condition, task, metric)
     assert "Two processes ran the stages" in (tmp_path / "pair" / "report.md").read_text(encoding="utf-8")
+
+
+def test_run_experiment_takes_a_config_or_an_experiment_file(tmp_path):
+    from reptune.errors import ReptuneError
+    from reptune.pipeline import run_experiment
+
+    with pytest.raises(ReptuneError, match="experiment file"):  # a path is read (here: a missing one, one line)
+        run_experiment(tmp_path / "missing.yaml", tmp_path / "run", progress=False)
+    with pytest.raises(ReptuneError, match="ExperimentConfig or an experiment file's path, got dict"):
+        run_experiment({"name": "x"}, tmp_path / "run", progress=False)

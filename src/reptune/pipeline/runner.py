@@ -34,6 +34,7 @@ import json
 import random
 import secrets
 import shutil
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -60,7 +61,7 @@ from reptune.block_replay import BlockInputStore, frozen_blocks
 from reptune.data.twins import has_pairs, split_by_pair, statements_to_twins
 from reptune.errors import DataError, ReptuneError
 from reptune.models import ModelHandle, load_model, local_files_fingerprint
-from reptune.pipeline.config import ExperimentConfig
+from reptune.pipeline.config import ExperimentConfig, load_config
 from reptune.pipeline.selection import knowledge_summary, learnability_gate, select_steering
 from reptune.pipeline.stage_worker import StageWorker, resolve_workers, start_worker
 from reptune.pipeline.stages import StageBusy, StageError, StageStore, run_deferring, run_independent
@@ -1139,7 +1140,7 @@ def _now() -> str:
 
 
 def run_experiment(
-    config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True, command: str | None = None, trust_remote_code: bool = False,
+    config: ExperimentConfig | str | os.PathLike[str], run_dir: str | Path, *, progress: bool = True, command: str | None = None, trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> ExperimentRun:
     """Run (or resume) an experiment into ``run_dir``; returns results and report paths.
@@ -1152,7 +1153,12 @@ def run_experiment(
     Under ``accelerate launch``/``torchrun`` with several processes every process calls it: the
     main one runs the experiment and returns its results, the others train their share of each
     training stage and return an empty :class:`ExperimentRun` (see :mod:`reptune.pipeline.workers`).
+    ``config`` may also be an experiment file's path (``builtin_config("demo")``), read by :func:`load_config`.
     """
+    if isinstance(config, (str, os.PathLike)):
+        config = load_config(config)
+    elif not isinstance(config, ExperimentConfig):
+        raise ReptuneError(f"run_experiment needs an ExperimentConfig or an experiment file's path, got {type(config).__name__}")
     experiment = Experiment(config, run_dir, progress=progress, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     ranks = current_ranks()
     if not ranks.distributed:
@@ -1174,8 +1180,6 @@ def run_experiment(
 def worker_main(argv: list[str]) -> int:
     """Entry point of a stage worker process (:func:`reptune.pipeline.stage_worker.start_worker` runs it
     with its spec file): the run's config from ``config.yaml``, the main process's session and precision."""
-    from reptune.pipeline.config import load_config
-
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     torch.set_num_threads(int(spec["threads"]))
     run_dir = Path(spec["run_dir"])
