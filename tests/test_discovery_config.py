@@ -108,7 +108,6 @@ def test_validate_speaks_python_or_the_flags(settings, python, flags):
 
 @pytest.mark.parametrize("mode, num", [("free", 1), ("free", 2), ("free", 5), ("gradient", 2), ("gradient", 5)])
 def test_a_too_small_anneal_budget_names_the_smallest_that_works(mode, num):
-    from dataclasses import replace
 
     from reptune.discovery.search import check_search
 

@@ -678,3 +678,17 @@ def test_run_experiment_takes_a_config_or_an_experiment_file(tmp_path):
         run_experiment(tmp_path / "missing.yaml", tmp_path / "run", progress=False)
     with pytest.raises(ReptuneError, match="ExperimentConfig or an experiment file's path, got dict"):
         run_experiment({"name": "x"}, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.steps", "abc", "--set train.steps: Input should be a valid integer"),
+    ("sweep.layers", "14,15", "--set sweep.layers: Input should be a valid list (got '14,15'); write a list as [a, b]"),
+    ("trainn.steps", "3", "--set trainn.steps: unknown key 'trainn'"),
+])
+def test_a_bad_set_names_the_flag_not_the_shipped_file(key, value, message):
+    from reptune.errors import ReptuneError
+    from reptune.pipeline import builtin_config, load_config
+
+    with pytest.raises(ReptuneError) as error:
+        load_config(builtin_config("demo"), {key: value})
+    assert str(error.value).startswith(message) and "demo.yaml" not in str(error.value)

@@ -8,6 +8,7 @@ resolved config, which is also saved with every run (``config.yaml``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -643,17 +644,30 @@ class ExperimentConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def _format_error(error: ValidationError, origin: str) -> str:
+_TYPE_TAGS = {"int", "str", "float", "bool", "list", "dict", "none"}
+
+
+def _format_error(error: ValidationError, origin: str, overrides: Sequence[str] = ()) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    # pydantic names the union member it tried (sweep.layers.list[int]); the user wrote sweep.layers
+    parts = [str(part) for part in first["loc"] if not (isinstance(part, str) and ("[" in part or part in _TYPE_TAGS))]
+    where = ".".join(parts) or "(top level)"
+    given = first.get("input")
+    got = f" (got {given!r})" if first["type"] != "missing" and not isinstance(given, dict) else ""
+    if isinstance(given, str) and "," in given and "list" in first["msg"]:
+        got += "; write a list as [a, b]"
+    overridden = [key for key in overrides if key == where or where.startswith(key + ".") or key.startswith(where + ".")]
     if first["type"] == "extra_forbidden":
-        return f"{origin}: unknown key {where!r}"
+        return f"--set {overridden[0]}: unknown key {where!r}" if overridden else f"{origin}: unknown key {where!r}"
     message = first["msg"].removeprefix("Value error, ")
-    return f"{origin}: {where}: {message}" + (f" (got {first['input']!r})" if first["type"] != "missing" and not isinstance(first.get("input"), dict) else "")
+    if overridden:  # the value came from the command line, not the file
+        return f"--set {overridden[0]}: {message}" + got + (f" (at {where})" if where != overridden[0] else "")
+    return f"{origin}: {where}: {message}" + got
 
 
-def parse_config(data: dict[str, Any] | None, origin: str = "config") -> ExperimentConfig:
-    """Validate a config dict (``None`` = all defaults); errors name the offending key."""
+def parse_config(data: dict[str, Any] | None, origin: str = "config", overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Validate a config dict (``None`` = all defaults); errors name the offending key, and the
+    ``--set`` that gave it when its dotted key is in ``overrides``."""
     if data is not None and not isinstance(data, dict):
         raise ReptuneError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
     if data and "trust_remote_code" in data:
@@ -666,7 +680,7 @@ def parse_config(data: dict[str, Any] | None, origin: str = "config") -> Experim
     try:
         return ExperimentConfig.model_validate(data or {})
     except ValidationError as error:
-        raise ReptuneError(_format_error(error, origin)) from None
+        raise ReptuneError(_format_error(error, origin, overrides)) from None
 
 
 def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -685,7 +699,7 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         raise ReptuneError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     for key, value in (overrides or {}).items():
         apply_override(data, key, value)
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), list(overrides or {}))
 
 
 def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -31,10 +31,10 @@ import functools
 import gc
 import io
 import json
+import os
 import random
 import secrets
 import shutil
-import os
 import sys
 import time
 from collections.abc import Callable
