@@ -545,6 +545,20 @@ def test_gpu_config_dry_run_lists_what_each_term_trains(tmp_path, cli_run):
     assert not any(tmp_path.glob("runs"))
 
 
+def test_dry_run_of_an_auto_layer_says_the_layer_stands_in(tmp_path, cli_run):
+    import json
+
+    from conftest import build_model
+
+    handle = build_model("llama", num_layers=8, chat=True)
+    handle.model.save_pretrained(tmp_path / "m")
+    handle.tokenizer.save_pretrained(tmp_path / "m")
+    result = cli_run("run", "demo", "--plan", "--set", f"model={tmp_path / 'm'}")
+    assert result.code == 0, result.err
+    plan = json.loads(result.out)
+    assert plan["layer"] == 4 and "stands in" in plan["layer_note"] and "auto" in plan["layer_note"]
+
+
 @pytest.mark.parametrize(("changes", "fragment"), [
     ({"evaluation": {"headline": "facts-twine"}}, "unknown task 'facts-twine'"),
     ({"evaluation": {"counter_limit": 0}}, "counter_limit"),

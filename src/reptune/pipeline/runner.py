@@ -1111,6 +1111,9 @@ def plan_experiment(config: ExperimentConfig, *, trust_remote_code: bool = False
     meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers, method="plan stand-in")
     vector = SteeringVector({layer: torch.ones(handle.hidden_size) for layer in range(handle.num_layers)}, meta)
     plans: dict[str, Any] = {"layer": exp.layer, "items": exp.item_kind, "variants": {}}
+    if not isinstance(config.vector.layer, int):
+        plans["layer_note"] = (f"vector.layer is {config.vector.layer}: the run picks it with the layer scan and the sweep, which a dry run "
+                               f"does not run; the middle layer {exp.layer} stands in")
     for variant in config.variants:
         tune_config = exp._tune_config(variant, config.seeds[0])
         plans["variants"][variant.name] = tuning_plan(handle, tune_config, items, vector if tune_config.uses_vector else None, allow_model_mismatch=True)
