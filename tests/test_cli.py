@@ -492,3 +492,16 @@ def test_output_into_a_pipe_is_not_cut_at_80_columns(tiny_dir):
     assert helped.returncode == 0 and "--allow-model-mismatch" in helped.stdout and "…" not in helped.stdout
     info = subprocess.run([sys.executable, "-m", "reptune.cli", "info", "--model", str(tiny_dir)], capture_output=True, text=True, env=env, check=False, timeout=120)
     assert info.returncode == 0 and "…" not in info.stdout
+
+
+def test_run_help_names_every_shipped_experiment_and_demo_takes_runs_options(run, monkeypatch):
+    from pathlib import Path as _Path
+
+    import reptune.pipeline.config as config_module
+
+    monkeypatch.setenv("COLUMNS", "400")
+    text = " ".join(run("run", "--help").out.split())
+    for shipped in sorted((_Path(config_module.__file__).parent / "resources").glob("*.yaml")):
+        assert shipped.stem in text, shipped.stem
+    printed = run("demo", "--print-config", "--set", "train.steps=3")
+    assert printed.code == 0 and "steps: 3" in printed.out and "name: demo" in printed.out

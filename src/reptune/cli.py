@@ -582,6 +582,9 @@ def _run_config(config, output: Path, command: str, trust_remote_code: bool = Fa
 
 
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a config key: --set train.steps=200 --set seeds=[0,1,2].")]
+PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")]
+PlanOpt = Annotated[bool, typer.Option("--plan", help="Dry run: load the model and print, per variant, which tensors each loss term updates, at which layers and positions; writes nothing.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Delete what an earlier run wrote in the run directory first (no reuse of finished stages).")]
 NoStudiesOpt = Annotated[bool, typer.Option("--no-studies", help="Turn every study section off (stacking, sample_efficiency, generalisation, gcg): the paper's study alone; --set can turn one back on.")]
 
 
@@ -602,12 +605,14 @@ def _overrides(settings: list[str], no_studies: bool = False, base: dict[str, st
 
 @app.command("run")
 def run_cmd(
-    experiment: Annotated[str, typer.Argument(help="Experiment YAML (or the name of a shipped one: demo, gpu-llama2-13b).")],
+    experiment: Annotated[str, typer.Argument(help=(
+        "Experiment YAML, or the name of a shipped one: demo, gpu-llama2-13b, study-counter, study-gcg, "
+        "study-generalisation, study-sample-efficiency, study-stacking."))],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<name>).")] = None,
     settings: SetOpt = [],  # noqa: B006 (typer reads the default)
-    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
-    plan: Annotated[bool, typer.Option("--plan", help="Dry run: load the model and print, per variant, which tensors each loss term updates, at which layers and positions; writes nothing.")] = False,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Delete what an earlier run wrote in the run directory first (no reuse of finished stages).")] = False,
+    print_config: PrintConfigOpt = False,
+    plan: PlanOpt = False,
+    fresh: FreshOpt = False,
     no_studies: NoStudiesOpt = False,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
@@ -622,6 +627,13 @@ def run_cmd(
     if not path.exists() and "/" not in experiment and not experiment.endswith((".yaml", ".yml")):
         path = builtin_config(experiment)
     config = load_config(path, _overrides(settings, no_studies))
+    output = output or Path("runs") / config.name
+    command = " ".join(["reptune", "run", experiment, "-o", str(output), *(["--no-studies"] if no_studies else []), *[f"--set {s}" for s in settings]])
+    _start(config, output, command, print_config=print_config, plan=plan, fresh=fresh, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+
+
+def _start(config, output: Path, command: str, *, print_config: bool, plan: bool, fresh: bool, trust_remote_code: bool, allow_pickle: bool) -> None:
+    """What `run` and `demo` share: print the config, a dry run, or (after --fresh's clean-up) the run."""
     if print_config:
         typer.echo(config.to_yaml())
         return
@@ -632,7 +644,6 @@ def run_cmd(
 
         console.print_json(json.dumps(plan_experiment(config, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)))
         return
-    output = output or Path("runs") / config.name
     _check_run_dir(output)  # before anything is deleted: a folder of the user's is refused, not cleaned
     if fresh:
         from reptune.pipeline.runner import clean_run
@@ -640,7 +651,6 @@ def run_cmd(
 
         if current_ranks().is_main:  # under accelerate launch the main process cleans, once
             clean_run(output)
-    command = " ".join(["reptune", "run", experiment, "-o", str(output), *(["--no-studies"] if no_studies else []), *[f"--set {s}" for s in settings]])
     _run_config(config, output, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
@@ -649,16 +659,21 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory.")] = Path("runs/demo"),
     model: ModelOpt = None,
     settings: SetOpt = [],  # noqa: B006
+    print_config: PrintConfigOpt = False,
+    plan: PlanOpt = False,
+    fresh: FreshOpt = False,
     no_studies: NoStudiesOpt = False,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
 ) -> None:
-    """The main job: the honesty study on the embedded model and reduced versions of the studies, ending in report.md / report.html."""
+    """The main job: the honesty study on the embedded model and reduced versions of the studies, ending in report.md / report.html.
+
+    The same as `reptune run demo -o runs/demo` (every option of `run` works here too)."""
     from reptune.pipeline import builtin_config, load_config
 
     config = load_config(builtin_config("demo"), _overrides(settings, no_studies, {"model": model} if model else None))
-    command = " ".join(["reptune", "demo", "-o", str(output), *(["--no-studies"] if no_studies else [])])
-    _run_config(config, output, command=command, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    command = " ".join(["reptune", "demo", "-o", str(output), *(["--no-studies"] if no_studies else []), *[f"--set {s}" for s in settings]])
+    _start(config, output, command, print_config=print_config, plan=plan, fresh=fresh, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
 @app.command("report")
