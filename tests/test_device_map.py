@@ -108,6 +108,7 @@ def test_cli_device_map_from_a_json_file(cli_run, tiny_dir, tmp_path):
         (["--device-map", '{"model.layers.0": "gpu9"}'], "'model.layers.0' -> 'gpu9' is not a place"),
         (["--device-map", '{"model.layers.0": "cuda:7"}'], "CUDA device"),
         (["--device-map", "{not json"], "is not valid JSON"),
+        (["--device-map", "no-such-map.json"], "device_map file not found: no-such-map.json"),
         (["--device-map", "[1, 2]"], "device_map '[1, 2]': use auto"),
         (["--device-map", "auto", "--device", "cpu"], "pass --device or --device-map, not both"),
     ],

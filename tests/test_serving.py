@@ -103,6 +103,7 @@ def test_export_model_finds_llama_cpp_through_env(cli_run, model_copy, fake_llam
         (lambda d: (shutil.rmtree(d), d.write_text("x")), "is not a directory"),
         (lambda d: (d / "config.json").unlink(), "holds no config.json"),
         (lambda d: ((d / "config.json").unlink(), (d / "adapter_config.json").write_text("{}")), "is a LoRA adapter"),
+        (lambda d: ((d / "config.json").unlink(), (d / "tuned_blocks.safetensors").write_bytes(b"")), "--weights full"),
         (lambda d: (d / "config.json").write_text("{not json"), "config.json"),
         (lambda d: (d / "model.safetensors").unlink(), "holds no weights"),
         (lambda d: (d / "model.safetensors").rename(d / "pytorch_model.bin"), "--allow-pickle"),
@@ -113,7 +114,7 @@ def test_export_model_finds_llama_cpp_through_env(cli_run, model_copy, fake_llam
             "ships Python code (auto_map)",
         ),
     ],
-    ids=["missing", "file", "no-config", "adapter", "bad-json", "no-weights", "pickle", "no-tokenizer", "py-file", "auto-map"],
+    ids=["missing", "file", "no-config", "adapter", "blocks", "bad-json", "no-weights", "pickle", "no-tokenizer", "py-file", "auto-map"],
 )
 def test_export_model_refuses_bad_model_dir(cli_run, model_copy, fake_llama_cpp, tmp_path, setup, fragment):
     setup(model_copy)

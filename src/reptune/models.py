@@ -415,7 +415,9 @@ def _device_map_json(text: str) -> Any:
     path = Path(text).expanduser()
     source = text
     if not text.strip().startswith("{"):
-        if path.suffix != ".json" or not path.is_file():
+        if path.suffix == ".json" and not path.is_file():
+            raise ModelError(f"device_map file not found: {path}")
+        if path.suffix != ".json":
             raise ModelError(f"device_map {text!r}: {DEVICE_MAP_USAGE}")
         source = path.read_text(encoding="utf-8")
     try:

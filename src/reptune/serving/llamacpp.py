@@ -133,6 +133,9 @@ def check_model_dir(path: str | os.PathLike[str], *, allow_pickle: bool = False,
     if not config_path.is_file():
         if (folder / "adapter_config.json").is_file():
             raise ModelError(f"{folder} is a LoRA adapter: export the merged model, the folder above it that `reptune tune` wrote")
+        if (folder / "tuned_blocks.safetensors").is_file():
+            raise ModelError(f"{folder} holds only the trained blocks (tune --weights blocks): tune with --weights full for a "
+                             "whole model to export, or load it in Python (load_model) and save_pretrained it")
         raise ModelError(f"{folder} holds no config.json: not a Hugging Face model directory")
     config = loads_json(config_path.read_bytes(), str(config_path))
     if not isinstance(config, dict):
