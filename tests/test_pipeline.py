@@ -706,3 +706,13 @@ def test_a_bad_set_names_the_flag_not_the_shipped_file(key, value, message):
     with pytest.raises(ReptuneError) as error:
         load_config(builtin_config("demo"), {key: value})
     assert str(error.value).startswith(message) and "demo.yaml" not in str(error.value)
+
+
+def test_the_sweep_finding_names_every_layer_and_multiplier_in_order():
+    from reptune.pipeline.analysis import findings
+
+    rows = [{"layer": None, "multiplier": 0.0, "value": 0.7}] + [
+        {"layer": layer, "multiplier": m, "value": 0.5 + 0.01 * m, "degenerate": m == 8.0} for layer in (14, 9) for m in (-8.0, 4.0, 8.0)]
+    line = findings({}, {}, [], [], {"layer": 14, "rows": rows}, [], 0.05)[0]
+    assert line == ("Steering sweep on the validation split (layers 9, 14; chosen: layer 14): accuracy 0.420-0.700 over "
+                    "multipliers -8, 0, 4, 8; 2 of 7 cells degenerate.")

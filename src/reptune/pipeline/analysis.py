@@ -205,9 +205,12 @@ def findings(loaded: dict[str, dict[str, EvalResults]], scores: dict[str, Any], 
     if rows:
         degenerate = [r["multiplier"] for r in rows if r.get("degenerate")]
         values = [r["value"] for r in rows]
+        # rows come in sweep order (the unsteered cell first, then layer by layer), not sorted
+        multipliers = ", ".join(f"{m:g}" for m in sorted({float(r["multiplier"]) for r in rows}))
+        layers = ", ".join(str(layer) for layer in sorted({r["layer"] for r in rows if r.get("layer") is not None}))
         out.append(
-            f"Steering sweep at layer {sweep.get('layer')} on the validation split: accuracy {min(values):.3f}-{max(values):.3f} over "
-            f"multipliers {rows[0]['multiplier']:g}..{rows[-1]['multiplier']:g}; "
+            f"Steering sweep on the validation split (layers {layers}; chosen: layer {sweep.get('layer')}): accuracy "
+            f"{min(values):.3f}-{max(values):.3f} over multipliers {multipliers}; "
             + (f"{len(degenerate)} of {len(rows)} cells degenerate." if degenerate else "no cell degenerate.")
         )
     rep = {row["condition"]: row for row in representation}
