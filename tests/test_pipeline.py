@@ -716,3 +716,11 @@ def test_the_sweep_finding_names_every_layer_and_multiplier_in_order():
     line = findings({}, {}, [], [], {"layer": 14, "rows": rows}, [], 0.05)[0]
     assert line == ("Steering sweep on the validation split (layers 9, 14; chosen: layer 14): accuracy 0.420-0.700 over "
                     "multipliers -8, 0, 4, 8; 2 of 7 cells degenerate.")
+
+
+def test_set_seeds_drops_the_files_seed_note():
+    from reptune.pipeline import builtin_config, load_config
+
+    assert "three seeds" in load_config(builtin_config("demo")).seed_note
+    assert load_config(builtin_config("demo"), {"seeds": "[0]"}).seed_note is None  # it would say "three seeds" for one
+    assert load_config(builtin_config("demo"), {"seeds": "[0]", "seed_note": "one seed: a smoke run"}).seed_note == "one seed: a smoke run"

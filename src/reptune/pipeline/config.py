@@ -699,6 +699,8 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         raise ReptuneError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     for key, value in (overrides or {}).items():
         apply_override(data, key, value)
+    if overrides and ("seeds" in overrides or any(key.startswith("variants") for key in overrides)) and "seed_note" not in overrides:
+        data.pop("seed_note", None)  # the file's note explains the file's seeds, not the ones --set gave
     return parse_config(data, str(path), list(overrides or {}))
 
 
