@@ -723,4 +723,4 @@ def test_set_seeds_drops_the_files_seed_note():
 
     assert "three seeds" in load_config(builtin_config("demo")).seed_note
     assert load_config(builtin_config("demo"), {"seeds": "[0]"}).seed_note is None  # it would say "three seeds" for one
-    assert load_config(builtin_config("demo"), {"seeds": "[0]", "seed_note": "one seed: a smoke run"}).seed_note == "one seed: a smoke run"
+    assert load_config(builtin_config("demo"), {"seeds": "[0]", "seed_note": "one seed, a smoke run"}).seed_note == "one seed, a smoke run"
