@@ -306,6 +306,9 @@ def test_interrupted_eval_resumes(model, tmp_path, monkeypatch):
     assert not out.exists()
     cache = out.with_name("res.json.partial") / "facts-ab.jsonl"
     assert len(cache.read_text().splitlines()) == 1 + 8
+    from reptune.evaluation.runner import cached_items, resume_cache
+
+    assert resume_cache(out) == cache.parent and cached_items(out) == 8  # what an interrupted `reptune eval` reports kept
     monkeypatch.setattr(type(task), "score", original)
     resumed = evaluate(model, "facts-ab", limit=12, batch_size=2, output=out)
     assert resumed["facts-ab"].resumed_items == 8

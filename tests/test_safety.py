@@ -256,8 +256,9 @@ def test_an_interrupted_eval_counts_what_it_kept(tmp_path):
     assert "no item had finished" in _eval_interrupted(output, True)
     partial = tmp_path / "r.json.partial"
     partial.mkdir()
-    (partial / "facts-ab.jsonl").write_text('{"id": 1}\n{"id": 2}\n', encoding="utf-8")
-    (partial / "tqa-ab.jsonl").write_text('{"id": 1}\n', encoding="utf-8")
+    # as the runner writes them: a fingerprint line, then one line per finished item (the last one cut here)
+    (partial / "facts-ab.jsonl").write_text('{"fingerprint": "f"}\n{"id": 1}\n{"id": 2}\n{"id": 3, "cut', encoding="utf-8")
+    (partial / "tqa-ab.jsonl").write_text('{"fingerprint": "g"}\n{"id": 1}\n', encoding="utf-8")
     assert _eval_interrupted(output, True) == f"3 finished item(s) are kept in {partial}/; run the same command to resume"
     assert _eval_interrupted(output, False).startswith("--no-resume: 3 finished item(s)")
 

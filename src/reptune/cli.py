@@ -990,7 +990,9 @@ def _check_eval_output(output: Path) -> None:
     """The results file, its figures and its resume cache can be written (before the model loads)."""
     if output.suffix != ".json":
         raise ReptuneError(f"--output must end in .json, got {output.name}")
-    partial = output.with_name(output.name + ".partial")
+    from reptune.evaluation.runner import resume_cache
+
+    partial = resume_cache(output)
     figures = [output.with_name(f"{output.stem}.{name}.png") for name in ("robustness", "projection")]
     _check_outputs(output, *figures)
     if partial.exists() and (not partial.is_dir() or any(p.suffix != ".jsonl" for p in partial.iterdir())):
@@ -1163,9 +1165,11 @@ def _quiet_libraries(debug: bool) -> Iterator[None]:
 
 def _eval_interrupted(output: Path, resume: bool) -> str:
     """What an interrupted ``eval`` kept: the items finished so far, in ``OUTPUT.partial/``."""
-    partial = output.with_name(output.name + ".partial")
+    from reptune.evaluation.runner import cached_items, resume_cache
+
+    partial = resume_cache(output)
     with contextlib.suppress(OSError):
-        kept = sum(len(path.read_text(encoding="utf-8").splitlines()) for path in partial.glob("*.jsonl")) if partial.is_dir() else 0
+        kept = cached_items(output)
         if not kept:
             return "no item had finished, so nothing was saved; run the command again"
         if resume:

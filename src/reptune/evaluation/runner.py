@@ -98,8 +98,28 @@ def _task_list(tasks: str | Sequence[str | Task]) -> list[Task]:
     return built
 
 
+def resume_cache(output: str | os.PathLike[str]) -> Path:
+    """The resume cache of a results file: ``res.json`` -> ``res.json.partial/`` (one JSONL per task)."""
+    output = Path(output)
+    return output.with_name(output.name + ".partial")
+
+
+def cached_items(output: str | os.PathLike[str]) -> int:
+    """How many finished items the resume cache of ``output`` holds (a fingerprint line heads each
+    task's file and does not count; a line cut by an interruption does not either)."""
+    count = 0
+    for path in resume_cache(output).glob("*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                break
+            count += 1
+    return count
+
+
 def _cache_file(output: Path, task: Task) -> Path:
-    return output.with_name(output.name + ".partial") / f"{safe_filename(task.full_name)}.jsonl"
+    return resume_cache(output) / f"{safe_filename(task.full_name)}.jsonl"
 
 
 def _read_cache(path: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
@@ -280,7 +300,7 @@ def evaluate(
     )
     if output_path is not None:
         evaluation.save(output_path)
-        shutil.rmtree(output_path.with_name(output_path.name + ".partial"), ignore_errors=True)
+        shutil.rmtree(resume_cache(output_path), ignore_errors=True)
     return evaluation
 
 
