@@ -523,18 +523,23 @@ def csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_gpu_config_dry_run_lists_what_each_term_trains(tmp_path, cli_run):
-    """`reptune run gpu-llama2-13b --plan` on a tiny 20-layer Llama stand-in: the paper's routing, per variant."""
+def _dry_run(cli_run, tmp_path, experiment: str, num_layers: int) -> dict:
+    """`reptune run EXPERIMENT --plan` on a tiny Llama stand-in with ``num_layers`` blocks: the printed plan."""
     import json
 
     from conftest import build_model
 
-    handle = build_model("llama", num_layers=20, chat=True)
+    handle = build_model("llama", num_layers=num_layers, chat=True)
     handle.model.save_pretrained(tmp_path / "m")
     handle.tokenizer.save_pretrained(tmp_path / "m")
-    result = cli_run("run", "gpu-llama2-13b", "--plan", "--set", f"model={tmp_path / 'm'}")
+    result = cli_run("run", experiment, "--plan", "--set", f"model={tmp_path / 'm'}")
     assert result.code == 0, result.err
-    plan = json.loads(result.out)
+    return json.loads(result.out)
+
+
+def test_gpu_config_dry_run_lists_what_each_term_trains(tmp_path, cli_run):
+    """`reptune run gpu-llama2-13b --plan` on a tiny 20-layer Llama stand-in: the paper's routing, per variant."""
+    plan = _dry_run(cli_run, tmp_path, "gpu-llama2-13b", 20)
     assert plan["layer"] == 15 and plan["items"] == "ab"
     honesty = plan["variants"]["honesty"]["terms"]
     assert honesty["representation"]["layers"] == "11-17"  # every trained layer, each with its own direction
@@ -546,16 +551,7 @@ def test_gpu_config_dry_run_lists_what_each_term_trains(tmp_path, cli_run):
 
 
 def test_dry_run_of_an_auto_layer_says_the_layer_stands_in(tmp_path, cli_run):
-    import json
-
-    from conftest import build_model
-
-    handle = build_model("llama", num_layers=8, chat=True)
-    handle.model.save_pretrained(tmp_path / "m")
-    handle.tokenizer.save_pretrained(tmp_path / "m")
-    result = cli_run("run", "demo", "--plan", "--set", f"model={tmp_path / 'm'}")
-    assert result.code == 0, result.err
-    plan = json.loads(result.out)
+    plan = _dry_run(cli_run, tmp_path, "demo", 8)
     assert plan["layer"] == 4 and "stands in" in plan["layer_note"] and "auto" in plan["layer_note"]
 
 
