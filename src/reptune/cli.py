@@ -310,12 +310,12 @@ def export_gguf_cmd(
     model_hint: Annotated[str, typer.Option("--model-hint", help="llama.cpp architecture name.")] = "llama",
 ) -> None:
     """Export a vector as a llama.cpp control vector (direction.L = reptune layer L)."""
-    from reptune.vectors import export_gguf, load_vector, read_gguf_control_vector
+    from reptune.vectors import control_vector_layers, export_gguf, load_vector
 
     loaded = load_vector(vector)
     _check_output(output)
     export_gguf(loaded, output, layers=layers, model_hint=model_hint)
-    err_console.print(f"wrote {output} (layers {sorted(read_gguf_control_vector(output))})")
+    err_console.print(f"wrote {output} (layers {control_vector_layers(loaded, layers)})")
 
 
 @app.command("export-model")
@@ -1029,7 +1029,8 @@ def _eval_title(model_id: str, steering: dict[str, Any] | None, multiplier: floa
     their own way, robustness and projection, are not steered by ``--multiplier``)."""
     if steering is None:
         return model_id
-    own = [task for task in tasks if task in set(steering.get("not_applied_to") or [])]
+    not_steered = set(steering.get("not_applied_to") or [])
+    own = [task for task in tasks if task in not_steered]
     steered = f" steered x{multiplier:g} at {layers}"
     if not own:
         return model_id + steered

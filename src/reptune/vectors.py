@@ -247,6 +247,21 @@ def load_vector(path: str | os.PathLike[str], handle: Any | None = None, *, allo
     return vector
 
 
+def control_vector_layers(vector: SteeringVector, layers: str | int | list[int] | None = None) -> list[int]:
+    """The layers :func:`export_gguf` writes: ``layers`` (a layer spec), or every layer the vector has
+    but layer 0, which has no llama.cpp slot.
+
+    Raises:
+        VectorError: ``layers`` names layer 0 or a layer the vector lacks, or nothing is left.
+    """
+    chosen = sorted(vector.select(layers)) if layers is not None else [layer for layer in sorted(vector.directions) if layer != 0]
+    if 0 in chosen:
+        raise VectorError("llama.cpp control vectors cannot hold layer 0; select layers >= 1 before exporting")
+    if not chosen:
+        raise VectorError("the vector has no layer >= 1 to export (llama.cpp control vectors cannot hold layer 0)")
+    return chosen
+
+
 def export_gguf(
     vector: SteeringVector, path: str | os.PathLike[str], *, layers: str | int | list[int] | None = None, model_hint: str = "llama",
 ) -> Path:
@@ -263,11 +278,7 @@ def export_gguf(
     import gguf
 
     path = Path(path)
-    chosen = vector.select(layers) if layers is not None else {k: v for k, v in vector.directions.items() if k != 0}
-    if 0 in chosen:
-        raise VectorError("llama.cpp control vectors cannot hold layer 0; select layers >= 1 before exporting")
-    if not chosen:
-        raise VectorError("the vector has no layer >= 1 to export (llama.cpp control vectors cannot hold layer 0)")
+    chosen = {layer: vector.directions[layer] for layer in control_vector_layers(vector, layers)}
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "controlvector")
         writer.add_string("controlvector.model_hint", model_hint)
