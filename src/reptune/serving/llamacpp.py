@@ -44,6 +44,7 @@ from typing import Any
 from reptune._io import atomic_path, loads_json
 from reptune._process import end_process
 from reptune.errors import ModelError, ReptuneError
+from reptune.tuned_blocks import TUNED_BLOCKS_FILE
 
 LLAMA_CPP_ENV = "REPTUNE_LLAMA_CPP"
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -133,7 +134,7 @@ def check_model_dir(path: str | os.PathLike[str], *, allow_pickle: bool = False,
     if not config_path.is_file():
         if (folder / "adapter_config.json").is_file():
             raise ModelError(f"{folder} is a LoRA adapter: export the merged model, the folder above it that `reptune tune` wrote")
-        if (folder / "tuned_blocks.safetensors").is_file():
+        if (folder / TUNED_BLOCKS_FILE).is_file():
             raise ModelError(f"{folder} holds only the trained blocks (tune --weights blocks): tune with --weights full for a "
                              "whole model to export, or load it in Python (load_model) and save_pretrained it")
         raise ModelError(f"{folder} holds no config.json: not a Hugging Face model directory")
