@@ -424,6 +424,8 @@ def paired_ratio_noninferiority(
 
 
 EXACT_FLIPS_UP_TO = 16
+_TIE = 1e-9  # relative to sum |d|: below it a difference is float noise, and observed sums within it are ties
+_FLIP_CHUNK = 1000  # Monte Carlo sign flips drawn per matrix product
 
 
 def sign_flip_test(differences: Sequence[float], *, n_resamples: int = 10000, seed: int = 0) -> float:
@@ -453,10 +455,6 @@ def sign_flip_test(differences: Sequence[float], *, n_resamples: int = 10000, se
     return (1 + hits) / (1 + n_resamples)
 
 
-_TIE = 1e-9  # relative to sum |d|: below it a difference is float noise, and observed sums within it are ties
-_FLIP_CHUNK = 1000
-
-
 def _nonzero(differences: Sequence[float]) -> np.ndarray | None:
     """The differences the sign-flip test counts (``[k]`` float64), ``None`` when one is not finite."""
     values = np.asarray(differences, dtype=np.float64).reshape(-1)
@@ -474,8 +472,9 @@ def powerless(min_p: float | None, alpha: float) -> bool:
 def sign_flip_min_p(differences: Sequence[float], *, n_resamples: int = 10000) -> float:
     """The smallest p :func:`sign_flip_test` can give on these differences, whatever their signs.
 
-    Only the ``k`` items the test counts (non-zero beyond float noise, as there) matter: exactly, every item the same way is reached by 2 of the
-    ``2^k`` sign assignments, so ``min(1, 2 / 2^k)``; by Monte Carlo (``k > 16``) ``1 / (1 + n_resamples)``.
+    Only the ``k`` items the test counts (non-zero beyond float noise, as there) matter: exactly,
+    every item the same way is reached by 2 of the ``2^k`` sign assignments, so
+    ``min(1, 2 / 2^k)``; by Monte Carlo (``k > 16``) ``1 / (1 + n_resamples)``.
     ``[1, 0, 0, 1]`` (two of four paired 0/1 items differ) can never go below p = 0.5. NaN when
     a difference is not finite (as the test).
     """
