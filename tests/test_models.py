@@ -151,3 +151,20 @@ def test_autocast_keeps_the_lm_head_in_fp32():
     assert not getattr(head, "_reptune_fp32_head", False)
     with torch.no_grad(), handle.autocast(), handle.autocast():  # nesting is harmless
         assert handle.model(input_ids=ids).logits.dtype == torch.float32
+
+
+def test_gguf_conversion_parses_each_file_once(monkeypatch):
+    """transformers reads a GGUF three times in one conversion; inside the block every repeat comes from memory, and the originals come back after."""
+    import gguf
+
+    from reptune.models import _gguf_parsed_once
+
+    made = []
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path: made.append(path) or object())
+    monkeypatch.setattr(gguf, "get_tensor_name_map", lambda arch, n: (arch, n, object()))
+    original = gguf.GGUFReader
+    with _gguf_parsed_once():
+        first, second, other = gguf.GGUFReader("a.gguf"), gguf.GGUFReader("a.gguf"), gguf.GGUFReader("b.gguf")
+        assert gguf.get_tensor_name_map("llama", 30) is gguf.get_tensor_name_map("llama", 30)
+    assert first is second and other is not first and made == ["a.gguf", "b.gguf"]
+    assert gguf.GGUFReader is original

@@ -298,6 +298,42 @@ def local_files_fingerprint(name_or_path: str | None) -> str | None:
     return hashlib.sha256(json.dumps(stats).encode("utf-8")).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within the block, ``gguf.GGUFReader`` and ``gguf.get_tensor_name_map`` answer repeated
+    calls with the same arguments from memory.
+
+    transformers imports both from ``gguf`` inside its loaders, at call time. One conversion reads
+    the file three times (tokenizer, config, weights: 7-8 s each on a 2-core AVX2 CPU, most of it
+    the 49k-token vocabulary) and builds the tensor-name map once per module (397 times, 10 s);
+    the readers are read-only memory maps and the maps lookup tables, so one of each serves all.
+    """
+    try:
+        import gguf
+    except ImportError:  # transformers reports the missing package itself
+        yield
+        return
+    originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map") if hasattr(gguf, name)}
+    memo: dict[tuple[str, tuple[Any, ...]], Any] = {}
+
+    def remembered(name: str) -> Any:
+        def call(*args: Any) -> Any:
+            key = (name, tuple(str(arg) for arg in args))
+            if key not in memo:
+                memo[key] = originals[name](*args)
+            return memo[key]
+
+        return call
+
+    for name in originals:
+        setattr(gguf, name, remembered(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(gguf, name, original)
+
+
 def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
     """Convert a GGUF file once into a plain safetensors model directory in the cache.
 
@@ -321,8 +357,9 @@ def convert_gguf(gguf_path: str | os.PathLike[str]) -> Path:
         return target
     logger.info("converting %s to safetensors in %s (once)", gguf_path.name, target)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        quantised = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        with _gguf_parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            quantised = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     except Exception as exc:  # transformers raises many types for unsupported GGUFs
         raise ModelError(f"cannot read GGUF {gguf_path.name}: {exc}".splitlines()[0]) from exc
     config = quantised.config
