@@ -136,23 +136,50 @@ def test_twin_items_put_both_twins_in_one_batch_with_the_statement_as_completion
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma", "gpt_neox", "phi"])
 @pytest.mark.parametrize("batch_size", [2, 3])
-def test_twin_scoring_with_shared_tokens_equals_scoring_whole_rows(arch, batch_size):
+@pytest.mark.parametrize("packed", [True, False])
+def test_twin_scoring_with_shared_tokens_equals_scoring_whole_rows(monkeypatch, arch, batch_size, packed):
     """Each pair's common tokens run once; the log-probs equal the plain row scorer's (also where
-    the twins differ only in their last token, so the tails need no forward)."""
+    the twins differ only in their last token, so the tails need no forward), packed into one row
+    without padding or in padded batches."""
     from reptune.data.pairs import render_chat
+    from reptune.evaluation import twin_scoring
     from reptune.evaluation.twin_scoring import twin_logprobs
 
     handle = build_model(arch, chat=True)
+    assert twin_scoring.packing_exact(handle)  # every architecture here passes the check
+    ran = []
+    for name in ("_score_batch", "_score_batch_packed"):
+        real = getattr(twin_scoring, name)
+        monkeypatch.setattr(twin_scoring, name, lambda *a, _real=real, _name=name: ran.append(_name) or _real(*a))
+    if not packed:
+        monkeypatch.setenv(twin_scoring.NO_PACKING_ENV, "1")
     twins = [("The sky is blue.", "The sky is green."), ("Water boils at 100 degrees.", "Water boils at 50 degrees."),
              ("Cats are mammals.", "Dogs are mammals."), ("Paris is the capital of France.", "Paris is the capital of the world today."),
              ("Two and two make 4", "Two and two make 5"), ("The count is 7", "The count is 9")]
     prompt = render_chat(handle.tokenizer, "Make a statement.")
     fast = twin_logprobs(handle, prompt, twins, batch_size=batch_size)  # padding in both stages; a batch of one-token tails
+    assert set(ran) == {"_score_batch_packed" if packed else "_score_batch"}
     whole = continuation_logprobs(handle, [(prompt, text) for twin in twins for text in twin], share_prefix=False)
     for index, pair in enumerate(fast):
         for side, score in enumerate(pair):
             assert score.logprob == pytest.approx(whole[2 * index + side].logprob, abs=1e-4)
             assert score.n_tokens == whole[2 * index + side].n_tokens and score.greedy == whole[2 * index + side].greedy
+
+
+def test_twin_scoring_packs_only_where_the_check_passes(monkeypatch):
+    """A model class whose packed forward disagrees with the padded one (here: forced) is scored padded."""
+    from reptune.data.pairs import render_chat
+    from reptune.evaluation import twin_scoring
+
+    handle = build_model("llama", chat=True)
+    monkeypatch.setattr(twin_scoring, "_PACKING_EXACT", {})
+    real = twin_scoring._score_batch_packed
+    monkeypatch.setattr(twin_scoring, "_score_batch_packed", lambda *a: {i: type(s)(s.logprob + 1.0, s.n_tokens, s.greedy) for i, s in real(*a).items()})
+    assert not twin_scoring.packing_exact(handle)
+    prompt = render_chat(handle.tokenizer, "Make a statement.")
+    (true, false), = twin_scoring.twin_logprobs(handle, prompt, [("The sky is blue.", "The sky is green.")])
+    whole = continuation_logprobs(handle, [(prompt, "The sky is blue."), (prompt, "The sky is green.")], share_prefix=False)
+    assert true.logprob == pytest.approx(whole[0].logprob, abs=1e-4) and false.logprob == pytest.approx(whole[1].logprob, abs=1e-4)
 
 
 def test_twin_token_loss_with_kept_logits_equals_full_logits(monkeypatch):
@@ -210,10 +237,95 @@ def test_twin_training_forward_with_shared_prompt_equals_whole_rows(monkeypatch,
     monkeypatch.setattr("reptune.tuning.trainer.split_forward", lambda *a: calls.append(a[2]) or real_split(*a))
     split_terms, split_grads = _tuner_terms_and_grads(handle, preset, items, vector, rep_positions)
     assert calls and min(calls) >= 8  # the chat prompt was shared
+    split_calls = len(calls)
     monkeypatch.setenv(prefix_cache.NO_PREFIX_ENV, "1")
     whole_terms, whole_grads = _tuner_terms_and_grads(handle, preset, items, vector, rep_positions)
-    assert len(calls) == 1  # REPTUNE_NO_PREFIX_CACHE=1: every row ran whole
+    assert len(calls) == split_calls  # REPTUNE_NO_PREFIX_CACHE=1: every row ran whole
     for key, value in whole_terms.items():
         assert split_terms[key] == pytest.approx(value, abs=1e-5), key
     for name, grad in whole_grads.items():
         torch.testing.assert_close(split_grads[name], grad, atol=1e-5, rtol=1e-4)
+
+
+def _twin_handle_items_vector(arch: str):
+    from reptune.vectors import SteeringVector, VectorMeta
+
+    handle = build_model(arch, chat=True)
+    statements = [
+        Statement("The sky is blue.", 1, pair="a"),
+        Statement("The sky is red today and every other day.", 0, pair="a"),
+        Statement("Cats purr.", 1, pair="b"),
+        Statement("Cats bark at the moon.", 0, pair="b"),
+    ]
+    items = twin_items(statements, handle.tokenizer)
+    gen = torch.Generator().manual_seed(0)
+    meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers)
+    vector = SteeringVector({layer: torch.randn(handle.hidden_size, generator=gen) for layer in range(handle.num_layers)}, meta)
+    return handle, items, vector
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma"])
+@pytest.mark.parametrize(("preset", "rep_positions"), [("truth", "last"), ("honesty", "all")])
+def test_packed_suffixes_train_as_padded_rows(monkeypatch, arch, preset, rep_positions):
+    """Suffixes packed into one row (no padding) give every loss term and gradient of the padded split forward."""
+    from reptune import prefix_cache
+
+    handle, items, vector = _twin_handle_items_vector(arch)
+    modes = []
+    real_split = prefix_cache.split_forward
+    monkeypatch.setattr("reptune.tuning.trainer.split_forward", lambda *a: modes.append(a[5]) or real_split(*a))
+    packed_terms, packed_grads = _tuner_terms_and_grads(handle, preset, items, vector, rep_positions)
+    assert modes[-1] is True  # the check passed and the training forward ran packed
+    monkeypatch.setattr("reptune.tuning.trainer.packing_possible", lambda *a: False)
+    modes.clear()
+    padded_terms, padded_grads = _tuner_terms_and_grads(handle, preset, items, vector, rep_positions)
+    assert modes == [False]
+    for key, value in padded_terms.items():
+        assert packed_terms[key] == pytest.approx(value, abs=1e-5), key
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_suffix_inputs_lay_rows_end_to_end():
+    """Each row's real suffix tokens follow the previous row's; the mask lets a token see the prefix and its own row's earlier tokens."""
+    from reptune.prefix_cache import packed_suffix_inputs
+
+    handle = build_model("llama")
+    ids = torch.tensor([[5, 6, 7, 8, 0], [5, 6, 9, 0, 0], [5, 6, 1, 2, 3]])
+    mask = (torch.arange(5) < torch.tensor([[4], [3], [5]])).long()
+    positions = torch.arange(5).expand(3, -1)
+    kwargs, index = packed_suffix_inputs(handle.model, {"input_ids": ids, "attention_mask": mask, "position_ids": positions}, 2, cache=None)
+    assert kwargs["input_ids"].tolist() == [[7, 8, 9, 1, 2, 3]]
+    assert kwargs["position_ids"].tolist() == [[2, 3, 2, 2, 3, 4]]
+    assert index.tolist() == [[0, 1, 0], [2, 0, 0], [3, 4, 5]]
+    allowed = kwargs["attention_mask"]
+    if allowed.dtype != torch.bool:  # eager: additive
+        allowed = allowed == 0
+    assert allowed.shape == (1, 1, 6, 8)
+    assert allowed[0, 0, :, :2].all()  # the shared prefix
+    assert allowed[0, 0, 4, 2:].tolist() == [False, False, False, True, True, False]  # row 3's second token: rows 1-2 hidden
+
+
+def test_training_falls_back_to_padding_when_packing_disagrees(monkeypatch):
+    """A model whose packed forward differs (here: forced) trains padded, with the same losses."""
+    handle, items, vector = _twin_handle_items_vector("llama")
+    monkeypatch.setattr("reptune.tuning.trainer._same_forward", lambda *a: False)
+    from reptune.tuning.trainer import Tuner
+
+    tuner = Tuner(handle, TuneConfig.from_preset("truth", layers="1-2", steps=1, **FAST), items, vector)
+    batch = tuner._tokenize(items)
+    tuner.losses(batch, None)
+    assert tuner.packing is False
+
+
+def test_packing_refuses_flash_attention_and_short_sliding_windows():
+    from reptune.prefix_cache import packing_possible
+
+    handle = build_model("llama")
+    assert packing_possible(handle.model, 64)
+    handle.model.config.sliding_window = 32
+    assert not packing_possible(handle.model, 64)
+    assert packing_possible(handle.model, 32)
+    handle.model.config.sliding_window = None
+    handle.model.config._attn_implementation = "flash_attention_2"
+    assert not packing_possible(handle.model, 64)

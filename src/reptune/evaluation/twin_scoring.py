@@ -22,6 +22,7 @@ a test pins. Where the model's cache or hooks do not allow it (see
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,7 +31,11 @@ import torch
 from reptune.block_replay import frozen_blocks
 from reptune.evaluation.scoring import RowScore, continuation_rows, prefix_sharing_allowed, token_row_logprobs
 from reptune.models import ModelHandle
+from reptune.prefix_cache import freeze_prefix_cache, packing_possible
 from reptune.tokens import cache_argument, forward_keeping_logits, output_cache
+
+NO_PACKING_ENV = "REPTUNE_NO_PACKING"
+"""Set to ``1`` to score twins in padded batches (debugging; results agree up to float rounding)."""
 
 
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
@@ -123,6 +128,64 @@ def _score_batch(handle: ModelHandle, rows: list[tuple[list[int], int]], pairs: 
     return {index: RowScore(totals[index], rows[index][1], greedy[index]) for pair in pairs for index in pair}
 
 
+def _pack_pairs(rows: list[tuple[list[int], int]], pairs: list[tuple[int, int]], g: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[tuple[int, int], int]]:
+    """The pairs of a batch as one row without padding: per pair its common tokens, then the true
+    and the false tail (each without its last token).
+
+    Returns:
+        ``(ids [1, L], positions [1, L], allowed [L, L], where)``: ``allowed[q, k]`` says token
+        ``q`` may attend to token ``k`` (its own pair's common tokens up to itself, then its own
+        tail); ``where[(row, at)]`` is the packed index of row ``row``'s absolute position ``at``.
+    """
+    ids: list[int] = []
+    positions: list[int] = []
+    owner: list[tuple[int, int]] = []  # (pair, segment: 0 common, 1 true tail, 2 false tail)
+    where: dict[tuple[int, int], int] = {}
+    for k, (t, f) in enumerate(pairs):
+        c = _common(rows[t][0], rows[f][0])
+        for at in range(g, c):
+            where[(t, at)] = where[(f, at)] = len(ids)
+            ids.append(rows[t][0][at]), positions.append(at), owner.append((k, 0))
+        for segment, row in ((1, t), (2, f)):
+            for at in range(c, len(rows[row][0]) - 1):
+                where[(row, at)] = len(ids)
+                ids.append(rows[row][0][at]), positions.append(at), owner.append((k, segment))
+    pair = torch.tensor([o[0] for o in owner], device=device)
+    segment = torch.tensor([o[1] for o in owner], device=device)
+    order = torch.arange(len(ids), device=device)
+    allowed = (pair[:, None] == pair[None, :]) & (order[:, None] >= order[None, :]) & ((segment[None, :] == 0) | (segment[:, None] == segment[None, :]))
+    as_row = torch.tensor([ids], dtype=torch.long, device=device), torch.tensor([positions], dtype=torch.long, device=device)
+    return as_row[0], as_row[1], allowed, where
+
+
+def _score_batch_packed(handle: ModelHandle, rows: list[tuple[list[int], int]], pairs: list[tuple[int, int]], prefix: list[int],
+                        prompt_cache: Any) -> dict[int, RowScore]:
+    """:func:`_score_batch` with the batch packed into one row (:func:`_pack_pairs`): no padding,
+    and the LM head runs only where a scored token is predicted. ``prompt_cache`` is read-only
+    (:func:`reptune.prefix_cache.freeze_prefix_cache`)."""
+    g = len(prefix)
+    ids, positions, allowed, where = _pack_pairs(rows, pairs, g, handle.device)
+    mask = torch.cat([allowed.new_ones(allowed.shape[0], g), allowed], dim=1)[None, None]
+    if handle.model.config._attn_implementation == "eager":  # eager adds the mask to its scores
+        dtype = next(handle.model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    targets = [(row, pos - 1, rows[row][0][pos]) for pair in pairs for row in pair for pos in range(len(rows[row][0]) - rows[row][1], len(rows[row][0]))]
+    keep = sorted({where[(row, at)] for row, at, _ in targets})
+    column = {packed: j for j, packed in enumerate(keep)}
+    kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, cache_argument(handle.model): prompt_cache, "use_cache": True}
+    with handle.autocast():
+        out, kept = forward_keeping_logits(handle.model, kwargs, torch.tensor(keep, device=handle.device))
+    logits = out.logits if kept else out.logits[:, keep]
+    logprobs, hits = _picked(logits, [(0, column[where[(row, at)]], token) for row, at, token in targets])
+    totals: dict[int, float] = {}
+    greedy: dict[int, bool] = {}
+    for (row, _at, _token), logprob, hit in zip(targets, logprobs, hits):
+        totals[row] = totals.get(row, 0.0) + logprob  # in token order, as one row's sum
+        greedy[row] = greedy.get(row, True) and hit
+    return {index: RowScore(totals[index], rows[index][1], greedy[index]) for pair in pairs for index in pair}
+
+
 def _scored_positions(rows: list[tuple[list[int], int]], pairs: list[tuple[int, int]], commons: list[int], g: int
                       ) -> tuple[tuple[list[tuple[int, int, int]], ...], tuple[list[int], ...]]:
     """Where each scored token is predicted: ``(picks, owners)``, each a pair (stage a, tail stage);
@@ -166,11 +229,47 @@ def twin_logprobs(
         return max(len(rows[2 * i][0]), len(rows[2 * i + 1][0])) - common, common
 
     order = sorted(range(len(twins)), key=shape)
-    with frozen_blocks(handle, {"prompt": prompt, "twins": [list(twin) for twin in twins], "batch_size": batch_size}):
+    packed = packing_exact(handle)
+    call = {"prompt": prompt, "twins": [list(twin) for twin in twins], "batch_size": batch_size} | ({"layout": "packed"} if packed else {})
+    with frozen_blocks(handle, call):
         prompt_cache = _prompt_cache(handle, prefix)  # once per call: every batch starts from a copy
+        frozen = freeze_prefix_cache(prompt_cache, len(prefix)) if packed else None
         for start in range(0, len(order), batch_size):
             batch = [(2 * i, 2 * i + 1) for i in order[start : start + batch_size]]
-            results.update(_score_batch(handle, rows, batch, prefix, prompt_cache))
+            if frozen is not None:
+                results.update(_score_batch_packed(handle, rows, batch, prefix, frozen))
+            else:
+                results.update(_score_batch(handle, rows, batch, prefix, prompt_cache))
             if advance:
                 advance(len(batch))
     return [(results[2 * i], results[2 * i + 1]) for i in range(len(twins))]
+
+
+_PACKING_EXACT: dict[tuple[type, str], bool] = {}
+
+
+def packing_exact(handle: ModelHandle) -> bool:
+    """Whether twins may be scored packed on this model: an attention implementation that takes a
+    custom mask (:func:`reptune.prefix_cache.packing_possible`), and, checked once per model class
+    and implementation on two short pairs, the same log-probs as the padded batches (a model that
+    builds positions or biases from the 2D mask, ALiBi say, would not give them)."""
+    model = handle.model
+    if os.environ.get(NO_PACKING_ENV, "").strip() not in {"", "0"} or not packing_possible(model, 64):
+        return False
+    key = (type(model), str(model.config._attn_implementation))
+    if key not in _PACKING_EXACT:
+        rows = [([1, 2, 3, 4, 5, 6], 3), ([1, 2, 3, 4, 7, 8, 9], 4), ([1, 2, 3, 5, 6], 2), ([1, 2, 3, 6, 5, 4, 3], 4)]
+        rows = [([token % handle.model.config.vocab_size for token in tokens], n) for tokens, n in rows]
+        pairs = [(0, 1), (2, 3)]
+        prefix = rows[0][0][:2]
+        exact = False
+        with torch.inference_mode():
+            cache = _prompt_cache(handle, prefix)
+            frozen = freeze_prefix_cache(cache, len(prefix))
+            if frozen is not None:
+                padded = _score_batch(handle, rows, pairs, prefix, cache)
+                packed = _score_batch_packed(handle, rows, pairs, prefix, frozen)
+                tolerance = 1e-3 if handle.autocast_dtype is None else 0.1
+                exact = all(abs(padded[i].logprob - packed[i].logprob) <= tolerance for i in padded)
+        _PACKING_EXACT[key] = exact
+    return _PACKING_EXACT[key]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -34,7 +35,7 @@ from reptune.data.pairs import Example
 from reptune.errors import DataError, ReptuneError, VectorError
 from reptune.hooks import forward_until
 from reptune.models import ModelHandle, _autocast_with_fp32_head
-from reptune.prefix_cache import prefix_sharing_allowed, right_padded_prefix_length, split_forward
+from reptune.prefix_cache import packing_possible, prefix_sharing_allowed, right_padded_prefix_length, split_forward
 from reptune.sites import Positions, parse_layers
 from reptune.tokens import forward_keeping_logits
 from reptune.tuned_blocks import TUNED_BLOCKS_FILE, WEIGHT_FORMATS, block_tensors, save_tuned_blocks
@@ -58,6 +59,8 @@ from reptune.tuning.losses import (
     topk_reference,
 )
 from reptune.vectors import SteeringVector
+
+logger = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "tok", "rep", "retain", "cos")
 
@@ -186,6 +189,24 @@ def single_position_mask(prompt: torch.Tensor, offset: int) -> torch.Tensor:
     return mask
 
 
+PACKING_TOLERANCE = 1e-3
+"""Largest gap (nats; hidden-state units) :func:`_same_forward` allows between a packed and a padded forward."""
+
+
+def _same_forward(padded: tuple[torch.Tensor, dict[int, torch.Tensor]], packed: tuple[torch.Tensor, dict[int, torch.Tensor]],
+                  inputs: dict[str, torch.Tensor], keep: int) -> bool:
+    """Whether two split forwards of one batch agree on every real position: log-softmax of the
+    kept logits within :data:`PACKING_TOLERANCE` (fp32) or 0.1 (a 16-bit autocast), and each
+    captured hidden state within the same gap relative to its scale."""
+    real = inputs["attention_mask"].bool()
+    tolerance = PACKING_TOLERANCE if padded[0].dtype == torch.float32 else 0.1
+    gaps = [(torch.log_softmax(padded[0].float(), -1) - torch.log_softmax(packed[0].float(), -1))[real[:, -keep:]].abs().max()]
+    for layer, hidden in padded[1].items():
+        scale = hidden[real].float().abs().max().clamp_min(1.0)
+        gaps.append((hidden.float() - packed[1][layer].float())[real].abs().max() / scale)
+    return bool(max(float(gap) for gap in gaps) <= tolerance)
+
+
 def check_vector_position(vector: SteeringVector, rep_positions: str) -> None:
     """Refuse a per-position direction used at another position (and ``pos:K`` without its own).
 
@@ -298,6 +319,7 @@ class Tuner:
         self.batches = BalancedBatches(self.train_items, config.batch_size, config.seed)
         self.peft_model = None
         self.prefix_unsupported = False
+        self.packing: bool | None = None  # suffixes packed without padding; None until checked on a batch
         self._setup_trainable()
         self.retain_batches: list[_Batch] = []
         self.retain_real: list[bool] = []  # per retain batch: False where this process holds a stand-in row
@@ -449,8 +471,9 @@ class Tuner:
         # twins and chat items share their prompt's tokens: run them once (see reptune.prefix_cache)
         prefix = right_padded_prefix_length(batch.input_ids, batch.attention_mask, keep) if keep and self._share_prefix() else 0
         if prefix:
+            packed = self._pack(inputs, prefix, keep, capture)
             with self._autocast(), capture_layers(self.handle, capture) as captured:
-                split = split_forward(self.handle.model, inputs, prefix, keep, captured)
+                split = split_forward(self.handle.model, inputs, prefix, keep, captured, packed)
             if split is not None:
                 return split
             self.prefix_unsupported = True
@@ -463,6 +486,27 @@ class Tuner:
                     logits = logits[:, -keep:]
             hidden = dict(captured)
         return logits, hidden
+
+    def _pack(self, inputs: dict[str, torch.Tensor], prefix: int, keep: int, capture: Sequence[int]) -> bool:
+        """Whether this split forward runs its suffixes packed (:func:`reptune.prefix_cache.packed_suffix_inputs`).
+
+        The first time, the batch runs both ways without gradients and packing is kept only if
+        they agree: a model whose positions or attention ignore the custom mask (ALiBi from the
+        2D mask, say) trains padded, as before.
+        """
+        if self.ranks.fsdp or not packing_possible(self.handle.model, inputs["input_ids"].shape[1]):
+            return False
+        if self.packing is None:
+            with torch.no_grad(), self._autocast():
+                runs = []
+                for packed in (False, True):
+                    with capture_layers(self.handle, capture) as captured:
+                        runs.append(split_forward(self.handle.model, inputs, prefix, keep, captured, packed))
+            padded, packed_run = runs
+            self.packing = padded is not None and packed_run is not None and _same_forward(padded, packed_run, inputs, keep)
+            if not self.packing:
+                logger.info("packed suffixes differ from padded ones on this model; training with padding")
+        return self.packing
 
     def _share_prefix(self) -> bool:
         """Whether a forward may split off the rows' shared prefix: no foreign hook on the model,
