@@ -121,6 +121,46 @@ def process_busy(run_dir: Path, wall: float, main_pid: int | None = None) -> lis
     return rows
 
 
+def _first_pid(run_dir: Path) -> int | None:
+    """The process that ran the run's first stage: its main process."""
+    import json
+
+    records = [json.loads(path.read_text(encoding="utf-8")) for path in (run_dir / "stages").glob("*/stage.json")]
+    started = [(float(r["started_at"]), int(r["pid"])) for r in records if "pid" in r and "started_at" in r]
+    return min(started)[1] if started else None
+
+
+def record_finished_run(args: argparse.Namespace) -> int:
+    """Write the record of a run that finished elsewhere (its ``results.json`` and stage files)."""
+    import json
+
+    from reptune._io import write_json_atomic
+
+    results = json.loads((args.from_run / "results.json").read_text(encoding="utf-8"))
+    timings = results.get("timings", {})
+    stages = timings.get("stages", {})
+    stage_wall = float(timings.get("total_s") or sum(stages.values()))
+    wall = args.wall_s if args.wall_s is not None else stage_wall
+    by_kind: dict[str, float] = defaultdict(float)
+    for name, seconds in stages.items():
+        by_kind[stage_kind(name)] += seconds
+    precision = results.get("model", {}).get("precision", "auto")
+    record = {
+        "benchmark": "demo", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
+        "matmul_ms": matmul_ms(), "requested_precision": "auto", "precision": precision, "from_run": str(args.from_run),
+        "seeds": results.get("seeds"), "total_s": round(wall, 1), "total_min": round(wall / 60, 2),
+        "install_s": args.install_s, "run_s": round(stage_wall, 1),
+        "by_kind_s": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "studies_s": study_seconds(stages), "workers": timings.get("workers", 1),
+        "processes": process_busy(args.from_run, stage_wall, _first_pid(args.from_run)),
+        "stages_s": {k: round(v, 2) for k, v in stages.items()},
+    }
+    out = args.out or ROOT / "benchmarks" / "results" / f"demo-{precision}-from-run.json"
+    write_json_atomic(out, record)
+    print(f"demo (recorded from {args.from_run}): {wall / 60:.1f} min in all ({precision}, {record['machine']['cpu_capability']}) -> {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
@@ -129,7 +169,13 @@ def main() -> int:
     parser.add_argument("--no-studies", action="store_true", help="every study off, as `reptune demo --no-studies` (written to demo-<precision>[-avx2]-no-studies.json)")
     parser.add_argument("--keep", type=Path, default=None, help="run folder to keep (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--from-run", type=Path, default=None, metavar="DIR",
+                        help="record a finished run instead of running one (e.g. a fresh clone's `bash scripts/demo.sh`: runs/demo)")
+    parser.add_argument("--wall-s", type=float, default=None, help="with --from-run: the command's wall time in seconds, install included")
+    parser.add_argument("--install-s", type=float, default=None, help="with --from-run: of that, the seconds scripts/bootstrap.sh took")
     args = parser.parse_args()
+    if args.from_run is not None:
+        return record_finished_run(args)
     if args.emulate_avx2 and not machine_info()["emulated_avx2"]:
         env = {**os.environ, **AVX2_ENV}
         return subprocess.call([sys.executable, __file__, *sys.argv[1:]], env=env)

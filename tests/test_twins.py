@@ -141,6 +141,7 @@ def test_twin_scoring_with_shared_tokens_equals_scoring_whole_rows(monkeypatch, 
     """Each pair's common tokens run once; the log-probs equal the plain row scorer's (also where
     the twins differ only in their last token, so the tails need no forward), packed into one row
     without padding or in padded batches."""
+    from reptune import prefix_cache
     from reptune.data.pairs import render_chat
     from reptune.evaluation import twin_scoring
     from reptune.evaluation.twin_scoring import twin_logprobs
@@ -152,7 +153,7 @@ def test_twin_scoring_with_shared_tokens_equals_scoring_whole_rows(monkeypatch, 
         real = getattr(twin_scoring, name)
         monkeypatch.setattr(twin_scoring, name, lambda *a, _real=real, _name=name: ran.append(_name) or _real(*a))
     if not packed:
-        monkeypatch.setenv(twin_scoring.NO_PACKING_ENV, "1")
+        monkeypatch.setenv(prefix_cache.NO_PACKING_ENV, "1")
     twins = [("The sky is blue.", "The sky is green."), ("Water boils at 100 degrees.", "Water boils at 50 degrees."),
              ("Cats are mammals.", "Dogs are mammals."), ("Paris is the capital of France.", "Paris is the capital of the world today."),
              ("Two and two make 4", "Two and two make 5"), ("The count is 7", "The count is 9")]
@@ -329,3 +330,16 @@ def test_packing_refuses_flash_attention_and_short_sliding_windows():
     handle.model.config.sliding_window = None
     handle.model.config._attn_implementation = "flash_attention_2"
     assert not packing_possible(handle.model, 64)
+
+
+def test_no_packing_env_trains_padded(monkeypatch):
+    """REPTUNE_NO_PACKING=1 keeps training padded (no check, no packed forward)."""
+    from reptune import prefix_cache
+
+    handle, items, vector = _twin_handle_items_vector("llama")
+    modes = []
+    real_split = prefix_cache.split_forward
+    monkeypatch.setattr("reptune.tuning.trainer.split_forward", lambda *a: modes.append(a[5]) or real_split(*a))
+    monkeypatch.setenv(prefix_cache.NO_PACKING_ENV, "1")
+    _tuner_terms_and_grads(handle, "truth", items, vector, "last")
+    assert modes == [False]

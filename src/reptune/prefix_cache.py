@@ -265,12 +265,16 @@ def split_forward(
 
 PACKABLE_ATTENTION = ("sdpa", "eager")
 """Attention implementations that take a custom 4D mask, which packing needs."""
+NO_PACKING_ENV = "REPTUNE_NO_PACKING"
+"""Set to ``1`` to run every batch padded (debugging; packed results agree up to float rounding)."""
 
 
 def packing_possible(model: torch.nn.Module, width: int) -> bool:
     """Whether a batch ``width`` tokens wide may run packed: an attention implementation in
-    :data:`PACKABLE_ATTENTION`, and no sliding window the rows could exceed (a custom mask
-    replaces the model's own, window included)."""
+    :data:`PACKABLE_ATTENTION`, no sliding window the rows could exceed (a custom mask
+    replaces the model's own, window included), and ``REPTUNE_NO_PACKING`` unset (or ``0``)."""
+    if os.environ.get(NO_PACKING_ENV, "").strip() not in {"", "0"}:
+        return False
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) not in PACKABLE_ATTENTION:
         return False

@@ -22,7 +22,6 @@ a test pins. Where the model's cache or hooks do not allow it (see
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,9 +32,6 @@ from reptune.evaluation.scoring import RowScore, continuation_rows, prefix_shari
 from reptune.models import ModelHandle
 from reptune.prefix_cache import freeze_prefix_cache, packing_possible
 from reptune.tokens import cache_argument, forward_keeping_logits, output_cache
-
-NO_PACKING_ENV = "REPTUNE_NO_PACKING"
-"""Set to ``1`` to score twins in padded batches (debugging; results agree up to float rounding)."""
 
 
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
@@ -254,7 +250,7 @@ def packing_exact(handle: ModelHandle) -> bool:
     and implementation on two short pairs, the same log-probs as the padded batches (a model that
     builds positions or biases from the 2D mask, ALiBi say, would not give them)."""
     model = handle.model
-    if os.environ.get(NO_PACKING_ENV, "").strip() not in {"", "0"} or not packing_possible(model, 64):
+    if not packing_possible(model, 64):
         return False
     key = (type(model), str(model.config._attn_implementation))
     if key not in _PACKING_EXACT:
