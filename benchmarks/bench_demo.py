@@ -84,6 +84,14 @@ def stage_kind(name: str) -> str:
     return name.split(":", 1)[0]
 
 
+def kind_seconds(stages: dict[str, float]) -> dict[str, float]:
+    """Stage seconds summed per kind (:func:`stage_kind`), largest first, to 0.1 s."""
+    by_kind: dict[str, float] = defaultdict(float)
+    for name, seconds in stages.items():
+        by_kind[stage_kind(name)] += seconds
+    return {kind: round(seconds, 1) for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1])}
+
+
 def study_of(name: str) -> str | None:
     """The study a stage belongs to (``None``: the paper's study, counter-steering included)."""
     if name.startswith(("se-", "train:se-", "eval:se-")):
@@ -141,16 +149,14 @@ def record_finished_run(args: argparse.Namespace) -> int:
     stages = timings.get("stages", {})
     stage_wall = float(timings.get("total_s") or sum(stages.values()))
     wall = args.wall_s if args.wall_s is not None else stage_wall
-    by_kind: dict[str, float] = defaultdict(float)
-    for name, seconds in stages.items():
-        by_kind[stage_kind(name)] += seconds
+    by_kind = kind_seconds(stages)
     precision = results.get("model", {}).get("precision", "auto")
     record = {
         "benchmark": "demo", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
         "matmul_ms": matmul_ms(), "requested_precision": "auto", "precision": precision, "from_run": str(args.from_run),
         "seeds": results.get("seeds"), "total_s": round(wall, 1), "total_min": round(wall / 60, 2),
         "install_s": args.install_s, "run_s": round(stage_wall, 1),
-        "by_kind_s": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "by_kind_s": by_kind,
         "studies_s": study_seconds(stages), "workers": timings.get("workers", 1),
         "processes": process_busy(args.from_run, stage_wall, _first_pid(args.from_run)),
         "stages_s": {k: round(v, 2) for k, v in stages.items()},
@@ -175,7 +181,11 @@ def main() -> int:
     parser.add_argument("--install-s", type=float, default=None, help="with --from-run: of that, the seconds scripts/bootstrap.sh took")
     args = parser.parse_args()
     if args.from_run is not None:
+        if not (args.from_run / "results.json").is_file():
+            parser.error(f"--from-run {args.from_run}: no results.json there (the run folder of a finished run, e.g. runs/demo)")
         return record_finished_run(args)
+    if args.wall_s is not None or args.install_s is not None:
+        parser.error("--wall-s and --install-s go with --from-run")
     if args.emulate_avx2 and not machine_info()["emulated_avx2"]:
         env = {**os.environ, **AVX2_ENV}
         return subprocess.call([sys.executable, __file__, *sys.argv[1:]], env=env)
@@ -195,9 +205,7 @@ def main() -> int:
         wall = time.perf_counter() - started
         processes = process_busy(run_dir, wall)
     stages = run.results.get("timings", {}).get("stages", {})
-    by_kind: dict[str, float] = defaultdict(float)
-    for name, seconds in stages.items():
-        by_kind[stage_kind(name)] += seconds
+    by_kind = kind_seconds(stages)
     precision = run.results.get("model", {}).get("precision", args.precision)
     tag = f"demo-{precision}" + ("-avx2" if args.emulate_avx2 else "") + ("-no-studies" if args.no_studies else "")
     out = args.out or ROOT / "benchmarks" / "results" / f"{tag}.json"
@@ -205,7 +213,7 @@ def main() -> int:
         "benchmark": "demo", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
         "matmul_ms": matmul_ms(), "requested_precision": args.precision, "precision": precision, "overrides": args.set,
         "seeds": config.seeds, "total_s": round(wall, 1), "total_min": round(wall / 60, 2),
-        "by_kind_s": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "by_kind_s": by_kind,
         "studies_s": study_seconds(stages), "no_studies": args.no_studies,
         # with a stage worker (workers: 2) the stage seconds overlap: their sum exceeds total_s
         "workers": run.results.get("timings", {}).get("workers", 1), "stages_by_worker": len(run.results.get("stages", {}).get("by_worker") or []),

@@ -215,17 +215,14 @@ def _tuner_terms_and_grads(handle, preset: str, items, vector, rep_positions: st
     return {key: float(value.detach()) for key, value in terms.items()}, grads
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma"])
-@pytest.mark.parametrize(("preset", "rep_positions"), [("truth", "last"), ("honesty", "all"), ("honesty", "generated")])
-def test_twin_training_forward_with_shared_prompt_equals_whole_rows(monkeypatch, arch, preset, rep_positions):
-    """The shared chat prompt runs once per batch; every loss term and gradient equals the unsplit pass."""
-    from reptune import prefix_cache
+def _twin_handle_items_vector(arch: str, red_sky: str = "The sky is red today and every other day."):
+    """A tiny chat model, two twin items (the first pair's false twin ``red_sky``) and a random vector at every layer."""
     from reptune.vectors import SteeringVector, VectorMeta
 
     handle = build_model(arch, chat=True)
     statements = [
         Statement("The sky is blue.", 1, pair="a"),
-        Statement("The sky is red today.", 0, pair="a"),
+        Statement(red_sky, 0, pair="a"),
         Statement("Cats purr.", 1, pair="b"),
         Statement("Cats bark at the moon.", 0, pair="b"),
     ]
@@ -233,6 +230,16 @@ def test_twin_training_forward_with_shared_prompt_equals_whole_rows(monkeypatch,
     gen = torch.Generator().manual_seed(0)
     meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers)
     vector = SteeringVector({layer: torch.randn(handle.hidden_size, generator=gen) for layer in range(handle.num_layers)}, meta)
+    return handle, items, vector
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma"])
+@pytest.mark.parametrize(("preset", "rep_positions"), [("truth", "last"), ("honesty", "all"), ("honesty", "generated")])
+def test_twin_training_forward_with_shared_prompt_equals_whole_rows(monkeypatch, arch, preset, rep_positions):
+    """The shared chat prompt runs once per batch; every loss term and gradient equals the unsplit pass."""
+    from reptune import prefix_cache
+
+    handle, items, vector = _twin_handle_items_vector(arch, red_sky="The sky is red today.")
     calls = []
     real_split = prefix_cache.split_forward
     monkeypatch.setattr("reptune.tuning.trainer.split_forward", lambda *a: calls.append(a[2]) or real_split(*a))
@@ -246,23 +253,6 @@ def test_twin_training_forward_with_shared_prompt_equals_whole_rows(monkeypatch,
         assert split_terms[key] == pytest.approx(value, abs=1e-5), key
     for name, grad in whole_grads.items():
         torch.testing.assert_close(split_grads[name], grad, atol=1e-5, rtol=1e-4)
-
-
-def _twin_handle_items_vector(arch: str):
-    from reptune.vectors import SteeringVector, VectorMeta
-
-    handle = build_model(arch, chat=True)
-    statements = [
-        Statement("The sky is blue.", 1, pair="a"),
-        Statement("The sky is red today and every other day.", 0, pair="a"),
-        Statement("Cats purr.", 1, pair="b"),
-        Statement("Cats bark at the moon.", 0, pair="b"),
-    ]
-    items = twin_items(statements, handle.tokenizer)
-    gen = torch.Generator().manual_seed(0)
-    meta = VectorMeta(model_id=handle.model_id, hidden_size=handle.hidden_size, num_layers=handle.num_layers)
-    vector = SteeringVector({layer: torch.randn(handle.hidden_size, generator=gen) for layer in range(handle.num_layers)}, meta)
-    return handle, items, vector
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma"])

@@ -283,6 +283,23 @@ def packing_possible(model: torch.nn.Module, width: int) -> bool:
     return not isinstance(window, int) or width <= window
 
 
+def packed_attention_mask(model: torch.nn.Module, allowed: torch.Tensor, prefix: int) -> torch.Tensor:
+    """The 4D attention mask of a packed row after a cached ``prefix`` every token may see.
+
+    Args:
+        allowed: ``[L, L]`` bool, which packed token may attend to which.
+
+    Returns:
+        ``[1, 1, L, prefix + L]``: bool for sdpa, additive (0 or the dtype's minimum) for eager,
+        which adds the mask to its scores.
+    """
+    mask = torch.cat([allowed.new_ones(allowed.shape[0], prefix), allowed], dim=1)[None, None]
+    if model.config._attn_implementation != "eager":
+        return mask
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
 def packed_suffix_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], prefix: int, cache: Any) -> tuple[dict[str, Any], torch.Tensor]:
     """The suffix pass of a split forward with every row's suffix packed into one row.
 
@@ -311,13 +328,9 @@ def packed_suffix_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]
     row_of = torch.arange(batch, device=ids.device).unsqueeze(1).expand(-1, width)[real]  # [L]
     order = torch.arange(row_of.shape[0], device=ids.device)
     own = (row_of.unsqueeze(1) == row_of.unsqueeze(0)) & (order.unsqueeze(1) >= order.unsqueeze(0))
-    allowed = torch.cat([own.new_ones(own.shape[0], prefix), own], dim=1)[None, None]  # [1, 1, L, prefix + L]
-    if model.config._attn_implementation == "eager":  # eager adds the mask to its scores
-        dtype = next(model.parameters()).dtype
-        allowed = torch.zeros(allowed.shape, dtype=dtype, device=ids.device).masked_fill(~allowed, torch.finfo(dtype).min)
     kwargs = {
         "input_ids": ids[real].unsqueeze(0),
-        "attention_mask": allowed,
+        "attention_mask": packed_attention_mask(model, own, prefix),
         "position_ids": positions[real].unsqueeze(0),
         cache_argument(model): cache,
         "use_cache": True,

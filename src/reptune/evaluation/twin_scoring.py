@@ -30,7 +30,7 @@ import torch
 from reptune.block_replay import frozen_blocks
 from reptune.evaluation.scoring import RowScore, continuation_rows, prefix_sharing_allowed, token_row_logprobs
 from reptune.models import ModelHandle
-from reptune.prefix_cache import freeze_prefix_cache, packing_possible
+from reptune.prefix_cache import freeze_prefix_cache, packed_attention_mask, packing_possible
 from reptune.tokens import cache_argument, forward_keeping_logits, output_cache
 
 
@@ -113,15 +113,12 @@ def _score_batch(handle: ModelHandle, rows: list[tuple[list[int], int]], pairs: 
         positions = g + lengths_a.unsqueeze(1) + torch.arange(ids_b.shape[1]).unsqueeze(0)
         logits_b, _ = _forward(handle, ids_b, mask, positions, cache)
     picks, owners = _scored_positions(rows, pairs, commons, g)
-    totals: dict[int, float] = {}
-    greedy: dict[int, bool] = {}
+    tokens: list[tuple[int, float, bool]] = []
     for logits, stage_picks, stage_owners in ((logits_a, picks[0], owners[0]), (logits_b, picks[1], owners[1])):
         if stage_picks:
             assert logits is not None
-            for row_index, logprob, hit in zip(stage_owners, *_picked(logits, stage_picks)):
-                totals[row_index] = totals.get(row_index, 0.0) + logprob  # in token order, as one row's sum
-                greedy[row_index] = greedy.get(row_index, True) and hit
-    return {index: RowScore(totals[index], rows[index][1], greedy[index]) for pair in pairs for index in pair}
+            tokens.extend(zip(stage_owners, *_picked(logits, stage_picks)))
+    return _row_scores(rows, pairs, tokens)
 
 
 def _pack_pairs(rows: list[tuple[list[int], int]], pairs: list[tuple[int, int]], g: int, device: torch.device
@@ -162,10 +159,7 @@ def _score_batch_packed(handle: ModelHandle, rows: list[tuple[list[int], int]], 
     (:func:`reptune.prefix_cache.freeze_prefix_cache`)."""
     g = len(prefix)
     ids, positions, allowed, where = _pack_pairs(rows, pairs, g, handle.device)
-    mask = torch.cat([allowed.new_ones(allowed.shape[0], g), allowed], dim=1)[None, None]
-    if handle.model.config._attn_implementation == "eager":  # eager adds the mask to its scores
-        dtype = next(handle.model.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    mask = packed_attention_mask(handle.model, allowed, g)
     targets = [(row, pos - 1, rows[row][0][pos]) for pair in pairs for row in pair for pos in range(len(rows[row][0]) - rows[row][1], len(rows[row][0]))]
     keep = sorted({where[(row, at)] for row, at, _ in targets})
     column = {packed: j for j, packed in enumerate(keep)}
@@ -174,10 +168,16 @@ def _score_batch_packed(handle: ModelHandle, rows: list[tuple[list[int], int]], 
         out, kept = forward_keeping_logits(handle.model, kwargs, torch.tensor(keep, device=handle.device))
     logits = out.logits if kept else out.logits[:, keep]
     logprobs, hits = _picked(logits, [(0, column[where[(row, at)]], token) for row, at, token in targets])
+    return _row_scores(rows, pairs, [(row, logprob, hit) for (row, _at, _token), logprob, hit in zip(targets, logprobs, hits)])
+
+
+def _row_scores(rows: list[tuple[list[int], int]], pairs: list[tuple[int, int]], tokens: list[tuple[int, float, bool]]) -> dict[int, RowScore]:
+    """Each row's :class:`RowScore` from its scored tokens ``(row, log-prob, argmax hit)``, summed
+    in token order, as one row's sum."""
     totals: dict[int, float] = {}
     greedy: dict[int, bool] = {}
-    for (row, _at, _token), logprob, hit in zip(targets, logprobs, hits):
-        totals[row] = totals.get(row, 0.0) + logprob  # in token order, as one row's sum
+    for row, logprob, hit in tokens:
+        totals[row] = totals.get(row, 0.0) + logprob
         greedy[row] = greedy.get(row, True) and hit
     return {index: RowScore(totals[index], rows[index][1], greedy[index]) for pair in pairs for index in pair}
 
